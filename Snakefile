@@ -1,0 +1,24 @@
+# MTGAN for small object detection: the pipeline.
+#
+#   snakemake --cores 8 eval_coco                                  # built-in dataset, CPU presets
+#   snakemake --cores 8 --configfile config/coco.yaml eval_coco    # COCO 2017 on disk
+#
+# The config (config/default.yaml, merged with any --configfile / --config) is validated against
+# schemas/config.schema.yaml before anything runs. Stages live in pipeline/rules/*.smk; each rule
+# calls one `mtgan` command and caches its outputs under artifacts/<dataset>/.
+
+from pathlib import Path
+
+
+configfile: str(Path(workflow.basedir) / "config" / "default.yaml")
+
+
+include: "pipeline/rules/common.smk"
+include: "pipeline/rules/data.smk"
+
+
+rule eval_coco:
+    """The final table on the configured dataset (for now: the data stage)."""
+    input:
+        rules.data.output.index,
+    default_target: True

@@ -1,0 +1,1 @@
+"""Training jobs and the models they train (the MTGAN generator/discriminator, the baseline detector)."""

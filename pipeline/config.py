@@ -1,0 +1,83 @@
+"""The pipeline's configuration: YAML files merged in order, validated against
+`schemas/config.schema.yaml`, with the schema's defaults filled in.
+
+Snakemake merges `config/default.yaml` with any `--configfile` and `--config` given on its command
+line; the Snakefile then calls `validate_config`. The `mtgan` CLI merges `--config` files the same
+way (later files override earlier ones key by key; lists are replaced whole).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.schema import SchemaError, validate_document
+
+CONFIG_SCHEMA = "config.schema.yaml"
+
+
+class ConfigError(SchemaError):
+    """An invalid configuration; the message names each offending key."""
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config_files(paths: Iterable[Path]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f) or {}
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: a config file must hold a mapping of keys, got {type(doc).__name__}")
+        merged = deep_merge(merged, doc)
+    return merged
+
+
+def validate_config(config: dict[str, Any], what: str = "config") -> dict[str, Any]:
+    """A validated copy of `config` with every default filled in; ConfigError names bad keys."""
+    try:
+        config = validate_document(dict(config), CONFIG_SCHEMA, what, defaults=True)
+    except SchemaError as e:
+        raise ConfigError(str(e)) from None
+    _check_cross_keys(config, what)
+    return config
+
+
+def data_splits(data: dict[str, Any]) -> list[str]:
+    """The split names the `data` section will produce."""
+    return list(data["builtin"]["num_images"] if data["source"] == "builtin" else data["coco"]["splits"])
+
+
+def _check_cross_keys(config: dict[str, Any], what: str) -> None:
+    """Checks that involve several keys, which the schema cannot express."""
+    data = config["data"]
+    splits = data_splits(data)
+    problems = [
+        f"key 'data.{role}': split '{data[role]}' is not among the dataset's splits {splits}"
+        for role in ("train_split", "test_split")
+        if data[role] not in splits
+    ]
+    if data["source"] == "builtin":
+        b = data["builtin"]
+        if b["objects_per_image"][0] > b["objects_per_image"][1]:
+            problems.append(f"key 'data.builtin.objects_per_image': min {b['objects_per_image'][0]} > max {b['objects_per_image'][1]}")
+        if b["distractors_per_image"][0] > b["distractors_per_image"][1]:
+            problems.append(f"key 'data.builtin.distractors_per_image': min > max in {b['distractors_per_image']}")
+        if abs(sum(b["size_shares"]) - 1.0) > 1e-6:
+            problems.append(f"key 'data.builtin.size_shares': {b['size_shares']} must sum to 1")
+        if b["max_side"] > 0.75 * b["image_size"]:
+            problems.append(f"key 'data.builtin.max_side': {b['max_side']} is over 75% of image_size {b['image_size']}")
+    if problems:
+        raise ConfigError(f"{what} is inconsistent:\n  " + "\n  ".join(problems))

@@ -1,0 +1,69 @@
+"""The dataset index: the data stage's contract with every later stage.
+
+`artifacts/<dataset>/data/index.json` lists each split's COCO JSON and image root (relative paths
+are relative to the index's folder; a dataset on disk elsewhere keeps absolute ones). Its layout is
+`schemas/dataset_index.schema.yaml`; it is validated on write and on read. The index is written
+last, so its presence means the data stage finished.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.io import atomic
+from pipeline.schema import validate_document
+
+LAYOUT_VERSION = 1
+INDEX_NAME = "index.json"
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    name: str
+    annotations: Path
+    image_root: Path
+    num_images: int
+    num_annotations: int
+
+
+def write_index(path: Path, dataset: str, source: str, splits: list[SplitFiles]) -> None:
+    base = path.parent.resolve()
+
+    def rel(p: Path) -> str:
+        p = Path(p).resolve()
+        return str(p.relative_to(base)) if p.is_relative_to(base) else str(p)
+
+    doc: dict[str, Any] = {
+        "layout_version": LAYOUT_VERSION,
+        "dataset": dataset,
+        "source": source,
+        "splits": {
+            s.name: {
+                "annotations": rel(s.annotations),
+                "image_root": rel(s.image_root),
+                "num_images": s.num_images,
+                "num_annotations": s.num_annotations,
+            }
+            for s in splits
+        },
+    }
+    validate_document(doc, "dataset_index.schema.yaml", str(path))
+    atomic.write_json(path, doc, indent=2)
+
+
+def read_index(path: Path) -> dict[str, SplitFiles]:
+    """The splits of a finished data stage, with absolute paths."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    validate_document(doc, "dataset_index.schema.yaml", str(path))
+    if doc["layout_version"] != LAYOUT_VERSION:
+        raise ValueError(f"{path}: layout_version {doc['layout_version']}, this code reads {LAYOUT_VERSION}; rerun the data stage")
+    base = path.parent.resolve()
+    return {
+        name: SplitFiles(name, base / s["annotations"], base / s["image_root"], s["num_images"], s["num_annotations"])
+        for name, s in doc["splits"].items()
+    }

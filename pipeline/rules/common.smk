@@ -1,0 +1,27 @@
+# Shared by every rule file: the validated config, artifact paths, and how rules call the CLI.
+
+import os
+import shlex
+
+from pipeline.config import validate_config
+from pipeline.workflow import data_input_files, data_splits, section_json
+
+# Fail before any job runs if a key is unknown, mistyped or inconsistent (the error names it).
+_resolved = validate_config(config)
+config.clear()
+config.update(_resolved)
+
+DATASET = config["data"]["name"]
+ROOT = f"artifacts/{DATASET}"
+LOGS = f"{ROOT}/logs"
+BENCHMARKS = f"{ROOT}/benchmarks"
+
+# Rules call `mtgan`, run from this checkout, so they work in a virtualenv where the project is
+# pip-installed and in the conda environment of envs/mtgan.yaml (`--use-conda`) alike. The prefix
+# is formatted like a rule's shell command, so its literal braces are doubled once more.
+shell.executable("bash")
+shell.prefix(
+    "set -euo pipefail; "
+    f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    'mtgan() {{ python -m pipeline.cli "$@"; }}; '
+)

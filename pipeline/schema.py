@@ -1,0 +1,76 @@
+"""JSON-schema validation of configs and on-disk documents, with messages that name the key.
+
+Schemas live in the repository's top-level `schemas/` folder, which the distribution installs as
+the `pipeline.schemas` package.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class SchemaError(ValueError):
+    """A document that does not match its schema; the message lists every offending key."""
+
+
+def schema_dir() -> Path:
+    try:
+        return Path(str(resources.files("pipeline.schemas")))
+    except ModuleNotFoundError:  # running from a source tree that is not installed
+        return Path(__file__).resolve().parent.parent / "schemas"
+
+
+@functools.cache
+def load_schema(name: str) -> dict[str, Any]:
+    with open(schema_dir() / name, encoding="utf-8") as f:
+        schema = yaml.safe_load(f)
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+    return schema
+
+
+def _key(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _messages(error: jsonschema.ValidationError) -> list[str]:
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in allowed)
+        if extra and "additionalProperties" in error.schema and error.schema["additionalProperties"] is False:
+            return [f"unknown key '{_key([*error.absolute_path, k])}' (allowed: {', '.join(sorted(allowed))})" for k in extra]
+    return [f"key '{_key(error.absolute_path)}': {error.message}"]
+
+
+def fill_defaults(schema: dict[str, Any], instance: Any) -> None:
+    """Set every missing property that has a `default` in `schema`, recursively, in place."""
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            fill_defaults(sub, instance[key])
+
+
+def validate_document(doc: Any, schema_name: str, what: str, defaults: bool = False) -> Any:
+    """Validate `doc` against `schemas/<schema_name>`; return it (a copy with defaults if asked).
+
+    `what` names the document in the error (a file path, "config").
+    """
+    schema = load_schema(schema_name)
+    if defaults:
+        doc = copy.deepcopy(doc)
+        fill_defaults(schema, doc)
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        lines = [m for e in errors for m in _messages(e)]
+        raise SchemaError(f"{what} does not match {schema_name}:\n  " + "\n  ".join(lines))
+    return doc
