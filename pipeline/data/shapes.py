@@ -1,9 +1,10 @@
 """Sprites of the built-in dataset: objects, distractors and backgrounds.
 
 Every object class uses the same outer silhouettes (ellipse, rounded rectangle, hexagon), colours,
-aspect ratios and rotations; the classes differ only in an inner pattern. At 64 px the pattern is
-plain to see, at 8-16 px it has all but vanished: exactly the regime MTGAN's super-resolution
-generator is meant to help in.
+aspect ratios and rotations; the classes differ only in an inner pattern whose period is 1/6 to 1/8
+of the object's size, each covering about half of it. At 64 px the pattern (8-10 px period) is
+plain to see; at 16 px it is at the limit of resolution and at 8 px it blurs into one colour:
+exactly the regime MTGAN's super-resolution generator is meant to help in.
 
 Sprites are drawn at several times their final size and down-sampled with a Lanczos filter, which
 gives anti-aliased edges. Everything is driven by a `numpy.random.Generator`, so a seed fixes the
@@ -77,7 +78,7 @@ def _pattern_mask(class_name: str, size: tuple[int, int], rng: np.random.Generat
     """The class's inner pattern as a mask over the sprite's own (unrotated) frame."""
     w, h = size
     m = min(w, h)
-    period = m / rng.uniform(3.5, 5.0)
+    period = m / rng.uniform(6.0, 8.0)
     mask = Image.new("L", size, 0)
     draw = ImageDraw.Draw(mask)
     steps = np.arange(-period, max(w, h) + period, period)
@@ -90,35 +91,28 @@ def _pattern_mask(class_name: str, size: tuple[int, int], rng: np.random.Generat
                 if (i + j) % 2 == 0:
                     draw.rectangle((x, y, x + period, y + period), fill=255)
     elif class_name == "grid":
-        width = max(1.0, period / 5)
+        width = max(1.0, 0.29 * period)  # about half the area covered, like the other patterns
         for x in steps:
             draw.rectangle((x, 0, x + width, h), fill=255)
             draw.rectangle((0, x, w, x + width), fill=255)
-    elif class_name == "cross":
-        width = max(2, int(m / 6))
-        draw.line((0, 0, w, h), fill=255, width=width)
-        draw.line((0, h, w, 0), fill=255, width=width)
-    elif class_name == "rings":
+    elif class_name == "cross":  # a lattice of small x marks
+        arm, width = 0.35 * period, max(1, round(0.2 * period))
+        for x in steps:
+            for y in steps:
+                cx, cy = x + period / 2, y + period / 2
+                draw.line((cx - arm, cy - arm, cx + arm, cy + arm), fill=255, width=width)
+                draw.line((cx - arm, cy + arm, cx + arm, cy - arm), fill=255, width=width)
+    elif class_name == "rings":  # concentric rings, each half a period wide
         cx, cy = w / 2, h / 2
-        n = int(rng.integers(3, 5))
+        n = max(2, int(2 * (m / 2) / period))
         for k in range(n, 0, -1):
-            fill = 255 if k % 2 == 1 else 0
             rx, ry = (w / 2) * k / n, (h / 2) * k / n
-            draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=fill)
-    elif class_name == "dots":
-        r = period / 4
+            draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=255 if k % 2 == 1 else 0)
+    elif class_name in ("dots", "holes"):  # dots are painted on, holes go through the body
+        r = (0.4 if class_name == "dots" else 0.33) * period
         for x in steps:
             for y in steps:
                 draw.ellipse((x + period / 2 - r, y + period / 2 - r, x + period / 2 + r, y + period / 2 + r), fill=255)
-    elif class_name == "holes":
-        # Three to five holes through the body, on a ring around the centre.
-        n = int(rng.integers(3, 6))
-        r = m / 9
-        phase = rng.uniform(0, 2 * math.pi)
-        for k in range(n):
-            a = phase + 2 * math.pi * k / n
-            x, y = w / 2 + 0.26 * w * math.cos(a), h / 2 + 0.26 * h * math.sin(a)
-            draw.ellipse((x - r, y - r, x + r, y + r), fill=255)
     else:
         raise ValueError(f"unknown object class {class_name!r}")
     return mask
