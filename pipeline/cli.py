@@ -33,25 +33,33 @@ class _Group(click.Group):
             raise click.ClickException(str(e)) from e
 
 
-def _resolve_config(config_files: tuple[Path, ...], section_json: str | None, section: str) -> dict[str, Any]:
-    """The validated config section named `section`, from files or from its JSON."""
-    if bool(config_files) == bool(section_json):
-        raise click.UsageError("give either --config FILE (repeatable) or --section JSON")
-    if section_json:
+def _resolve_config(config_files: tuple[Path, ...], sections_json: str | None, need: tuple[str, ...]) -> dict[str, Any]:
+    """The validated config (defaults filled in), from files or from the sections' JSON."""
+    if bool(config_files) == bool(sections_json):
+        raise click.UsageError("give either --config FILE (repeatable) or --sections JSON")
+    if sections_json:
         try:
-            raw = {section: json.loads(section_json)}
+            raw = json.loads(sections_json)
         except json.JSONDecodeError as e:
-            raise click.UsageError(f"--section is not valid JSON: {e}") from None
+            raise click.UsageError(f"--sections is not valid JSON: {e}") from None
     else:
         raw = load_config_files(config_files)
-    return validate_config(raw, what=", ".join(map(str, config_files)) or "--section")[section]
+    return validate_config(raw, what=", ".join(map(str, config_files)) or "--sections", require=need)
 
 
 config_option = click.option(
     "--config", "config_files", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
     help="Config YAML file; repeat to merge several (later ones override earlier ones).",
 )
-section_option = click.option("--section", "section_json", help="The config section as JSON (what the Snakefile passes).")
+sections_option = click.option(
+    "--sections", "sections_json", help="The config sections this stage reads, as one JSON object (what the Snakefile passes)."
+)
+index_option = click.option(
+    "--data-index", "data_index", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The data stage's index.json (artifacts/<dataset>/data/index.json).",
+)
+split_option = click.option("--split", required=True, help="Split name, as in the data index.")
+threads_option = click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -82,11 +90,11 @@ def config_cmd(files: tuple[Path, ...]) -> None:
 
 @cli.command("data")
 @config_option
-@section_option
+@sections_option
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder, conventionally artifacts/<dataset>/data.")
 @click.option("-j", "--jobs", default=1, show_default=True, help="Worker processes for generating images.")
-def data_cmd(config_files: tuple[Path, ...], section_json: str | None, out_dir: Path, jobs: int) -> None:
+def data_cmd(config_files: tuple[Path, ...], sections_json: str | None, out_dir: Path, jobs: int) -> None:
     """Stage 1: make the dataset available as COCO JSON per split plus an image root.
 
     \b
@@ -97,10 +105,144 @@ def data_cmd(config_files: tuple[Path, ...], section_json: str | None, out_dir: 
     """
     from pipeline.data.stage import build_dataset
 
-    section = _resolve_config(config_files, section_json, "data")
-    splits = build_dataset(section, out_dir, n_jobs=jobs)
+    config = _resolve_config(config_files, sections_json, need=("data",))
+    splits = build_dataset(config["data"], out_dir, n_jobs=jobs)
     for s in splits.values():
         click.echo(f"{s.name}: {s.num_images} images, {s.num_annotations} annotations -> {s.annotations}")
+
+
+def _split_coco(data_index: Path, split: str) -> tuple[dict[str, Any], Path, Path]:
+    """The split's COCO dict, its JSON path and its image root, from the data index."""
+    from pipeline.data.index import read_index
+    from pipeline.io.coco import load_json
+
+    splits = read_index(data_index)
+    if split not in splits:
+        raise ValueError(f"{data_index}: no split {split!r} (splits: {sorted(splits)})")
+    return load_json(splits[split].annotations), splits[split].annotations, splits[split].image_root
+
+
+@cli.command("train-baseline")
+@config_option
+@sections_option
+@index_option
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder, conventionally artifacts/<dataset>/baseline.")
+@threads_option
+def train_baseline_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, out_dir: Path,
+                       threads: int | None) -> None:
+    """Train the baseline detector (detector.arch) on the training split (data.train_split).
+
+    \b
+    Reads sections data, detector, train_baseline. Writes model.pt, checkpoints/last.pt,
+    train_log.csv and loss.png into --out; resumes from checkpoints/last.pt when it was made with
+    the same settings.
+    """
+    from jobs.baseline.train import TrainSettings, train_baseline
+
+    config = _resolve_config(config_files, sections_json, need=("data", "detector", "train_baseline"))
+    detector, train = config["detector"], config["train_baseline"]
+    _, coco_json, image_root = _split_coco(data_index, config["data"]["train_split"])
+    settings = TrainSettings(arch=detector["arch"], min_size=detector["min_size"], max_size=detector["max_size"], **train)
+    train_baseline(coco_json, image_root, settings, out_dir, device_name=detector["device"], threads=threads)
+
+
+@cli.command("detect")
+@config_option
+@sections_option
+@index_option
+@split_option
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The trained detector (detector.source train): artifacts/<dataset>/baseline/model.pt.")
+@click.option("--out-table", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Detections table (.parquet).")
+@click.option("--out-results", required=True, type=click.Path(dir_okay=False, path_type=Path), help="The same as a COCO results JSON.")
+@threads_option
+def detect_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str,
+               model_path: Path | None, out_table: Path, out_results: Path, threads: int | None) -> None:
+    """Stage 2: the baseline's top-K detections per image of --split, with class-probability vectors.
+
+    \b
+    Reads section detector. source train needs --model; source import reads
+    detector.import_results[split] and validates it against the split.
+    """
+    import torch
+
+    from jobs.baseline.train import pick_device
+    from pipeline.detect import DetectSettings, import_detections, load_model, run_detector, write_results_json
+    from pipeline.io.tables import write_table
+
+    config = _resolve_config(config_files, sections_json, need=("detector",))
+    detector = config["detector"]
+    coco, _, image_root = _split_coco(data_index, split)
+    settings = DetectSettings(**{k: detector[k] for k in ("top_k", "score_thresh", "nms_thresh", "min_size", "max_size", "batch_size", "num_workers")})
+    if threads:
+        torch.set_num_threads(threads)
+    if detector["source"] == "import":
+        if split not in detector["import_results"]:
+            raise ValueError(f"detector.import_results has no file for split {split!r}")
+        table, _ = import_detections(Path(detector["import_results"][split]), coco, settings.top_k)
+    else:
+        if detector["source"] == "train" and model_path is None:
+            raise click.UsageError("detector.source is train: give --model (the train_baseline job's model.pt)")
+        model, label_map = load_model(detector["source"], detector["arch"], detector["weights"], coco, settings, model_path)
+        table = run_detector(model, label_map, coco, image_root, settings, pick_device(detector["device"]), detector["source"])
+    write_table(table, out_table)
+    write_results_json(table, out_results)
+    click.echo(f"{split}: {table.num_rows} detections on {len(coco['images'])} images -> {out_table}")
+
+
+@cli.command("rois")
+@config_option
+@sections_option
+@index_option
+@split_option
+@click.option("--detections", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The detect stage's table of this split.")
+@click.option("--out", "out_table", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ROI table (.parquet).")
+@click.option("--out-counts", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Counts of positive / negative / ignored ROIs per size class (.md).")
+def rois_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str, detections: Path,
+             out_table: Path, out_counts: Path) -> None:
+    """Stage 3: label every detection of --split against the ground truth (IoU, class, regression target).
+
+    \b
+    Reads sections data (which split trains) and rois. On the training split every ground-truth
+    box is added as a positive ROI when rois.add_gt_to_train is set.
+    """
+    from pipeline.detect import DETECTIONS_SCHEMA
+    from pipeline.io import atomic
+    from pipeline.io.tables import read_table, write_table
+    from pipeline.rois import build_rois, counts_markdown
+
+    config = _resolve_config(config_files, sections_json, need=("data", "rois"))
+    rois = config["rois"]
+    coco, _, _ = _split_coco(data_index, split)
+    add_gt = rois["add_gt_to_train"] and split == config["data"]["train_split"]
+    table, summary = build_rois(read_table(detections, DETECTIONS_SCHEMA), coco, add_gt, rois["positive_iou"], rois["negative_iou"])
+    write_table(table, out_table)
+    markdown = counts_markdown(split, summary)
+    atomic.write_text(out_counts, markdown)
+    click.echo(markdown)
+
+
+@cli.command("score")
+@index_option
+@split_option
+@click.option("--results", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="COCO results JSON.")
+@click.option("--method", required=True, help="Name of the method in the table (baseline, mtgan, ...).")
+@click.option("--out-json", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out-md", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def score_cmd(data_index: Path, split: str, results: Path, method: str, out_json: Path, out_md: Path) -> None:
+    """Stage 8: pycocotools COCOeval (bbox) of --results on --split: AP, AP50, AP75, APS, APM, APL, AR."""
+    from pipeline.io import atomic
+    from pipeline.score import coco_bbox_eval, metrics_markdown
+
+    _, coco_json, _ = _split_coco(data_index, split)
+    stats, _ = coco_bbox_eval(coco_json, json.loads(Path(results).read_text()))
+    atomic.write_json(out_json, {"method": method, "split": split, "results": str(results), "metrics": stats}, indent=2)
+    table = metrics_markdown({method: stats})
+    atomic.write_text(out_md, table)
+    click.echo(table)
 
 
 def main() -> None:

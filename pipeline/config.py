@@ -45,8 +45,14 @@ def load_config_files(paths: Iterable[Path]) -> dict[str, Any]:
     return merged
 
 
-def validate_config(config: dict[str, Any], what: str = "config") -> dict[str, Any]:
-    """A validated copy of `config` with every default filled in; ConfigError names bad keys."""
+def validate_config(config: dict[str, Any], what: str = "config", require: tuple[str, ...] = ("data",)) -> dict[str, Any]:
+    """A validated copy of `config` with every default filled in; ConfigError names bad keys.
+
+    `require` lists the sections that must be present (a stage's command needs only its own).
+    """
+    missing = [name for name in require if name not in config]
+    if missing:
+        raise ConfigError(f"{what}: missing section(s) {missing}")
     try:
         config = validate_document(dict(config), CONFIG_SCHEMA, what, defaults=True)
     except SchemaError as e:
@@ -62,8 +68,18 @@ def data_splits(data: dict[str, Any]) -> list[str]:
 
 def _check_cross_keys(config: dict[str, Any], what: str) -> None:
     """Checks that involve several keys, which the schema cannot express."""
-    data = config["data"]
+    problems = []
+    if config["rois"]["negative_iou"] > config["rois"]["positive_iou"]:
+        problems.append("key 'rois.negative_iou': must not exceed rois.positive_iou")
+    if "data" in config:
+        problems += _data_problems(config["data"], config["detector"])
+    if problems:
+        raise ConfigError(f"{what} is inconsistent:\n  " + "\n  ".join(problems))
+
+
+def _data_problems(data: dict[str, Any], detector: dict[str, Any]) -> list[str]:
     splits = data_splits(data)
+    roles = (data["train_split"], data["test_split"])
     problems = [
         f"key 'data.{role}': split '{data[role]}' is not among the dataset's splits {splits}"
         for role in ("train_split", "test_split")
@@ -72,12 +88,15 @@ def _check_cross_keys(config: dict[str, Any], what: str) -> None:
     if data["source"] == "builtin":
         b = data["builtin"]
         if b["objects_per_image"][0] > b["objects_per_image"][1]:
-            problems.append(f"key 'data.builtin.objects_per_image': min {b['objects_per_image'][0]} > max {b['objects_per_image'][1]}")
+            problems.append(f"key 'data.builtin.objects_per_image': min > max in {b['objects_per_image']}")
         if b["distractors_per_image"][0] > b["distractors_per_image"][1]:
             problems.append(f"key 'data.builtin.distractors_per_image': min > max in {b['distractors_per_image']}")
         if abs(sum(b["size_shares"]) - 1.0) > 1e-6:
             problems.append(f"key 'data.builtin.size_shares': {b['size_shares']} must sum to 1")
         if b["max_side"] > 0.75 * b["image_size"]:
             problems.append(f"key 'data.builtin.max_side': {b['max_side']} is over 75% of image_size {b['image_size']}")
-    if problems:
-        raise ConfigError(f"{what} is inconsistent:\n  " + "\n  ".join(problems))
+    if detector["source"] == "import":
+        lacking = [s for s in roles if s not in detector["import_results"]]
+        if lacking:
+            problems.append(f"key 'detector.import_results': no results file for split(s) {lacking}")
+    return problems

@@ -11,12 +11,28 @@ from typing import Any
 
 from pipeline.config import data_splits
 
-__all__ = ["data_splits", "data_input_files", "section_json"]
+__all__ = ["baseline_model_input", "data_input_files", "data_splits", "detect_inputs", "sections_json"]
 
 
-def section_json(config: dict[str, Any], name: str) -> str:
-    """A config section as a shell-quoted JSON argument: a changed value reruns the rule."""
-    return shlex.quote(json.dumps(config[name], sort_keys=True))
+def sections_json(config: dict[str, Any], *names: str) -> str:
+    """The named config sections as one shell-quoted JSON argument: a changed value reruns the rule,
+    a change elsewhere in the config does not."""
+    return shlex.quote(json.dumps({name: config[name] for name in names}, sort_keys=True))
+
+
+def baseline_model_input(config: dict[str, Any], root: str) -> list[str]:
+    """The trained detector, when the baseline is trained here."""
+    return [f"{root}/baseline/model.pt"] if config["detector"]["source"] == "train" else []
+
+
+def detect_inputs(config: dict[str, Any], split: str) -> list[str]:
+    """Imported detections of a split: a changed file reruns detection."""
+    detector = config["detector"]
+    if detector["source"] == "import":
+        return [detector["import_results"][split]]
+    if detector["source"] == "torchvision" and detector["weights"] not in ("none", "torchvision"):
+        return [detector["weights"]]
+    return []
 
 
 def data_input_files(config: dict[str, Any]) -> list[str]:

@@ -4,7 +4,7 @@ import os
 import shlex
 
 from pipeline.config import validate_config
-from pipeline.workflow import data_input_files, data_splits, section_json
+from pipeline.workflow import baseline_model_input, data_input_files, data_splits, detect_inputs, sections_json
 
 # Fail before any job runs if a key is unknown, mistyped or inconsistent (the error names it).
 _resolved = validate_config(config)
@@ -15,6 +15,12 @@ DATASET = config["data"]["name"]
 ROOT = f"artifacts/{DATASET}"
 LOGS = f"{ROOT}/logs"
 BENCHMARKS = f"{ROOT}/benchmarks"
+TRAIN_SPLIT = config["data"]["train_split"]
+TEST_SPLIT = config["data"]["test_split"]
+
+
+wildcard_constraints:
+    split="|".join(data_splits(config["data"])),
 
 # Rules call `mtgan`, run from this checkout, so they work in a virtualenv where the project is
 # pip-installed and in the conda environment of envs/mtgan.yaml (`--use-conda`) alike. The prefix

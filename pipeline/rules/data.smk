@@ -13,7 +13,7 @@ rule data:
         stats_md=f"{DATA_DIR}/stats.md",
         preview=f"{DATA_DIR}/preview.png",
     params:
-        section=section_json(config, "data"),
+        sections=sections_json(config, "data"),
         out_dir=lambda wildcards, output: os.path.dirname(output.index),
     log:
         f"{LOGS}/data.log",
@@ -23,4 +23,4 @@ rule data:
     conda:
         "../../envs/mtgan.yaml"
     shell:
-        "mtgan data --section {params.section} --out {params.out_dir} --jobs {threads} > {log} 2>&1"
+        "mtgan data --sections {params.sections} --out {params.out_dir} --jobs {threads} > {log} 2>&1"

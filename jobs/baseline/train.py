@@ -1,0 +1,203 @@
+"""The `train_baseline` job: train a torchvision detector on the dataset's training split.
+
+Reads top to bottom like torchvision's reference script: build data, model, optimiser; resume if
+a checkpoint of the same settings exists; train for a fixed number of iterations with AdamW, a
+linear warm-up and a cosine decay; log every loss term; checkpoint; write the final model.
+
+Outputs in `out_dir`: `model.pt` (the final checkpoint, what the detect stage loads),
+`checkpoints/last.pt` (for resuming), `train_log.csv` (every `log_every` iterations: each loss term,
+learning rate, images/s) and `loss.png`. A non-finite loss stops training with a message; the last
+good checkpoint stays.
+
+Checkpoints are plain dicts of tensors and Python values, loadable with
+`torch.load(weights_only=True)`: model and optimiser state, scheduler state, iteration, RNG
+states, the settings and the category ids.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from jobs.baseline.data import CocoDetectionTrain, SeededBatches, collate, load_coco
+from jobs.baseline.models import DetectorSettings, build_detector
+from pipeline.io import atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    arch: str
+    iterations: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_iterations: int
+    final_lr_fraction: float
+    checkpoint_every: int
+    log_every: int
+    seed: int
+    hflip: bool
+    num_workers: int
+    min_size: int
+    max_size: int
+    amp: bool
+
+
+def lr_factor(iteration: int, settings: TrainSettings) -> float:
+    """Linear warm-up from 1% to 100%, then cosine decay to `final_lr_fraction`."""
+    if iteration < settings.warmup_iterations:
+        return 0.01 + 0.99 * iteration / settings.warmup_iterations
+    span = max(1, settings.iterations - settings.warmup_iterations)
+    progress = min(1.0, (iteration - settings.warmup_iterations) / span)
+    return settings.final_lr_fraction + (1 - settings.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    return torch.device(name)
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    with atomic.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _plot_losses(rows: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    its = [r["iteration"] for r in rows]
+    for key in ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"):
+        ax.plot(its, [r[key] for r in rows], label=key)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (mean over the logging interval)")
+    ax.set_yscale("log")
+    ax.set_title("Baseline detector training")
+    ax.legend()
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def train_baseline(
+    coco_json: Path, image_root: Path, settings: TrainSettings, out_dir: Path, device_name: str = "auto", threads: int | None = None
+) -> Path:
+    """Train; return the path of `model.pt`."""
+    out_dir = Path(out_dir)
+    if threads:
+        torch.set_num_threads(threads)
+    device = pick_device(device_name)
+    coco = load_coco(coco_json)
+    category_ids = sorted(c["id"] for c in coco["categories"])
+    dataset = CocoDetectionTrain(coco, image_root, category_ids)
+    if len(dataset) == 0:
+        raise ValueError(f"{coco_json}: the training split has no images")
+
+    torch.manual_seed(settings.seed)
+    detector_settings = DetectorSettings(settings.min_size, settings.max_size, 0.05, 0.5, 100)
+    model = build_detector(settings.arch, len(category_ids) + 1, detector_settings).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, settings))
+
+    settings_dict = dataclasses.asdict(settings)
+    last = out_dir / "checkpoints" / "last.pt"
+    start, rows = 0, []
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        if state["settings"] == settings_dict and state["category_ids"] == category_ids:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            start, rows = state["iteration"], state["log"]
+            log.info("resuming from %s at iteration %d", last, start)
+        else:
+            log.info("ignoring %s: it was trained with other settings or categories", last)
+
+    batches = SeededBatches(len(dataset), settings.batch_size, settings.seed, settings.hflip, start, settings.iterations)
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=settings.num_workers,
+                        persistent_workers=False)
+    use_amp = settings.amp and device.type == "cuda"
+
+    def checkpoint(iteration: int) -> dict[str, Any]:
+        return {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "iteration": iteration, "rng": _rng_state(), "settings": settings_dict,
+            "arch": settings.arch, "num_classes": len(category_ids) + 1, "category_ids": category_ids, "log": rows,
+        }
+
+    model.train()
+    window: dict[str, float] = {}
+    window_n, window_start = 0, time.perf_counter()
+    progress = tqdm(loader, total=len(batches), initial=0, desc=f"train_baseline (from {start})", unit="it")
+    for iteration, (images, targets) in enumerate(progress, start=start):
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            losses = model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            terms = {k: float(v) for k, v in losses.items()}
+            raise FloatingPointError(
+                f"non-finite loss at iteration {iteration}: {terms}. Training stopped; the last good checkpoint "
+                f"is {last if last.is_file() else 'none (none was written yet)'}. Lower train_baseline.lr?"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+        for k, v in {"loss": loss, **losses}.items():
+            window[k] = window.get(k, 0.0) + float(v)
+        window_n += 1
+        done = iteration + 1
+        if done % settings.log_every == 0 or done == settings.iterations:
+            elapsed = time.perf_counter() - window_start
+            row = {"iteration": done, **{k: v / window_n for k, v in window.items()},
+                   "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_n * settings.batch_size / elapsed}
+            rows.append(row)
+            progress.set_postfix(loss=f"{row['loss']:.3f}")
+            window, window_n, window_start = {}, 0, time.perf_counter()
+        if done % settings.checkpoint_every == 0 and done < settings.iterations:
+            _save(last, checkpoint(done))
+
+    final = checkpoint(settings.iterations)
+    _save(last, final)
+    with atomic.atomic_path(out_dir / "train_log.csv") as tmp, open(tmp, "w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    if rows:
+        _plot_losses(rows, out_dir / "loss.png")
+    model_path = out_dir / "model.pt"
+    _save(model_path, {k: final[k] for k in ("model", "arch", "num_classes", "category_ids", "settings", "iteration")})
+    log.info("trained %d iterations; model written to %s", settings.iterations, model_path)
+    return model_path

@@ -1,0 +1,226 @@
+"""Stage 2, detect: the baseline detector's top-K detections per image, as a typed table.
+
+Sources (config `detector.source`):
+- `train`: the detector the `train_baseline` job trained on this dataset (its `model.pt`);
+- `torchvision`: a torchvision detector (`detector.arch`) with `detector.weights` = `none`,
+  `torchvision` (the builder's default COCO weights; its classes are matched to the dataset's
+  categories by name) or a checkpoint path;
+- `import`: a COCO results JSON per split written by any other detector (`detector.import_results`).
+
+Every source gives the same table (`schemas/detections.schema.yaml`): per image at most `top_k`
+detections, best first, each with its K+1 class-probability vector, plus a COCO results JSON.
+
+Imported detections are validated; what is wrong is either an error or a counted drop:
+- error (the file does not belong to this dataset, or is not a results file): a record that is
+  not an object with `image_id`, `category_id`, `bbox` (4 numbers) and `score`; an unknown image
+  or category id; a non-finite number; a score outside [0, 1];
+- counted, logged drop: a box of non-positive width or height, or one with no area inside its
+  image; a box partly outside its image is clipped to it (counted);
+- beyond `top_k` detections of an image, the lowest-scoring ones are left out (counted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from jobs.baseline.data import CocoImages, collate
+from jobs.baseline.models import (
+    DetectorSettings,
+    build_detector,
+    num_classes_of,
+    state_dict_of,
+    torchvision_categories,
+)
+from jobs.baseline.predict import LabelMap, detect_batch
+from pipeline.io import atomic
+from pipeline.io.coco import CocoFormatError
+from pipeline.io.tables import make_table
+
+log = logging.getLogger(__name__)
+
+DETECTIONS_SCHEMA = "detections.schema.yaml"
+COCO_NUM_CLASSES = 91  # torchvision's COCO label space: background + 90 category ids
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    top_k: int
+    score_thresh: float
+    nms_thresh: float
+    min_size: int
+    max_size: int
+    batch_size: int
+    num_workers: int
+
+
+def _categories(coco: dict[str, Any]) -> list[int]:
+    return sorted(c["id"] for c in coco["categories"])
+
+
+def load_model(
+    source: str, arch: str, weights: str, coco: dict[str, Any], settings: DetectSettings, trained: Path | None = None
+) -> tuple[torch.nn.Module, LabelMap]:
+    """The detector to run and how its classes map onto the dataset's categories."""
+    category_ids = _categories(coco)
+    detector_settings = DetectorSettings(settings.min_size, settings.max_size, settings.score_thresh, settings.nms_thresh, settings.top_k)
+    if source == "train" or (source == "torchvision" and weights not in ("none", "torchvision")):
+        path = Path(trained if source == "train" else weights)  # type: ignore[arg-type]
+        if not path.is_file():
+            raise FileNotFoundError(f"detector checkpoint {path} not found")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        state = state_dict_of(checkpoint)
+        arch = checkpoint.get("arch", arch) if isinstance(checkpoint, dict) else arch
+        n = num_classes_of(state)
+        if isinstance(checkpoint, dict) and "category_ids" in checkpoint:
+            if list(checkpoint["category_ids"]) != category_ids:
+                raise ValueError(f"{path} was trained on categories {checkpoint['category_ids'][:10]}..., not this dataset's")
+            label_map = LabelMap.identity(category_ids)
+        elif n == len(category_ids) + 1:
+            label_map = LabelMap.identity(category_ids)
+        elif n == COCO_NUM_CLASSES:
+            label_map = LabelMap.by_name(torchvision_categories(arch), coco["categories"])
+        else:
+            raise ValueError(f"{path} has {n} classes; the dataset has {len(category_ids)} (+ background)")
+        model = build_detector(arch, n, detector_settings)
+        model.load_state_dict(state)
+        return model, label_map
+    if source == "torchvision" and weights == "torchvision":
+        model = build_detector(arch, COCO_NUM_CLASSES, detector_settings, pretrained=True)
+        return model, LabelMap.by_name(torchvision_categories(arch), coco["categories"])
+    if source == "torchvision" and weights == "none":
+        log.warning("detector weights 'none': a randomly initialised detector (useful for tests only)")
+        return build_detector(arch, len(category_ids) + 1, detector_settings), LabelMap.identity(category_ids)
+    raise ValueError(f"detector source {source!r} does not run a model")
+
+
+def _table(rows: dict[str, list[Any]], category_ids: list[int], source: str) -> pa.Table:
+    labels = np.asarray(rows["label"], dtype=np.int64)
+    ids = np.asarray([0, *category_ids], dtype=np.int64)
+    columns = {**rows, "category_id": ids[labels] if len(labels) else np.zeros(0, np.int64)}
+    probs = rows["probs"]
+    columns["probs"] = np.stack(probs).astype(np.float32) if probs else np.zeros((0, len(category_ids) + 1), np.float32)
+    return make_table(columns, DETECTIONS_SCHEMA, {"category_ids": category_ids, "source": source})
+
+
+def _empty_rows() -> dict[str, list[Any]]:
+    return {k: [] for k in ("image_id", "rank", "x1", "y1", "x2", "y2", "label", "score", "probs")}
+
+
+def run_detector(
+    model: torch.nn.Module, label_map: LabelMap, coco: dict[str, Any], image_root: Path, settings: DetectSettings,
+    device: torch.device, source: str,
+) -> pa.Table:
+    """Run `model` over every image of the split; the detections table."""
+    model = model.to(device).eval()
+    loader = DataLoader(CocoImages(coco, image_root), batch_size=settings.batch_size, num_workers=settings.num_workers,
+                        collate_fn=collate)
+    rows = _empty_rows()
+    for images, image_ids in tqdm(loader, desc="detect", unit="batch"):
+        results = detect_batch(model, [im.to(device, non_blocking=True) for im in images], label_map)
+        for image_id, det in zip(image_ids, results):
+            boxes = det["boxes"].float().cpu().numpy()
+            n = len(boxes)
+            rows["image_id"] += [image_id] * n
+            rows["rank"] += list(range(n))
+            for j, key in enumerate(("x1", "y1", "x2", "y2")):
+                rows[key] += boxes[:, j].tolist()
+            rows["label"] += det["labels"].cpu().tolist()
+            rows["score"] += det["scores"].float().cpu().tolist()
+            rows["probs"] += list(det["probs"].float().cpu().numpy())
+    return _table(rows, list(label_map.category_ids), source)
+
+
+def _bad(path: Path, what: str, items: list[str]) -> CocoFormatError:
+    shown = ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
+    return CocoFormatError(f"{path}: {len(items)} detection(s) {what}: {shown}")
+
+
+def import_detections(path: Path, coco: dict[str, Any], top_k: int) -> tuple[pa.Table, dict[str, int]]:
+    """Validate a COCO results JSON against the split; the detections table and the drop counts."""
+    try:
+        records = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: imported detections not found") from None
+    except json.JSONDecodeError as e:
+        raise CocoFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(records, list):
+        raise CocoFormatError(f"{path}: a COCO results file is a JSON list of detections, got {type(records).__name__}")
+    images = {im["id"]: im for im in coco["images"]}
+    category_ids = _categories(coco)
+    label_of = {cid: k + 1 for k, cid in enumerate(category_ids)}
+
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    malformed = [
+        str(i) for i, r in enumerate(records)
+        if not (isinstance(r, dict) and isinstance(r.get("image_id"), int) and isinstance(r.get("category_id"), int)
+                and isinstance(r.get("bbox"), list) and len(r["bbox"]) == 4 and all(number(v) for v in r["bbox"])
+                and number(r.get("score")))
+    ]
+    if malformed:
+        raise _bad(path, "are not {image_id, category_id, bbox: [x, y, w, h], score} records (index)", malformed)
+    checks = [
+        ("name an unknown image_id", lambda r: r["image_id"] not in images, lambda i, r: f"#{i} image {r['image_id']}"),
+        ("name an unknown category_id", lambda r: r["category_id"] not in label_of, lambda i, r: f"#{i} category {r['category_id']}"),
+        ("have a non-finite box or score", lambda r: not all(math.isfinite(v) for v in [*r["bbox"], r["score"]]), lambda i, r: f"#{i}"),
+        ("have a score outside [0, 1]", lambda r: not 0.0 <= r["score"] <= 1.0, lambda i, r: f"#{i} score {r['score']}"),
+    ]
+    for what, failed, describe in checks:
+        bad = [describe(i, r) for i, r in enumerate(records) if failed(r)]
+        if bad:
+            raise _bad(path, what, bad)
+
+    counts = {"imported": len(records), "non_positive_size": 0, "outside_image": 0, "clipped": 0, "over_top_k": 0}
+    per_image: dict[int, list[tuple[float, list[float], int]]] = {}
+    for r in records:
+        x, y, w, h = (float(v) for v in r["bbox"])
+        if w <= 0 or h <= 0:
+            counts["non_positive_size"] += 1
+            continue
+        im = images[r["image_id"]]
+        box = [max(x, 0.0), max(y, 0.0), min(x + w, float(im["width"])), min(y + h, float(im["height"]))]
+        if box[2] <= box[0] or box[3] <= box[1]:
+            counts["outside_image"] += 1
+            continue
+        counts["clipped"] += box != [x, y, x + w, y + h]
+        per_image.setdefault(r["image_id"], []).append((float(r["score"]), box, label_of[r["category_id"]]))
+
+    rows = _empty_rows()
+    k1 = len(category_ids) + 1
+    for image_id in images:
+        dets = sorted(per_image.get(image_id, []), key=lambda d: -d[0])
+        counts["over_top_k"] += max(0, len(dets) - top_k)
+        for rank, (score, box, label) in enumerate(dets[:top_k]):
+            probs = np.zeros(k1, np.float32)
+            probs[0], probs[label] = 1.0 - score, score
+            for key, value in zip(("image_id", "rank", "x1", "y1", "x2", "y2", "label", "score", "probs"),
+                                  (image_id, rank, *box, label, score, probs)):
+                rows[key].append(value)
+    dropped = {k: v for k, v in counts.items() if k != "imported" and v}
+    log.info("imported %d detections from %s; dropped or changed: %s", counts["imported"], path, dropped or "none")
+    return _table(rows, category_ids, "import"), counts
+
+
+def results_json(table: pa.Table) -> list[dict[str, Any]]:
+    """COCO results records (bbox xywh) of a detections table."""
+    t = table.to_pydict()
+    return [
+        {"image_id": i, "category_id": c, "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)], "score": round(s, 6)}
+        for i, c, x1, y1, x2, y2, s in zip(t["image_id"], t["category_id"], t["x1"], t["y1"], t["x2"], t["y2"], t["score"])
+    ]
+
+
+def write_results_json(table: pa.Table, path: Path) -> None:
+    atomic.write_json(path, results_json(table))

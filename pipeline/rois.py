@@ -1,0 +1,132 @@
+"""Stage 3, rois: every baseline detection as a region of interest, labelled against the ground truth.
+
+Per ROI (`schemas/rois.schema.yaml`): best IoU with a non-crowd ground-truth box
+(torchvision.ops.box_iou), that box's annotation id, the label (positive: IoU >= positive_iou,
+labelled with the box's class; negative: IoU < negative_iou; ignored in between, or when a crowd
+region overlaps the ROI more than any object: see `pipeline.boxes.match_rois`), the Fast R-CNN
+regression target to the matched box (`pipeline.boxes.BoxCoder`), the baseline's label, score and
+class-probability vector, and the ROI's COCO size class.
+
+On the training split (config `rois.add_gt_to_train`, default on) every non-crowd ground-truth box
+is added as an extra positive ROI (`origin: gt`, IoU 1, zero baseline scores), so that small objects
+the baseline misses still teach the second stage. Test-split ROIs are the detections alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.boxes import BACKGROUND, SIZE_CLASSES, BoxCoder, match_rois, size_class
+from pipeline.io.tables import make_table, table_metadata
+
+log = logging.getLogger(__name__)
+
+ROIS_SCHEMA = "rois.schema.yaml"
+
+
+def build_rois(
+    detections: pa.Table, coco: dict[str, Any], add_gt: bool, positive_iou: float, negative_iou: float
+) -> tuple[pa.Table, dict[str, Any]]:
+    """The ROI table of a split and its label counts per size class."""
+    meta = table_metadata(detections)
+    category_ids = list(meta["category_ids"])
+    if category_ids != sorted(c["id"] for c in coco["categories"]):
+        raise ValueError("the detections were made for other categories than this split's ground truth")
+    label_of = {cid: k + 1 for k, cid in enumerate(category_ids)}
+    k1 = len(category_ids) + 1
+    coder = BoxCoder()
+
+    det = detections.to_pydict()
+    det_boxes = np.stack([np.asarray(det[k], np.float32) for k in ("x1", "y1", "x2", "y2")], axis=1).reshape(-1, 4)
+    det_probs = np.asarray(det["probs"], np.float32).reshape(-1, k1)
+    by_image: dict[int, list[int]] = {}
+    for row, image_id in enumerate(det["image_id"]):
+        by_image.setdefault(image_id, []).append(row)
+    gt_by_image: dict[int, list[dict[str, Any]]] = {}
+    for a in coco["annotations"]:
+        gt_by_image.setdefault(a["image_id"], []).append(a)
+
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in (
+        "image_id", "image_width", "image_height", "box", "iou", "gt_ann_id", "label", "target",
+        "base_label", "base_score", "base_probs", "origin")}
+    for im in coco["images"]:
+        rows = by_image.get(im["id"], [])
+        anns = gt_by_image.get(im["id"], [])
+        gt = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns],
+                          dtype=torch.float32).reshape(-1, 4)
+        crowd = torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool)
+        gt_labels = torch.tensor([label_of[a["category_id"]] for a in anns], dtype=torch.long)
+        boxes = det_boxes[rows]
+        base_label = np.asarray(det["label"], np.int32)[rows] if rows else np.zeros(0, np.int32)
+        base_score = np.asarray(det["score"], np.float32)[rows] if rows else np.zeros(0, np.float32)
+        base_probs = det_probs[rows]
+        origin = np.array(["detector"] * len(rows), dtype=object)
+        if add_gt and len(anns):
+            solid = ~crowd.numpy()
+            n_gt = int(solid.sum())
+            boxes = np.concatenate([boxes, gt.numpy()[solid]])
+            base_label = np.concatenate([base_label, np.zeros(n_gt, np.int32)])
+            base_score = np.concatenate([base_score, np.zeros(n_gt, np.float32)])
+            base_probs = np.concatenate([base_probs, np.zeros((n_gt, k1), np.float32)])
+            origin = np.concatenate([origin, np.array(["gt"] * n_gt, dtype=object)])
+        rois = torch.from_numpy(boxes)
+        match = match_rois(rois, gt, gt_labels, crowd, positive_iou, negative_iou)
+        matched = match.gt_index >= 0
+        target = torch.zeros((len(rois), 4))
+        if matched.any():
+            target[matched] = coder.encode(gt[match.gt_index[matched]], rois[matched])
+        n = len(rois)
+        gt_ann = np.full(n, -1, np.int64)
+        if matched.any():
+            gt_ann[matched.numpy()] = np.asarray([a["id"] for a in anns], np.int64)[match.gt_index[matched].numpy()]
+        for key, value in (
+            ("image_id", np.full(n, im["id"], np.int64)), ("image_width", np.full(n, im["width"], np.int32)),
+            ("image_height", np.full(n, im["height"], np.int32)), ("box", boxes), ("iou", match.iou.numpy()),
+            ("gt_ann_id", gt_ann), ("label", match.labels.numpy()), ("target", target.numpy()),
+            ("base_label", base_label), ("base_score", base_score), ("base_probs", base_probs), ("origin", origin),
+        ):
+            parts[key].append(value)
+
+    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    boxes = cat["box"].reshape(-1, 4).astype(np.float32)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    sizes = [size_class(float(a)) for a in areas]
+    target = cat["target"].reshape(-1, 4)
+    columns = {
+        "roi_id": np.arange(len(boxes), dtype=np.int64), "image_id": cat["image_id"].astype(np.int64),
+        "image_width": cat["image_width"].astype(np.int32), "image_height": cat["image_height"].astype(np.int32),
+        "x1": boxes[:, 0], "y1": boxes[:, 1], "x2": boxes[:, 2], "y2": boxes[:, 3],
+        "iou": cat["iou"].astype(np.float32), "gt_ann_id": cat["gt_ann_id"].astype(np.int64),
+        "label": cat["label"].astype(np.int32),
+        "dx": target[:, 0].astype(np.float32), "dy": target[:, 1].astype(np.float32),
+        "dw": target[:, 2].astype(np.float32), "dh": target[:, 3].astype(np.float32),
+        "base_label": cat["base_label"].astype(np.int32), "base_score": cat["base_score"].astype(np.float32),
+        "base_probs": cat["base_probs"].reshape(-1, k1).astype(np.float32),
+        "size_class": sizes, "origin": [str(o) for o in cat["origin"]],
+    }
+    summary = label_counts(columns["label"], sizes, columns["origin"])
+    metadata = {"category_ids": category_ids, "positive_iou": positive_iou, "negative_iou": negative_iou,
+                "box_coder_weights": list(coder.weights), "add_gt": add_gt, "counts": summary}
+    return make_table(columns, ROIS_SCHEMA, metadata), summary
+
+
+def label_counts(labels: np.ndarray, sizes: list[str], origins: list[str]) -> dict[str, Any]:
+    """ROIs per kind (positive / negative / ignored) and size class, and per origin."""
+    kind = np.where(labels > 0, "positive", np.where(labels == BACKGROUND, "negative", "ignored"))
+    counts = Counter(zip(kind.tolist(), sizes))
+    table = {k: {s: counts.get((k, s), 0) for s in SIZE_CLASSES} for k in ("positive", "negative", "ignored")}
+    return {"total": int(len(labels)), "by_kind_and_size": table, "by_origin": dict(Counter(origins))}
+
+
+def counts_markdown(split: str, summary: dict[str, Any]) -> str:
+    lines = [f"### ROIs of split `{split}` ({summary['total']} in all; by origin: {summary['by_origin']})", "",
+             "| | " + " | ".join(SIZE_CLASSES) + " | all |", "|---|" + "---:|" * (len(SIZE_CLASSES) + 1)]
+    for kind, row in summary["by_kind_and_size"].items():
+        lines.append(f"| {kind} | " + " | ".join(str(row[s]) for s in SIZE_CLASSES) + f" | {sum(row.values())} |")
+    return "\n".join(lines) + "\n"

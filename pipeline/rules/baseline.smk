@@ -1,0 +1,87 @@
+# Stages 2-3: the baseline detector (trained here, from torchvision, or imported), its top-K
+# detections per image, the ROIs labelled against the ground truth, and the baseline's score.
+
+
+rule train_baseline:
+    input:
+        index=rules.data.output.index,
+    output:
+        model=f"{ROOT}/baseline/model.pt",
+        log_csv=f"{ROOT}/baseline/train_log.csv",
+        curve=f"{ROOT}/baseline/loss.png",
+    params:
+        sections=sections_json(config, "data", "detector", "train_baseline"),
+        out_dir=lambda wildcards, output: os.path.dirname(output.model),
+    log:
+        f"{LOGS}/train_baseline.log",
+    benchmark:
+        f"{BENCHMARKS}/train_baseline.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan train-baseline --sections {params.sections} --data-index {input.index} "
+        "--out {params.out_dir} --threads {threads} > {log} 2>&1"
+
+
+rule detect:
+    input:
+        index=rules.data.output.index,
+        model=lambda wildcards: baseline_model_input(config, ROOT),
+        imported=lambda wildcards: detect_inputs(config, wildcards.split),
+    output:
+        table=f"{ROOT}/detect/{{split}}.parquet",
+        results=f"{ROOT}/detect/{{split}}_results.json",
+    params:
+        sections=sections_json(config, "detector"),
+        model=lambda wildcards, input: f"--model {input.model}" if input.model else "",
+    log:
+        f"{LOGS}/detect_{{split}}.log",
+    benchmark:
+        f"{BENCHMARKS}/detect_{{split}}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan detect --sections {params.sections} --data-index {input.index} --split {wildcards.split} "
+        "{params.model} --out-table {output.table} --out-results {output.results} --threads {threads} > {log} 2>&1"
+
+
+rule rois:
+    input:
+        index=rules.data.output.index,
+        detections=rules.detect.output.table,
+    output:
+        table=f"{ROOT}/rois/{{split}}.parquet",
+        counts=f"{ROOT}/rois/{{split}}_counts.md",
+    params:
+        sections=sections_json(config, "data", "rois"),
+    log:
+        f"{LOGS}/rois_{{split}}.log",
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan rois --sections {params.sections} --data-index {input.index} --split {wildcards.split} "
+        "--detections {input.detections} --out {output.table} --out-counts {output.counts} > {log} 2>&1"
+
+
+rule score_baseline:
+    input:
+        index=rules.data.output.index,
+        results=f"{ROOT}/detect/{TEST_SPLIT}_results.json",
+    output:
+        json=f"{ROOT}/score/baseline.json",
+        table=f"{ROOT}/score/baseline.md",
+    params:
+        split=TEST_SPLIT,
+    log:
+        f"{LOGS}/score_baseline.log",
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan score --data-index {input.index} --split {params.split} --results {input.results} --method baseline "
+        "--out-json {output.json} --out-md {output.table} > {log} 2>&1"

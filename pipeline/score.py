@@ -1,0 +1,53 @@
+"""Stage 8, score: pycocotools' COCOeval (bbox) of a COCO results file against the ground truth.
+
+The twelve numbers of `COCOeval.stats` get their names once, here (detectron2 style). Values are
+fractions in [0, 1]; tables show them x100. The per-image detection cap is pycocotools' default
+maxDets 100 (AP and the size-range APs use it), applied per image and category by pycocotools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+log = logging.getLogger(__name__)
+
+STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APS", "APM", "APL", "AR1", "AR10", "AR100", "ARS", "ARM", "ARL")
+TABLE_COLUMNS: tuple[str, ...] = ("AP", "AP50", "AP75", "APS", "APM", "APL", "AR100")
+
+
+def coco_bbox_eval(gt_json: Path, results: list[dict[str, Any]]) -> tuple[dict[str, float], COCOeval | None]:
+    """COCOeval bbox metrics of `results` (COCO results records) on the images of `gt_json`.
+
+    No detections at all scores 0 everywhere (pycocotools cannot load an empty result list).
+    """
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        gt = COCO(str(gt_json))
+        if not results:
+            return {name: 0.0 for name in STAT_NAMES} | {"images": len(gt.getImgIds())}, None
+        dt = gt.loadRes(results)
+        evaluator = COCOeval(gt, dt, iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    log.info("pycocotools:\n%s", printed.getvalue())
+    stats = {name: float(max(v, 0.0)) for name, v in zip(STAT_NAMES, evaluator.stats)}  # -1 (no objects) -> 0
+    stats["images"] = len(gt.getImgIds())
+    return stats, evaluator
+
+
+def metrics_markdown(rows: dict[str, dict[str, float]]) -> str:
+    """A table in the layout of the paper's Tables 2-6: one row per method, values x100."""
+    header = "| method | " + " | ".join(TABLE_COLUMNS) + " | images |"
+    lines = [header, "|---|" + "---:|" * (len(TABLE_COLUMNS) + 1)]
+    for method, stats in rows.items():
+        values = " | ".join(f"{100 * stats[c]:.1f}" for c in TABLE_COLUMNS)
+        lines.append(f"| {method} | {values} | {int(stats['images'])} |")
+    return "\n".join(lines) + "\n"
+
