@@ -31,3 +31,13 @@ def tiny_config(**builtin_overrides: Any) -> dict[str, Any]:
     config = load_config_files([REPO / "config" / "default.yaml", REPO / "config" / "tiny.yaml"])
     config["data"]["builtin"].update(builtin_overrides)
     return validate_config(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny preset's built-in dataset (data stage output folder), built once per session."""
+    from pipeline.data.stage import build_dataset
+
+    out = tmp_path_factory.mktemp("tiny") / "data"
+    build_dataset(tiny_config()["data"], out, n_jobs=1)
+    return out

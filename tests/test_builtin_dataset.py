@@ -22,10 +22,8 @@ from conftest import REPO, tiny_config
 
 
 @pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiny") / "data"
-    build_dataset(tiny_config()["data"], out, n_jobs=1)
-    return out
+def tiny_dataset(tiny_data: Path) -> Path:
+    return tiny_data
 
 
 def test_same_seed_gives_identical_bytes_whatever_the_worker_count(tiny_dataset: Path, tmp_path: Path) -> None:

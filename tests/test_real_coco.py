@@ -54,3 +54,40 @@ def test_coco_mini_passes_the_data_stage(coco_mini: Path, tmp_path: Path) -> Non
     assert stats["by_size"] == {"small": 299, "medium": 282, "large": 150}
     assert stats["crowd_regions"] == 8
     assert (out / "preview.png").stat().st_size > 10_000
+
+
+def test_coco_mini_detect_rois_and_score(coco_mini: Path, tmp_path: Path) -> None:
+    """Real JPEGs (greyscale ones included) through the detector path, and jittered ground truth
+    through the import path, the ROI labelling and pycocotools."""
+    import torch
+
+    from pipeline.detect import DetectSettings, import_detections, load_model, results_json, run_detector
+    from pipeline.rois import build_rois
+    from pipeline.score import coco_bbox_eval
+
+    coco = json.loads((coco_mini / "annotations" / "instances_train2017.json").read_text())
+    settings = DetectSettings(top_k=50, score_thresh=0.0, nms_thresh=0.5, min_size=160, max_size=200, batch_size=4, num_workers=0)
+    few = {**coco, "images": coco["images"][:6]}
+    torch.manual_seed(0)
+    model, label_map = load_model("torchvision", "fasterrcnn_small_cpu", "none", few, settings)
+    detections = run_detector(model, label_map, few, coco_mini / "train2017", settings, torch.device("cpu"), "torchvision")
+    assert detections.num_rows > 0
+    widths = {im["id"]: im["width"] for im in few["images"]}
+    t = detections.to_pydict()
+    assert all(0 <= x2 <= widths[i] for i, x2 in zip(t["image_id"], t["x2"]))  # boxes back in original pixels
+
+    rng = np.random.default_rng(0)
+    records = [
+        {"image_id": a["image_id"], "category_id": a["category_id"], "score": float(rng.uniform(0.3, 1.0)),
+         "bbox": [a["bbox"][0] + rng.normal(0, 1), a["bbox"][1] + rng.normal(0, 1), a["bbox"][2], a["bbox"][3]]}
+        for a in coco["annotations"] if not a["iscrowd"]
+    ]
+    path = tmp_path / "jittered.json"
+    path.write_text(json.dumps(records))
+    imported, counts = import_detections(path, coco, top_k=100)
+    rois, summary = build_rois(imported, coco, add_gt=False, positive_iou=0.5, negative_iou=0.35)
+    positives = sum(summary["by_kind_and_size"]["positive"].values())
+    assert positives > 0.8 * imported.num_rows
+    assert sum(summary["by_kind_and_size"]["positive"][s] for s in ("small",)) > 100
+    stats, _ = coco_bbox_eval(coco_mini / "annotations" / "instances_train2017.json", results_json(imported))
+    assert stats["AP50"] > 0.8 and stats["images"] == 80

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from pycocotools.coco import COCO
+
 from pipeline.io.atomic import atomic_dir, write_json
+from pipeline.io.tables import read_table
 
 from conftest import REPO
 
@@ -49,6 +52,14 @@ def test_tiny_pipeline_runs_then_caches(tmp_path: Path) -> None:
     assert len(list((data / "images" / "train").glob("*.jpg"))) == 24
     assert (tmp_path / "artifacts" / "tiny" / "logs" / "data.log").read_text().count("builtin train") >= 1
     assert (tmp_path / "artifacts" / "tiny" / "benchmarks" / "data.tsv").is_file()
+    root = tmp_path / "artifacts" / "tiny"
+    assert (root / "baseline" / "model.pt").is_file() and (root / "baseline" / "train_log.csv").is_file()
+    rois = read_table(root / "rois" / "train.parquet", "rois.schema.yaml").to_pydict()
+    assert "gt" in rois["origin"] and "detector" in rois["origin"]  # ground truth added on the training split
+    assert set(read_table(root / "rois" / "val.parquet", "rois.schema.yaml").column("origin").to_pylist()) == {"detector"}
+    baseline = json.loads((root / "score" / "baseline.json").read_text())
+    assert baseline["method"] == "baseline" and baseline["metrics"]["images"] == 12
+    COCO(str(data / "val.json")).loadRes(str(root / "detect" / "val_results.json"))
 
     second = snakemake(tmp_path, "eval_coco", "--cores", "2", "--configfile", str(REPO / "config" / "tiny.yaml"))
     assert second.returncode == 0

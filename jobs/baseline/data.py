@@ -16,7 +16,7 @@ from pipeline.io.images import read_rgb
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float in [0, 1] (torchvision's detectors normalise themselves)."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float().div_(255.0)  # copy: PIL arrays are read-only
 
 
 class CocoImages(Dataset):

@@ -142,8 +142,10 @@ def train_baseline(
             log.info("ignoring %s: it was trained with other settings or categories", last)
 
     batches = SeededBatches(len(dataset), settings.batch_size, settings.seed, settings.hflip, start, settings.iterations)
+    # The loader gets its own generator: drawing its workers' base seed must not move the global RNG
+    # (the detector's proposal sampling uses it), or a resumed run would diverge from a straight one.
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=settings.num_workers,
-                        persistent_workers=False)
+                        generator=torch.Generator().manual_seed(settings.seed))
     use_amp = settings.amp and device.type == "cuda"
 
     def checkpoint(iteration: int) -> dict[str, Any]:
@@ -175,7 +177,7 @@ def train_baseline(
         scheduler.step()
 
         for k, v in {"loss": loss, **losses}.items():
-            window[k] = window.get(k, 0.0) + float(v)
+            window[k] = window.get(k, 0.0) + float(v.detach())
         window_n += 1
         done = iteration + 1
         if done % settings.log_every == 0 or done == settings.iterations:
