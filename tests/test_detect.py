@@ -160,3 +160,26 @@ def test_results_json_loads_in_pycocotools(tmp_path: Path, tiny_data: Path, rand
     gt = COCO(str(tiny_data / "val.json"))
     loaded = gt.loadRes(results_json(table))
     assert len(loaded.getAnnIds()) == table.num_rows
+
+
+def test_detect_command_imports_results_for_a_split(tiny_data: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    from pipeline.io.tables import read_table
+
+    gt = json.loads((tiny_data / "val.json").read_text())
+    records = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9} for a in gt["annotations"]]
+    records.append({"image_id": 1, "category_id": 1, "bbox": [5, 5, 0, 4], "score": 0.3})  # dropped, counted
+    path = tmp_path / "val_results.json"
+    path.write_text(json.dumps(records))
+    sections = json.dumps({"detector": {"source": "import", "import_results": {"val": str(path)}}})
+    out = tmp_path / "val.parquet"
+    result = CliRunner().invoke(cli, ["detect", "--sections", sections, "--data-index", str(tiny_data / "index.json"), "--split", "val",
+                                      "--out-table", str(out), "--out-results", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    table = read_table(out, "detections.schema.yaml")
+    assert table.num_rows == len(gt["annotations"])
+    wrong = CliRunner().invoke(cli, ["detect", "--sections", sections, "--data-index", str(tiny_data / "index.json"), "--split", "train",
+                                     "--out-table", str(out), "--out-results", str(tmp_path / "r.json")])
+    assert wrong.exit_code == 1 and "no file for split 'train'" in wrong.output
