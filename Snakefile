@@ -16,11 +16,12 @@ configfile: str(Path(workflow.basedir) / "config" / "default.yaml")
 include: "pipeline/rules/common.smk"
 include: "pipeline/rules/data.smk"
 include: "pipeline/rules/baseline.smk"
+include: "pipeline/rules/shards.smk"
 
 
 rule eval_coco:
-    """The final table on the configured dataset (for now: ROIs of both splits and the baseline's row)."""
+    """The final table on the configured dataset (for now: ROI shards of both splits and the baseline's row)."""
     input:
-        expand(f"{ROOT}/rois/{{split}}.parquet", split=sorted({TRAIN_SPLIT, TEST_SPLIT})),
+        expand(f"{ROOT}/shards/{{split}}/manifest.json", split=sorted({TRAIN_SPLIT, TEST_SPLIT})),
         rules.score_baseline.output.table,
     default_target: True

@@ -209,9 +209,8 @@ def rois_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_ind
     Reads sections data (which split trains) and rois. On the training split every ground-truth
     box is added as a positive ROI when rois.add_gt_to_train is set.
     """
-    from pipeline.detect import DETECTIONS_SCHEMA
     from pipeline.io import atomic
-    from pipeline.io.tables import read_table, write_table
+    from pipeline.io.tables import DETECTIONS_SCHEMA, read_table, write_table
     from pipeline.rois import build_rois, counts_markdown
 
     config = _resolve_config(config_files, sections_json, need=("data", "rois"))
@@ -243,6 +242,94 @@ def score_cmd(data_index: Path, split: str, results: Path, method: str, out_json
     table = metrics_markdown({method: stats})
     atomic.write_text(out_md, table)
     click.echo(table)
+
+
+def _shard_settings(config: dict[str, Any], split: str) -> Any:
+    from pipeline.shards import ShardSettings
+
+    shards = config["shards"]
+    sampling = shards["train_sampling"]
+    use_sampling = sampling["enabled"] and split == config["data"]["train_split"]
+    return ShardSettings(
+        hr_size=shards["hr_size"], scale=shards["scale"], context_margin=shards["context_margin"],
+        rois_per_shard=shards["rois_per_shard"], block_size=shards["block_size"], num_chunks=shards["num_chunks"],
+        on_bad_image=shards["on_bad_image"],
+        sampling={k: sampling[k] for k in ("rois_per_image", "positive_fraction", "seed")} if use_sampling else None,
+    )
+
+
+@cli.command("shards")
+@config_option
+@sections_option
+@index_option
+@split_option
+@click.option("--rois", "rois_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The rois stage's table of this split.")
+@click.option("--chunk", required=True, type=int, help="Which image chunk of the split (0 .. shards.num_chunks - 1).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Chunk folder, conventionally artifacts/<dataset>/shards/<split>/chunk-<chunk>.")
+@click.option("-j", "--jobs", default=1, show_default=True, help="Worker processes decoding and cropping images.")
+def shards_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str, rois_path: Path,
+               chunk: int, out_dir: Path, jobs: int) -> None:
+    """Stage 4: crop the ROIs of one image chunk of --split to HR and bicubic LR images, in HDF5 shards.
+
+    \b
+    Reads sections data (which split is sampled) and shards. Writes shard-*.h5 and chunk.json into
+    --out (replaced whole when complete). `mtgan shards-manifest` then gathers the chunks.
+    """
+    from pipeline.shards import write_chunk
+
+    config = _resolve_config(config_files, sections_json, need=("data", "shards"))
+    settings = _shard_settings(config, split)
+    if not 0 <= chunk < settings.num_chunks:
+        raise click.UsageError(f"--chunk {chunk} is not in [0, {settings.num_chunks})")
+    coco, _, image_root = _split_coco(data_index, split)
+    info = write_chunk(rois_path, coco, image_root, split, chunk, settings, out_dir, n_jobs=jobs)
+    click.echo(f"{split} chunk {chunk}: {info['num_rois']} ROIs in {len(info['shards'])} shard(s) -> {out_dir}")
+
+
+@cli.command("shards-manifest")
+@config_option
+@sections_option
+@split_option
+@click.option("--rois", "rois_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="manifest.json of the split.")
+@click.argument("chunk_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+def shards_manifest_cmd(config_files: tuple[Path, ...], sections_json: str | None, split: str, rois_path: Path, out_path: Path,
+                        chunk_dirs: tuple[Path, ...]) -> None:
+    """Gather the chunk folders of --split into its manifest (shards, counts, histograms, sha256s)."""
+    from pipeline.shards import gather_manifest
+
+    config = _resolve_config(config_files, sections_json, need=("data", "shards"))
+    doc = gather_manifest(rois_path, list(chunk_dirs), split, _shard_settings(config, split), out_path)
+    click.echo(f"{split}: {doc['num_rois']} ROIs in {len(doc['shards'])} shards; labels {doc['histograms']['label']}")
+
+
+@cli.command("audit")
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
+@click.option("--rois", "rois_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="ROI table to check against (default: the one named in the manifest).")
+@click.option("--grid", "grid_png", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a PNG grid of random LR / HR pairs here (default: audit.png beside the manifest).")
+@click.option("--samples", default=32, show_default=True, help="Pairs in the grid.")
+def audit_cmd(target: Path, rois_path: Path | None, grid_png: Path | None, samples: int) -> None:
+    """Check the ROI shards of a split (TARGET: its folder or manifest.json).
+
+    \b
+    Verifies every shard's sha256, layout version, datasets, shapes and dtypes, and the counts
+    against the manifest and the ROI table; prints label / size-class / IoU tables; draws random
+    LR / HR pairs. Exits 1 naming the shard and the problem when anything is wrong.
+    """
+    from pipeline.audit import audit, draw_pairs
+
+    report, readable = audit(target, rois_path)
+    click.echo(report.table())
+    out = grid_png or (Path(target) if Path(target).is_dir() else Path(target).parent) / "audit.png"
+    draw_pairs(readable, out, count=samples)
+    click.echo(f"LR / HR pairs: {out}")
+    if report.problems:
+        raise click.ClickException(f"{len(report.problems)} problem(s):\n  " + "\n  ".join(report.problems))
+    click.echo("OK: every shard matches its manifest and the ROI table")
 
 
 def main() -> None:

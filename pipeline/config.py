@@ -71,6 +71,8 @@ def _check_cross_keys(config: dict[str, Any], what: str) -> None:
     problems = []
     if config["rois"]["negative_iou"] > config["rois"]["positive_iou"]:
         problems.append("key 'rois.negative_iou': must not exceed rois.positive_iou")
+    if config["shards"]["hr_size"] % config["shards"]["scale"]:
+        problems.append(f"key 'shards.scale': {config['shards']['scale']} does not divide shards.hr_size {config['shards']['hr_size']}")
     if "data" in config:
         problems += _data_problems(config["data"], config["detector"])
     if problems:

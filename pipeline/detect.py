@@ -45,11 +45,10 @@ from jobs.baseline.models import (
 from jobs.baseline.predict import LabelMap, detect_batch
 from pipeline.io import atomic
 from pipeline.io.coco import CocoFormatError
-from pipeline.io.tables import make_table
+from pipeline.io.tables import DETECTIONS_SCHEMA, make_table
 
 log = logging.getLogger(__name__)
 
-DETECTIONS_SCHEMA = "detections.schema.yaml"
 COCO_NUM_CLASSES = 91  # torchvision's COCO label space: background + 90 category ids
 
 

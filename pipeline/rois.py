@@ -23,11 +23,10 @@ import pyarrow as pa
 import torch
 
 from pipeline.boxes import BACKGROUND, SIZE_CLASSES, BoxCoder, match_rois, size_class
-from pipeline.io.tables import make_table, table_metadata
+from pipeline.io.tables import ROIS_SCHEMA, make_table, table_metadata
 
 log = logging.getLogger(__name__)
 
-ROIS_SCHEMA = "rois.schema.yaml"
 
 
 def build_rois(

@@ -41,3 +41,39 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "data"
     build_dataset(tiny_config()["data"], out, n_jobs=1)
     return out
+
+
+SHARD_SETTINGS = {"hr_size": 64, "scale": 4, "context_margin": 0.0, "rois_per_shard": 50, "block_size": 16,
+                  "num_chunks": 2, "on_bad_image": "error"}
+
+
+@pytest.fixture(scope="session")
+def tiny_rois(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """ROI tables of the tiny dataset's splits, from jittered ground truth plus random boxes as
+    imported detections (no detector training needed)."""
+    import json
+
+    import numpy as np
+
+    from pipeline.detect import import_detections
+    from pipeline.io.tables import write_table
+    from pipeline.rois import build_rois
+
+    out = tmp_path_factory.mktemp("rois")
+    paths = {}
+    for split in ("train", "val"):
+        coco = json.loads((tiny_data / f"{split}.json").read_text())
+        rng = np.random.default_rng(0)
+        records = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": float(rng.uniform(0.2, 1)),
+                    "bbox": [a["bbox"][0] + float(rng.normal(0, 2)), a["bbox"][1] + float(rng.normal(0, 2)), a["bbox"][2], a["bbox"][3]]}
+                   for a in coco["annotations"]]
+        for im in coco["images"]:
+            for _ in range(8):
+                x, y = rng.uniform(0, im["width"] - 20, 2)
+                records.append({"image_id": im["id"], "category_id": 1, "bbox": [float(x), float(y), 16.0, 16.0], "score": 0.1})
+        (out / f"{split}.json").write_text(json.dumps(records))
+        detections, _ = import_detections(out / f"{split}.json", coco, top_k=100)
+        table, _ = build_rois(detections, coco, add_gt=split == "train", positive_iou=0.5, negative_iou=0.35)
+        write_table(table, out / f"{split}.parquet")
+        paths[split] = out / f"{split}.parquet"
+    return paths

@@ -91,3 +91,17 @@ def test_coco_mini_detect_rois_and_score(coco_mini: Path, tmp_path: Path) -> Non
     assert sum(summary["by_kind_and_size"]["positive"][s] for s in ("small",)) > 100
     stats, _ = coco_bbox_eval(coco_mini / "annotations" / "instances_train2017.json", results_json(imported))
     assert stats["AP50"] > 0.8 and stats["images"] == 80
+    # ... and their shards, from real JPEGs: greyscale photos come out as 3-channel crops.
+    from pipeline.audit import audit
+    from pipeline.io.tables import write_table
+    from pipeline.shards import ShardSettings, gather_manifest, write_chunk
+
+    write_table(rois, tmp_path / "rois.parquet")
+    settings = ShardSettings(64, 4, 0.0, 256, 64, 2, "error", None)
+    dirs = [tmp_path / "shards" / f"chunk-{c}" for c in range(2)]
+    for c, d in enumerate(dirs):
+        write_chunk(tmp_path / "rois.parquet", coco, coco_mini / "train2017", "train", c, settings, d, n_jobs=2)
+    doc = gather_manifest(tmp_path / "rois.parquet", dirs, "train", settings, tmp_path / "shards" / "manifest.json")
+    assert doc["num_rois"] == rois.num_rows
+    report, _ = audit(tmp_path / "shards")
+    assert report.problems == []

@@ -12,10 +12,15 @@ class ImageReadError(OSError):
     """An image file that cannot be decoded; the message names the file."""
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """The image at `path` as an (H, W, 3) uint8 RGB array."""
+def open_rgb(path: Path) -> Image.Image:
+    """The image at `path`, decoded and converted to RGB."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return im.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """The image at `path` as an (H, W, 3) uint8 RGB array."""
+    return np.asarray(open_rgb(path))

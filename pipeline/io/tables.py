@@ -22,6 +22,10 @@ import pyarrow.parquet as pq
 from pipeline.io import atomic
 from pipeline.schema import load_schema
 
+# The project's tables, by schema file.
+DETECTIONS_SCHEMA = "detections.schema.yaml"
+ROIS_SCHEMA = "rois.schema.yaml"
+
 _TYPES: dict[str, pa.DataType] = {
     "int32": pa.int32(),
     "int64": pa.int64(),
@@ -82,26 +86,44 @@ def make_table(columns: dict[str, Any], name: str, metadata: dict[str, Any] | No
     return table
 
 
+ROW_GROUP_SIZE = 65536  # small enough that a reader filtering on image ids skips most of a big table
+
+
 def write_table(table: pa.Table, path: Path) -> None:
     with atomic.atomic_path(Path(path)) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_SIZE)
 
 
-def read_table(path: Path, name: str) -> pa.Table:
-    """Read a Parquet file and check it against `schemas/<name>`."""
+def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    """Type equality that ignores the name of a list's item field (Parquet writers differ)."""
+    if pa.types.is_list(a) and pa.types.is_list(b):
+        return a.value_type == b.value_type
+    return a == b
+
+
+def read_table(path: Path, name: str, filters: Any = None) -> pa.Table:
+    """Read a Parquet file (optionally only rows matching pyarrow `filters`) and check it against
+    `schemas/<name>`."""
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path, filters=filters)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: table not found") from None
     except pa.ArrowInvalid as e:
         raise TableSchemaError(f"{path}: not a readable Parquet file ({e})") from None
     expected = arrow_schema(name)
-    if table.schema.remove_metadata() != expected:
+    if table.schema.names != expected.names or not all(_same_type(a.type, b.type) for a, b in zip(table.schema, expected)):
         raise TableSchemaError(f"{path}: columns {table.schema.remove_metadata().to_string()} do not match {name}")
+    table = table.cast(expected.with_metadata(table.schema.metadata))  # only list item names can differ here
     _check_values(table, name, str(path))
     return table
 
 
 def table_metadata(table: pa.Table) -> dict[str, Any]:
     raw = (table.schema.metadata or {}).get(b"mtgan")
+    return json.loads(raw) if raw else {}
+
+
+def file_metadata(path: Path) -> dict[str, Any]:
+    """The `mtgan` metadata of a Parquet file, without reading its rows."""
+    raw = (pq.read_schema(path).metadata or {}).get(b"mtgan")
     return json.loads(raw) if raw else {}

@@ -1,0 +1,1 @@
+"""MTGAN: the generator, the multi-task discriminator, their losses, the shard loader and the training job."""

@@ -1,0 +1,160 @@
+"""The training loader over HDF5 ROI shards: contiguous block reads, seeded shuffling, batches.
+
+h5py reads a contiguous, chunk-aligned slice hundreds of times faster than a fancy-indexed one
+(measured here: ~500k vs ~1k samples/s). So `ShardBatches` never indexes samples one by one:
+
+1. the split's shards are cut into blocks of `block_size` rows (the shards' HDF5 chunk size);
+2. each epoch, the blocks are permuted from (seed, epoch); rank r of a DistributedDataParallel job
+   takes every world_size-th block, and DataLoader worker w of that rank every num_workers-th of
+   those, so ranks and workers see disjoint parts and, together, every ROI exactly once;
+3. blocks are read whole (`read_direct` of a slice) into a reused buffer of `buffer_blocks`
+   blocks, whose samples are shuffled (seeded) and gathered into batches; the remainder of one
+   buffer leads the next.
+
+With `positive_fraction`, every batch holds round(fraction x batch_size) positives (label >= 1) and
+negatives for the rest, drawn from two such streams; the epoch ends when either kind runs out, so
+no ROI is seen twice in an epoch and the more common kind is subsampled (a different subset each
+epoch). `drop_ignored` leaves out ROIs labelled -1.
+
+HDF5 files are opened lazily, in the process that reads them (h5py handles do not survive fork or
+pickling), never in the constructor. The dataset yields whole batches (dicts of tensors); use it
+with `DataLoader(dataset, batch_size=None, num_workers=...)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from pipeline.io.shards import read_manifest, shard_paths
+
+DEFAULT_FIELDS = ("lr", "hr", "label", "target", "roi_id")
+
+
+class ShardBatches(IterableDataset):
+    def __init__(
+        self,
+        manifest: Path,
+        batch_size: int,
+        seed: int = 0,
+        fields: tuple[str, ...] = DEFAULT_FIELDS,
+        shuffle: bool = True,
+        buffer_blocks: int = 16,
+        positive_fraction: float | None = None,
+        drop_ignored: bool = True,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        doc = read_manifest(manifest)
+        self.paths = [str(p) for p in shard_paths(manifest, doc)]
+        self.block_size = doc["block_size"]
+        self.blocks = [
+            (i, start, min(start + self.block_size, s["num_rois"]))
+            for i, s in enumerate(doc["shards"])
+            for start in range(0, s["num_rois"], self.block_size)
+        ]
+        self.batch_size, self.seed, self.fields = batch_size, seed, tuple(dict.fromkeys((*fields, "label")))
+        self.shuffle, self.buffer_blocks = shuffle, buffer_blocks
+        self.positive_fraction, self.drop_ignored, self.drop_last = positive_fraction, drop_ignored, drop_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self._files: dict[int, h5py.File] = {}
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before each epoch (as with DistributedSampler) to get that epoch's order."""
+        self.epoch = epoch
+
+    def __getstate__(self) -> dict[str, Any]:  # never ship open HDF5 handles to workers
+        return {**self.__dict__, "_files": {}}
+
+    def _my_blocks(self) -> list[tuple[int, int, int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.blocks)) if self.shuffle else np.arange(len(self.blocks))
+        mine = order[self.rank :: self.world_size]
+        info = get_worker_info()
+        if info is not None:
+            mine = mine[info.id :: info.num_workers]
+        return [self.blocks[i] for i in mine]
+
+    def _file(self, shard: int) -> h5py.File:
+        if shard not in self._files:
+            self._files[shard] = h5py.File(self.paths[shard], "r")
+        return self._files[shard]
+
+    def _stream(self, blocks: list[tuple[int, int, int]], keep: Any, rng: np.random.Generator, size: int) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of `size` samples (those with keep(labels) true; the last batch may be short).
+
+        Blocks are read with `read_direct` into one reused buffer of `buffer_blocks` blocks; each
+        batch is gathered from it with np.take; the few samples left over at the end of a buffer
+        are copied out and lead the next buffer's batches.
+        """
+        if not blocks:
+            return
+        capacity = self.buffer_blocks * self.block_size
+        f = self._file(blocks[0][0])
+        buffer = {k: np.empty((capacity, *f[k].shape[1:]), f[k].dtype) for k in self.fields}
+        carry: dict[str, np.ndarray] | None = None
+        for first in range(0, len(blocks), self.buffer_blocks):
+            n = 0
+            for shard, start, stop in blocks[first : first + self.buffer_blocks]:
+                f = self._file(shard)
+                for k in self.fields:
+                    f[k].read_direct(buffer[k], np.s_[start:stop], np.s_[n : n + stop - start])
+                n += stop - start
+            chosen = np.flatnonzero(keep(buffer["label"][:n]))
+            if self.shuffle:
+                chosen = rng.permutation(chosen)
+            if carry is not None:  # complete the carried partial batch first
+                take, chosen = chosen[: size - len(carry["label"])], chosen[size - len(carry["label"]) :]
+                carry = {k: np.concatenate([carry[k], np.take(buffer[k], take, axis=0)]) for k in self.fields}
+                if len(carry["label"]) < size:
+                    continue
+                yield carry
+                carry = None
+            full = len(chosen) - len(chosen) % size
+            for i in range(0, full, size):
+                yield {k: np.take(buffer[k], chosen[i : i + size], axis=0) for k in self.fields}
+            if full < len(chosen):
+                carry = {k: np.take(buffer[k], chosen[full:], axis=0) for k in self.fields}
+        if carry is not None:
+            yield carry
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        blocks = self._my_blocks()
+        info = get_worker_info()
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, info.id if info else 0])
+        if self.positive_fraction is None:
+            kept = (lambda labels: labels >= 0) if self.drop_ignored else (lambda labels: np.ones(len(labels), bool))
+            batches = self._stream(blocks, kept, rng, self.batch_size)
+        else:
+            n_pos = round(self.positive_fraction * self.batch_size)
+            pos = self._stream(blocks, lambda labels: labels > 0, rng, n_pos) if n_pos else None
+            neg = self._stream(blocks, lambda labels: labels == 0, rng, self.batch_size - n_pos) if n_pos < self.batch_size else None
+            batches = _zip_batches(pos, neg, n_pos, self.batch_size - n_pos)
+        for batch in batches:
+            if self.drop_last and len(batch["label"]) < self.batch_size:
+                continue
+            yield {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
+def _zip_batches(pos: Iterator[dict[str, np.ndarray]] | None, neg: Iterator[dict[str, np.ndarray]] | None,
+                 n_pos: int, n_neg: int) -> Iterator[dict[str, np.ndarray]]:
+    """Join a positive and a negative part into each batch, until either stream runs short."""
+    while True:
+        parts = []
+        for stream, n in ((pos, n_pos), (neg, n_neg)):
+            if stream is None:
+                continue
+            part = next(stream, None)
+            if part is None or len(part["label"]) < n:
+                return
+            parts.append(part)
+        yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

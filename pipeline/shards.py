@@ -1,0 +1,234 @@
+"""Stage 4, shards: every ROI cropped to HR and LR images, stored in sharded HDF5 files.
+
+For each split, from its ROI table and images:
+
+- the training split is sampled per image, Fast R-CNN style (config `shards.train_sampling`): up
+  to `rois_per_image` ROIs, of which up to `positive_fraction` positives (all positives are kept
+  when there are fewer), negatives fill the rest; ignored ROIs (label -1) are left out. The test
+  split keeps every ROI. Sampling is seeded per image, so it does not depend on the chunking;
+- the split's images are cut into `num_chunks` fixed chunks (the fan-out is known before anything
+  runs: one Snakemake job per chunk, so `--cores` and a cluster executor both spread the work);
+  inside a job, images are decoded and cropped in parallel (joblib), and shards are written as
+  soon as `rois_per_shard` ROIs are ready, so memory is bounded by one chunk's images in flight
+  plus one shard, never by the dataset;
+- each ROI: `crop_hr` (box + context margin, bicubic to `hr_size`) and `make_lr` (bicubic
+  `scale`x down-sampling), see `pipeline.crops`;
+- a chunk's folder is written under a temporary name and renamed when complete, with `chunk.json`
+  listing its shards and their sha256; `manifest.json` of the split is gathered from the chunks
+  last. A job killed at any moment leaves no folder or manifest that looks complete.
+
+Images that cannot be decoded: an error naming the file (`on_bad_image: error`, the default) or,
+with `on_bad_image: skip`, their ROIs are left out and the files are listed in the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from joblib import Parallel, delayed
+from tqdm import tqdm
+
+from pipeline.crops import RESIZE_METHOD, crop_hr, make_lr
+from pipeline.io import atomic
+from pipeline.io.images import ImageReadError, open_rgb
+from pipeline.io.shards import ORIGIN_CODES, SIZE_CODES, ShardSpec, sha256_of, write_manifest, write_shard
+from pipeline.io.tables import ROIS_SCHEMA, file_metadata, read_table
+
+log = logging.getLogger(__name__)
+
+CHUNK_MANIFEST = "chunk.json"
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    hr_size: int
+    scale: int
+    context_margin: float
+    rois_per_shard: int
+    block_size: int
+    num_chunks: int
+    on_bad_image: str  # "error" or "skip"
+    sampling: dict[str, Any] | None  # {rois_per_image, positive_fraction, seed} for the training split
+
+    @property
+    def bytes_per_roi(self) -> int:
+        lr = self.hr_size // self.scale
+        return 3 * (self.hr_size**2 + lr**2) + 100  # images + the table's columns (about 100 bytes)
+
+
+def sample_rois(labels: np.ndarray, image_ids: np.ndarray, rois_per_image: int, positive_fraction: float, seed: int) -> np.ndarray:
+    """Rows kept by Fast R-CNN-style per-image sampling, in table order."""
+    keep = []
+    order = np.argsort(image_ids, kind="stable")
+    bounds = np.flatnonzero(np.diff(image_ids[order])) + 1
+    for rows in np.split(order, bounds):
+        if rows.size == 0:
+            continue
+        rng = np.random.default_rng([seed, int(image_ids[rows[0]])])
+        pos, neg = rows[labels[rows] > 0], rows[labels[rows] == 0]
+        n_pos = min(pos.size, round(positive_fraction * rois_per_image))
+        n_neg = min(neg.size, rois_per_image - n_pos)
+        keep += [rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)]
+    return np.sort(np.concatenate(keep)) if keep else np.zeros(0, np.int64)
+
+
+def chunk_image_ids(coco: dict[str, Any], num_chunks: int) -> list[np.ndarray]:
+    """The split's image ids, in file order, cut into `num_chunks` contiguous chunks."""
+    return np.array_split(np.asarray([im["id"] for im in coco["images"]], np.int64), num_chunks)
+
+
+def _crop_image(path: Path, boxes: np.ndarray, hr_size: int, scale: int, margin: float) -> tuple[np.ndarray, np.ndarray] | str:
+    try:
+        image = open_rgb(path)
+    except ImageReadError as e:
+        return str(e)
+    hr = np.stack([crop_hr(image, box, hr_size, margin) for box in boxes]) if len(boxes) else np.zeros((0, hr_size, hr_size, 3), np.uint8)
+    lr = np.stack([make_lr(h, scale) for h in hr]) if len(boxes) else np.zeros((0, hr_size // scale, hr_size // scale, 3), np.uint8)
+    return hr, lr
+
+
+def _columns(table: Any, rows: np.ndarray, num_labels: int) -> dict[str, np.ndarray]:
+    """The shard datasets that come from the ROI table, for `rows` of it."""
+    t = table.take(rows).to_pydict() if len(rows) else {name: [] for name in table.column_names}
+
+    def col(name: str, dtype: Any) -> np.ndarray:
+        return np.asarray(t[name], dtype=dtype)
+
+    return {
+        "roi_id": col("roi_id", np.int64), "image_id": col("image_id", np.int64),
+        "image_size": np.stack([col("image_width", np.int32), col("image_height", np.int32)], axis=1).reshape(-1, 2),
+        "box": np.stack([col(k, np.float32) for k in ("x1", "y1", "x2", "y2")], axis=1).reshape(-1, 4),
+        "label": col("label", np.int32), "iou": col("iou", np.float32),
+        "target": np.stack([col(k, np.float32) for k in ("dx", "dy", "dw", "dh")], axis=1).reshape(-1, 4),
+        "base_label": col("base_label", np.int32), "base_score": col("base_score", np.float32),
+        "base_probs": np.asarray(t["base_probs"], np.float32).reshape(-1, num_labels),
+        "size_class": np.asarray([SIZE_CODES.index(s) for s in t["size_class"]], np.uint8),
+        "origin": np.asarray([ORIGIN_CODES.index(o) for o in t["origin"]], np.uint8),
+    }
+
+
+def kept_rows(labels: np.ndarray, image_ids: np.ndarray, settings: ShardSettings) -> np.ndarray:
+    """Rows of the ROI table that go into shards (all of them, or the training split's sample)."""
+    if settings.sampling is None:
+        return np.arange(len(labels))
+    s = settings.sampling
+    return sample_rois(labels, image_ids, s["rois_per_image"], s["positive_fraction"], s["seed"])
+
+
+def _label_columns(rois_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and image ids of the whole table: all that sampling needs (12 bytes a ROI)."""
+    t = pq.read_table(rois_path, columns=["label", "image_id"])
+    return t.column("label").to_numpy(), t.column("image_id").to_numpy()
+
+
+def write_chunk(
+    rois_path: Path, coco: dict[str, Any], image_root: Path, split: str, chunk: int, settings: ShardSettings,
+    out_dir: Path, n_jobs: int = 1,
+) -> dict[str, Any]:
+    """Write the shards of one image chunk of a split into `out_dir` (replaced whole when done).
+
+    Only the chunk's rows of the ROI table are read in full, so memory does not grow with the split.
+    """
+    labels, image_ids = _label_columns(rois_path)
+    rows = kept_rows(labels, image_ids, settings)
+    if chunk == 0:
+        gb = len(rows) * settings.bytes_per_roi / 1e9
+        log.info("split %s: %d of %d ROIs go into shards: about %.2f GB in all", split, len(rows), len(labels), gb)
+    chunk_ids = chunk_image_ids(coco, settings.num_chunks)[chunk]
+    rows = rows[np.isin(image_ids[rows], chunk_ids)]
+    table = read_table(rois_path, ROIS_SCHEMA, filters=[("image_id", "in", chunk_ids.tolist())])
+    category_ids = tuple(file_metadata(rois_path)["category_ids"])
+    num_labels = len(category_ids) + 1
+    spec = ShardSpec(settings.hr_size, settings.scale, settings.context_margin, settings.block_size, num_labels,
+                     category_ids, split, sha256_of(rois_path), RESIZE_METHOD)
+    # Rows of the whole table -> rows of the chunk's sub-table (roi_id is the row number).
+    local = np.searchsorted(table.column("roi_id").to_numpy(), rows)
+    image_of_row = image_ids[rows]
+    files = {im["id"]: im["file_name"] for im in coco["images"]}
+    per_image = {int(i): local[image_of_row == i] for i in chunk_ids}
+    boxes = np.stack([table.column(k).to_numpy() for k in ("x1", "y1", "x2", "y2")], axis=1)
+
+    jobs = (delayed(_crop_image)(image_root / files[int(i)], boxes[per_image[int(i)]], settings.hr_size, settings.scale,
+                                 settings.context_margin) for i in chunk_ids)
+    results = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=4)(jobs)
+    shards: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rows, hr, lr) not yet in a shard
+    with atomic.atomic_dir(out_dir) as tmp:
+
+        def flush(final: bool) -> None:
+            nonlocal pending
+            while pending and (final or sum(len(p[0]) for p in pending) >= settings.rois_per_shard):
+                r = np.concatenate([p[0] for p in pending])
+                hr = np.concatenate([p[1] for p in pending])
+                lr = np.concatenate([p[2] for p in pending])
+                n = min(len(r), settings.rois_per_shard)
+                arrays = {"hr": hr[:n], "lr": lr[:n], **_columns(table, r[:n], num_labels)}
+                name = f"shard-{chunk:03d}-{len(shards):05d}.h5"
+                write_shard(tmp / name, arrays, spec, len(shards))
+                shards.append({"path": name, "chunk": chunk, "num_rois": n, "sha256": sha256_of(tmp / name)})
+                pending = [(r[n:], hr[n:], lr[n:])] if n < len(r) else []
+                if final and not pending:
+                    break
+
+        for image_id, result in tqdm(zip(chunk_ids, results), total=len(chunk_ids), desc=f"shards {split} chunk {chunk}", unit="img"):
+            if isinstance(result, str):
+                if settings.on_bad_image == "error":
+                    raise ImageReadError(result + " (set shards.on_bad_image: skip to leave its ROIs out)")
+                skipped.append(result)
+                continue
+            pending.append((per_image[int(image_id)], *result))
+            flush(final=False)
+        flush(final=True)
+        info = {"chunk": chunk, "split": split, "shards": shards, "skipped_images": skipped,
+                "num_rois": sum(s["num_rois"] for s in shards), "source_table_sha256": spec.source_table_sha256}
+        atomic.write_json(tmp / CHUNK_MANIFEST, info, indent=1)
+    if skipped:
+        log.warning("split %s chunk %d: %d image(s) could not be decoded; their ROIs are left out", split, chunk, len(skipped))
+    log.info("split %s chunk %d: %d ROIs in %d shard(s)", split, chunk, info["num_rois"], len(shards))
+    return info
+
+
+def gather_manifest(rois_path: Path, chunk_dirs: list[Path], split: str, settings: ShardSettings, out_path: Path) -> dict[str, Any]:
+    """The split's manifest from its chunks' `chunk.json` files; checks they agree with the table."""
+    table = pq.read_table(rois_path, columns=["label", "image_id", "size_class", "origin"])
+    meta = file_metadata(rois_path)
+    table_sha = sha256_of(rois_path)
+    base = Path(out_path).parent.resolve()
+    shards, skipped = [], []
+    for d in chunk_dirs:
+        info = json.loads((Path(d) / CHUNK_MANIFEST).read_text())
+        if info["source_table_sha256"] != table_sha:
+            raise ValueError(f"{d}: made from another version of {rois_path}; rerun its shards job")
+        for s in info["shards"]:
+            shards.append({**s, "path": str((Path(d) / s["path"]).resolve().relative_to(base))})
+        skipped += info["skipped_images"]
+    rows = kept_rows(table.column("label").to_numpy(), table.column("image_id").to_numpy(), settings)
+    if not skipped and sum(s["num_rois"] for s in shards) != len(rows):
+        raise ValueError(f"split {split}: the chunks hold {sum(s['num_rois'] for s in shards)} ROIs, the table says {len(rows)}")
+    kept = table.take(rows) if len(rows) else table.slice(0, 0)
+    histograms = {
+        "label": {str(k): int(v) for k, v in sorted(Counter(kept.column("label").to_pylist()).items())},
+        "size_class": {str(k): int(v) for k, v in Counter(kept.column("size_class").to_pylist()).items()},
+        "origin": {str(k): int(v) for k, v in Counter(kept.column("origin").to_pylist()).items()},
+    }
+    doc = {
+        "layout_version": 1, "split": split, "hr_size": settings.hr_size, "lr_size": settings.hr_size // settings.scale,
+        "scale": settings.scale, "margin": settings.context_margin, "block_size": settings.block_size,
+        "num_labels": len(meta["category_ids"]) + 1, "category_ids": list(meta["category_ids"]), "resize_method": RESIZE_METHOD,
+        "source_table": {"path": str(rois_path), "sha256": table_sha, "num_rows": table.num_rows},
+        "sampling": settings.sampling, "num_rois": sum(s["num_rois"] for s in shards), "skipped_images": skipped,
+        "shards": shards, "histograms": histograms,
+    }
+    write_manifest(out_path, doc)
+    log.info("split %s: %d ROIs in %d shards (%.2f GB); labels %s", split, doc["num_rois"], len(shards),
+             sum((base / s["path"]).stat().st_size for s in shards) / 1e9, histograms["label"])
+    return doc
+

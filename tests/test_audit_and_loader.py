@@ -1,0 +1,136 @@
+"""`mtgan audit` catches damage; the block loader yields every ROI once per epoch, across workers and ranks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch.utils.data import DataLoader
+
+from jobs.mtgan.data import ShardBatches
+from pipeline.audit import audit
+from pipeline.cli import cli
+from pipeline.shards import ShardSettings, gather_manifest, write_chunk
+
+from conftest import SHARD_SETTINGS
+
+
+@pytest.fixture(scope="module")
+def val_shards(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("shards") / "val"
+    settings = ShardSettings(**SHARD_SETTINGS, sampling=None)
+    coco = json.loads((tiny_data / "val.json").read_text())
+    dirs = [out / f"chunk-{c}" for c in range(2)]
+    for c, d in enumerate(dirs):
+        write_chunk(tiny_rois["val"], coco, tiny_data / "images" / "val", "val", c, settings, d)
+    gather_manifest(tiny_rois["val"], dirs, "val", settings, out / "manifest.json")
+    return out
+
+
+@pytest.fixture
+def shards(val_shards: Path, tmp_path: Path) -> Path:
+    """A private copy to damage."""
+    copy = tmp_path / "val"
+    shutil.copytree(val_shards, copy)
+    return copy
+
+
+def test_clean_shards_pass_and_are_tabulated(shards: Path, tmp_path: Path) -> None:
+    report, readable = audit(shards)
+    assert report.problems == []
+    doc = json.loads((shards / "manifest.json").read_text())
+    assert report.num_rois == doc["num_rois"] == sum(report.labels.values()) == int(report.iou_hist.sum())
+    result = CliRunner().invoke(cli, ["audit", str(shards), "--grid", str(tmp_path / "grid.png")])
+    assert result.exit_code == 0, result.output
+    assert "| size class | ROIs |" in result.output and (tmp_path / "grid.png").stat().st_size > 5000
+
+
+def test_a_single_flipped_byte_is_caught(shards: Path) -> None:
+    doc = json.loads((shards / "manifest.json").read_text())
+    victim = shards / doc["shards"][1]["path"]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    victim.write_bytes(bytes(data))
+    report, _ = audit(shards)
+    assert any(doc["shards"][1]["path"] in p and "sha256" in p for p in report.problems)
+    result = CliRunner().invoke(cli, ["audit", str(shards / "manifest.json")])
+    assert result.exit_code == 1 and doc["shards"][1]["path"] in result.output
+
+
+def test_missing_and_stray_shards_are_named(shards: Path) -> None:
+    doc = json.loads((shards / "manifest.json").read_text())
+    gone = shards / doc["shards"][0]["path"]
+    gone.rename(shards / "chunk-0" / "renamed.h5")
+    problems = audit(shards)[0].problems
+    assert any(doc["shards"][0]["path"] in p and "missing" in p for p in problems)
+    assert any("renamed.h5" in p and "does not list" in p for p in problems)
+
+
+def test_a_wrong_count_is_caught(shards: Path) -> None:
+    path = shards / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["shards"][0]["num_rois"] -= 1
+    path.write_text(json.dumps(doc))
+    problems = audit(shards)[0].problems
+    assert any(doc["shards"][0]["path"] in p and "the manifest says" in p for p in problems)
+
+
+def test_a_changed_roi_table_is_caught(shards: Path, tiny_rois: dict[str, Path]) -> None:
+    problems = audit(shards, rois_table=tiny_rois["train"])[0].problems
+    assert any("not the one the shards were made from" in p for p in problems)
+
+
+def _epoch_ids(manifest: Path, batch_size: int, world_size: int = 1, num_workers: int = 0, epoch: int = 0, **kw: object) -> list[np.ndarray]:
+    per_rank = []
+    for rank in range(world_size):
+        ds = ShardBatches(manifest, batch_size=batch_size, seed=1, rank=rank, world_size=world_size, **kw)
+        ds.set_epoch(epoch)
+        batches = list(DataLoader(ds, batch_size=None, num_workers=num_workers))
+        assert all(len(b["label"]) <= batch_size for b in batches)
+        per_rank.append(np.concatenate([b["roi_id"].numpy() for b in batches]))
+    return per_rank
+
+
+@pytest.mark.parametrize(("world_size", "num_workers"), [(1, 0), (1, 2), (2, 0), (2, 2)])
+def test_every_roi_exactly_once_per_epoch(val_shards: Path, world_size: int, num_workers: int) -> None:
+    manifest = val_shards / "manifest.json"
+    total = json.loads(manifest.read_text())["num_rois"]
+    per_rank = _epoch_ids(manifest, 7, world_size, num_workers, drop_ignored=False)
+    everything = np.concatenate(per_rank)
+    assert sorted(everything.tolist()) == list(range(total))
+    if world_size == 2:
+        assert not set(per_rank[0]) & set(per_rank[1]) and min(map(len, per_rank)) > 0
+
+
+def test_order_is_seeded_and_changes_with_the_epoch(val_shards: Path) -> None:
+    manifest = val_shards / "manifest.json"
+    a, b, c = (_epoch_ids(manifest, 8, epoch=e)[0] for e in (0, 0, 1))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert not np.array_equal(a, np.sort(a))  # shuffled within blocks, not only across them
+
+
+def test_ignored_rois_are_left_out(val_shards: Path) -> None:
+    ds = ShardBatches(val_shards / "manifest.json", batch_size=16, seed=0)
+    labels = torch.cat([b["label"] for b in ds])
+    assert (labels >= 0).all() and len(labels) > 0
+
+
+def test_balanced_batches(val_shards: Path) -> None:
+    ds = ShardBatches(val_shards / "manifest.json", batch_size=8, seed=0, positive_fraction=0.25, fields=("lr", "hr", "label", "roi_id"))
+    batches = list(ds)
+    assert batches and all(int((b["label"] > 0).sum()) == 2 and int((b["label"] == 0).sum()) == 6 for b in batches)
+    ids = torch.cat([b["roi_id"] for b in batches])
+    assert len(set(ids.tolist())) == len(ids)  # nothing twice in an epoch
+    assert batches[0]["lr"].shape == (8, 16, 16, 3) and batches[0]["hr"].dtype == torch.uint8
+
+
+def test_no_hdf5_handle_is_opened_in_the_constructor(val_shards: Path) -> None:
+    ds = ShardBatches(val_shards / "manifest.json", batch_size=4)
+    assert ds._files == {}
+    next(iter(ds))
+    assert ds._files and ds.__getstate__()["_files"] == {}

@@ -1,0 +1,126 @@
+"""The shards stage: sampling, round trip of every column, determinism, atomicity, bad images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.crops import crop_hr, make_lr
+from pipeline.io import shards as shard_io
+from pipeline.io.images import ImageReadError, open_rgb
+from pipeline.io.shards import ORIGIN_CODES, SIZE_CODES, read_manifest, sha256_of
+from pipeline.io.tables import ROIS_SCHEMA, read_table
+from pipeline.shards import ShardSettings, gather_manifest, sample_rois, write_chunk
+
+from conftest import SHARD_SETTINGS
+
+SAMPLING = {"rois_per_image": 12, "positive_fraction": 0.25, "seed": 0}
+
+
+def settings(sampling: dict[str, Any] | None = None, **changes: Any) -> ShardSettings:
+    return ShardSettings(**{**SHARD_SETTINGS, **changes}, sampling=sampling)
+
+
+def build(tiny_data: Path, rois: Path, split: str, out: Path, s: ShardSettings) -> dict[str, Any]:
+    coco = json.loads((tiny_data / f"{split}.json").read_text())
+    dirs = [out / f"chunk-{c}" for c in range(s.num_chunks)]
+    for c, d in enumerate(dirs):
+        write_chunk(rois, coco, tiny_data / "images" / split, split, c, s, d, n_jobs=1)
+    gather_manifest(rois, dirs, split, s, out / "manifest.json")
+    return read_manifest(out / "manifest.json")
+
+
+def test_fast_rcnn_sampling_per_image() -> None:
+    labels = np.array([1] * 10 + [0] * 100 + [-1] * 5 + [2] * 3 + [0] * 2)
+    image_ids = np.array([7] * 115 + [9] * 5)
+    rows = sample_rois(labels, image_ids, rois_per_image=64, positive_fraction=0.25, seed=0)
+    first, second = rows[image_ids[rows] == 7], rows[image_ids[rows] == 9]
+    assert (labels[first] > 0).sum() == 10 and (labels[first] == 0).sum() == 54  # 10 < 16 positives: all kept
+    assert sorted(labels[second].tolist()) == [0, 0, 2, 2, 2]  # fewer than 64: everything but ignored
+    assert not (labels[rows] == -1).any() and len(set(rows.tolist())) == len(rows)
+    many = sample_rois(np.array([1] * 40 + [0] * 40), np.zeros(80, int), 16, 0.25, seed=3)
+    assert (many < 40).sum() == 4 and len(many) == 16
+    assert np.array_equal(many, sample_rois(np.array([1] * 40 + [0] * 40), np.zeros(80, int), 16, 0.25, seed=3))
+
+
+def test_round_trip_every_column(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path) -> None:
+    doc = build(tiny_data, tiny_rois["val"], "val", tmp_path, settings())
+    table = read_table(tiny_rois["val"], ROIS_SCHEMA).to_pydict()
+    assert doc["num_rois"] == len(table["roi_id"]) and doc["sampling"] is None
+    assert all(s["num_rois"] <= 50 for s in doc["shards"]) and len(doc["shards"]) >= 4
+    seen = []
+    coco = json.loads((tiny_data / "val.json").read_text())
+    files = {im["id"]: im["file_name"] for im in coco["images"]}
+    for entry in doc["shards"]:
+        with h5py.File(tmp_path / entry["path"], "r") as f:
+            assert f.attrs["layout_version"] == 1 and f.attrs["num_rois"] == entry["num_rois"]
+            assert f["hr"].chunks == (min(16, entry["num_rois"]), 64, 64, 3) and f["hr"].compression is None
+            ids = f["roi_id"][:]
+            seen += ids.tolist()
+            for j, r in enumerate(ids):
+                assert f["image_id"][j] == table["image_id"][r]
+                assert f["label"][j] == table["label"][r] and f["base_label"][j] == table["base_label"][r]
+                np.testing.assert_array_equal(f["box"][j], [table[k][r] for k in ("x1", "y1", "x2", "y2")])
+                np.testing.assert_array_equal(f["target"][j], [table[k][r] for k in ("dx", "dy", "dw", "dh")])
+                np.testing.assert_array_equal(f["base_probs"][j], np.asarray(table["base_probs"][r], np.float32))
+                assert (f["iou"][j], f["base_score"][j]) == (np.float32(table["iou"][r]), np.float32(table["base_score"][r]))
+                assert SIZE_CODES[f["size_class"][j]] == table["size_class"][r] and ORIGIN_CODES[f["origin"][j]] == table["origin"][r]
+                assert tuple(f["image_size"][j]) == (table["image_width"][r], table["image_height"][r])
+            j = len(ids) // 2  # the pixels: recomputed independently for one ROI per shard
+            image = open_rgb(tiny_data / "images" / "val" / files[int(f["image_id"][j])])
+            hr = crop_hr(image, f["box"][j], 64)
+            np.testing.assert_array_equal(f["hr"][j], hr)
+            np.testing.assert_array_equal(f["lr"][j], make_lr(hr, 4))
+    assert sorted(seen) == list(range(len(table["roi_id"])))
+
+
+def test_training_split_is_sampled_and_rerun_is_byte_identical(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path) -> None:
+    first = build(tiny_data, tiny_rois["train"], "train", tmp_path / "a", settings(SAMPLING))
+    again = build(tiny_data, tiny_rois["train"], "train", tmp_path / "b", settings(SAMPLING))
+    table = read_table(tiny_rois["train"], ROIS_SCHEMA)
+    assert 0 < first["num_rois"] < table.num_rows and first["sampling"] == SAMPLING
+    assert "-1" not in first["histograms"]["label"]
+    assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in again["shards"]]
+
+
+def test_killed_writer_leaves_nothing_that_looks_complete(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    original, calls = shard_io.write_shard, []
+
+    def dies_on_second(path: Path, *args: Any) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            raise MemoryError("killed while writing")
+        original(path, *args)
+
+    monkeypatch.setattr("pipeline.shards.write_shard", dies_on_second)
+    coco = json.loads((tiny_data / "val.json").read_text())
+    with pytest.raises(MemoryError):
+        write_chunk(tiny_rois["val"], coco, tiny_data / "images" / "val", "val", 0, settings(), tmp_path / "chunk-0")
+    assert list(tmp_path.iterdir()) == []  # no chunk folder, no temporary folder, no stray shard
+
+
+def test_bad_image_is_an_error_or_a_listed_skip(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / "images" / "val" / "000002.jpg").write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(ImageReadError, match="000002.jpg: cannot decode"):
+        build(data, tiny_rois["val"], "val", tmp_path / "error", settings())
+    doc = build(data, tiny_rois["val"], "val", tmp_path / "skip", settings(on_bad_image="skip"))
+    assert len(doc["skipped_images"]) == 1 and "000002.jpg" in doc["skipped_images"][0]
+    table = read_table(tiny_rois["val"], ROIS_SCHEMA)
+    assert doc["num_rois"] == table.num_rows - table.column("image_id").to_pylist().count(2)
+
+
+def test_manifest_refuses_chunks_of_another_table(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path) -> None:
+    build(tiny_data, tiny_rois["val"], "val", tmp_path, settings())
+    dirs = [tmp_path / "chunk-0", tmp_path / "chunk-1"]
+    with pytest.raises(ValueError, match="another version"):
+        gather_manifest(tiny_rois["train"], dirs, "val", settings(), tmp_path / "manifest.json")
+    assert sha256_of(tmp_path / "manifest.json")  # the earlier manifest is untouched
