@@ -17,11 +17,14 @@ include: "pipeline/rules/common.smk"
 include: "pipeline/rules/data.smk"
 include: "pipeline/rules/baseline.smk"
 include: "pipeline/rules/shards.smk"
+include: "pipeline/rules/mtgan.smk"
 
 
 rule eval_coco:
-    """The final table on the configured dataset (for now: ROI shards of both splits and the baseline's row)."""
+    """The final table on the configured dataset (for now: the trained variants, the test split's
+    shards and the baseline's row)."""
     input:
-        expand(f"{ROOT}/shards/{{split}}/manifest.json", split=sorted({TRAIN_SPLIT, TEST_SPLIT})),
+        expand(f"{ROOT}/mtgan/{{variant}}/model.pt", variant=config["mtgan"]["variants"]),
+        f"{ROOT}/shards/{TEST_SPLIT}/manifest.json",
         rules.score_baseline.output.table,
     default_target: True

@@ -332,6 +332,35 @@ def audit_cmd(target: Path, rois_path: Path | None, grid_png: Path | None, sampl
     click.echo("OK: every shard matches its manifest and the ROI table")
 
 
+@cli.command("train-mtgan")
+@config_option
+@sections_option
+@click.option("--variant", required=True, help="mtgan, sbu, d_no_adv, no_reg_branch, no_adv_loss, no_cls_loss or no_reg_loss.")
+@click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The training split's shard manifest.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder, conventionally artifacts/<dataset>/mtgan/<variant>.")
+@threads_option
+def train_mtgan_cmd(config_files: tuple[Path, ...], sections_json: str | None, variant: str, manifest: Path, out_dir: Path,
+                    threads: int | None) -> None:
+    """Stage 5: train one MTGAN variant (MSE pre-training of G, then alternating D / G steps).
+
+    \b
+    Reads section mtgan (preset, overrides, seed, device). Writes model.pt, checkpoints/last.pt,
+    metrics.jsonl, losses.png and pictures/ into --out; resumes from checkpoints/last.pt when it was
+    made with the same settings. Several GPUs: torchrun --nproc_per_node N -m pipeline.cli train-mtgan ...
+    """
+    from jobs.mtgan.settings import VARIANTS, resolve_preset
+    from jobs.mtgan.train import train_mtgan
+
+    config = _resolve_config(config_files, sections_json, need=("mtgan",))
+    mtgan = config["mtgan"]
+    if variant not in VARIANTS:
+        raise click.UsageError(f"unknown variant {variant!r}: one of {sorted(VARIANTS)}")
+    preset = resolve_preset(mtgan["preset"], mtgan["overrides"])
+    train_mtgan(manifest, VARIANTS[variant], preset, out_dir, device_name=mtgan["device"], threads=threads, seed=mtgan["seed"])
+
+
 def main() -> None:
     cli(prog_name="mtgan")
 

@@ -77,3 +77,20 @@ def tiny_rois(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
         write_table(table, out / f"{split}.parquet")
         paths[split] = out / f"{split}.parquet"
     return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_train_shards(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Manifest of the tiny dataset's training shards (every ROI kept)."""
+    import json
+
+    from pipeline.shards import ShardSettings, gather_manifest, write_chunk
+
+    out = tmp_path_factory.mktemp("train_shards")
+    settings = ShardSettings(**SHARD_SETTINGS, sampling=None)
+    coco = json.loads((tiny_data / "train.json").read_text())
+    dirs = [out / f"chunk-{c}" for c in range(settings.num_chunks)]
+    for c, d in enumerate(dirs):
+        write_chunk(tiny_rois["train"], coco, tiny_data / "images" / "train", "train", c, settings, d)
+    gather_manifest(tiny_rois["train"], dirs, "train", settings, out / "manifest.json")
+    return out / "manifest.json"

@@ -22,6 +22,7 @@ TEST_SPLIT = config["data"]["test_split"]
 wildcard_constraints:
     split="|".join(data_splits(config["data"])),
     chunk=r"\d+",
+    variant="|".join(config["mtgan"]["variants"]),
 
 # Rules call `mtgan`, run from this checkout, so they work in a virtualenv where the project is
 # pip-installed and in the conda environment of envs/mtgan.yaml (`--use-conda`) alike. The prefix

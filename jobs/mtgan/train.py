@@ -1,0 +1,262 @@
+"""The `train_mtgan` job: one variant, from the training split's shards to `model.pt`.
+
+Stage 1 pre-trains the generator with the MSE loss alone (`preset.pretrain_iterations`); stage 2
+alternates one discriminator step and one generator step per mini-batch (`preset.iterations`),
+D with SGD and a step decay, G with Adam. Variants without a learned generator skip stage 1 and
+the G steps.
+
+Outputs in `out_dir`: `model.pt` (G and D weights, variant, preset, categories), `checkpoints/last.pt`
+(everything needed to resume exactly: models, optimisers, schedulers, step, RNG states, settings),
+`metrics.jsonl` (every `log_every` steps: each loss term, D(real), D(SR), cls accuracy on SR and
+HR, learning rates, pairs/s), `losses.png`, and `pictures/step-*.png` (LR / bicubic / SR / HR, the
+paper's Fig 3). A non-finite loss stops training with a message; the last checkpoint stays.
+Checkpoints load with `torch.load(weights_only=True)`.
+
+Several GPUs or processes: `torchrun --nproc_per_node N -m pipeline.cli train-mtgan ...` runs
+DistributedDataParallel (NCCL on GPUs, gloo on CPUs); each rank reads a disjoint part of the shards
+and takes batch_size / N of the global batch; BatchNorm is synchronised across ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from jobs.baseline.train import pick_device
+from jobs.mtgan.data import ShardBatches
+from jobs.mtgan.engine import build_networks, pretrain_step, to_model, train_step
+from jobs.mtgan.settings import Preset, Variant
+from pipeline.io import atomic
+from pipeline.io.shards import read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def _unwrap(module: nn.Module | None) -> nn.Module | None:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def _batches(loader: ShardBatches, start_epoch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    epoch = start_epoch
+    while True:
+        loader.set_epoch(epoch)
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the training shards yield no batch: too few ROIs for the batch size?")
+        epoch += 1
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    with atomic.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _pictures(g: nn.Module | None, lr: torch.Tensor, hr: torch.Tensor, path: Path, title: str) -> None:
+    """LR (nearest) / bicubic / SR / HR rows for a few samples: the paper's Fig 3."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch.nn.functional as F
+
+    n = min(8, len(lr))
+    with torch.no_grad():
+        x = lr[:n]
+        scale = hr.shape[-1] // x.shape[-1]
+        rows = {"LR (nearest)": F.interpolate(x, scale_factor=scale, mode="nearest"),
+                "bicubic": F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1, 1)}
+        if g is not None:
+            was_training = g.training
+            g.eval()
+            rows["SR (G)"] = g(x).clamp(-1, 1)
+            g.train(was_training)
+        rows["HR"] = hr[:n]
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.4 * len(rows)), squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        for c in range(n):
+            axes[r, c].imshow(((images[c].float().cpu().permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy())
+            axes[r, c].axis("off")
+        axes[r, 0].set_title(name, fontsize=7, loc="left")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def _plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    keys = sorted({k for r in rows for k in r if k.startswith(("loss", "g_loss"))})
+    for key in keys:
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        left.plot(*zip(*pts), label=key)
+    left.set_yscale("log")
+    left.set_xlabel("step (pre-training, then GAN training)")
+    left.set_ylabel("weighted loss term")
+    left.legend(fontsize=7)
+    for key in ("d_real", "d_sr", "acc_sr", "acc_hr"):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        if pts:
+            right.plot(*zip(*pts), label=key)
+    right.set_xlabel("step")
+    right.set_ylabel("probability / accuracy")
+    right.set_ylim(0, 1)
+    right.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = pick_device(device_name)
+    if world == 1:
+        return 0, 1, device
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank()
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def train_mtgan(
+    manifest: Path, variant: Variant, preset: Preset, out_dir: Path, device_name: str = "auto", threads: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """Train one variant on the shards of `manifest`; return the path of `model.pt`."""
+    out_dir = Path(out_dir)
+    if threads:
+        torch.set_num_threads(threads)
+    rank, world, device = _setup_distributed(device_name)
+    if preset.batch_size % world:
+        raise ValueError(f"batch_size {preset.batch_size} is not divisible by the {world} processes")
+    doc = read_manifest(manifest)
+    torch.manual_seed(seed)
+    g, d = build_networks(variant, preset, doc["num_labels"], doc["scale"])
+    g = g.to(device) if g is not None else None
+    d = d.to(device)
+    learned = variant.generator == "learned"
+    if world > 1:
+        d = nn.parallel.DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(d))
+        if learned:
+            g = nn.parallel.DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(g))
+    d_opt = torch.optim.SGD(d.parameters(), lr=preset.d_lr, momentum=preset.d_momentum, weight_decay=preset.d_weight_decay)
+    d_sched = torch.optim.lr_scheduler.StepLR(d_opt, step_size=preset.d_lr_step, gamma=0.1)
+    g_opt = torch.optim.Adam(g.parameters(), lr=preset.g_lr) if learned else None
+
+    settings = {"variant": dataclasses.asdict(variant), "preset": dataclasses.asdict(preset), "seed": seed,
+                "world_size": world, "category_ids": doc["category_ids"], "shards_sha256": [s["sha256"] for s in doc["shards"]]}
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as they come back from a checkpoint
+    last = out_dir / "checkpoints" / "last.pt"
+    start, rows = 0, []
+    if last.is_file():
+        state = torch.load(last, map_location="cpu", weights_only=True)
+        if state["settings"] == settings:
+            _unwrap(d).load_state_dict(state["d"])
+            d_opt.load_state_dict(state["d_opt"])
+            d_sched.load_state_dict(state["d_sched"])
+            if learned:
+                _unwrap(g).load_state_dict(state["g"])
+                g_opt.load_state_dict(state["g_opt"])
+            torch.set_rng_state(state["rng"]["torch"])
+            start, rows = state["step"], state["metrics"]
+            log.info("resuming from %s at step %d", last, start)
+        else:
+            log.info("ignoring %s: it was made with other settings", last)
+    for line in preset.departures:
+        log.info("departure from the paper: %s", line)
+
+    loader = ShardBatches(manifest, batch_size=preset.batch_size // world, seed=seed, fields=("lr", "hr", "label", "target"),
+                          positive_fraction=preset.positive_fraction, drop_last=True, rank=rank, world_size=world)
+    batches = _batches(loader)
+    for _ in range(start):  # the same batches as an uninterrupted run
+        next(batches)
+    use_amp = preset.amp and device.type == "cuda"
+
+    def autocast() -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+
+    pretrain = preset.pretrain_iterations if learned else 0
+    total = pretrain + preset.iterations
+
+    def checkpoint(step: int) -> dict[str, Any]:
+        state = {"d": _unwrap(d).state_dict(), "d_opt": d_opt.state_dict(), "d_sched": d_sched.state_dict(), "step": step,
+                 "rng": {"torch": torch.get_rng_state()}, "settings": settings, "metrics": rows}
+        if learned:
+            state |= {"g": _unwrap(g).state_dict(), "g_opt": g_opt.state_dict()}
+        return state
+
+    d.train()
+    if g is not None:
+        g.train()
+    window: dict[str, list[float]] = {}
+    clock, pairs = time.perf_counter(), 0
+    progress = tqdm(range(start, total), desc=f"train_mtgan {variant.name}", unit="step", disable=rank != 0)
+    for step in progress:
+        batch = next(batches)
+        lr, hr = to_model(batch["lr"], device), to_model(batch["hr"], device)
+        labels, targets = batch["label"].to(device).long(), batch["target"].to(device).float()
+        if step < pretrain:
+            metrics = pretrain_step(g, g_opt, lr, hr, autocast)
+        else:
+            metrics = train_step(g, d, d_opt, g_opt, lr, hr, labels, targets, variant, preset, autocast, d_plain=_unwrap(d))
+            d_sched.step()
+        pairs += len(labels) * world
+        for k, v in metrics.items():
+            window.setdefault(k, []).append(v)
+        done = step + 1
+        if done % preset.log_every == 0 or done == total:
+            row = {"step": done, "stage": "pretrain" if step < pretrain else "gan",
+                   **{k: float(np.mean(v)) for k, v in window.items()},
+                   "d_lr": d_opt.param_groups[0]["lr"], "g_lr": g_opt.param_groups[0]["lr"] if g_opt else 0.0,
+                   "pairs_per_s": pairs / (time.perf_counter() - clock)}
+            rows.append(row)
+            progress.set_postfix({k: f"{row[k]:.3f}" for k in ("loss_mse", "loss_d_cls", "acc_sr", "acc_hr") if k in row})
+            window, clock, pairs = {}, time.perf_counter(), 0
+        if rank == 0 and (done % preset.picture_every == 0 or done == total):
+            _pictures(_unwrap(g), lr, hr, out_dir / "pictures" / f"step-{done:06d}.png", f"{variant.name}, step {done}")
+        if rank == 0 and done % preset.checkpoint_every == 0 and done < total:
+            _save(last, checkpoint(done))
+
+    model_path = out_dir / "model.pt"
+    if rank == 0:
+        _save(last, checkpoint(total))
+        with atomic.atomic_path(out_dir / "metrics.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if rows:
+            _plot(rows, out_dir / "losses.png", f"MTGAN variant {variant.name}")
+        final = {"d": _unwrap(d).state_dict(), "variant": settings["variant"], "preset": settings["preset"],
+                 "num_labels": doc["num_labels"], "category_ids": doc["category_ids"], "hr_size": doc["hr_size"],
+                 "scale": doc["scale"], "step": total}
+        if learned:
+            final["g"] = _unwrap(g).state_dict()
+        _save(model_path, final)
+        log.info("variant %s: %d steps; model written to %s", variant.name, total, model_path)
+    if world > 1:
+        dist.barrier()
+    return model_path

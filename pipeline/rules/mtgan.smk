@@ -1,0 +1,25 @@
+# Stage 5: one training job per configured MTGAN variant, on the training split's shards.
+
+
+rule train_mtgan:
+    input:
+        manifest=f"{ROOT}/shards/{TRAIN_SPLIT}/manifest.json",
+    output:
+        model=f"{ROOT}/mtgan/{{variant}}/model.pt",
+        metrics=f"{ROOT}/mtgan/{{variant}}/metrics.jsonl",
+        curves=f"{ROOT}/mtgan/{{variant}}/losses.png",
+    params:
+        sections=sections_json(config, "mtgan"),
+        out_dir=lambda wildcards, output: os.path.dirname(output.model),
+    log:
+        f"{LOGS}/train_mtgan_{{variant}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train_mtgan_{{variant}}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan train-mtgan --sections {params.sections} --variant {wildcards.variant} --manifest {input.manifest} "
+        "--out {params.out_dir} --threads {threads} > {log} 2>&1"

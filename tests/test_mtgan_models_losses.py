@@ -1,0 +1,144 @@
+"""MTGAN's networks against Table 1, their initialisation, every loss term by hand, and gradient flow."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from jobs.mtgan import losses
+from jobs.mtgan.engine import build_networks, discriminator_step, generator_step
+from jobs.mtgan.models import Discriminator, Generator, resnet_backbone
+from jobs.mtgan.settings import PRESETS, VARIANTS, resolve_preset
+
+
+def test_generator_layers_follow_table_1() -> None:
+    g = Generator()
+    convs = [m for m in g.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    described = [(type(m).__name__, m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0]) for m in convs]
+    assert described == [
+        ("Conv2d", 3, 64, 9, 1),
+        *[("Conv2d", 64, 64, 3, 1)] * 10,  # 5 residual blocks of 2 convs
+        ("Conv2d", 64, 64, 3, 1),
+        ("ConvTranspose2d", 64, 256, 3, 2),  # "de-conv 256, 3, 2x"
+        ("ConvTranspose2d", 256, 256, 3, 2),
+        ("Conv2d", 256, 3, 9, 1),
+    ]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in g.modules()) == 11
+    assert sum(isinstance(m, nn.PReLU) for m in g.modules()) == 1 + 5 + 2
+    out = g(torch.rand(2, 3, 16, 16) * 2 - 1)
+    assert out.shape == (2, 3, 64, 64) and out.abs().max() <= 1
+
+
+def test_generator_init_is_gaussian_002_with_zero_bias() -> None:
+    torch.manual_seed(0)
+    g = Generator()
+    weights = torch.cat([m.weight.detach().flatten() for m in g.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))])
+    assert abs(float(weights.mean())) < 1e-3 and float(weights.std()) == pytest.approx(0.02, rel=0.02)
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in g.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)))
+
+
+@pytest.mark.parametrize(("arch", "features"), [("resnet18", 512), ("resnet50", 2048)])
+def test_discriminator_heads_shapes_and_init(arch: str, features: int) -> None:
+    torch.manual_seed(0)
+    backbone, width = resnet_backbone(arch)
+    assert width == features
+    d = Discriminator(backbone, width, num_classes=8)
+    out = d(torch.rand(3, 3, 64, 64) * 2 - 1)
+    assert out["gan"].shape == (3,) and out["cls"].shape == (3, 8) and out["reg"].shape == (3, 4)
+    w = torch.cat([d.heads[h].weight.detach().flatten() for h in ("gan", "cls", "reg")])
+    assert float(w.std()) == pytest.approx(0.1, rel=0.05) and all(float(d.heads[h].bias.detach().abs().max()) == 0 for h in d.heads)
+    assert set(Discriminator(resnet_backbone("resnet18")[0], 512, 8, ("cls", "reg")).heads) == {"cls", "reg"}
+
+
+def test_each_loss_term_equals_a_hand_computed_value() -> None:
+    assert float(losses.mse(torch.tensor([[0.0, 1.0], [2.0, 3.0]]), torch.zeros(2, 2))) == pytest.approx(3.5)
+    assert float(losses.adversarial_for_g(torch.tensor([0.0, 2.0]))) == pytest.approx((math.log(2) + math.log(1 + math.exp(-2))) / 2)
+    assert float(losses.gan_for_d(torch.tensor([0.0]), torch.tensor([1.0]))) == pytest.approx(math.log(2) + math.log(1 + math.e))
+    cls = losses.classification(torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), torch.tensor([0, 2]))
+    assert float(cls) == pytest.approx((math.log(1 + 2 * math.exp(-2)) + math.log(2 + math.e) - 1) / 2)
+    offsets = torch.tensor([[0.5, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 9.0]])
+    reg = losses.regression(offsets, torch.zeros(3, 4), torch.tensor([2, 1, 0]))  # the third is a negative: no term
+    assert float(reg) == pytest.approx((0.5 * 0.5**2 + (3.0 - 0.5)) / 3)
+
+
+def test_weighted_generator_and_discriminator_losses() -> None:
+    out = {"gan": torch.tensor([0.0, 0.0]), "cls": torch.tensor([[0.0, 0.0], [0.0, 0.0]]), "reg": torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]])}
+    labels, targets = torch.tensor([1, 0]), torch.zeros(2, 4)
+    sr, hr = torch.ones(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
+    g = losses.generator_losses(out, sr, hr, labels, targets, ("adv", "cls", "reg"), alpha=0.001, beta=0.01, gamma=0.1)
+    assert float(g["loss_mse"]) == pytest.approx(1.0)
+    assert float(g["loss_adv"]) == pytest.approx(0.001 * math.log(2))
+    assert float(g["loss_cls"]) == pytest.approx(0.01 * math.log(2))
+    assert float(g["loss_reg"]) == pytest.approx(0.1 * 0.5 / 2)
+    assert set(losses.generator_losses(out, sr, hr, labels, targets, ("cls",), 0.001, 0.01, 0.01)) == {"loss_mse", "loss_cls"}
+    d = losses.discriminator_losses(out, out, labels, targets, alpha=0.001, beta=0.01, gamma=0.1)
+    assert float(d["loss_d_cls"]) == pytest.approx(0.01 * 2 * math.log(2))  # SR and HR
+    assert float(d["loss_d_reg"]) == pytest.approx(0.1 * 2 * 0.25)
+    assert float(d["loss_d_gan"]) == pytest.approx(0.001 * 2 * math.log(2))
+    assert "loss_d_gan" not in losses.discriminator_losses(None, out, labels, targets, 0.001, 0.01, 0.01)
+
+
+def _tiny(variant: str = "mtgan") -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    g, d = build_networks(VARIANTS[variant], PRESETS["tiny"], num_classes=4, scale=4)
+    d_opt = torch.optim.SGD(d.parameters(), lr=0.1)
+    g_opt = torch.optim.Adam(g.parameters(), lr=1e-2) if variant == "mtgan" else None
+    return g, d, d_opt, g_opt  # type: ignore[return-value]
+
+
+def _batch() -> tuple[torch.Tensor, ...]:
+    torch.manual_seed(1)
+    return torch.rand(6, 3, 16, 16) * 2 - 1, torch.rand(6, 3, 64, 64) * 2 - 1, torch.tensor([1, 2, 0, 3, 0, 1]), torch.randn(6, 4)
+
+
+def _params(m: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in m.named_parameters()}
+
+
+def test_detection_losses_alone_move_the_generator() -> None:
+    """With the adversarial and MSE terms off, a G step driven by cls + reg alone changes G: the
+    losses of the discriminator really reach the generator, and its optimiser really steps."""
+    g, d, _, g_opt = _tiny()
+    lr, hr, labels, targets = _batch()
+    before_g, before_d = _params(g), _params(d)
+    metrics = generator_step(d, g_opt, g(lr), hr, labels, targets, ("cls", "reg"), PRESETS["tiny"], contextlib.nullcontext,
+                             mse_weight=0.0)
+    assert metrics["g_loss_mse"] == 0 and metrics["g_loss_cls"] > 0 and metrics["g_loss_reg"] > 0
+    assert all(not torch.equal(before_g[k], v) for k, v in _params(g).items()), "every G parameter should move"
+    assert all(torch.equal(before_d[k], v) for k, v in _params(d).items()), "a G step must not move D"
+    assert all(p.requires_grad for p in d.parameters())  # D is unfrozen again afterwards
+
+
+def test_a_discriminator_step_leaves_the_generator_untouched() -> None:
+    g, d, d_opt, _ = _tiny()
+    lr, hr, labels, targets = _batch()
+    sr = g(lr)
+    before_g, before_d = _params(g), _params(d)
+    discriminator_step(d, d_opt, sr, hr, labels, targets, VARIANTS["mtgan"], PRESETS["tiny"], contextlib.nullcontext)
+    assert all(torch.equal(before_g[k], v) for k, v in _params(g).items())
+    assert all(p.grad is None for p in g.parameters())
+    assert any(not torch.equal(before_d[k], v) for k, v in _params(d).items())
+
+
+def test_sbu_has_nothing_to_learn_in_its_upsampler() -> None:
+    g, d, _, _ = _tiny("sbu")
+    assert sum(p.numel() for p in g.parameters()) == 0 and "gan" not in d.heads
+    lr = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(g(lr), torch.nn.functional.interpolate(lr, scale_factor=4, mode="bilinear"))
+    g_none, d_plain = build_networks(VARIANTS["d_no_adv"], PRESETS["tiny"], 4, 4)
+    assert g_none is None and set(d_plain.heads) == {"cls", "reg"}
+
+
+def test_presets_and_overrides() -> None:
+    assert PRESETS["paper"].d_backbone == "resnet50" and PRESETS["paper-r101"].d_backbone == "resnet101"
+    paper = PRESETS["paper"]
+    assert (paper.alpha, paper.beta, paper.gamma, paper.d_lr, paper.d_lr_step, paper.iterations) == (0.001, 0.01, 0.01, 0.01, 40_000, 80_000)
+    assert paper.departures == () and PRESETS["cpu"].departures
+    changed = resolve_preset("cpu", {"iterations": 5})
+    assert changed.iterations == 5 and "overridden: iterations=5" in changed.departures[-1]
+    with pytest.raises(ValueError, match="unknown field"):
+        resolve_preset("cpu", {"iteration": 5})

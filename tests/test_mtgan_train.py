@@ -1,0 +1,106 @@
+"""The train_mtgan job: it learns, resumes exactly, and DDP over 2 gloo processes matches one process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from jobs.mtgan.data import ShardBatches
+from jobs.mtgan.engine import build_networks, to_model
+from jobs.mtgan.settings import VARIANTS, resolve_preset
+from jobs.mtgan.train import train_mtgan
+
+import ddp_worker
+
+
+@torch.no_grad()
+def evaluate(model_path: Path | None, manifest: Path, variant: str = "mtgan") -> dict[str, float]:
+    """G's MSE and D's classification accuracy (on G's output) over all training shards."""
+    doc = json.loads(manifest.read_text())
+    torch.manual_seed(0)
+    g, d = build_networks(VARIANTS[variant], resolve_preset("tiny"), doc["num_labels"], doc["scale"])
+    if model_path is not None:
+        state = torch.load(model_path, weights_only=True)
+        d.load_state_dict(state["d"])
+        if "g" in state:
+            g.load_state_dict(state["g"])
+    g.eval()
+    d.eval()
+    mse, correct, n = 0.0, 0, 0
+    for batch in ShardBatches(manifest, batch_size=64, shuffle=False):
+        lr, hr = to_model(batch["lr"], torch.device("cpu")), to_model(batch["hr"], torch.device("cpu"))
+        sr = g(lr)
+        mse += float(((sr - hr) ** 2).mean()) * len(lr)
+        correct += int((d(sr)["cls"].argmax(1) == batch["label"].long()).sum())
+        n += len(lr)
+    return {"mse": mse / n, "accuracy": correct / n}
+
+
+LEARNING = {"pretrain_iterations": 30, "iterations": 40, "d_lr": 1.0, "d_lr_step": 1000, "log_every": 10, "picture_every": 35,
+            "checkpoint_every": 1000}
+
+
+def test_a_tiny_run_lowers_the_losses_and_raises_accuracy(tiny_train_shards: Path, tmp_path: Path) -> None:
+    before = evaluate(None, tiny_train_shards)
+    model = train_mtgan(tiny_train_shards, VARIANTS["mtgan"], resolve_preset("tiny", LEARNING), tmp_path, "cpu", threads=2)
+    after = evaluate(model, tiny_train_shards)
+    assert after["mse"] < 0.8 * before["mse"]
+    assert after["accuracy"] > before["accuracy"] + 0.1
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["pretrain"] * 3 + ["gan"] * 4
+    gan = [r for r in rows if r["stage"] == "gan"]
+    assert gan[-1]["loss_d_cls"] < gan[0]["loss_d_cls"]
+    assert {"d_real", "d_sr", "acc_sr", "acc_hr", "g_loss_adv", "g_loss_cls", "g_loss_reg", "d_lr", "pairs_per_s"} <= set(gan[0])
+    assert (tmp_path / "losses.png").stat().st_size > 5000 and list((tmp_path / "pictures").glob("step-*.png"))
+
+
+def test_resume_continues_exactly(tiny_train_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    preset = resolve_preset("tiny")  # 4 pre-training + 8 GAN steps, checkpoints every 4
+    straight = train_mtgan(tiny_train_shards, VARIANTS["mtgan"], preset, tmp_path / "straight", "cpu", threads=1)
+
+    import jobs.mtgan.train as train_module
+
+    original, calls = train_module.train_step, []
+
+    def killed(*args: object, **kwargs: object) -> dict[str, float]:
+        calls.append(1)
+        if len(calls) == 6:  # step 10: after the checkpoint of step 8
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_mtgan(tiny_train_shards, VARIANTS["mtgan"], preset, tmp_path / "resumed", "cpu", threads=1)
+    assert torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["step"] == 8
+    monkeypatch.setattr(train_module, "train_step", original)
+    resumed = train_mtgan(tiny_train_shards, VARIANTS["mtgan"], preset, tmp_path / "resumed", "cpu", threads=1)
+
+    a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
+    for net in ("g", "d"):
+        for key, value in a[net].items():
+            torch.testing.assert_close(b[net][key], value, rtol=0, atol=0, msg=f"{net}.{key}")
+
+
+def test_sbu_never_touches_a_generator(tiny_train_shards: Path, tmp_path: Path) -> None:
+    model = train_mtgan(tiny_train_shards, VARIANTS["sbu"], resolve_preset("tiny"), tmp_path, "cpu", threads=1)
+    state = torch.load(model, weights_only=True)
+    assert "g" not in state and state["step"] == 8  # no pre-training stage either
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(not any(k.startswith("g_loss") for k in r) and "acc_hr" not in r for r in rows)  # D sees up-sampled LR only
+
+
+def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path: Path) -> None:
+    ddp_worker.run_steps(0, 1, tmp_path)
+    mp.spawn(ddp_worker.run_steps, args=(2, tmp_path), nprocs=2, join=True)
+    single = torch.load(tmp_path / "world1-rank0.pt", weights_only=True)
+    ranks = [torch.load(tmp_path / f"world2-rank{r}.pt", weights_only=True) for r in range(2)]
+    for net in ("g", "d"):
+        for key, value in single[net].items():
+            torch.testing.assert_close(ranks[0][net][key], ranks[1][net][key], rtol=0, atol=0)  # ranks agree exactly
+            torch.testing.assert_close(ranks[0][net][key], value, rtol=1e-4, atol=1e-5, msg=f"{net}.{key}")
+        moved = [k for k, v in single[net].items() if v.is_floating_point() and not torch.equal(v, single["initial"][net][k])]
+        assert len(moved) > len(single[net]) // 3, f"training should move most of {net}'s weights"
