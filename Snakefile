@@ -18,13 +18,11 @@ include: "pipeline/rules/data.smk"
 include: "pipeline/rules/baseline.smk"
 include: "pipeline/rules/shards.smk"
 include: "pipeline/rules/mtgan.smk"
+include: "pipeline/rules/evaluate.smk"
 
 
 rule eval_coco:
-    """The final table on the configured dataset (for now: the trained variants, the test split's
-    shards and the baseline's row)."""
+    """The final table on the configured dataset: artifacts/<dataset>/eval/metrics.md."""
     input:
-        expand(f"{ROOT}/mtgan/{{variant}}/model.pt", variant=config["mtgan"]["variants"]),
-        f"{ROOT}/shards/{TEST_SPLIT}/manifest.json",
-        rules.score_baseline.output.table,
+        rules.table.output,
     default_target: True

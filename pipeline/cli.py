@@ -228,20 +228,101 @@ def rois_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_ind
 @index_option
 @split_option
 @click.option("--results", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="COCO results JSON.")
-@click.option("--method", required=True, help="Name of the method in the table (baseline, mtgan, ...).")
+@click.option("--method", required=True, help="Name of the method in the table (baseline, mtgan, mtgan_ensemble, ...).")
 @click.option("--out-json", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out-md", required=True, type=click.Path(dir_okay=False, path_type=Path))
-def score_cmd(data_index: Path, split: str, results: Path, method: str, out_json: Path, out_md: Path) -> None:
+@click.option("--out-eval", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also keep COCOeval's accumulated precision / recall / scores arrays here (.npz).")
+def score_cmd(data_index: Path, split: str, results: Path, method: str, out_json: Path, out_md: Path, out_eval: Path | None) -> None:
     """Stage 8: pycocotools COCOeval (bbox) of --results on --split: AP, AP50, AP75, APS, APM, APL, AR."""
-    from pipeline.io import atomic
-    from pipeline.score import coco_bbox_eval, metrics_markdown
+    import numpy as np
 
-    _, coco_json, _ = _split_coco(data_index, split)
-    stats, _ = coco_bbox_eval(coco_json, json.loads(Path(results).read_text()))
-    atomic.write_json(out_json, {"method": method, "split": split, "results": str(results), "metrics": stats}, indent=2)
+    from pipeline.io import atomic
+    from pipeline.score import coco_bbox_eval, metrics_markdown, per_class_ap
+
+    coco, coco_json, _ = _split_coco(data_index, split)
+    stats, evaluator = coco_bbox_eval(coco_json, json.loads(Path(results).read_text()))
+    category_ids = sorted(c["id"] for c in coco["categories"])
+    atomic.write_json(out_json, {
+        "method": method, "split": split, "results": str(results), "metrics": stats,
+        "per_class_ap": per_class_ap(evaluator, category_ids),
+        "category_names": {str(c["id"]): c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])},
+    }, indent=2)
+    if out_eval is not None:
+        arrays = {k: evaluator.eval[k] for k in ("precision", "recall", "scores")} if evaluator else {}
+        with atomic.atomic_path(out_eval) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
     table = metrics_markdown({method: stats})
     atomic.write_text(out_md, table)
     click.echo(table)
+
+
+@cli.command("infer")
+@config_option
+@sections_option
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A trained variant's model.pt.")
+@click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The test split's shard manifest.")
+@click.option("--out", "out_table", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Per-ROI predictions (.parquet).")
+@click.option("--out-accuracy", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="D's classification accuracy on positive / negative / all ROIs (.json).")
+@threads_option
+def infer_cmd(config_files: tuple[Path, ...], sections_json: str | None, model_path: Path, manifest: Path, out_table: Path,
+              out_accuracy: Path, threads: int | None) -> None:
+    """Stage 6: a trained variant's G and D over the test shards: K+1 probabilities and box offsets per ROI."""
+    import torch
+
+    from jobs.baseline.train import pick_device
+    from pipeline.infer import infer
+    from pipeline.io import atomic
+    from pipeline.io.tables import write_table
+
+    config = _resolve_config(config_files, sections_json, need=("infer",))
+    if threads:
+        torch.set_num_threads(threads)
+    table, accuracy = infer(model_path, manifest, pick_device(config["infer"]["device"]), config["infer"]["batch_size"])
+    write_table(table, out_table)
+    atomic.write_json(out_accuracy, accuracy, indent=2)
+    click.echo(f"{accuracy['variant']}: {table.num_rows} ROIs; accuracy {accuracy['accuracy']}")
+
+
+@cli.command("merge")
+@config_option
+@sections_option
+@click.option("--rois", "rois_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The test split's ROI table.")
+@click.option("--inference", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A variant's per-ROI predictions (without it: the baseline's own scores).")
+@click.option("--ensemble", is_flag=True, help="Score p[c] x p_base[c] (the ensemble with the baseline).")
+@click.option("--out", "out_json", required=True, type=click.Path(dir_okay=False, path_type=Path), help="COCO results JSON.")
+def merge_cmd(config_files: tuple[Path, ...], sections_json: str | None, rois_path: Path, inference: Path | None, ensemble: bool,
+              out_json: Path) -> None:
+    """Stage 7: per-ROI predictions -> detections (decode, class scores, per-class NMS, top-k per image)."""
+    from pipeline.io import atomic
+    from pipeline.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, file_metadata, read_table
+    from pipeline.merge import MergeSettings, merge_detections
+
+    config = _resolve_config(config_files, sections_json, need=("merge",))
+    m = config["merge"]
+    settings = MergeSettings(m["nms_iou"], m["score_floor"], m["max_per_image"])
+    predictions = read_table(inference, INFERENCE_SCHEMA) if inference else None
+    records = merge_detections(read_table(rois_path, ROIS_SCHEMA), predictions, settings, ensemble,
+                               list(file_metadata(rois_path)["category_ids"]))
+    atomic.write_json(out_json, records)
+    click.echo(f"{len(records)} detections -> {out_json}")
+
+
+@cli.command("table")
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--accuracy", "accuracy_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="infer's accuracy JSON of each variant (repeatable).")
+@click.argument("score_files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def table_cmd(out_dir: Path, accuracy_files: tuple[Path, ...], score_files: tuple[Path, ...]) -> None:
+    """Gather the score files of every method into metrics.csv / metrics.md / per_class_ap.csv / accuracy.csv."""
+    from pipeline.table import load_json, write_tables
+
+    click.echo(write_tables(load_json(list(score_files)), load_json(list(accuracy_files)), out_dir))
 
 
 def _shard_settings(config: dict[str, Any], split: str) -> Any:

@@ -51,3 +51,17 @@ def metrics_markdown(rows: dict[str, dict[str, float]]) -> str:
         lines.append(f"| {method} | {values} | {int(stats['images'])} |")
     return "\n".join(lines) + "\n"
 
+
+
+def per_class_ap(evaluator: COCOeval | None, category_ids: list[int]) -> dict[str, float]:
+    """AP (IoU .50:.95, all areas, maxDets 100) per category id, from the accumulated precision;
+    0 for a category without ground truth or detections (pycocotools' -1)."""
+    if evaluator is None:
+        return {str(c): 0.0 for c in category_ids}
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # IoU thresholds x recall x category
+    out = {}
+    for k, cat_id in enumerate(evaluator.params.catIds):
+        p = precision[:, :, k]
+        p = p[p > -1]
+        out[str(cat_id)] = float(p.mean()) if p.size else 0.0
+    return out

@@ -11,7 +11,8 @@ from typing import Any
 
 from pipeline.config import data_splits
 
-__all__ = ["baseline_model_input", "data_input_files", "data_splits", "detect_inputs", "sections_json"]
+__all__ = ["baseline_model_input", "data_input_files", "data_splits", "detect_inputs", "merge_inference_input",
+           "score_results_input", "sections_json"]
 
 
 def sections_json(config: dict[str, Any], *names: str) -> str:
@@ -40,3 +41,14 @@ def data_input_files(config: dict[str, Any]) -> list[str]:
     if config["data"]["source"] != "coco":
         return []
     return [files["annotations"] for files in config["data"]["coco"]["splits"].values()]
+
+
+def merge_inference_input(root: str, method: str) -> list[str]:
+    """A method's per-ROI predictions (none for the baseline: its own scores are merged)."""
+    variant = method.removesuffix("_ensemble")
+    return [] if variant == "baseline" else [f"{root}/infer/{variant}.parquet"]
+
+
+def score_results_input(root: str, test_split: str, method: str) -> str:
+    """The results a method is scored on: the baseline's are the detect stage's own."""
+    return f"{root}/detect/{test_split}_results.json" if method == "baseline" else f"{root}/merge/{method}.json"

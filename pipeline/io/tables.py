@@ -25,6 +25,7 @@ from pipeline.schema import load_schema
 # The project's tables, by schema file.
 DETECTIONS_SCHEMA = "detections.schema.yaml"
 ROIS_SCHEMA = "rois.schema.yaml"
+INFERENCE_SCHEMA = "inference.schema.yaml"
 
 _TYPES: dict[str, pa.DataType] = {
     "int32": pa.int32(),

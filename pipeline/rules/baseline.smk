@@ -67,21 +67,3 @@ rule rois:
     shell:
         "mtgan rois --sections {params.sections} --data-index {input.index} --split {wildcards.split} "
         "--detections {input.detections} --out {output.table} --out-counts {output.counts} > {log} 2>&1"
-
-
-rule score_baseline:
-    input:
-        index=rules.data.output.index,
-        results=f"{ROOT}/detect/{TEST_SPLIT}_results.json",
-    output:
-        json=f"{ROOT}/score/baseline.json",
-        table=f"{ROOT}/score/baseline.md",
-    params:
-        split=TEST_SPLIT,
-    log:
-        f"{LOGS}/score_baseline.log",
-    conda:
-        "../../envs/mtgan.yaml"
-    shell:
-        "mtgan score --data-index {input.index} --split {params.split} --results {input.results} --method baseline "
-        "--out-json {output.json} --out-md {output.table} > {log} 2>&1"

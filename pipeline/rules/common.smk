@@ -4,7 +4,15 @@ import os
 import shlex
 
 from pipeline.config import validate_config
-from pipeline.workflow import baseline_model_input, data_input_files, data_splits, detect_inputs, sections_json
+from pipeline.workflow import (
+    baseline_model_input,
+    data_input_files,
+    data_splits,
+    detect_inputs,
+    merge_inference_input,
+    score_results_input,
+    sections_json,
+)
 
 # Fail before any job runs if a key is unknown, mistyped or inconsistent (the error names it).
 _resolved = validate_config(config)
@@ -23,6 +31,7 @@ wildcard_constraints:
     split="|".join(data_splits(config["data"])),
     chunk=r"\d+",
     variant="|".join(config["mtgan"]["variants"]),
+    method="|".join(["baseline"] + [f"{v}(_ensemble)?" for v in config["mtgan"]["variants"]]),
 
 # Rules call `mtgan`, run from this checkout, so they work in a virtualenv where the project is
 # pip-installed and in the conda environment of envs/mtgan.yaml (`--use-conda`) alike. The prefix

@@ -1,0 +1,73 @@
+"""Stage 7, merge: per-ROI class probabilities and offsets -> detections, COCO results JSON.
+
+Per ROI: the offsets are decoded onto the ROI box with the same `BoxCoder` the rois stage encoded
+the targets with, and the box is clipped to its image. Each class c >= 1 gets the score p[c]
+(MTGAN alone) or p[c] x p_base[c] (the ensemble: the element-wise product of MTGAN's and the
+baseline's class distributions, paper Table 6). Scores at or below `score_floor` are dropped;
+per-class NMS (torchvision.ops.batched_nms, IoU `nms_iou`) runs per image; the best
+`max_per_image` detections of each image are kept. That cap is pycocotools' maxDets (100), so
+nothing pycocotools would count is cut, and nothing beyond what it counts is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torchvision.ops import batched_nms
+
+from pipeline.boxes import BoxCoder, xyxy_to_xywh
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    nms_iou: float
+    score_floor: float
+    max_per_image: int
+
+
+def merge_detections(rois: pa.Table, inference: pa.Table | None, settings: MergeSettings, ensemble: bool,
+                     category_ids: list[int]) -> list[dict[str, Any]]:
+    """COCO results records from the test split's ROI table and a variant's per-ROI predictions
+    (None: the baseline's own probabilities and boxes)."""
+    r = rois.to_pydict()
+    n, k1 = len(r["roi_id"]), len(category_ids) + 1
+    boxes = torch.tensor(np.stack([r[k] for k in ("x1", "y1", "x2", "y2")], axis=1), dtype=torch.float32).reshape(n, 4)
+    base = torch.tensor(np.asarray(r["base_probs"], np.float32)).reshape(n, k1)
+    if inference is not None:
+        p = inference.to_pydict()
+        if p["roi_id"] != r["roi_id"]:
+            raise ValueError("the inference table does not hold exactly the ROI table's ROIs, in order")
+        probs = torch.tensor(np.asarray(p["probs"], np.float32)).reshape(n, k1)
+        offsets = torch.tensor(np.stack([p[k] for k in ("dx", "dy", "dw", "dh")], axis=1), dtype=torch.float32).reshape(n, 4)
+        boxes = BoxCoder().decode(offsets, boxes)
+    else:
+        probs = base
+    scores = probs * base if ensemble else probs
+    image_id = torch.tensor(r["image_id"], dtype=torch.long)
+    width = torch.tensor(r["image_width"], dtype=torch.float32)
+    height = torch.tensor(r["image_height"], dtype=torch.float32)
+    boxes = torch.stack([boxes[:, 0].clamp(min=0), boxes[:, 1].clamp(min=0),  # clipped to each ROI's own image
+                         torch.minimum(boxes[:, 2], width), torch.minimum(boxes[:, 3], height)], dim=1)
+
+    # Every (ROI, class >= 1) pair with a score above the floor is a candidate detection.
+    roi_idx, cls = torch.nonzero(scores[:, 1:] > settings.score_floor, as_tuple=True)
+    cls = cls + 1
+    cand_boxes, cand_scores, cand_images = boxes[roi_idx], scores[roi_idx, cls], image_id[roi_idx]
+    valid = (cand_boxes[:, 2] > cand_boxes[:, 0]) & (cand_boxes[:, 3] > cand_boxes[:, 1])
+    cand_boxes, cand_scores, cand_images, cls = cand_boxes[valid], cand_scores[valid], cand_images[valid], cls[valid]
+    # Per-image, per-class NMS in one call: the group id combines image and class.
+    keep = batched_nms(cand_boxes, cand_scores, cand_images * k1 + cls, settings.nms_iou)  # best first
+    keep = keep[torch.argsort(cand_images[keep], stable=True)]  # grouped by image, still best first
+    kept_images = cand_images[keep]
+    rank = torch.arange(len(keep)) - torch.searchsorted(kept_images, kept_images)  # rank within its image
+    keep = keep[rank < settings.max_per_image]
+    xywh = xyxy_to_xywh(cand_boxes[keep])
+    ids = torch.tensor(category_ids, dtype=torch.long)[cls[keep] - 1]
+    return [
+        {"image_id": int(i), "category_id": int(c), "bbox": [round(float(v), 3) for v in b], "score": round(float(s), 6)}
+        for i, c, b, s in zip(cand_images[keep], ids, xywh, cand_scores[keep])
+    ]

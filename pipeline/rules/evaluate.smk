@@ -1,0 +1,90 @@
+# Stages 6-8: inference of each variant on the test shards, merging into detections (alone and as
+# an ensemble with the baseline), pycocotools scores, and the final table.
+
+METHODS = ["baseline"] + [
+    f"{variant}{suffix}"
+    for variant in config["mtgan"]["variants"]
+    for suffix in (["", "_ensemble"] if config["merge"]["ensemble"] else [""])
+]
+
+
+rule infer:
+    input:
+        model=rules.train_mtgan.output.model,
+        manifest=f"{ROOT}/shards/{TEST_SPLIT}/manifest.json",
+    output:
+        table=f"{ROOT}/infer/{{variant}}.parquet",
+        accuracy=f"{ROOT}/infer/{{variant}}_accuracy.json",
+    params:
+        sections=sections_json(config, "infer"),
+    log:
+        f"{LOGS}/infer_{{variant}}.log",
+    benchmark:
+        f"{BENCHMARKS}/infer_{{variant}}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan infer --sections {params.sections} --model {input.model} --manifest {input.manifest} "
+        "--out {output.table} --out-accuracy {output.accuracy} --threads {threads} > {log} 2>&1"
+
+
+rule merge:
+    input:
+        rois=f"{ROOT}/rois/{TEST_SPLIT}.parquet",
+        inference=lambda wildcards: merge_inference_input(ROOT, wildcards.method),
+    output:
+        results=f"{ROOT}/merge/{{method}}.json",
+    params:
+        sections=sections_json(config, "merge"),
+        inference=lambda wildcards, input: f"--inference {input.inference}" if input.inference else "",
+        ensemble=lambda wildcards: "--ensemble" if wildcards.method.endswith("_ensemble") else "",
+    log:
+        f"{LOGS}/merge_{{method}}.log",
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan merge --sections {params.sections} --rois {input.rois} {params.inference} {params.ensemble} "
+        "--out {output.results} > {log} 2>&1"
+
+
+rule score:
+    input:
+        index=rules.data.output.index,
+        results=lambda wildcards: score_results_input(ROOT, TEST_SPLIT, wildcards.method),
+    output:
+        json=f"{ROOT}/score/{{method}}.json",
+        table=f"{ROOT}/score/{{method}}.md",
+        arrays=f"{ROOT}/score/{{method}}_eval.npz",
+    params:
+        split=TEST_SPLIT,
+    log:
+        f"{LOGS}/score_{{method}}.log",
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan score --data-index {input.index} --split {params.split} --results {input.results} --method {wildcards.method} "
+        "--out-json {output.json} --out-md {output.table} --out-eval {output.arrays} > {log} 2>&1"
+
+
+rule table:
+    input:
+        scores=expand(f"{ROOT}/score/{{method}}.json", method=METHODS),
+        arrays=expand(f"{ROOT}/score/{{method}}_eval.npz", method=METHODS),  # kept for the report
+        accuracy=expand(f"{ROOT}/infer/{{variant}}_accuracy.json", variant=config["mtgan"]["variants"]),
+    output:
+        csv=f"{ROOT}/eval/metrics.csv",
+        markdown=f"{ROOT}/eval/metrics.md",
+        per_class=f"{ROOT}/eval/per_class_ap.csv",
+        accuracy=f"{ROOT}/eval/accuracy.csv",
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.csv),
+        accuracy=lambda wildcards, input: " ".join(f"--accuracy {a}" for a in input.accuracy),
+    log:
+        f"{LOGS}/table.log",
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan table --out-dir {params.out_dir} {params.accuracy} {input.scores} > {log} 2>&1"

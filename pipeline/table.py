@@ -1,0 +1,86 @@
+"""The `eval_coco` table: every method's COCOeval numbers in the layout of the paper's Tables 2-6.
+
+Rows come in the paper's order with its ablation names (baseline, the plain R-CNN style D, SBU,
+MTGAN, its ablations, then the ensembles with the baseline); columns AP, AP50, AP75, APS, APM, APL
+(x100, one decimal), AR100 and the number of images. Also the per-class AP of the baseline, MTGAN
+and its ensemble, and D's classification accuracy (the paper's Table 9).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.io import atomic
+from pipeline.score import TABLE_COLUMNS
+
+ORDER = ("baseline", "d_no_adv", "sbu", "mtgan", "no_reg_branch", "no_adv_loss", "no_cls_loss", "no_reg_loss")
+NAMES = {
+    "baseline": "baseline detector",
+    "d_no_adv": "D w/o adversarial branch (plain R-CNN style)",
+    "sbu": "SBU (bilinear up-sampler instead of G)",
+    "mtgan": "MTGAN",
+    "no_reg_branch": "MTGAN w/o regression branch",
+    "no_adv_loss": "MTGAN w/o adversarial loss in G",
+    "no_cls_loss": "MTGAN w/o classification loss in G",
+    "no_reg_loss": "MTGAN w/o regression loss in G",
+}
+
+
+def method_key(method: str) -> tuple[int, int]:
+    base = method.removesuffix("_ensemble")
+    return (method.endswith("_ensemble"), ORDER.index(base) if base in ORDER else len(ORDER))
+
+
+def display_name(method: str) -> str:
+    base = method.removesuffix("_ensemble")
+    name = NAMES.get(base, base)
+    return f"{name} x baseline (ensemble)" if method.endswith("_ensemble") else name
+
+
+def write_tables(scores: list[dict[str, Any]], accuracies: list[dict[str, Any]], out_dir: Path) -> str:
+    """metrics.csv, metrics.md, per_class_ap.csv and accuracy.csv in `out_dir`; returns the Markdown."""
+    scores = sorted(scores, key=lambda s: method_key(s["method"]))
+    out_dir = Path(out_dir)
+    header = ["method", "name", *TABLE_COLUMNS, "images"]
+    rows = [[s["method"], display_name(s["method"]), *(f"{100 * s['metrics'][c]:.1f}" for c in TABLE_COLUMNS),
+             int(s["metrics"]["images"])] for s in scores]
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
+    atomic.write_text(out_dir / "metrics.csv", buffer.getvalue())
+    lines = ["| method | " + " | ".join(TABLE_COLUMNS) + " | images |", "|---|" + "---:|" * (len(TABLE_COLUMNS) + 1)]
+    lines += [f"| {r[1]} | " + " | ".join(str(v) for v in r[2:]) + " |" for r in rows]
+    if accuracies:
+        lines += ["", "Discriminator classification accuracy on the test ROIs (paper Table 9):", "",
+                  "| variant | positive | negative | all |", "|---|---:|---:|---:|"]
+        for a in sorted(accuracies, key=lambda a: method_key(a["variant"])):
+            acc = a["accuracy"]
+            cells = " | ".join("n/a" if acc[k] is None else f"{100 * acc[k]:.1f}" for k in ("positive", "negative", "all"))
+            lines.append(f"| {display_name(a['variant'])} | {cells} |")
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["variant", "positive", "negative", "all", "positive_rois", "negative_rois"])
+        for a in accuracies:
+            acc = a["accuracy"]
+            writer.writerow([a["variant"], acc["positive"], acc["negative"], acc["all"], acc["positive_rois"], acc["negative_rois"]])
+        atomic.write_text(out_dir / "accuracy.csv", buffer.getvalue())
+    markdown = "\n".join(lines) + "\n"
+    atomic.write_text(out_dir / "metrics.md", markdown)
+
+    per_class = [s for s in scores if s["method"] in ("baseline", "mtgan", "mtgan_ensemble")]
+    if per_class:
+        names = per_class[0]["category_names"]
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["category_id", "category", *(f"AP_{s['method']}" for s in per_class)])
+        for cat_id, name in names.items():
+            writer.writerow([cat_id, name, *(f"{100 * s['per_class_ap'][cat_id]:.1f}" for s in per_class)])
+        atomic.write_text(out_dir / "per_class_ap.csv", buffer.getvalue())
+    return markdown
+
+
+def load_json(paths: list[Path]) -> list[dict[str, Any]]:
+    return [json.loads(Path(p).read_text()) for p in paths]
