@@ -15,10 +15,11 @@ __all__ = ["baseline_model_input", "data_input_files", "data_splits", "detect_in
            "score_results_input", "sections_json"]
 
 
-def sections_json(config: dict[str, Any], *names: str) -> str:
+def sections_json(config: dict[str, Any], *names: str, drop: tuple[str, ...] = ()) -> str:
     """The named config sections as one shell-quoted JSON argument: a changed value reruns the rule,
-    a change elsewhere in the config does not."""
-    return shlex.quote(json.dumps({name: config[name] for name in names}, sort_keys=True))
+    a change elsewhere in the config (or in a key named in `drop`) does not."""
+    sections = {name: {k: v for k, v in config[name].items() if k not in drop} for name in names}
+    return shlex.quote(json.dumps(sections, sort_keys=True))
 
 
 def baseline_model_input(config: dict[str, Any], root: str) -> list[str]:

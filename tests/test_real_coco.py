@@ -105,3 +105,35 @@ def test_coco_mini_detect_rois_and_score(coco_mini: Path, tmp_path: Path) -> Non
     assert doc["num_rois"] == rois.num_rows
     report, _ = audit(tmp_path / "shards")
     assert report.problems == []
+
+
+def test_coco_mini_end_to_end_through_snakemake(coco_mini: Path, tmp_path: Path) -> None:
+    """The whole pipeline on the real COCO sample with tiny presets, configured like config/coco.yaml
+    (source coco; its one split serves as train and test), ending with the table."""
+    import csv
+    import subprocess
+    import sys
+
+    config = yaml.safe_load((REPO / "config" / "coco.yaml").read_text())
+    split = {"annotations": str(coco_mini / "annotations" / "instances_train2017.json"), "images": str(coco_mini / "train2017")}
+    config["data"].update({"name": "coco-mini", "train_split": "train", "test_split": "train"})
+    config["data"]["coco"]["splits"] = {"train": split}
+    config["detector"] = {"source": "train", "arch": "fasterrcnn_small_cpu", "weights": "none", "top_k": 20, "min_size": 256,
+                          "max_size": 320, "batch_size": 4, "num_workers": 0}
+    config["train_baseline"] = {"iterations": 4, "batch_size": 2, "warmup_iterations": 1, "num_workers": 0}
+    config["shards"] = {"rois_per_shard": 200, "block_size": 32, "num_chunks": 2}
+    config["mtgan"] = {"preset": "tiny", "variants": ["mtgan", "sbu"]}
+    path = tmp_path / "coco-mini.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "eval_coco",
+         "--cores", "2", "--configfile", str(path)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    root = tmp_path / "artifacts" / "coco-mini"
+    with open(root / "eval" / "metrics.csv") as f:
+        rows = {row["method"]: row for row in csv.DictReader(f)}
+    assert list(rows) == ["baseline", "sbu", "mtgan", "sbu_ensemble", "mtgan_ensemble"]
+    assert all(int(row["images"]) == 80 for row in rows.values())
+    assert (root / "eval" / "per_class_ap.csv").read_text().count("\n") == 1 + 80

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -23,6 +24,12 @@ def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.Compl
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args],
         capture_output=True, text=True, timeout=timeout,
     )
+
+
+def jobs_of(dry_run_output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> number of jobs."""
+    block = dry_run_output.split("Job stats:")[1].split("total")[0]
+    return {line.split()[0]: int(line.split()[1]) for line in block.splitlines()[3:] if line.strip()}
 
 
 def test_lint_is_clean(tmp_path: Path) -> None:
@@ -60,10 +67,23 @@ def test_tiny_pipeline_runs_then_caches(tmp_path: Path) -> None:
     baseline = json.loads((root / "score" / "baseline.json").read_text())
     assert baseline["method"] == "baseline" and baseline["metrics"]["images"] == 12
     COCO(str(data / "val.json")).loadRes(str(root / "detect" / "val_results.json"))
+    with open(root / "eval" / "metrics.csv") as f:
+        methods = [row["method"] for row in csv.DictReader(f)]
+    assert methods == ["baseline", "sbu", "mtgan", "sbu_ensemble", "mtgan_ensemble"]  # the paper's order
+    assert "| MTGAN x baseline (ensemble) |" in (root / "eval" / "metrics.md").read_text()
+    assert (root / "eval" / "per_class_ap.csv").read_text().count("\n") == 1 + 7
 
     second = snakemake(tmp_path, "eval_coco", "--cores", "2", "--configfile", str(REPO / "config" / "tiny.yaml"))
     assert second.returncode == 0
     assert "Nothing to be done" in second.stdout + second.stderr
+
+    tiny = str(REPO / "config" / "tiny.yaml")
+    forced = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, "--forcerun", "merge")
+    assert jobs_of(forced.stdout) == {"merge": 4, "score": 4, "table": 1, "eval_coco": 1}
+    more = tmp_path / "more.yaml"
+    more.write_text("mtgan:\n  variants: [mtgan, sbu, d_no_adv]\n")
+    added = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, str(more))
+    assert jobs_of(added.stdout) == {"train_mtgan": 1, "infer": 1, "merge": 2, "score": 2, "table": 1, "eval_coco": 1}
 
     reseeded = tmp_path / "seed3.yaml"
     reseeded.write_text("data:\n  builtin:\n    seed: 3\n")
@@ -86,3 +106,17 @@ def test_atomic_dir_leaves_nothing_when_interrupted(tmp_path: Path) -> None:
     with atomic_dir(final) as tmp:
         (tmp / "new.txt").write_text("this run")
     assert sorted(os.listdir(final)) == ["new.txt"]
+
+
+def test_slurm_profile_dry_run(tmp_path: Path) -> None:
+    """The SLURM profile's DAG: GPU rules ask for a GPU, data rules for cores and memory, and the
+    shards stage scatters per image chunk."""
+    result = snakemake(tmp_path, "eval_coco", "-n", "--profile", str(REPO / "profiles" / "slurm"),
+                       "--configfile", str(REPO / "config" / "tiny.yaml"))
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert jobs_of(result.stdout)["shards"] == 4  # 2 splits x 2 chunks
+    blocks = {block.split("\n")[0].strip(": "): block for block in out.split("rule ")[1:]}
+    for rule in ("train_baseline", "detect", "train_mtgan", "infer"):
+        assert "slurm_extra=--gres=gpu:1" in blocks[rule] and "gpu=1" in blocks[rule], rule
+    assert "cpus_per_task=8" in blocks["shards"] and "gres" not in blocks["shards"]

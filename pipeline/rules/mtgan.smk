@@ -9,7 +9,8 @@ rule train_mtgan:
         metrics=f"{ROOT}/mtgan/{{variant}}/metrics.jsonl",
         curves=f"{ROOT}/mtgan/{{variant}}/losses.png",
     params:
-        sections=sections_json(config, "mtgan"),
+        # Not the list of variants: adding a variant must not retrain the others.
+        sections=sections_json(config, "mtgan", drop=("variants",)),
         out_dir=lambda wildcards, output: os.path.dirname(output.model),
     log:
         f"{LOGS}/train_mtgan_{{variant}}.log",
@@ -21,5 +22,8 @@ rule train_mtgan:
     conda:
         "../../envs/mtgan.yaml"
     shell:
-        "mtgan train-mtgan --sections {params.sections} --variant {wildcards.variant} --manifest {input.manifest} "
+        # With more than one GPU (resources gpu > 1, e.g. from profiles/slurm), through torchrun (DDP).
+        "if [ {resources.gpu} -gt 1 ]; then launch='torchrun --standalone --nproc_per_node {resources.gpu} -m pipeline.cli'; "
+        "else launch=mtgan; fi; "
+        "$launch train-mtgan --sections {params.sections} --variant {wildcards.variant} --manifest {input.manifest} "
         "--out {params.out_dir} --threads {threads} > {log} 2>&1"
