@@ -58,12 +58,12 @@ def rate(batches, limit: int | None = None) -> float:  # type: ignore[no-untyped
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("artifacts/builtin"), help="artifacts/<dataset>")
-    parser.add_argument("--split", default="train")
+    parser.add_argument("--split", default="train", help="the split of the training role")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--on-the-fly-rois", type=int, default=1500, help="ROIs timed for the slow loader")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    manifest = args.root / "shards" / args.split / "manifest.json"
+    manifest = args.root / "shards" / "train" / "manifest.json"
     print(f"shards: {manifest} ({json.loads(manifest.read_text())['num_rois']} ROIs), batch 64, shuffled")
     results = {}
     for workers in (0, 2):
@@ -73,7 +73,7 @@ def main() -> None:
             ds.set_epoch(epoch)
             runs.append(rate(DataLoader(ds, batch_size=None, num_workers=workers)))
         results[f"HDF5 blocks, {workers} workers"] = statistics.median(runs)
-    slow = OnTheFly(args.root / "rois" / f"{args.split}.parquet", args.root / "data" / "index.json", args.split)
+    slow = OnTheFly(args.root / "rois" / "train.parquet", args.root / "data" / "index.json", args.split)
     runs = []
     for seed in range(args.repeats):
         order = torch.randperm(len(slow), generator=torch.Generator().manual_seed(seed))[: args.on_the_fly_rois].tolist()

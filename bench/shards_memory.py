@@ -24,7 +24,7 @@ import pyarrow as pa
 from pipeline.io.tables import ROIS_SCHEMA, read_table, write_table
 
 
-def enlarge(root: Path, split: str, factor: int, out: Path) -> tuple[Path, Path]:
+def enlarge(root: Path, split: str, role: str, factor: int, out: Path) -> tuple[Path, Path]:
     """A data index and ROI table for `factor` copies of the split."""
     index = json.loads((root / "data" / "index.json").read_text())
     entry = index["splits"][split]
@@ -37,7 +37,7 @@ def enlarge(root: Path, split: str, factor: int, out: Path) -> tuple[Path, Path]
     index["splits"] = {split: {**entry, "annotations": f"{split}.json", "image_root": str((root / "data" / entry["image_root"]).resolve()),
                                "num_images": len(coco["images"])}}
     (out / "index.json").write_text(json.dumps(index))
-    table = read_table(root / "rois" / f"{split}.parquet", ROIS_SCHEMA)
+    table = read_table(root / "rois" / f"{role}.parquet", ROIS_SCHEMA)
     copies = []
     for k in range(factor):
         image_id = pa.array(table.column("image_id").to_numpy() + k * step)
@@ -47,7 +47,7 @@ def enlarge(root: Path, split: str, factor: int, out: Path) -> tuple[Path, Path]
     return out / "index.json", out / f"{split}.parquet"
 
 
-def run_chunk(index: Path, rois: Path, split: str, out: Path) -> tuple[float, float]:
+def run_chunk(index: Path, rois: Path, split: str, role: str, out: Path) -> tuple[float, float]:
     """Peak RSS (MB) and wall time of one shards job (chunk 0) in a fresh process."""
     code = (
         "import resource, subprocess, sys; "
@@ -55,7 +55,7 @@ def run_chunk(index: Path, rois: Path, split: str, out: Path) -> tuple[float, fl
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)"
     )
     cmd = [sys.executable, "-c", code, sys.executable, "-m", "pipeline.cli", "shards", "--config", "config/default.yaml",
-           "--data-index", str(index), "--split", split, "--rois", str(rois), "--chunk", "0", "--out", str(out), "--jobs", "1"]
+           "--data-index", str(index), "--split", split, "--role", role, "--rois", str(rois), "--chunk", "0", "--out", str(out), "--jobs", "1"]
     start = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return int(result.stdout.strip().splitlines()[-1]) / 1024, time.perf_counter() - start
@@ -64,18 +64,19 @@ def run_chunk(index: Path, rois: Path, split: str, out: Path) -> tuple[float, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("artifacts/builtin"))
-    parser.add_argument("--split", default="val", help="val keeps every ROI (no sampling): the heavier case")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--role", default="test", help="test keeps every ROI (no sampling): the heavier case")
     parser.add_argument("--factor", type=int, default=4)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         big = tmp_path / "big"
         big.mkdir()
-        big_index, big_rois = enlarge(args.root, args.split, args.factor, big)
+        big_index, big_rois = enlarge(args.root, args.split, args.role, args.factor, big)
         runs = {
-            "built-in dataset": run_chunk(args.root / "data" / "index.json", args.root / "rois" / f"{args.split}.parquet",
-                                          args.split, tmp_path / "a"),
-            f"{args.factor}x larger": run_chunk(big_index, big_rois, args.split, tmp_path / "b"),
+            "built-in dataset": run_chunk(args.root / "data" / "index.json", args.root / "rois" / f"{args.role}.parquet",
+                                          args.split, args.role, tmp_path / "a"),
+            f"{args.factor}x larger": run_chunk(big_index, big_rois, args.split, args.role, tmp_path / "b"),
         }
         counts = {name: sum(s["num_rois"] for s in json.loads((tmp_path / d / "chunk.json").read_text())["shards"])
                   for name, d in zip(runs, ("a", "b"))}

@@ -59,6 +59,11 @@ index_option = click.option(
     help="The data stage's index.json (artifacts/<dataset>/data/index.json).",
 )
 split_option = click.option("--split", required=True, help="Split name, as in the data index.")
+role_option = click.option(
+    "--role", required=True, type=click.Choice(["train", "test"]),
+    help="What the ROIs are for: train (ground truth added, sampled) or test (the detections as they are). "
+         "The same split can serve both roles.",
+)
 threads_option = click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
 
 
@@ -196,30 +201,31 @@ def detect_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_i
 @sections_option
 @index_option
 @split_option
+@role_option
 @click.option("--detections", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The detect stage's table of this split.")
 @click.option("--out", "out_table", required=True, type=click.Path(dir_okay=False, path_type=Path), help="ROI table (.parquet).")
 @click.option("--out-counts", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Counts of positive / negative / ignored ROIs per size class (.md).")
-def rois_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str, detections: Path,
-             out_table: Path, out_counts: Path) -> None:
+def rois_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str, role: str,
+             detections: Path, out_table: Path, out_counts: Path) -> None:
     """Stage 3: label every detection of --split against the ground truth (IoU, class, regression target).
 
     \b
-    Reads sections data (which split trains) and rois. On the training split every ground-truth
-    box is added as a positive ROI when rois.add_gt_to_train is set.
+    Reads section rois. For --role train every ground-truth box is added as a positive ROI when
+    rois.add_gt_to_train is set; --role test keeps the detections alone.
     """
     from pipeline.io import atomic
     from pipeline.io.tables import DETECTIONS_SCHEMA, read_table, write_table
     from pipeline.rois import build_rois, counts_markdown
 
-    config = _resolve_config(config_files, sections_json, need=("data", "rois"))
+    config = _resolve_config(config_files, sections_json, need=("rois",))
     rois = config["rois"]
     coco, _, _ = _split_coco(data_index, split)
-    add_gt = rois["add_gt_to_train"] and split == config["data"]["train_split"]
+    add_gt = rois["add_gt_to_train"] and role == "train"
     table, summary = build_rois(read_table(detections, DETECTIONS_SCHEMA), coco, add_gt, rois["positive_iou"], rois["negative_iou"])
     write_table(table, out_table)
-    markdown = counts_markdown(split, summary)
+    markdown = counts_markdown(f"{split} ({role})", summary)
     atomic.write_text(out_counts, markdown)
     click.echo(markdown)
 
@@ -325,12 +331,12 @@ def table_cmd(out_dir: Path, accuracy_files: tuple[Path, ...], score_files: tupl
     click.echo(write_tables(load_json(list(score_files)), load_json(list(accuracy_files)), out_dir))
 
 
-def _shard_settings(config: dict[str, Any], split: str) -> Any:
+def _shard_settings(config: dict[str, Any], role: str) -> Any:
     from pipeline.shards import ShardSettings
 
     shards = config["shards"]
     sampling = shards["train_sampling"]
-    use_sampling = sampling["enabled"] and split == config["data"]["train_split"]
+    use_sampling = sampling["enabled"] and role == "train"
     return ShardSettings(
         hr_size=shards["hr_size"], scale=shards["scale"], context_margin=shards["context_margin"],
         rois_per_shard=shards["rois_per_shard"], block_size=shards["block_size"], num_chunks=shards["num_chunks"],
@@ -344,24 +350,25 @@ def _shard_settings(config: dict[str, Any], split: str) -> Any:
 @sections_option
 @index_option
 @split_option
+@role_option
 @click.option("--rois", "rois_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The rois stage's table of this split.")
 @click.option("--chunk", required=True, type=int, help="Which image chunk of the split (0 .. shards.num_chunks - 1).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Chunk folder, conventionally artifacts/<dataset>/shards/<split>/chunk-<chunk>.")
+              help="Chunk folder, conventionally artifacts/<dataset>/shards/<role>/chunk-<chunk>.")
 @click.option("-j", "--jobs", default=1, show_default=True, help="Worker processes decoding and cropping images.")
-def shards_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str, rois_path: Path,
-               chunk: int, out_dir: Path, jobs: int) -> None:
+def shards_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str, role: str,
+               rois_path: Path, chunk: int, out_dir: Path, jobs: int) -> None:
     """Stage 4: crop the ROIs of one image chunk of --split to HR and bicubic LR images, in HDF5 shards.
 
     \b
-    Reads sections data (which split is sampled) and shards. Writes shard-*.h5 and chunk.json into
-    --out (replaced whole when complete). `mtgan shards-manifest` then gathers the chunks.
+    Reads section shards (--role train is sampled per image). Writes shard-*.h5 and chunk.json
+    into --out (replaced whole when complete). `mtgan shards-manifest` then gathers the chunks.
     """
     from pipeline.shards import write_chunk
 
-    config = _resolve_config(config_files, sections_json, need=("data", "shards"))
-    settings = _shard_settings(config, split)
+    config = _resolve_config(config_files, sections_json, need=("shards",))
+    settings = _shard_settings(config, role)
     if not 0 <= chunk < settings.num_chunks:
         raise click.UsageError(f"--chunk {chunk} is not in [0, {settings.num_chunks})")
     coco, _, image_root = _split_coco(data_index, split)
@@ -373,16 +380,17 @@ def shards_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_i
 @config_option
 @sections_option
 @split_option
+@role_option
 @click.option("--rois", "rois_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="manifest.json of the split.")
 @click.argument("chunk_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-def shards_manifest_cmd(config_files: tuple[Path, ...], sections_json: str | None, split: str, rois_path: Path, out_path: Path,
-                        chunk_dirs: tuple[Path, ...]) -> None:
+def shards_manifest_cmd(config_files: tuple[Path, ...], sections_json: str | None, split: str, role: str, rois_path: Path,
+                        out_path: Path, chunk_dirs: tuple[Path, ...]) -> None:
     """Gather the chunk folders of --split into its manifest (shards, counts, histograms, sha256s)."""
     from pipeline.shards import gather_manifest
 
-    config = _resolve_config(config_files, sections_json, need=("data", "shards"))
-    doc = gather_manifest(rois_path, list(chunk_dirs), split, _shard_settings(config, split), out_path)
+    config = _resolve_config(config_files, sections_json, need=("shards",))
+    doc = gather_manifest(rois_path, list(chunk_dirs), split, _shard_settings(config, role), out_path)
     click.echo(f"{split}: {doc['num_rois']} ROIs in {len(doc['shards'])} shards; labels {doc['histograms']['label']}")
 
 

@@ -63,7 +63,7 @@ def test_tiny_pipeline_runs_then_caches(tmp_path: Path) -> None:
     assert (root / "baseline" / "model.pt").is_file() and (root / "baseline" / "train_log.csv").is_file()
     rois = read_table(root / "rois" / "train.parquet", "rois.schema.yaml").to_pydict()
     assert "gt" in rois["origin"] and "detector" in rois["origin"]  # ground truth added on the training split
-    assert set(read_table(root / "rois" / "val.parquet", "rois.schema.yaml").column("origin").to_pylist()) == {"detector"}
+    assert set(read_table(root / "rois" / "test.parquet", "rois.schema.yaml").column("origin").to_pylist()) == {"detector"}
     baseline = json.loads((root / "score" / "baseline.json").read_text())
     assert baseline["method"] == "baseline" and baseline["metrics"]["images"] == 12
     COCO(str(data / "val.json")).loadRes(str(root / "detect" / "val_results.json"))

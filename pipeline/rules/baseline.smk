@@ -54,16 +54,17 @@ rule detect:
 rule rois:
     input:
         index=rules.data.output.index,
-        detections=rules.detect.output.table,
+        detections=lambda wildcards: f"{ROOT}/detect/{ROLE_SPLIT[wildcards.role]}.parquet",
     output:
-        table=f"{ROOT}/rois/{{split}}.parquet",
-        counts=f"{ROOT}/rois/{{split}}_counts.md",
+        table=f"{ROOT}/rois/{{role}}.parquet",
+        counts=f"{ROOT}/rois/{{role}}_counts.md",
     params:
-        sections=sections_json(config, "data", "rois"),
+        sections=sections_json(config, "rois"),
+        split=lambda wildcards: ROLE_SPLIT[wildcards.role],
     log:
-        f"{LOGS}/rois_{{split}}.log",
+        f"{LOGS}/rois_{{role}}.log",
     conda:
         "../../envs/mtgan.yaml"
     shell:
-        "mtgan rois --sections {params.sections} --data-index {input.index} --split {wildcards.split} "
+        "mtgan rois --sections {params.sections} --data-index {input.index} --split {params.split} --role {wildcards.role} "
         "--detections {input.detections} --out {output.table} --out-counts {output.counts} > {log} 2>&1"

@@ -25,11 +25,15 @@ LOGS = f"{ROOT}/logs"
 BENCHMARKS = f"{ROOT}/benchmarks"
 TRAIN_SPLIT = config["data"]["train_split"]
 TEST_SPLIT = config["data"]["test_split"]
+# ROIs and shards are made per role: the training role adds ground truth and samples, the test
+# role keeps the detections as they are. One split may serve both roles (a small dataset).
+ROLE_SPLIT = {"train": TRAIN_SPLIT, "test": TEST_SPLIT}
 
 
 wildcard_constraints:
     split="|".join(data_splits(config["data"])),
     chunk=r"\d+",
+    role="train|test",
     variant="|".join(config["mtgan"]["variants"]),
     method="|".join(["baseline"] + [f"{v}(_ensemble)?" for v in config["mtgan"]["variants"]]),
 

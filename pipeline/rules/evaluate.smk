@@ -11,7 +11,7 @@ METHODS = ["baseline"] + [
 rule infer:
     input:
         model=rules.train_mtgan.output.model,
-        manifest=f"{ROOT}/shards/{TEST_SPLIT}/manifest.json",
+        manifest=f"{ROOT}/shards/test/manifest.json",
     output:
         table=f"{ROOT}/infer/{{variant}}.parquet",
         accuracy=f"{ROOT}/infer/{{variant}}_accuracy.json",
@@ -33,7 +33,7 @@ rule infer:
 
 rule merge:
     input:
-        rois=f"{ROOT}/rois/{TEST_SPLIT}.parquet",
+        rois=f"{ROOT}/rois/test.parquet",
         inference=lambda wildcards: merge_inference_input(ROOT, wildcards.method),
     output:
         results=f"{ROOT}/merge/{{method}}.json",

@@ -3,7 +3,7 @@
 
 rule train_mtgan:
     input:
-        manifest=f"{ROOT}/shards/{TRAIN_SPLIT}/manifest.json",
+        manifest=f"{ROOT}/shards/train/manifest.json",
     output:
         model=f"{ROOT}/mtgan/{{variant}}/model.pt",
         metrics=f"{ROOT}/mtgan/{{variant}}/metrics.jsonl",

@@ -1,4 +1,5 @@
-# Stage 4: HR/LR ROI crops in HDF5 shards, one job per image chunk, then a manifest per split.
+# Stage 4: HR/LR ROI crops in HDF5 shards, one job per image chunk, then a manifest per role
+# (train: the training split's ROIs, sampled; test: the test split's ROIs, all of them).
 
 SHARD_CHUNKS = range(config["shards"]["num_chunks"])
 
@@ -8,33 +9,35 @@ rule shards:
         index=rules.data.output.index,
         rois=rules.rois.output.table,
     output:
-        chunk=directory(f"{ROOT}/shards/{{split}}/chunk-{{chunk}}"),
+        chunk=directory(f"{ROOT}/shards/{{role}}/chunk-{{chunk}}"),
     params:
-        sections=sections_json(config, "data", "shards"),
+        sections=sections_json(config, "shards"),
+        split=lambda wildcards: ROLE_SPLIT[wildcards.role],
     log:
-        f"{LOGS}/shards_{{split}}_{{chunk}}.log",
+        f"{LOGS}/shards_{{role}}_{{chunk}}.log",
     benchmark:
-        f"{BENCHMARKS}/shards_{{split}}_{{chunk}}.tsv"
+        f"{BENCHMARKS}/shards_{{role}}_{{chunk}}.tsv"
     threads: 2
     conda:
         "../../envs/mtgan.yaml"
     shell:
-        "mtgan shards --sections {params.sections} --data-index {input.index} --split {wildcards.split} "
+        "mtgan shards --sections {params.sections} --data-index {input.index} --split {params.split} --role {wildcards.role} "
         "--rois {input.rois} --chunk {wildcards.chunk} --out {output.chunk} --jobs {threads} > {log} 2>&1"
 
 
 rule shards_manifest:
     input:
         rois=rules.rois.output.table,
-        chunks=expand(f"{ROOT}/shards/{{{{split}}}}/chunk-{{chunk}}", chunk=SHARD_CHUNKS),
+        chunks=expand(f"{ROOT}/shards/{{{{role}}}}/chunk-{{chunk}}", chunk=SHARD_CHUNKS),
     output:
-        manifest=f"{ROOT}/shards/{{split}}/manifest.json",
+        manifest=f"{ROOT}/shards/{{role}}/manifest.json",
     params:
-        sections=sections_json(config, "data", "shards"),
+        sections=sections_json(config, "shards"),
+        split=lambda wildcards: ROLE_SPLIT[wildcards.role],
     log:
-        f"{LOGS}/shards_manifest_{{split}}.log",
+        f"{LOGS}/shards_manifest_{{role}}.log",
     conda:
         "../../envs/mtgan.yaml"
     shell:
-        "mtgan shards-manifest --sections {params.sections} --split {wildcards.split} --rois {input.rois} "
+        "mtgan shards-manifest --sections {params.sections} --split {params.split} --role {wildcards.role} --rois {input.rois} "
         "--out {output.manifest} {input.chunks} > {log} 2>&1"
