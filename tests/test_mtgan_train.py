@@ -104,3 +104,22 @@ def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path: Path) -> None
             torch.testing.assert_close(ranks[0][net][key], value, rtol=1e-4, atol=1e-5, msg=f"{net}.{key}")
         moved = [k for k, v in single[net].items() if v.is_floating_point() and not torch.equal(v, single["initial"][net][k])]
         assert len(moved) > len(single[net]) // 3, f"training should move most of {net}'s weights"
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tiny_train_shards: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import jobs.mtgan.losses as losses
+
+    original, calls = losses.mse, []
+
+    def nan_at_step_6(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        value = original(sr, hr)
+        return value * float("nan") if len(calls) == 6 else value
+
+    monkeypatch.setattr(losses, "mse", nan_at_step_6)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        train_mtgan(tiny_train_shards, VARIANTS["mtgan"], resolve_preset("tiny"), tmp_path, "cpu", threads=1)
+    state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["g"].values() if v.is_floating_point())
+    assert not (tmp_path / "model.pt").exists()

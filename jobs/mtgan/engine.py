@@ -55,7 +55,7 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
 def _finite(total: torch.Tensor, terms: dict[str, torch.Tensor], where: str) -> None:
     if not torch.isfinite(total):
-        raise FloatingPointError(f"non-finite {where} loss: {({k: float(v) for k, v in terms.items()})}")
+        raise FloatingPointError(f"non-finite {where} loss: {({k: float(v.detach()) for k, v in terms.items()})}")
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
