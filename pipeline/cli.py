@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,11 @@ role_option = click.option(
     help="What the ROIs are for: train (ground truth added, sampled) or test (the detections as they are). "
          "The same split can serve both roles.",
 )
-threads_option = click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
+threads_option = click.option(
+    "--threads", type=int, default=None,
+    callback=lambda ctx, param, value: None if value is None else max(1, min(value, os.cpu_count() or 1)),
+    help="CPU threads for torch, at most the machine's CPU count (default: torch's choice).",
+)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

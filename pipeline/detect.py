@@ -21,7 +21,6 @@ Imported detections are validated; what is wrong is either an error or a counted
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from jobs.baseline.models import (
 )
 from jobs.baseline.predict import LabelMap, detect_batch
 from pipeline.io import atomic
-from pipeline.io.coco import CocoFormatError
+from pipeline.io.coco import CocoFormatError, read_json
 from pipeline.io.tables import DETECTIONS_SCHEMA, make_table
 
 log = logging.getLogger(__name__)
@@ -147,12 +146,7 @@ def _bad(path: Path, what: str, items: list[str]) -> CocoFormatError:
 
 def import_detections(path: Path, coco: dict[str, Any], top_k: int) -> tuple[pa.Table, dict[str, int]]:
     """Validate a COCO results JSON against the split; the detections table and the drop counts."""
-    try:
-        records = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: imported detections not found") from None
-    except json.JSONDecodeError as e:
-        raise CocoFormatError(f"{path}: not valid JSON ({e})") from None
+    records = read_json(path)
     if not isinstance(records, list):
         raise CocoFormatError(f"{path}: a COCO results file is a JSON list of detections, got {type(records).__name__}")
     images = {im["id"]: im for im in coco["images"]}

@@ -67,14 +67,20 @@ def _listing(items: list[Any]) -> str:
     return f"{shown}{', ...' if len(items) > MAX_LISTED else ''}"
 
 
-def load_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> Any:
+    """A JSON file's contents; a missing or malformed file is a CocoFormatError naming it."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            return json.load(f)
     except FileNotFoundError:
         raise CocoFormatError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
         raise CocoFormatError(f"{path}: not valid JSON ({e})") from None
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    """A COCO dataset file (a JSON object)."""
+    data = read_json(path)
     if not isinstance(data, dict):
         raise CocoFormatError(f"{path}: expected a JSON object with images/annotations/categories, got {type(data).__name__}")
     return data

@@ -16,7 +16,7 @@ rule train_baseline:
         f"{LOGS}/train_baseline.log",
     benchmark:
         f"{BENCHMARKS}/train_baseline.tsv"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=1,
     conda:
@@ -41,7 +41,7 @@ rule detect:
         f"{LOGS}/detect_{{split}}.log",
     benchmark:
         f"{BENCHMARKS}/detect_{{split}}.tsv"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=1,
     conda:

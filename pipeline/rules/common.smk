@@ -37,6 +37,12 @@ wildcard_constraints:
     variant="|".join(config["mtgan"]["variants"]),
     method="|".join(["baseline"] + [f"{v}(_ensemble)?" for v in config["mtgan"]["variants"]]),
 
+# Torch jobs (training, detection, inference) claim every core Snakemake was given, so they run
+# one at a time: two PyTorch processes sharing a few cores slow each other down several times
+# over (their OpenMP threads spin). Each job uses at most as many threads as the machine has.
+TORCH_THREADS = workflow.cores
+
+
 # Rules call `mtgan`, run from this checkout, so they work in a virtualenv where the project is
 # pip-installed and in the conda environment of envs/mtgan.yaml (`--use-conda`) alike. The prefix
 # is formatted like a rule's shell command, so its literal braces are doubled once more.

@@ -21,7 +21,7 @@ rule infer:
         f"{LOGS}/infer_{{variant}}.log",
     benchmark:
         f"{BENCHMARKS}/infer_{{variant}}.tsv"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=1,
     conda:

@@ -16,7 +16,7 @@ rule train_mtgan:
         f"{LOGS}/train_mtgan_{{variant}}.log",
     benchmark:
         f"{BENCHMARKS}/train_mtgan_{{variant}}.tsv"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=1,
     conda:
