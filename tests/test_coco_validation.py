@@ -149,15 +149,20 @@ def test_unreadable_json_names_the_file(tmp_path: Path) -> None:
         load_json(tmp_path / "nothere.json")
 
 
-def test_data_stage_on_a_coco_dataset_on_disk(dataset: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
-    data, root = dataset
+def _coco_section(data: dict[str, Any], root: Path, tmp_path: Path) -> dict[str, Any]:
+    """The data section of a config pointing at `data` (written to tmp_path) as its one split."""
     ann = tmp_path / "instances.json"
     ann.write_text(json.dumps(data))
-    section = {
+    return {
         "name": "mine", "source": "coco", "train_split": "train", "test_split": "train",
         "coco": {"splits": {"train": {"annotations": str(ann), "images": str(root)}}, "box_tolerance": 1.0,
                  "invalid_boxes": "error", "check_image_files": True, "check_image_sizes": True},
     }
+
+
+def test_data_stage_on_a_coco_dataset_on_disk(dataset: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
+    data, root = dataset
+    section = _coco_section(data, root, tmp_path)
     splits = read_index(build_dataset(section, tmp_path / "out")["train"].annotations.parent / "index.json")
     assert splits["train"].image_root == root.resolve()
     coco = COCO(str(splits["train"].annotations))
@@ -170,13 +175,7 @@ def test_data_stage_on_a_coco_dataset_on_disk(dataset: tuple[dict[str, Any], Pat
 def test_failed_data_stage_leaves_nothing_that_looks_complete(dataset: tuple[dict[str, Any], Path], tmp_path: Path) -> None:
     data, root = dataset
     data["annotations"][0]["category_id"] = 7
-    ann = tmp_path / "instances.json"
-    ann.write_text(json.dumps(data))
-    section = {
-        "name": "mine", "source": "coco", "train_split": "train", "test_split": "train",
-        "coco": {"splits": {"train": {"annotations": str(ann), "images": str(root)}}, "box_tolerance": 1.0,
-                 "invalid_boxes": "error", "check_image_files": True, "check_image_sizes": True},
-    }
+    section = _coco_section(data, root, tmp_path)
     with pytest.raises(CocoFormatError, match="instances.json"):
         build_dataset(section, tmp_path / "out")
     assert not (tmp_path / "out").exists()
