@@ -63,7 +63,9 @@ def validate_config(config: dict[str, Any], what: str = "config", require: tuple
 
 def data_splits(data: dict[str, Any]) -> list[str]:
     """The split names the `data` section will produce."""
-    return list(data["builtin"]["num_images"] if data["source"] == "builtin" else data["coco"]["splits"])
+    if data["source"] == "builtin":
+        return list(data["builtin"]["num_images"])
+    return list(data[data["source"]]["splits"])
 
 
 def _check_cross_keys(config: dict[str, Any], what: str) -> None:

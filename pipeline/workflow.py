@@ -39,9 +39,10 @@ def detect_inputs(config: dict[str, Any], split: str) -> list[str]:
 
 def data_input_files(config: dict[str, Any]) -> list[str]:
     """A dataset on disk: its annotation files, so that a changed file reruns the data stage."""
-    if config["data"]["source"] != "coco":
+    source = config["data"]["source"]
+    if source == "builtin":
         return []
-    return [files["annotations"] for files in config["data"]["coco"]["splits"].values()]
+    return [files["annotations"] for files in config["data"][source]["splits"].values()]
 
 
 def merge_inference_input(root: str, method: str) -> list[str]:

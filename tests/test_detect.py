@@ -13,7 +13,7 @@ import torch
 from pycocotools.coco import COCO
 
 from jobs.baseline import models
-from jobs.baseline.models import DetectorSettings, WeightsUnavailable, build_detector
+from jobs.baseline.models import DetectorSettings, WeightsUnavailable, build_detector, replace_box_predictor
 from jobs.baseline.predict import LabelMap, detect_batch
 from pipeline.detect import DetectSettings, import_detections, load_model, results_json, run_detector
 from pipeline.io.coco import CocoFormatError
@@ -183,3 +183,24 @@ def test_detect_command_imports_results_for_a_split(tiny_data: Path, tmp_path: P
     wrong = CliRunner().invoke(cli, ["detect", "--sections", sections, "--data-index", str(tiny_data / "index.json"), "--split", "train",
                                      "--out-table", str(out), "--out-results", str(tmp_path / "r.json")])
     assert wrong.exit_code == 1 and "no file for split 'train'" in wrong.output
+
+
+def test_fine_tuning_starts_from_cached_torchvision_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """train_baseline.init: torchvision loads the builder's COCO weights from the hub cache (here a
+    stand-in file written by the test) and swaps the 91-class box predictor for the dataset's."""
+    import torchvision
+
+    arch = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(1)
+    stand_in = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=91)
+    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(stand_in.state_dict(), tmp_path / "hub" / "checkpoints" / Path(url).name)
+
+    model = replace_box_predictor(build_detector(arch, 91, SETTINGS, pretrained=True), 2)
+    loaded, saved = model.state_dict(), stand_in.state_dict()
+    backbone_keys = [k for k in saved if k.startswith("backbone.") and k in loaded]  # frozen BN: no batch counter
+    assert backbone_keys and all(torch.equal(loaded[k], saved[k]) for k in backbone_keys)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 2
+    assert model.roi_heads.box_predictor.bbox_pred.out_features == 8

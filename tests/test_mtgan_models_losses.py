@@ -142,3 +142,14 @@ def test_presets_and_overrides() -> None:
     assert changed.iterations == 5 and "overridden: iterations=5" in changed.departures[-1]
     with pytest.raises(ValueError, match="unknown field"):
         resolve_preset("cpu", {"iteration": 5})
+
+
+def test_widerface_preset_schedule_in_epochs() -> None:
+    """paper-widerface: 3 epochs at D lr 1e-4, then 3 at 1e-5, over the training ROIs."""
+    from jobs.mtgan.settings import resolve_preset, schedule_in_iterations
+
+    preset = resolve_preset("paper-widerface")
+    assert (preset.d_lr, preset.epochs, preset.d_lr_step_epochs) == (1e-4, 6, 3)
+    scheduled = schedule_in_iterations(preset, num_rois=128 * 1000 + 5)  # 1000 full batches of 128 per epoch
+    assert (scheduled.iterations, scheduled.d_lr_step) == (6000, 3000)
+    assert schedule_in_iterations(resolve_preset("paper"), 10**6) == resolve_preset("paper")

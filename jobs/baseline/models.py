@@ -29,6 +29,7 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
@@ -116,6 +117,14 @@ def build_detector(arch: str, num_classes: int, settings: DetectorSettings, pret
         model = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
     if not isinstance(model, GeneralizedRCNN) or not hasattr(model, "roi_heads"):
         raise ValueError(f"{arch} is not a two-stage (R-CNN) detector: MTGAN needs region proposals with class scores")
+    return model
+
+
+def replace_box_predictor(model: GeneralizedRCNN, num_classes: int) -> GeneralizedRCNN:
+    """`model` with a fresh box predictor for `num_classes` (background included): fine-tuning a
+    detector with torchvision's COCO weights on another dataset (WIDER FACE: 2 classes)."""
+    old = model.roi_heads.box_predictor
+    model.roi_heads.box_predictor = FastRCNNPredictor(old.cls_score.in_features, num_classes)
     return model
 
 

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from jobs.baseline.data import CocoDetectionTrain, SeededBatches, collate, load_coco
-from jobs.baseline.models import DetectorSettings, build_detector
+from jobs.baseline.models import DetectorSettings, build_detector, replace_box_predictor
 from pipeline.io import atomic
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class TrainSettings:
     min_size: int
     max_size: int
     amp: bool
+    init: str = "none"  # none: random; torchvision: the builder's COCO weights, box predictor replaced
 
 
 def lr_factor(iteration: int, settings: TrainSettings) -> float:
@@ -121,7 +122,13 @@ def train_baseline(
 
     torch.manual_seed(settings.seed)
     detector_settings = DetectorSettings(settings.min_size, settings.max_size, 0.05, 0.5, 100)
-    model = build_detector(settings.arch, len(category_ids) + 1, detector_settings).to(device)
+    if settings.init == "torchvision":
+        model = build_detector(settings.arch, len(category_ids) + 1, detector_settings, pretrained=True)
+        model = replace_box_predictor(model, len(category_ids) + 1).to(device)
+    elif settings.init == "none":
+        model = build_detector(settings.arch, len(category_ids) + 1, detector_settings).to(device)
+    else:
+        raise ValueError(f"train_baseline.init must be none or torchvision, got {settings.init!r}")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, settings))

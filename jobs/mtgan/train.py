@@ -38,7 +38,7 @@ from tqdm import tqdm
 from jobs.baseline.train import pick_device
 from jobs.mtgan.data import ShardBatches
 from jobs.mtgan.engine import build_networks, pretrain_step, to_model, train_step
-from jobs.mtgan.settings import Preset, Variant
+from jobs.mtgan.settings import Preset, Variant, schedule_in_iterations
 from pipeline.io import atomic
 from pipeline.io.shards import read_manifest
 
@@ -156,6 +156,9 @@ def train_mtgan(
     if preset.batch_size % world:
         raise ValueError(f"batch_size {preset.batch_size} is not divisible by the {world} processes")
     doc = read_manifest(manifest)
+    preset = schedule_in_iterations(preset, doc["num_rois"] - doc["histograms"]["label"].get("-1", 0))
+    if preset.epochs is not None:
+        log.info("%g epochs = %d iterations, D lr / 10 every %d", preset.epochs, preset.iterations, preset.d_lr_step)
     torch.manual_seed(seed)
     g, d = build_networks(variant, preset, doc["num_labels"], doc["scale"])
     g = g.to(device) if g is not None else None

@@ -2,7 +2,8 @@
 
 Output folder `artifacts/<dataset>/data/`:
 
-- `<split>.json`   COCO-format annotations of each split (validated; see `pipeline.io.coco`)
+- `<split>.json`   COCO-format annotations of each split (validated; see `pipeline.io.coco`; WIDER FACE
+                   converted from its official files first, see `pipeline.widerface.convert`)
 - `images/<split>/` the images (built-in dataset only; a dataset on disk stays where it is)
 - `stats.json`, `stats.md`  objects per class and per COCO size range, per split
 - `preview.png`    a few images of the test split with their boxes
@@ -22,6 +23,7 @@ from pipeline.data import builtin, stats
 from pipeline.data.index import INDEX_NAME, SplitFiles, read_index, write_index
 from pipeline.io import atomic
 from pipeline.io.coco import CocoCheckPolicy, load_json, validate_coco
+from pipeline.widerface import convert as widerface_convert
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +63,36 @@ def _build_coco(section: dict[str, Any]) -> list[tuple[str, dict[str, Any], Path
     return out
 
 
+def _build_widerface(section: dict[str, Any]) -> list[tuple[str, dict[str, Any], Path, dict[str, Any]]]:
+    cfg = section["widerface"]
+    if not cfg["splits"]:
+        raise ValueError("config data.widerface.splits is empty: name each split's bbx_gt.txt and image folder")
+    # Sizes are read from the JPEG headers by the conversion, which also reports missing files.
+    policy = CocoCheckPolicy(box_tolerance=cfg["box_tolerance"], invalid_boxes=cfg["invalid_boxes"],
+                             check_image_files=False, check_image_sizes=False)
+    out = []
+    for split, files in cfg["splits"].items():
+        path, image_root = Path(files["annotations"]), Path(files["images"]).resolve()
+        log.info("converting split %s: %s (images under %s)", split, path, image_root)
+        coco, counts = widerface_convert.to_coco(widerface_convert.read_bbx_gt(path), image_root, path)
+        clean, report = validate_coco(coco, path, image_root, policy)
+        log.info("split %s: %d faces clipped to their image, %d outside it dropped", split, report.clipped_boxes, report.dropped_boxes)
+        for example in report.dropped_examples:
+            log.info("  dropped: %s", example)
+        extra = {k: counts[k] for k in ("zero_size_faces", "invalid_faces", "images_without_faces")}
+        out.append((split, clean, image_root, extra | {"clipped_boxes": report.clipped_boxes, "dropped_boxes": report.dropped_boxes}))
+    return out
+
+
 def build_dataset(section: dict[str, Any], out_dir: Path, n_jobs: int = 1) -> dict[str, SplitFiles]:
     """Run the data stage for the config's `data` section (validated, defaults filled)."""
     out_dir = Path(out_dir)
     name, source = section["name"], section["source"]
     with atomic.atomic_dir(out_dir) as tmp:
-        built = _build_builtin(section, tmp, n_jobs) if source == "builtin" else _build_coco(section)
+        if source == "builtin":
+            built = _build_builtin(section, tmp, n_jobs)
+        else:
+            built = _build_coco(section) if source == "coco" else _build_widerface(section)
         splits, all_stats = [], {}
         for split, coco, image_root, extra in built:
             atomic.write_json(tmp / f"{split}.json", coco)

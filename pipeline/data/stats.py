@@ -18,7 +18,8 @@ from pipeline.io import atomic  # noqa: E402
 
 
 def split_stats(coco: dict[str, Any]) -> dict[str, Any]:
-    """Counts of one split. Crowd regions are counted apart: COCO's evaluation ignores them."""
+    """Counts of one split. Crowd regions (WIDER FACE: invalid faces) are counted apart: COCO's
+    evaluation ignores them."""
     names = {c["id"]: c["name"] for c in coco["categories"]}
     objects = [a for a in coco["annotations"] if not a.get("iscrowd", 0)]
     per_image = Counter(a["image_id"] for a in objects)
@@ -41,6 +42,17 @@ def split_stats(coco: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Counts the data stage adds per source (built-in generator, COCO validation, WIDER FACE conversion).
+EXTRA_ROWS: dict[str, str] = {
+    "dropped_objects": "objects left out (no place found)",
+    "clipped_boxes": "boxes clipped to their image",
+    "dropped_boxes": "boxes outside their image, dropped",
+    "invalid_faces": "invalid faces (kept as ignore regions)",
+    "zero_size_faces": "zero-size faces, dropped",
+    "images_without_faces": "images without faces",
+}
+
+
 def stats_markdown(dataset: str, stats: dict[str, dict[str, Any]]) -> str:
     """Human-readable tables of `stats` (split -> split_stats)."""
     splits = list(stats)
@@ -57,8 +69,9 @@ def stats_markdown(dataset: str, stats: dict[str, dict[str, Any]]) -> str:
     ])
     for size in SIZE_CLASSES:
         row(f"{size} objects", [f"{stats[s]['by_size'][size]} ({100 * stats[s]['size_shares'][size]:.1f}%)" for s in splits])
-    if "dropped_objects" in stats[splits[0]]:
-        row("objects left out (no place found)", [stats[s]["dropped_objects"] for s in splits])
+    for key, label in EXTRA_ROWS.items():
+        if key in stats[splits[0]]:
+            row(label, [stats[s][key] for s in splits])
     lines += ["", "## Objects per class", "", "| class | " + " | ".join(splits) + " |", "|---|" + "---:|" * len(splits)]
     for name in stats[splits[0]]["by_class"]:
         row(name, [stats[s]["by_class"].get(name, 0) for s in splits])
