@@ -2,6 +2,7 @@
 #
 #   snakemake --cores 8 eval_coco                                  # built-in dataset, CPU presets
 #   snakemake --cores 8 --configfile config/coco.yaml eval_coco    # COCO 2017 on disk
+#   snakemake --report report.html eval_coco                       # the HTML report of a finished run
 #
 # The config (config/default.yaml, merged with any --configfile / --config) is validated against
 # schemas/config.schema.yaml before anything runs. Stages live in pipeline/rules/*.smk; each rule
@@ -13,16 +14,22 @@ from pathlib import Path
 configfile: str(Path(workflow.basedir) / "config" / "default.yaml")
 
 
+report: "pipeline/rules/captions/workflow.rst"
+
+
 include: "pipeline/rules/common.smk"
 include: "pipeline/rules/data.smk"
 include: "pipeline/rules/baseline.smk"
 include: "pipeline/rules/shards.smk"
 include: "pipeline/rules/mtgan.smk"
 include: "pipeline/rules/evaluate.smk"
+include: "pipeline/rules/report.smk"
 
 
 rule eval_coco:
-    """The final table on the configured dataset: artifacts/<dataset>/eval/metrics.md."""
+    """The final table on the configured dataset (artifacts/<dataset>/eval/metrics.md) and the
+    report's figures (artifacts/<dataset>/report/)."""
     input:
         rules.table.output,
+        rules.report.input,
     default_target: True

@@ -178,7 +178,13 @@ def detect_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_i
     import torch
 
     from jobs.baseline.train import pick_device
-    from pipeline.detect import DetectSettings, import_detections, load_model, run_detector, write_results_json
+    from pipeline.detect import (
+        DetectSettings,
+        import_detections,
+        load_model,
+        run_detector,
+        write_results_json,
+    )
     from pipeline.io.tables import write_table
 
     config = _resolve_config(config_files, sections_json, need=("detector",))
@@ -311,7 +317,12 @@ def merge_cmd(config_files: tuple[Path, ...], sections_json: str | None, rois_pa
               out_json: Path) -> None:
     """Stage 7: per-ROI predictions -> detections (decode, class scores, per-class NMS, top-k per image)."""
     from pipeline.io import atomic
-    from pipeline.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, file_metadata, read_table
+    from pipeline.io.tables import (
+        INFERENCE_SCHEMA,
+        ROIS_SCHEMA,
+        file_metadata,
+        read_table,
+    )
     from pipeline.merge import MergeSettings, merge_detections
 
     config = _resolve_config(config_files, sections_json, need=("merge",))
@@ -453,6 +464,87 @@ def train_mtgan_cmd(config_files: tuple[Path, ...], sections_json: str | None, v
         raise click.UsageError(f"unknown variant {variant!r}: one of {sorted(VARIANTS)}")
     preset = resolve_preset(mtgan["preset"], mtgan["overrides"])
     train_mtgan(manifest, VARIANTS[variant], preset, out_dir, device_name=mtgan["device"], threads=threads, seed=mtgan["seed"])
+
+
+def _named_paths(values: tuple[str, ...], option: str) -> dict[str, Path]:
+    """`NAME=PATH` option values -> {name: path}; each file must exist."""
+    out = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name:
+            raise click.UsageError(f"{option} takes NAME=PATH, got {value!r}")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{option} {name}: {path}: file not found")
+        out[name] = Path(path)
+    return out
+
+
+existing_files = click.Path(exists=True, dir_okay=False, path_type=Path)
+out_dir_option = click.option("--out-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+                              help="Output folder, conventionally artifacts/<dataset>/report.")
+
+
+@cli.command("report-charts")
+@click.option("--score", "score_files", multiple=True, required=True, type=existing_files, help="score/<method>.json (repeatable).")
+@click.option("--eval", "eval_files", multiple=True, required=True, type=existing_files,
+              help="score/<method>_eval.npz, in the order of --score (repeatable).")
+@click.option("--accuracy", "accuracy_files", multiple=True, type=existing_files, help="infer/<variant>_accuracy.json (repeatable).")
+@click.option("--training", "training_logs", multiple=True, help="VARIANT=mtgan/<variant>/metrics.jsonl (repeatable).")
+@out_dir_option
+def report_charts_cmd(score_files: tuple[Path, ...], eval_files: tuple[Path, ...], accuracy_files: tuple[Path, ...],
+                      training_logs: tuple[str, ...], out_dir: Path) -> None:
+    """Report: PR curves per size range, AP bars, per-class AP change, training curves, Table 9 chart."""
+    from pipeline.report.build import write_charts
+
+    if len(score_files) != len(eval_files):
+        raise click.UsageError("give one --eval per --score, in the same order")
+    write_charts(list(score_files), list(eval_files), list(accuracy_files), _named_paths(training_logs, "--training"), out_dir)
+
+
+@cli.command("report-errors")
+@index_option
+@split_option
+@click.option("--results", "results", multiple=True, required=True, help="METHOD=COCO results JSON (repeatable).")
+@out_dir_option
+def report_errors_cmd(data_index: Path, split: str, results: tuple[str, ...], out_dir: Path) -> None:
+    """Report: COCO error analysis (C75, C50, Loc, Sim, Oth, BG, FN) of each method, all and small objects."""
+    from pipeline.report.build import write_error_analysis
+
+    _, coco_json, _ = _split_coco(data_index, split)
+    click.echo(write_error_analysis(coco_json, _named_paths(results, "--results"), out_dir))
+
+
+@cli.command("report-rois")
+@index_option
+@split_option
+@click.option("--model", "model_path", required=True, type=existing_files, help="A trained variant's model.pt.")
+@click.option("--manifest", required=True, type=existing_files, help="The test split's shard manifest.")
+@click.option("--out", "out_png", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--per-group", default=6, show_default=True, help="ROIs per group (small / large positives, negatives).")
+def report_rois_cmd(data_index: Path, split: str, model_path: Path, manifest: Path, out_png: Path, per_group: int) -> None:
+    """Report: the Fig 3 grid of test ROIs as LR / bicubic / SR / HR with D's scores."""
+    from pipeline.report.build import category_names
+    from pipeline.report.roi_grid import plot_roi_grid
+
+    coco, _, _ = _split_coco(data_index, split)
+    plot_roi_grid(model_path, manifest, category_names(coco), out_png, per_group)
+
+
+@cli.command("report-detections")
+@index_option
+@split_option
+@click.option("--baseline", "baseline_results", required=True, type=existing_files, help="The baseline's COCO results JSON.")
+@click.option("--results", "method_results", required=True, type=existing_files, help="The method's COCO results JSON.")
+@click.option("--method", required=True, help="Name of the method (mtgan, mtgan_ensemble, ...).")
+@out_dir_option
+def report_detections_cmd(data_index: Path, split: str, baseline_results: Path, method_results: Path, method: str,
+                          out_dir: Path) -> None:
+    """Report: pictures of test images where the method changed the outcome, and the list as CSV."""
+    from pipeline.report.build import write_detection_pictures
+
+    _, coco_json, image_root = _split_coco(data_index, split)
+    counts = write_detection_pictures(coco_json, image_root, baseline_results, method_results, method, out_dir)
+    click.echo(f"images by change against the baseline: {counts}")
 
 
 def main() -> None:

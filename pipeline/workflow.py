@@ -11,8 +11,8 @@ from typing import Any
 
 from pipeline.config import data_splits
 
-__all__ = ["baseline_model_input", "data_input_files", "data_splits", "detect_inputs", "merge_inference_input",
-           "score_results_input", "sections_json"]
+__all__ = ["baseline_model_input", "data_input_files", "data_splits", "detect_inputs", "inactive_data_sources",
+           "merge_inference_input", "score_results_input", "sections_json"]
 
 
 def sections_json(config: dict[str, Any], *names: str, drop: tuple[str, ...] = ()) -> str:
@@ -20,6 +20,14 @@ def sections_json(config: dict[str, Any], *names: str, drop: tuple[str, ...] = (
     a change elsewhere in the config (or in a key named in `drop`) does not."""
     sections = {name: {k: v for k, v in config[name].items() if k not in drop} for name in names}
     return shlex.quote(json.dumps(sections, sort_keys=True))
+
+
+DATA_SOURCES = ("builtin", "coco", "widerface")
+
+
+def inactive_data_sources(config: dict[str, Any]) -> tuple[str, ...]:
+    """The `data` sub-sections of the sources not in use: a change there reruns nothing."""
+    return tuple(s for s in DATA_SOURCES if s != config["data"]["source"])
 
 
 def baseline_model_input(config: dict[str, Any], root: str) -> list[str]:

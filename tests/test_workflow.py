@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from PIL import Image
 from pycocotools.coco import COCO
 
 from pipeline.io.atomic import atomic_dir, write_json
@@ -51,7 +52,8 @@ def test_dry_run_dag(tmp_path: Path, configs: list[str]) -> None:
 
 
 def test_tiny_pipeline_runs_then_caches(tmp_path: Path) -> None:
-    first = snakemake(tmp_path, "eval_coco", "--cores", "2", "--configfile", str(REPO / "config" / "tiny.yaml"))
+    tiny = str(REPO / "config" / "tiny.yaml")
+    first = snakemake(tmp_path, "eval_coco", "--cores", "2", "--configfile", tiny)
     assert first.returncode == 0, first.stdout + first.stderr
     data = tmp_path / "artifacts" / "tiny" / "data"
     index = json.loads((data / "index.json").read_text())
@@ -72,18 +74,34 @@ def test_tiny_pipeline_runs_then_caches(tmp_path: Path) -> None:
     assert methods == ["baseline", "sbu", "mtgan", "sbu_ensemble", "mtgan_ensemble"]  # the paper's order
     assert "| MTGAN x baseline (ensemble) |" in (root / "eval" / "metrics.md").read_text()
     assert (root / "eval" / "per_class_ap.csv").read_text().count("\n") == 1 + 7
+    figures = [f"pr_{a}.png" for a in ("all", "small", "medium", "large")] + [
+        "metrics_bars.png", "per_class_ap_change.png", "training_curves.png", "accuracy.png", "roi_grid.png",
+        "detections/better.png", "detections/worse.png",
+        *(f"errors/{m}_{a}.png" for m in ("baseline", "mtgan", "mtgan_ensemble") for a in ("all", "small"))]
+    for name in figures:
+        with Image.open(root / "report" / name) as im:  # a real, decodable picture
+            assert im.format == "PNG" and min(im.size) > 200, name
+    assert (root / "report" / "detections" / "images.csv").read_text().count("\n") == 1 + 12
+    assert (root / "report" / "errors" / "errors.md").read_text().count("| mtgan_ensemble |") == 2
+
+    report = snakemake(tmp_path, "--report", "report.html", "eval_coco", "--configfile", tiny)
+    assert report.returncode == 0, report.stdout + report.stderr
+    html = (tmp_path / "report.html").read_text()
+    assert len(html) > 100_000 and all(Path(name).name in html for name in figures)
+    assert '<script src="http' not in html  # self-contained: opens offline
 
     second = snakemake(tmp_path, "eval_coco", "--cores", "2", "--configfile", str(REPO / "config" / "tiny.yaml"))
     assert second.returncode == 0
     assert "Nothing to be done" in second.stdout + second.stderr
 
-    tiny = str(REPO / "config" / "tiny.yaml")
     forced = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, "--forcerun", "merge")
-    assert jobs_of(forced.stdout) == {"merge": 4, "score": 4, "table": 1, "eval_coco": 1}
+    reports = {"report_charts": 1, "report_errors": 1, "report_detections": 1}
+    assert jobs_of(forced.stdout) == {"merge": 4, "score": 4, "table": 1, "eval_coco": 1} | reports
     more = tmp_path / "more.yaml"
     more.write_text("mtgan:\n  variants: [mtgan, sbu, d_no_adv]\n")
     added = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, str(more))
-    assert jobs_of(added.stdout) == {"train_mtgan": 1, "infer": 1, "merge": 2, "score": 2, "table": 1, "eval_coco": 1}
+    assert jobs_of(added.stdout) == {"train_mtgan": 1, "infer": 1, "merge": 2, "score": 2, "table": 1, "eval_coco": 1,
+                                     "report_charts": 1}
 
     reseeded = tmp_path / "seed3.yaml"
     reseeded.write_text("data:\n  builtin:\n    seed: 3\n")

@@ -3,12 +3,15 @@
 import os
 import shlex
 
+from snakemake.exceptions import WorkflowError
+
 from pipeline.config import validate_config
 from pipeline.workflow import (
     baseline_model_input,
     data_input_files,
     data_splits,
     detect_inputs,
+    inactive_data_sources,
     merge_inference_input,
     score_results_input,
     sections_json,
@@ -40,7 +43,10 @@ wildcard_constraints:
 # Torch jobs (training, detection, inference) claim every core Snakemake was given, so they run
 # one at a time: two PyTorch processes sharing a few cores slow each other down several times
 # over (their OpenMP threads spin). Each job uses at most as many threads as the machine has.
-TORCH_THREADS = workflow.cores
+try:
+    TORCH_THREADS = workflow.cores
+except WorkflowError:  # no --cores: a run that executes nothing (--report, --lint)
+    TORCH_THREADS = 1
 
 
 # Rules call `mtgan`, run from this checkout, so they work in a virtualenv where the project is

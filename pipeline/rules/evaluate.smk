@@ -72,13 +72,12 @@ rule score:
 rule table:
     input:
         scores=expand(f"{ROOT}/score/{{method}}.json", method=METHODS),
-        arrays=expand(f"{ROOT}/score/{{method}}_eval.npz", method=METHODS),  # kept for the report
         accuracy=expand(f"{ROOT}/infer/{{variant}}_accuracy.json", variant=config["mtgan"]["variants"]),
     output:
-        csv=f"{ROOT}/eval/metrics.csv",
+        csv=report(f"{ROOT}/eval/metrics.csv", caption="captions/metrics_table.rst", category="1. Metrics"),
         markdown=f"{ROOT}/eval/metrics.md",
         per_class=f"{ROOT}/eval/per_class_ap.csv",
-        accuracy=f"{ROOT}/eval/accuracy.csv",
+        accuracy=report(f"{ROOT}/eval/accuracy.csv", caption="captions/accuracy.rst", category="3. Training"),
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.csv),
         accuracy=lambda wildcards, input: " ".join(f"--accuracy {a}" for a in input.accuracy),

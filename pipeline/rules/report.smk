@@ -1,0 +1,124 @@
+# The report: figures and tables from cached artifacts (no training or inference reruns here).
+# Each output is marked for Snakemake's HTML report:  snakemake --report report.html eval_coco
+
+REPORT = f"{ROOT}/report"
+VARIANTS = config["mtgan"]["variants"]
+# The variant the pictures are about: MTGAN itself when it is trained, else the first variant.
+REPORT_VARIANT = "mtgan" if "mtgan" in VARIANTS else VARIANTS[0]
+ERROR_METHODS = [m for m in ("baseline", REPORT_VARIANT, f"{REPORT_VARIANT}_ensemble") if m in METHODS]
+SIZE_RANGES = ["all", "small", "medium", "large"]
+ERROR_AREAS = ["all", "small"]
+
+
+rule report_charts:
+    input:
+        scores=expand(f"{ROOT}/score/{{method}}.json", method=METHODS),
+        evals=expand(f"{ROOT}/score/{{method}}_eval.npz", method=METHODS),
+        accuracy=expand(f"{ROOT}/infer/{{variant}}_accuracy.json", variant=VARIANTS),
+        training=expand(f"{ROOT}/mtgan/{{variant}}/metrics.jsonl", variant=VARIANTS),
+    output:
+        **{
+            f"pr_{area}": report(
+                f"{REPORT}/pr_{area}.png", caption="captions/pr.rst", category="1. Metrics", subcategory="Precision-recall",
+                labels={"size range": area},
+            )
+            for area in SIZE_RANGES
+        },
+        bars=report(f"{REPORT}/metrics_bars.png", caption="captions/metrics_bars.rst", category="1. Metrics"),
+        per_class=report(
+            f"{REPORT}/per_class_ap_change.png", caption="captions/per_class.rst", category="1. Metrics", subcategory="Per class"
+        ),
+        per_class_csv=report(
+            f"{REPORT}/per_class_ap_change.csv", caption="captions/per_class.rst", category="1. Metrics", subcategory="Per class"
+        ),
+        training=report(f"{REPORT}/training_curves.png", caption="captions/training.rst", category="3. Training"),
+        accuracy=report(f"{REPORT}/accuracy.png", caption="captions/accuracy.rst", category="3. Training"),
+    params:
+        scores=lambda wildcards, input: " ".join(f"--score {s} --eval {e}" for s, e in zip(input.scores, input.evals)),
+        accuracy=lambda wildcards, input: " ".join(f"--accuracy {a}" for a in input.accuracy),
+        training=lambda wildcards, input: " ".join(f"--training {v}={p}" for v, p in zip(VARIANTS, input.training)),
+        out_dir=lambda wildcards, output: os.path.dirname(output.bars),
+    log:
+        f"{LOGS}/report_charts.log",
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan report-charts {params.scores} {params.accuracy} {params.training} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule report_errors:
+    input:
+        index=rules.data.output.index,
+        results=[score_results_input(ROOT, TEST_SPLIT, m) for m in ERROR_METHODS],
+    output:
+        **{
+            f"{method}_{area}": report(
+                f"{REPORT}/errors/{method}_{area}.png", caption="captions/errors.rst", category="2. Error analysis",
+                labels={"method": method, "objects": area},
+            )
+            for method in ERROR_METHODS
+            for area in ERROR_AREAS
+        },
+        table=report(f"{REPORT}/errors/errors.csv", caption="captions/errors_table.rst", category="2. Error analysis"),
+        markdown=f"{REPORT}/errors/errors.md",
+    params:
+        split=TEST_SPLIT,
+        results=lambda wildcards, input: " ".join(f"--results {m}={p}" for m, p in zip(ERROR_METHODS, input.results)),
+        out_dir=lambda wildcards, output: os.path.dirname(output.table),
+    log:
+        f"{LOGS}/report_errors.log",
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan report-errors --data-index {input.index} --split {params.split} {params.results} "
+        "--out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule report_rois:
+    input:
+        index=rules.data.output.index,
+        model=f"{ROOT}/mtgan/{REPORT_VARIANT}/model.pt",
+        manifest=f"{ROOT}/shards/test/manifest.json",
+    output:
+        grid=report(f"{REPORT}/roi_grid.png", caption="captions/roi_grid.rst", category="4. Pictures"),
+    params:
+        split=TEST_SPLIT,
+    log:
+        f"{LOGS}/report_rois.log",
+    threads: TORCH_THREADS
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan report-rois --data-index {input.index} --split {params.split} --model {input.model} "
+        "--manifest {input.manifest} --out {output.grid} > {log} 2>&1"
+
+
+rule report_detections:
+    input:
+        index=rules.data.output.index,
+        baseline=score_results_input(ROOT, TEST_SPLIT, "baseline"),
+        results=score_results_input(ROOT, TEST_SPLIT, REPORT_VARIANT),
+    output:
+        better=report(f"{REPORT}/detections/better.png", caption="captions/detections.rst", category="4. Pictures"),
+        worse=report(f"{REPORT}/detections/worse.png", caption="captions/detections.rst", category="4. Pictures"),
+        images=report(f"{REPORT}/detections/images.csv", caption="captions/detections.rst", category="4. Pictures"),
+    params:
+        split=TEST_SPLIT,
+        out_dir=lambda wildcards, output: os.path.dirname(output.images),
+        method=REPORT_VARIANT,
+    log:
+        f"{LOGS}/report_detections.log",
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan report-detections --data-index {input.index} --split {params.split} --baseline {input.baseline} "
+        "--results {input.results} --method {params.method} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule report:
+    """Every part of the report (the HTML page: snakemake --report report.html eval_coco)."""
+    input:
+        rules.report_charts.output,
+        rules.report_errors.output,
+        rules.report_rois.output,
+        rules.report_detections.output,
