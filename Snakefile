@@ -2,6 +2,7 @@
 #
 #   snakemake --cores 8 eval_coco                                  # built-in dataset, CPU presets
 #   snakemake --cores 8 --configfile config/coco.yaml eval_coco    # COCO 2017 on disk
+#   snakemake --cores 8 --configfile config/widerface.yaml eval_widerface   # WIDER FACE, Easy/Medium/Hard
 #   snakemake --report report.html eval_coco                       # the HTML report of a finished run
 #
 # The config (config/default.yaml, merged with any --configfile / --config) is validated against
@@ -24,6 +25,7 @@ include: "pipeline/rules/shards.smk"
 include: "pipeline/rules/mtgan.smk"
 include: "pipeline/rules/evaluate.smk"
 include: "pipeline/rules/report.smk"
+include: "pipeline/rules/widerface.smk"
 
 
 rule eval_coco:
@@ -33,3 +35,11 @@ rule eval_coco:
         rules.table.output,
         rules.report.input,
     default_target: True
+
+
+rule eval_widerface:
+    """eval_coco plus the official WIDER FACE evaluation: artifacts/<dataset>/eval/widerface.md."""
+    input:
+        lambda wildcards: widerface_ground_truth_files(config),
+        rules.eval_coco.input,
+        rules.table_widerface.output,

@@ -547,6 +547,42 @@ def report_detections_cmd(data_index: Path, split: str, baseline_results: Path, 
     click.echo(f"images by change against the baseline: {counts}")
 
 
+@cli.command("widerface-score")
+@index_option
+@split_option
+@click.option("--results", required=True, type=existing_files, help="COCO results JSON of the method.")
+@click.option("--method", required=True, help="Name of the method (baseline, mtgan, mtgan_ensemble, ...).")
+@click.option("--ground-truth", "gt_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of wider_face_val.mat and wider_{easy,medium,hard}_val.mat (the toolkit's ground_truth).")
+@click.option("--out-json", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out-curves", required=True, type=click.Path(dir_okay=False, path_type=Path), help="PR curves (.npz).")
+@click.option("--out-predictions", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the detections in the official layout (<event>/<image>.txt).")
+def widerface_score_cmd(data_index: Path, split: str, results: Path, method: str, gt_dir: Path, out_json: Path,
+                        out_curves: Path, out_predictions: Path) -> None:
+    """Stage 8, WIDER FACE: the official Easy / Medium / Hard evaluation (MATLAB toolkit logic)."""
+    from pipeline.io.coco import read_json
+    from pipeline.widerface.evaluation import results_markdown
+    from pipeline.widerface.score import score_widerface, write_score
+
+    coco, _, _ = _split_coco(data_index, split)
+    result, predictions = score_widerface(coco, read_json(results), gt_dir, split)
+    write_score(method, split, results, result, predictions, out_json, out_curves, out_predictions)
+    click.echo(results_markdown({method: result}))
+
+
+@cli.command("widerface-table")
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("score_files", nargs=-1, required=True, type=existing_files)
+def widerface_table_cmd(out_dir: Path, score_files: tuple[Path, ...]) -> None:
+    """Gather widerface-score's <method>.json files (each with its <method>_pr.npz beside it) into
+    widerface.md / widerface.csv / widerface_pr.png (the paper's Table 8)."""
+    from pipeline.widerface.score import write_table
+
+    pairs = [(p, p.with_name(f"{p.stem}_pr.npz")) for p in score_files]
+    click.echo(write_table(pairs, out_dir))
+
+
 def main() -> None:
     cli(prog_name="mtgan")
 

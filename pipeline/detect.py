@@ -5,7 +5,8 @@ Sources (config `detector.source`):
 - `torchvision`: a torchvision detector (`detector.arch`) with `detector.weights` = `none`,
   `torchvision` (the builder's default COCO weights; its classes are matched to the dataset's
   categories by name) or a checkpoint path;
-- `import`: a COCO results JSON per split written by any other detector (`detector.import_results`).
+- `import`: a COCO results JSON per split written by any other detector (`detector.import_results`),
+  or, for WIDER FACE, a folder in the official prediction layout (`<event>/<image>.txt`).
 
 Every source gives the same table (`schemas/detections.schema.yaml`): per image at most `top_k`
 detections, best first, each with its K+1 class-probability vector, plus a COCO results JSON.
@@ -144,9 +145,25 @@ def _bad(path: Path, what: str, items: list[str]) -> CocoFormatError:
     return CocoFormatError(f"{path}: {len(items)} detection(s) {what}: {shown}")
 
 
+def _widerface_records(folder: Path, coco: dict[str, Any]) -> list[dict[str, Any]]:
+    """COCO results records from the official WIDER FACE prediction layout (`<event>/<image>.txt`)."""
+    from pipeline.widerface.evaluation import read_prediction_dir
+    from pipeline.widerface.score import image_keys
+
+    if len(coco["categories"]) != 1:
+        raise CocoFormatError(f"{folder}: the WIDER FACE prediction layout has no classes; the dataset has "
+                              f"{len(coco['categories'])} categories")
+    category_id = coco["categories"][0]["id"]
+    keys = image_keys(coco)
+    predictions = read_prediction_dir(folder, keys.values())
+    return [{"image_id": image_id, "category_id": category_id, "bbox": [float(v) for v in row[:4]], "score": float(row[4])}
+            for image_id, key in keys.items() for row in predictions.get(key, [])]
+
+
 def import_detections(path: Path, coco: dict[str, Any], top_k: int) -> tuple[pa.Table, dict[str, int]]:
-    """Validate a COCO results JSON against the split; the detections table and the drop counts."""
-    records = read_json(path)
+    """Validate a COCO results JSON (or a WIDER FACE prediction folder) against the split; the
+    detections table and the drop counts."""
+    records = _widerface_records(Path(path), coco) if Path(path).is_dir() else read_json(path)
     if not isinstance(records, list):
         raise CocoFormatError(f"{path}: a COCO results file is a JSON list of detections, got {type(records).__name__}")
     images = {im["id"]: im for im in coco["images"]}

@@ -6,13 +6,14 @@ Kept in the package (not in the .smk files) so the rules stay declarative and th
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from typing import Any
 
 from pipeline.config import data_splits
 
 __all__ = ["baseline_model_input", "data_input_files", "data_splits", "detect_inputs", "inactive_data_sources",
-           "merge_inference_input", "score_results_input", "sections_json"]
+           "merge_inference_input", "score_results_input", "sections_json", "widerface_ground_truth_files"]
 
 
 def sections_json(config: dict[str, Any], *names: str, drop: tuple[str, ...] = ()) -> str:
@@ -51,6 +52,24 @@ def data_input_files(config: dict[str, Any]) -> list[str]:
     if source == "builtin":
         return []
     return [files["annotations"] for files in config["data"][source]["splits"].values()]
+
+
+WIDERFACE_GROUND_TRUTH = ("wider_face_val.mat", "wider_easy_val.mat", "wider_medium_val.mat", "wider_hard_val.mat")
+
+
+def widerface_ground_truth_files(config: dict[str, Any]) -> list[str]:
+    """The official evaluation files eval_widerface needs; a clear error where they cannot be."""
+    data = config["data"]
+    if data["source"] != "widerface":
+        raise ValueError(
+            f"eval_widerface needs data.source: widerface (this config has {data['source']!r}); "
+            "run: snakemake --cores 8 --configfile config/widerface.yaml eval_widerface"
+        )
+    folder = data["widerface"]["ground_truth"]
+    if not folder:
+        raise ValueError("eval_widerface needs data.widerface.ground_truth: the folder of wider_face_val.mat and "
+                         "wider_{easy,medium,hard}_val.mat (eval_tools/ground_truth of the official toolkit)")
+    return [os.path.join(folder, name) for name in WIDERFACE_GROUND_TRUTH]
 
 
 def merge_inference_input(root: str, method: str) -> list[str]:

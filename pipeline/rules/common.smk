@@ -15,6 +15,7 @@ from pipeline.workflow import (
     merge_inference_input,
     score_results_input,
     sections_json,
+    widerface_ground_truth_files,
 )
 
 # Fail before any job runs if a key is unknown, mistyped or inconsistent (the error names it).

@@ -1,0 +1,1 @@
+"""WIDER FACE: conversion of the official files and the official evaluation."""
