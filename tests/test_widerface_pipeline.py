@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import REPO, SHARED_DATA
+
 from pipeline.config import validate_config
 from pipeline.data.stage import build_dataset
 from pipeline.detect import import_detections, results_json
