@@ -583,6 +583,48 @@ def widerface_table_cmd(out_dir: Path, score_files: tuple[Path, ...]) -> None:
     click.echo(write_table(pairs, out_dir))
 
 
+@cli.command("widerface-eval")
+@click.option("--ground-truth", "gt_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of wider_face_val.mat and wider_{easy,medium,hard}_val.mat (the toolkit's ground_truth).")
+@click.option("--coco", "coco_json", type=existing_files,
+              help="For a COCO results JSON: the COCO JSON of the val images it refers to (ids -> file names).")
+@click.option("--out-json", type=click.Path(dir_okay=False, path_type=Path), help="Also write the APs and counts here.")
+@click.option("--out-png", type=click.Path(dir_okay=False, path_type=Path), help="Also draw the PR curves (3 panels) here.")
+@click.argument("predictions", type=click.Path(exists=True, path_type=Path))
+def widerface_eval_cmd(gt_dir: Path, coco_json: Path | None, out_json: Path | None, out_png: Path | None, predictions: Path) -> None:
+    """The official WIDER FACE evaluation of any detector's PREDICTIONS on val: a folder in the official
+    layout (<event>/<image>.txt), or a COCO results JSON with --coco. Prints Easy / Medium / Hard AP."""
+    from pipeline.io import atomic
+    from pipeline.io.coco import load_json, read_json
+    from pipeline.widerface.evaluation import (
+        evaluate,
+        load_ground_truth,
+        plot_pr_curves,
+        predictions_from_coco_results,
+        read_prediction_dir,
+        result_to_json,
+        results_markdown,
+    )
+    from pipeline.widerface.score import image_keys
+
+    gt = load_ground_truth(gt_dir)
+    if predictions.is_dir():
+        found = read_prediction_dir(predictions, gt.images)
+        keys = None
+    else:
+        if coco_json is None:
+            raise click.UsageError("a COCO results JSON needs --coco: the COCO JSON its image ids refer to")
+        key_by_id = image_keys(load_json(coco_json))
+        found = predictions_from_coco_results(read_json(predictions), key_by_id)
+        keys = list(key_by_id.values())
+    result = evaluate(gt, found, image_keys=keys)
+    if out_json:
+        atomic.write_json(out_json, {"predictions": str(predictions), **result_to_json(result)}, indent=2)
+    if out_png:
+        plot_pr_curves({predictions.name: result}, out_png, f"WIDER FACE val: {predictions.name}")
+    click.echo(results_markdown({predictions.name: result}))
+
+
 def main() -> None:
     cli(prog_name="mtgan")
 

@@ -118,3 +118,32 @@ def test_eval_widerface_end_to_end_through_snakemake(picnic: dict[str, Path], tm
     assert (root / "eval" / "widerface_pr.png").stat().st_size > 10_000
     assert len(list((root / "widerface" / "mtgan_predictions" / EVENT).glob("*.txt"))) == 24
     assert (root / "eval" / "metrics.csv").is_file() and (root / "report" / "roi_grid.png").is_file()
+
+
+def test_standalone_evaluation_of_another_detectors_output(picnic: dict[str, Path], tmp_path: Path) -> None:
+    """`mtgan widerface-eval`: a COCO results JSON with its COCO JSON, or the official txt layout
+    (which must cover all of val, as in the toolkit)."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    config = validate_config({"data": _data_config(picnic)})
+    coco_path = build_dataset(config["data"], tmp_path / "data")["val"].annotations
+    coco = json.loads(coco_path.read_text())
+    results = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9 - 0.001 * k}
+               for k, a in enumerate(coco["annotations"])]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    runner = CliRunner()
+    out = runner.invoke(cli, ["widerface-eval", "--ground-truth", str(picnic["ground_truth"]), "--coco", str(coco_path),
+                              "--out-json", str(tmp_path / "ap.json"), "--out-png", str(tmp_path / "pr.png"),
+                              str(tmp_path / "results.json")])
+    assert out.exit_code == 0, out.output
+    doc = json.loads((tmp_path / "ap.json").read_text())
+    assert doc["images_evaluated"] == 24 and not doc["official"] and min(doc["ap"].values()) > 0.99
+    assert "| results.json | 1.000 | 1.000 | 1.000 | 24 of 3226 |" in out.output
+    assert (tmp_path / "pr.png").stat().st_size > 10_000
+
+    write_prediction_dir(score_widerface(coco, results, picnic["ground_truth"], "val")[1], tmp_path / "pred",
+                         image_keys(coco).values())
+    out = runner.invoke(cli, ["widerface-eval", "--ground-truth", str(picnic["ground_truth"]), str(tmp_path / "pred")])
+    assert out.exit_code == 1 and "3202 of 3226 prediction files are missing" in out.output
