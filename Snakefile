@@ -33,7 +33,7 @@ rule eval_coco:
     report's figures (artifacts/<dataset>/report/)."""
     input:
         rules.table.output,
-        rules.report.input,
+        rules.report_all.input,
     default_target: True
 
 

@@ -115,7 +115,7 @@ rule report_detections:
         "--results {input.results} --method {params.method} --out-dir {params.out_dir} > {log} 2>&1"
 
 
-rule report:
+rule report_all:
     """Every part of the report (the HTML page: snakemake --report report.html eval_coco)."""
     input:
         rules.report_charts.output,
