@@ -15,8 +15,7 @@ from pycocotools.coco import COCO
 from pipeline.cli import cli
 from pipeline.data.index import read_index
 
-from conftest import REPO
-
+from conftest import REPO, snakemake
 
 def _is_greyscale(path: Path) -> bool:
     with Image.open(path) as im:
@@ -111,8 +110,6 @@ def test_coco_mini_end_to_end_through_snakemake(coco_mini: Path, tmp_path: Path)
     """The whole pipeline on the real COCO sample with tiny presets, configured like config/coco.yaml
     (source coco; its one split serves as train and test), ending with the table."""
     import csv
-    import subprocess
-    import sys
 
     config = yaml.safe_load((REPO / "config" / "coco.yaml").read_text())
     split = {"annotations": str(coco_mini / "annotations" / "instances_train2017.json"), "images": str(coco_mini / "train2017")}
@@ -125,11 +122,7 @@ def test_coco_mini_end_to_end_through_snakemake(coco_mini: Path, tmp_path: Path)
     config["mtgan"] = {"preset": "tiny", "variants": ["mtgan", "sbu"]}
     path = tmp_path / "coco-mini.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "eval_coco",
-         "--cores", "2", "--configfile", str(path)],
-        capture_output=True, text=True, timeout=900,
-    )
+    result = snakemake(tmp_path, "eval_coco", "--cores", "2", "--configfile", str(path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     root = tmp_path / "artifacts" / "coco-mini"
     with open(root / "eval" / "metrics.csv") as f:

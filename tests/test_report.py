@@ -38,7 +38,7 @@ def test_changed_images_are_found_and_named(tmp_path: Path) -> None:
     method = [_det(1, [10, 10, 60, 60], 0.9), _det(1, [151, 151, 20, 20], 0.85),  # the small cat found
               _det(2, [20, 20, 80, 80], 0.9),  # the false positive gone
               _det(3, [100, 100, 50, 50], 0.9)]  # the cat lost, a false positive instead
-    rows, thresholds = detections.compare(gt, baseline, method)
+    rows, thresholds = detections.compare(detections.load_gt(gt), baseline, method)
     by_image = {r["image_id"]: r for r in rows}
     assert by_image[1]["change"] == "small found"
     assert (by_image[1]["baseline_small_tp"], by_image[1]["method_small_tp"]) == (0, 1)
@@ -53,7 +53,7 @@ def test_changed_images_are_found_and_named(tmp_path: Path) -> None:
     for name in ("1.jpg", "2.jpg", "3.jpg"):
         Image.new("RGB", (200, 200), "white").save(tmp_path / name)
     better = [r for r in rows if r["change"] not in ("worse", "same")]
-    detections.plot_examples(better, gt, tmp_path, baseline, method, "mtgan", thresholds, tmp_path / "better.png", "better")
+    detections.plot_examples(better, detections.load_gt(gt), tmp_path, baseline, method, "mtgan", thresholds, tmp_path / "better.png", "better")
     with Image.open(tmp_path / "better.png") as im:
         assert im.format == "PNG"
 

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, SHARED_DATA
 
 from pipeline.config import validate_config
 from pipeline.data.stage import build_dataset
@@ -22,6 +19,8 @@ from pipeline.detect import import_detections, results_json
 from pipeline.widerface.convert import WiderImage, write_bbx_gt
 from pipeline.widerface.evaluation import load_ground_truth, write_prediction_dir
 from pipeline.widerface.score import image_keys, score_widerface
+
+from conftest import REPO, SHARED_DATA, snakemake
 
 WIDER = SHARED_DATA / "widerface"
 EVENT = "22--Picnic"
@@ -102,11 +101,7 @@ def test_eval_widerface_end_to_end_through_snakemake(picnic: dict[str, Path], tm
     config["mtgan"] = {"preset": "tiny", "variants": ["mtgan"]}
     path = tmp_path / "picnic.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "eval_widerface",
-         "--cores", "2", "--configfile", str(path)],
-        capture_output=True, text=True, timeout=900,
-    )
+    result = snakemake(tmp_path, "eval_widerface", "--cores", "2", "--configfile", str(path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     root = tmp_path / "artifacts" / "picnic"
     with open(root / "eval" / "widerface.csv") as f:

@@ -10,21 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
+from conftest import REPO, snakemake
 from PIL import Image
 from pycocotools.coco import COCO
 
 from pipeline.io.atomic import atomic_dir, write_json
 from pipeline.io.tables import read_table
-
-from conftest import REPO
-
-
-def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args],
-        capture_output=True, text=True, timeout=timeout,
-    )
 
 
 def jobs_of(dry_run_output: str) -> dict[str, int]:

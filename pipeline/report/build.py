@@ -11,7 +11,6 @@ Folder `artifacts/<dataset>/report/`:
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools.coco import COCO
 
 from pipeline.io import atomic
 from pipeline.io.coco import read_json
@@ -48,15 +46,10 @@ def write_charts(score_files: list[Path], eval_files: list[Path], accuracy_files
     figures.plot_accuracy([json.loads(Path(p).read_text()) for p in accuracy_files], out_dir / "accuracy.png")
 
 
-def _gt(gt_json: Path) -> COCO:
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(gt_json))
-
-
 def write_error_analysis(gt_json: Path, results: dict[str, Path], out_dir: Path) -> str:
     """The COCO error analysis (C75 ... FN) of each method, for all and for small objects."""
     out_dir = Path(out_dir)
-    gt = _gt(gt_json)
+    gt = detections.load_gt(gt_json)
     analyses = {}
     for method in ordered(list(results)):
         analyses[method] = coco_errors.analyze_errors(gt, read_json(results[method]), area_ranges=ERROR_AREAS)
@@ -79,14 +72,15 @@ def write_detection_pictures(gt_json: Path, image_root: Path, baseline_results: 
     """Pictures of the test images where `method` changed the outcome against the baseline, and the CSV."""
     out_dir = Path(out_dir)
     baseline, other = read_json(baseline_results), read_json(method_results)
-    rows, thresholds = detections.compare(gt_json, baseline, other)
+    gt = detections.load_gt(gt_json)
+    rows, thresholds = detections.compare(gt, baseline, other)
     detections.write_csv(rows, out_dir / "images.csv")
     better = [r for r in rows if r["change"] not in ("worse", "same")]
     worse = [r for r in reversed(rows) if r["change"] == "worse"]
     name = label(method)
-    detections.plot_examples(better, gt_json, image_root, baseline, other, method, thresholds, out_dir / "better.png",
+    detections.plot_examples(better, gt, image_root, baseline, other, method, thresholds, out_dir / "better.png",
                              f"Where {name} changed the outcome for the better", n=n_better)
-    detections.plot_examples(worse, gt_json, image_root, baseline, other, method, thresholds, out_dir / "worse.png",
+    detections.plot_examples(worse, gt, image_root, baseline, other, method, thresholds, out_dir / "worse.png",
                              f"Where {name} made things worse", n=n_worse)
     counts: dict[str, int] = {}
     for r in rows:

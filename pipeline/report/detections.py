@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from torchvision.ops import box_iou
 
+from pipeline.boxes import xywh_to_xyxy
 from pipeline.io import atomic
 from pipeline.report.style import GROUND_TRUTH_COLOR, label, method_color, plt, save
 
@@ -49,12 +52,8 @@ class ImageOutcome:
 
 
 def _iou_xywh(a: list[float], b: list[float]) -> float:
-    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
-    w = max(0.0, min(ax2, bx2) - max(a[0], b[0]))
-    h = max(0.0, min(ay2, by2) - max(a[1], b[1]))
-    inter = w * h
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
+    boxes = xywh_to_xyxy(torch.tensor([a, b], dtype=torch.float64))
+    return float(box_iou(boxes[:1], boxes[1:])[0, 0])
 
 
 def _evaluate_images(gt: COCO, results: list[dict[str, Any]]) -> tuple[COCOeval | None, Any]:
@@ -139,10 +138,13 @@ def change_score(base: ImageOutcome, other: ImageOutcome) -> float:
             + 5 * (other.mean_iou - base.mean_iou))
 
 
-def compare(gt_json: Path, baseline: list[dict[str, Any]], other: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """One row per test image comparing `other` with the baseline, best change first; the thresholds."""
+def load_gt(gt_json: Path) -> COCO:
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_json))
+        return COCO(str(gt_json))
+
+
+def compare(gt: COCO, baseline: list[dict[str, Any]], other: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """One row per test image comparing `other` with the baseline, best change first; the thresholds."""
     rows, thresholds = [], {}
     outcomes = []
     for name, results in (("baseline", baseline), ("other", other)):
@@ -177,12 +179,10 @@ def _draw(ax: Any, image_path: Path, boxes: list[tuple[list[float], str, str, fl
     ax.axis("off")
 
 
-def plot_examples(rows: list[dict[str, Any]], gt_json: Path, image_root: Path, baseline: list[dict[str, Any]],
+def plot_examples(rows: list[dict[str, Any]], gt: COCO, image_root: Path, baseline: list[dict[str, Any]],
                   other: list[dict[str, Any]], method: str, thresholds: dict[str, float], out_png: Path, title: str,
                   n: int = 6) -> None:
     """The images of `rows` (at most `n`): ground truth, baseline and `method` boxes kept at each one's threshold."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_json))
     by_image: dict[str, dict[int, list[dict[str, Any]]]] = {"baseline": {}, "other": {}}
     for name, results in (("baseline", baseline), ("other", other)):
         for r in results:

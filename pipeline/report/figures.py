@@ -156,8 +156,8 @@ def plot_training_curves(logs: dict[str, list[dict[str, Any]]], out_png: Path) -
                     drawn = True
         ax.set(title=title, xlabel="iteration")
         ax.grid(alpha=0.3)
-        if title.endswith("loss") or title.startswith("G"):
-            ax.set_yscale("log") if drawn else None
+        if drawn and (title.endswith("loss") or title.startswith("G")):
+            ax.set_yscale("log")
         if drawn:
             ax.legend(fontsize=7)
         else:

@@ -56,14 +56,15 @@ def sample_rois(manifest: Path, per_group: int = 6, seed: int = 0) -> dict[str, 
         picks[key] = sorted(candidates[i] for i in chosen)
     out = {}
     for key, rows in picks.items():
-        lr, hr, label = [], [], []
-        for s, i in rows:
+        if not rows:
+            continue
+        parts: dict[str, list[np.ndarray]] = {"lr": [], "hr": [], "label": []}
+        for s in sorted({s for s, _ in rows}):  # each shard opened once, its rows read in order
+            index = [i for shard, i in rows if shard == s]
             with h5py.File(paths[s], "r") as f:
-                lr.append(f["lr"][i])
-                hr.append(f["hr"][i])
-                label.append(int(f["label"][i]))
-        if rows:
-            out[key] = RoiSample(np.stack(lr), np.stack(hr), np.array(label))
+                for name in parts:
+                    parts[name].append(f[name][index])
+        out[key] = RoiSample(*(np.concatenate(parts[name]) for name in ("lr", "hr", "label")))
     return out
 
 

@@ -183,6 +183,14 @@ def _load_mat(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: cannot be read as a MATLAB file ({exc})") from exc
 
 
+def _per_image(cell: Any, event_names: list[str], path: Path, what: str) -> list[Any]:
+    """One event's cell of a .mat list, as one entry per image of the event."""
+    per_image = list(np.asarray(cell).reshape(-1))
+    if len(per_image) != len(event_names):
+        raise ValueError(f"{path}: {what} has {len(per_image)} entries for {len(event_names)} images")
+    return per_image
+
+
 def load_ground_truth(gt_dir: Path) -> WiderGroundTruth:
     """Read the official validation ground truth from `gt_dir` (the toolkit's ground_truth folder)."""
     gt_dir = Path(gt_dir)
@@ -202,11 +210,7 @@ def load_ground_truth(gt_dir: Path) -> WiderGroundTruth:
     boxes: list[np.ndarray] = []
     integer_classes: set[bool] = set()
     for event, event_names, cell in zip(events, names, box_cells):
-        per_image = list(np.asarray(cell).reshape(-1))
-        if len(per_image) != len(event_names):
-            raise ValueError(f"{main_path}: event {event} has {len(event_names)} images "
-                             f"but {len(per_image)} box arrays")
-        for name, b in zip(event_names, per_image):
+        for name, b in zip(event_names, _per_image(cell, event_names, main_path, f"face_bbx_list of event {event}")):
             b = np.asarray(b)
             if b.size == 0:
                 b = np.zeros((0, 4), dtype=b.dtype)
@@ -235,11 +239,7 @@ def load_ground_truth(gt_dir: Path) -> WiderGroundTruth:
             raise ValueError(f"{path}: {len(events)} events but {len(gt_cells)} gt_list entries")
         lists: list[np.ndarray] = []
         for event, event_names, cell in zip(events, names, gt_cells):
-            per_image = list(np.asarray(cell).reshape(-1))
-            if len(per_image) != len(event_names):
-                raise ValueError(f"{path}: gt_list of event {event} has {len(per_image)} images, "
-                                 f"expected {len(event_names)}")
-            for name, indices in zip(event_names, per_image):
+            for name, indices in zip(event_names, _per_image(cell, event_names, path, f"gt_list of event {event}")):
                 n_faces = len(boxes[len(lists)])
                 one_based = np.asarray(indices).reshape(-1).astype(np.int64)
                 if one_based.size and (one_based.min() < 1 or one_based.max() > n_faces):
