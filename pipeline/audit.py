@@ -2,7 +2,8 @@
 
 Checks, each problem named with its shard:
 - the manifest matches its schema; every listed shard exists, and no unlisted `.h5` file lies beside
-  them; each shard's sha256 equals the manifest's (so a single flipped byte is caught);
+  them (temporary folders of interrupted writes are named as leftovers, not as damage: the next run
+  of their stage removes them); each shard's sha256 equals the manifest's (so a single flipped byte is caught);
 - each shard's layout version, attributes, datasets, shapes and dtypes match
   `schemas/shard_layout.yaml` and the manifest; its ROI count matches the manifest;
 - the shards' label / size-class / origin counts equal the manifest's histograms;
@@ -40,6 +41,8 @@ class AuditReport:
     sizes: Counter = field(default_factory=Counter)
     origins: Counter = field(default_factory=Counter)
     iou_hist: np.ndarray = field(default_factory=lambda: np.zeros(len(IOU_BINS) - 1, np.int64))
+    # Temporary files and folders of interrupted writes (not damage: the next run of their stage removes them).
+    leftovers: list[str] = field(default_factory=list)
 
     def table(self) -> str:
         lines = [f"# Audit of {self.manifest}: {self.num_rois} ROIs", "", "| label | ROIs |", "|---|---:|"]
@@ -49,6 +52,9 @@ class AuditReport:
         lines += ["", "| origin | ROIs |", "|---|---:|"] + [f"| {o} | {self.origins.get(o, 0)} |" for o in ORIGIN_CODES]
         lines += ["", "| IoU | ROIs |", "|---|---:|"]
         lines += [f"| {lo:.1f}-{hi:.1f} | {n} |" for lo, hi, n in zip(IOU_BINS[:-1], IOU_BINS[1:], self.iou_hist)]
+        if self.leftovers:
+            lines += ["", f"Leftovers of interrupted runs (not damage; the next run of their stage removes them): "
+                          f"{', '.join(self.leftovers)}"]
         return "\n".join(lines) + "\n"
 
 
@@ -91,8 +97,11 @@ def audit(target: Path, rois_table: Path | None = None) -> tuple[AuditReport, li
     doc = read_manifest(manifest)
     base = manifest.parent
     listed = {(base / s["path"]).resolve() for s in doc["shards"]}
+    leftovers = sorted(p for p in base.rglob(".tmp-*") if atomic.is_leftover(p) and not any(atomic.is_leftover(q) for q in p.parents))
+    report.leftovers = [str(p.relative_to(base)) for p in leftovers]
     for stray in sorted(p for p in base.rglob("*.h5") if p.resolve() not in listed):
-        report.problems.append(f"{stray.relative_to(base)}: a shard file that the manifest does not list")
+        if not any(stray.is_relative_to(p) for p in leftovers):
+            report.problems.append(f"{stray.relative_to(base)}: a shard file that the manifest does not list")
     columns, readable = [], []
     for entry in doc["shards"]:
         path = base / entry["path"]
@@ -135,8 +144,9 @@ def _check_against_table(path: Path, doc: dict[str, Any], columns: list[dict[str
     image_id, label, iou = (table.column(k).to_numpy() for k in ("image_id", "label", "iou"))
     settings = ShardSettings(doc["hr_size"], doc["scale"], doc["margin"], 1, doc["block_size"], 1, "error", doc["sampling"])
     expected = len(kept_rows(label, image_id, settings))
-    if not doc["skipped_images"] and doc["num_rois"] != expected:
-        report.problems.append(f"the manifest lists {doc['num_rois']} ROIs; the ROI table and sampling settings give {expected}")
+    if doc["num_rois"] + doc["skipped_rois"] != expected:
+        report.problems.append(f"the manifest lists {doc['num_rois']} ROIs and {doc['skipped_rois']} skipped; the ROI table "
+                               f"and sampling settings give {expected}")
     for entry, c in zip(doc["shards"], columns):
         ids = c["roi_id"]
         if ids.size and (ids.min() < 0 or ids.max() >= len(label)):

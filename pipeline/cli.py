@@ -11,26 +11,28 @@ import json
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import click
 import yaml
 
-from pipeline.config import ConfigError, load_config_files, validate_config
-from pipeline.io.coco import CocoFormatError
-from pipeline.schema import SchemaError
+from pipeline.config import load_config_files, validate_config
+from pipeline.errors import PipelineError
 
-USER_ERRORS = (ConfigError, SchemaError, CocoFormatError, FileNotFoundError, ValueError)
+USER_ERRORS = (PipelineError, FileNotFoundError, ValueError)
 
 
 class _Group(click.Group):
-    """Turns the project's own errors into a one-line `Error: ...` and exit status 1."""
+    """Turns the project's own errors into `Error: <message>` and exit status 1; `-v` adds the traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except USER_ERRORS as e:
+            if ctx.params.get("verbose"):
+                traceback.print_exc()
             raise click.ClickException(str(e)) from e
 
 
@@ -73,7 +75,7 @@ threads_option = click.option(
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("-v", "--verbose", is_flag=True, help="Log debug messages too.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages too, and show the traceback of an error.")
 def cli(verbose: bool) -> None:
     """MTGAN for small object detection: the pipeline's stages, one command each.
 

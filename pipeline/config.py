@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from jobs.mtgan.settings import preset_problems
 from pipeline.schema import SchemaError, validate_document
 
 CONFIG_SCHEMA = "config.schema.yaml"
@@ -77,6 +78,7 @@ def _check_cross_keys(config: dict[str, Any], what: str) -> None:
         problems.append(f"key 'shards.scale': {config['shards']['scale']} does not divide shards.hr_size {config['shards']['hr_size']}")
     if "data" in config:
         problems += _data_problems(config["data"], config["detector"])
+    problems += preset_problems(config["mtgan"]["preset"], config["mtgan"]["overrides"])
     if problems:
         raise ConfigError(f"{what} is inconsistent:\n  " + "\n  ".join(problems))
 

@@ -43,6 +43,8 @@ from jobs.baseline.models import (
     torchvision_categories,
 )
 from jobs.baseline.predict import LabelMap, detect_batch
+from jobs.weights import load_torch_file
+from pipeline.errors import EmptyInputError
 from pipeline.io import atomic
 from pipeline.io.coco import CocoFormatError, read_json
 from pipeline.io.tables import DETECTIONS_SCHEMA, make_table
@@ -77,7 +79,7 @@ def load_model(
         path = Path(trained if source == "train" else weights)  # type: ignore[arg-type]
         if not path.is_file():
             raise FileNotFoundError(f"detector checkpoint {path} not found")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_torch_file(path, "detector checkpoint")
         state = state_dict_of(checkpoint)
         arch = checkpoint.get("arch", arch) if isinstance(checkpoint, dict) else arch
         n = num_classes_of(state)
@@ -219,6 +221,9 @@ def import_detections(path: Path, coco: dict[str, Any], top_k: int) -> tuple[pa.
                                   (image_id, rank, *box, label, score, probs)):
                 rows[key].append(value)
     dropped = {k: v for k, v in counts.items() if k != "imported" and v}
+    if not rows["image_id"]:
+        raise EmptyInputError(f"{path}: no usable detections for the {len(images)} images of this split "
+                              f"({counts['imported']} records; dropped: {dropped or 'none'}): MTGAN would have nothing to re-score")
     log.info("imported %d detections from %s; dropped or changed: %s", counts["imported"], path, dropped or "none")
     return _table(rows, category_ids, "import"), counts
 

@@ -23,13 +23,16 @@ from tqdm import tqdm
 from jobs.mtgan.data import ShardBatches
 from jobs.mtgan.engine import build_networks, to_model
 from jobs.mtgan.settings import Preset, Variant
+from jobs.weights import load_torch_file
+from pipeline.errors import EmptyInputError
+from pipeline.io.shards import read_manifest, verify_shards
 from pipeline.io.tables import INFERENCE_SCHEMA, make_table
 
 log = logging.getLogger(__name__)
 
 
 def load_variant(model_path: Path, device: torch.device) -> tuple[Variant, torch.nn.Module | None, torch.nn.Module, dict[str, Any]]:
-    state = torch.load(model_path, map_location="cpu", weights_only=True)
+    state = load_torch_file(model_path, "MTGAN model")
     variant = Variant(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["variant"].items()})
     preset = Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["preset"].items()})
     preset = Preset(**{**preset.__dict__, "d_weights": "none"})  # the weights come from the checkpoint
@@ -45,6 +48,10 @@ def load_variant(model_path: Path, device: torch.device) -> tuple[Variant, torch
 def infer(model_path: Path, manifest: Path, device: torch.device, batch_size: int = 256) -> tuple[pa.Table, dict[str, Any]]:
     """The per-ROI table of a variant on the shards of `manifest`, and its Table 9 accuracies."""
     variant, g, d, state = load_variant(model_path, device)
+    doc = read_manifest(manifest)
+    if doc["num_rois"] == 0:
+        raise EmptyInputError(f"{manifest}: the test shards hold no ROIs: nothing to infer (did the detector find nothing?)")
+    verify_shards(manifest, doc)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     loader = ShardBatches(manifest, batch_size=batch_size, shuffle=False, drop_ignored=False, fields=("lr", "hr", "label", "roi_id"))
     roi_ids, probs, offsets, labels = [], [], [], []

@@ -15,8 +15,10 @@ from typing import Any
 import jsonschema
 import yaml
 
+from pipeline.errors import PipelineError
 
-class SchemaError(ValueError):
+
+class SchemaError(PipelineError, ValueError):
     """A document that does not match its schema; the message lists every offending key."""
 
 

@@ -178,31 +178,59 @@ def write_chunk(
                 if final and not pending:
                     break
 
+        written: list[np.ndarray] = []  # rows of the chunk's sub-table that went into shards
+        skipped_rois = 0
         for image_id, result in tqdm(zip(chunk_ids, results), total=len(chunk_ids), desc=f"shards {split} chunk {chunk}", unit="img"):
             if isinstance(result, str):
                 if settings.on_bad_image == "error":
                     raise ImageReadError(result + " (set shards.on_bad_image: skip to leave its ROIs out)")
                 skipped.append(result)
+                skipped_rois += len(per_image[int(image_id)])
                 continue
             pending.append((per_image[int(image_id)], *result))
+            written.append(per_image[int(image_id)])
             flush(final=False)
         flush(final=True)
-        info = {"chunk": chunk, "split": split, "shards": shards, "skipped_images": skipped,
-                "num_rois": sum(s["num_rois"] for s in shards), "source_table_sha256": spec.source_table_sha256}
+        rows_written = np.concatenate(written) if written else np.zeros(0, np.int64)
+        info = {"chunk": chunk, "split": split, "shards": shards, "skipped_images": skipped, "skipped_rois": skipped_rois,
+                "num_rois": sum(s["num_rois"] for s in shards), "source_table_sha256": spec.source_table_sha256,
+                "histograms": _histograms(table.take(rows_written) if len(rows_written) else table.slice(0, 0))}
+        if info["num_rois"] != len(rows_written):
+            raise AssertionError(f"chunk {chunk}: {info['num_rois']} ROIs in shards, {len(rows_written)} written")
         atomic.write_json(tmp / CHUNK_MANIFEST, info, indent=1)
     if skipped:
-        log.warning("split %s chunk %d: %d image(s) could not be decoded; their ROIs are left out", split, chunk, len(skipped))
+        log.warning("split %s chunk %d: %d image(s) could not be decoded; their %d ROIs are left out: %s", split, chunk,
+                    len(skipped), skipped_rois, "; ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
     log.info("split %s chunk %d: %d ROIs in %d shard(s)", split, chunk, info["num_rois"], len(shards))
     return info
 
 
+def _histograms(rows: Any) -> dict[str, dict[str, int]]:
+    """Label / size-class / origin counts of ROI table rows (the ROIs a chunk wrote)."""
+    return {key: {str(k): int(v) for k, v in sorted(Counter(rows.column(key).to_pylist()).items())}
+            for key in ("label", "size_class", "origin")}
+
+
+def _count_order(key: str) -> tuple[int, int, str]:
+    """Labels in numeric order (-1, 0, 1, ..., 10), names in alphabetical order."""
+    return (0, int(key), "") if key.lstrip("-").isdigit() else (1, 0, key)
+
+
+def _add_counts(total: dict[str, dict[str, int]], part: dict[str, dict[str, int]]) -> None:
+    for key, counts in part.items():
+        for k, v in counts.items():
+            total.setdefault(key, {})[k] = total.get(key, {}).get(k, 0) + v
+
+
 def gather_manifest(rois_path: Path, chunk_dirs: list[Path], split: str, settings: ShardSettings, out_path: Path) -> dict[str, Any]:
-    """The split's manifest from its chunks' `chunk.json` files; checks they agree with the table."""
-    table = pq.read_table(rois_path, columns=["label", "image_id", "size_class", "origin"])
+    """The split's manifest from its chunks' `chunk.json` files. Every count comes from what the
+    chunks wrote; it is checked against what the table and sampling plan (less skipped images)."""
+    table = pq.read_table(rois_path, columns=["label", "image_id"])
     meta = file_metadata(rois_path)
     table_sha = sha256_of(rois_path)
     base = Path(out_path).parent.resolve()
-    shards, skipped = [], []
+    shards, skipped, skipped_rois = [], [], 0
+    histograms: dict[str, dict[str, int]] = {"label": {}, "size_class": {}, "origin": {}}
     for d in chunk_dirs:
         info = json.loads((Path(d) / CHUNK_MANIFEST).read_text())
         if info["source_table_sha256"] != table_sha:
@@ -210,25 +238,24 @@ def gather_manifest(rois_path: Path, chunk_dirs: list[Path], split: str, setting
         for s in info["shards"]:
             shards.append({**s, "path": str((Path(d) / s["path"]).resolve().relative_to(base))})
         skipped += info["skipped_images"]
-    rows = kept_rows(table.column("label").to_numpy(), table.column("image_id").to_numpy(), settings)
-    if not skipped and sum(s["num_rois"] for s in shards) != len(rows):
-        raise ValueError(f"split {split}: the chunks hold {sum(s['num_rois'] for s in shards)} ROIs, the table says {len(rows)}")
-    kept = table.take(rows) if len(rows) else table.slice(0, 0)
-    histograms = {
-        "label": {str(k): int(v) for k, v in sorted(Counter(kept.column("label").to_pylist()).items())},
-        "size_class": {str(k): int(v) for k, v in Counter(kept.column("size_class").to_pylist()).items()},
-        "origin": {str(k): int(v) for k, v in Counter(kept.column("origin").to_pylist()).items()},
-    }
+        skipped_rois += info["skipped_rois"]
+        _add_counts(histograms, info["histograms"])
+    num_rois = sum(s["num_rois"] for s in shards)
+    planned = len(kept_rows(table.column("label").to_numpy(), table.column("image_id").to_numpy(), settings))
+    if num_rois + skipped_rois != planned:
+        raise ValueError(f"split {split}: the chunks hold {num_rois} ROIs and skipped {skipped_rois}; the table and "
+                         f"sampling settings give {planned}: are the chunk folders {[str(d) for d in chunk_dirs]} all of them?")
+    histograms = {key: dict(sorted(counts.items(), key=lambda kv: _count_order(kv[0]))) for key, counts in histograms.items()}
     doc = {
         "layout_version": 1, "split": split, "hr_size": settings.hr_size, "lr_size": settings.hr_size // settings.scale,
         "scale": settings.scale, "margin": settings.context_margin, "block_size": settings.block_size,
         "num_labels": len(meta["category_ids"]) + 1, "category_ids": list(meta["category_ids"]), "resize_method": RESIZE_METHOD,
         "source_table": {"path": str(rois_path), "sha256": table_sha, "num_rows": table.num_rows},
-        "sampling": settings.sampling, "num_rois": sum(s["num_rois"] for s in shards), "skipped_images": skipped,
+        "sampling": settings.sampling, "num_rois": num_rois, "skipped_images": skipped, "skipped_rois": skipped_rois,
         "shards": shards, "histograms": histograms,
     }
     write_manifest(out_path, doc)
-    log.info("split %s: %d ROIs in %d shards (%.2f GB); labels %s", split, doc["num_rois"], len(shards),
-             sum((base / s["path"]).stat().st_size for s in shards) / 1e9, histograms["label"])
+    log.info("split %s: %d ROIs in %d shards (%.2f GB); labels %s; %d image(s) skipped with %d ROIs", split, num_rois,
+             len(shards), sum((base / s["path"]).stat().st_size for s in shards) / 1e9, histograms["label"], len(skipped),
+             skipped_rois)
     return doc
-

@@ -12,7 +12,7 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
-from jobs.baseline import models
+from jobs import weights
 from jobs.baseline.models import DetectorSettings, WeightsUnavailable, build_detector, replace_box_predictor
 from jobs.baseline.predict import LabelMap, detect_batch
 from pipeline.detect import DetectSettings, import_detections, load_model, results_json, run_detector
@@ -68,7 +68,7 @@ def test_torchvision_weights_offline_name_the_missing_file(monkeypatch: pytest.M
     def offline(*args: Any, **kwargs: Any) -> None:
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(models.torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(weights.torch.hub, "download_url_to_file", offline)
     with pytest.raises(WeightsUnavailable) as err:
         build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", 91, SETTINGS, pretrained=True)
     message = str(err.value)

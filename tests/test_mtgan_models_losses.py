@@ -12,7 +12,7 @@ from torch import nn
 from jobs.mtgan import losses
 from jobs.mtgan.engine import build_networks, discriminator_step, generator_step
 from jobs.mtgan.models import Discriminator, Generator, resnet_backbone
-from jobs.mtgan.settings import PRESETS, VARIANTS, resolve_preset
+from jobs.mtgan.settings import PRESETS, VARIANTS, PresetError, resolve_preset
 
 
 def test_generator_layers_follow_table_1() -> None:
@@ -140,8 +140,10 @@ def test_presets_and_overrides() -> None:
     assert paper.departures == () and PRESETS["cpu"].departures
     changed = resolve_preset("cpu", {"iterations": 5})
     assert changed.iterations == 5 and "overridden: iterations=5" in changed.departures[-1]
-    with pytest.raises(ValueError, match="unknown field"):
+    with pytest.raises(PresetError, match="unknown preset field"):
         resolve_preset("cpu", {"iteration": 5})
+    with pytest.raises(PresetError, match="must be >= 1"):
+        resolve_preset("cpu", {"iterations": -5})
 
 
 def test_widerface_preset_schedule_in_epochs() -> None:

@@ -14,7 +14,7 @@ from conftest import REPO, snakemake
 from PIL import Image
 from pycocotools.coco import COCO
 
-from pipeline.io.atomic import atomic_dir, write_json
+from pipeline.io.atomic import OUTPUT_MARKER, atomic_dir, write_json
 from pipeline.io.tables import read_table
 
 
@@ -110,11 +110,11 @@ def test_atomic_dir_leaves_nothing_when_interrupted(tmp_path: Path) -> None:
             raise RuntimeError("killed")
     assert not final.exists() and os.listdir(tmp_path) == []
 
-    final.mkdir()
-    (final / "old.txt").write_text("previous run")
+    with atomic_dir(final) as tmp:
+        (tmp / "old.txt").write_text("previous run")
     with atomic_dir(final) as tmp:
         (tmp / "new.txt").write_text("this run")
-    assert sorted(os.listdir(final)) == ["new.txt"]
+    assert sorted(os.listdir(final)) == [OUTPUT_MARKER, "new.txt"] and os.listdir(tmp_path) == ["out"]
 
 
 def test_slurm_profile_dry_run(tmp_path: Path) -> None:

@@ -19,10 +19,8 @@ own, or a plain state dict of the architecture (e.g. a torchvision .pth file).
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,11 +34,12 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from jobs.weights import WeightsUnavailable, safe_torchvision_weights
+
+__all__ = ["SMALL_CPU_ARCH", "DetectorSettings", "WeightsUnavailable", "build_detector", "num_classes_of",
+           "replace_box_predictor", "small_cpu_fasterrcnn", "state_dict_of", "torchvision_categories"]
+
 SMALL_CPU_ARCH = "fasterrcnn_small_cpu"
-
-
-class WeightsUnavailable(FileNotFoundError):
-    """Pretrained weights that are neither cached nor downloadable; names the expected file."""
 
 
 def _conv_bn(cin: int, cout: int, stride: int) -> list[nn.Module]:
@@ -109,9 +108,8 @@ def build_detector(arch: str, num_classes: int, settings: DetectorSettings, pret
     if arch not in torchvision.models.list_models(module=torchvision.models.detection):
         raise ValueError(f"unknown detector architecture {arch!r}: use {SMALL_CPU_ARCH} or a torchvision detection builder")
     if pretrained:
-        weights = torchvision.models.get_model_weights(arch).DEFAULT
-        _require_cached_or_downloadable(weights.url)
-        model = torchvision.models.get_model(arch, weights=weights, **kwargs)
+        with safe_torchvision_weights():
+            model = torchvision.models.get_model(arch, weights=torchvision.models.get_model_weights(arch).DEFAULT, **kwargs)
     else:
         model = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
     if not isinstance(model, GeneralizedRCNN) or not hasattr(model, "roi_heads"):
@@ -130,21 +128,6 @@ def replace_box_predictor(model: GeneralizedRCNN, num_classes: int) -> Generaliz
 def torchvision_categories(arch: str) -> list[str]:
     """Class names of torchvision's default weights for `arch` (index = model label)."""
     return list(torchvision.models.get_model_weights(arch).DEFAULT.meta["categories"])
-
-
-def _require_cached_or_downloadable(url: str) -> None:
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-    if cached.is_file():
-        return
-    try:
-        torch.hub.load_state_dict_from_url(url, progress=True)
-    except Exception as e:  # URLError, socket errors, HTTP errors: all mean "not here"
-        raise WeightsUnavailable(
-            f"torchvision weights {os.path.basename(url)} are not in the torch hub cache and could not be "
-            f"downloaded ({type(e).__name__}: {e}). Expected file: {cached} (the cache folder is "
-            f"$TORCH_HOME/hub/checkpoints). Copy it there from a machine with internet, or set "
-            f"detector.weights to a local checkpoint path."
-        ) from None
 
 
 def state_dict_of(checkpoint: Any) -> OrderedDict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from jobs.baseline.data import CocoDetectionTrain, SeededBatches, collate, load_coco
 from jobs.baseline.models import DetectorSettings, build_detector, replace_box_predictor
+from jobs.weights import load_torch_file
 from pipeline.io import atomic
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ def train_baseline(
     last = out_dir / "checkpoints" / "last.pt"
     start, rows = 0, []
     if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True)
+        state = load_torch_file(last, "checkpoint (delete it to train from the start)")
         if state["settings"] == settings_dict and state["category_ids"] == category_ids:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from pipeline.errors import ShardReadError
 from pipeline.io.shards import read_manifest, shard_paths
 
 DEFAULT_FIELDS = ("lr", "hr", "label", "target", "roi_id")
@@ -86,8 +87,21 @@ class ShardBatches(IterableDataset):
 
     def _file(self, shard: int) -> h5py.File:
         if shard not in self._files:
-            self._files[shard] = h5py.File(self.paths[shard], "r")
+            try:
+                self._files[shard] = h5py.File(self.paths[shard], "r")
+            except OSError as e:
+                raise ShardReadError(f"{self.paths[shard]}: cannot open the shard ({e}); run mtgan audit on its folder") from None
         return self._files[shard]
+
+    def _read(self, shard: int, start: int, stop: int, buffer: dict[str, np.ndarray], at: int) -> None:
+        """Rows start:stop of a shard into the buffers at row `at`; ShardReadError names a bad shard."""
+        f = self._file(shard)
+        try:
+            for k in self.fields:
+                f[k].read_direct(buffer[k], np.s_[start:stop], np.s_[at : at + stop - start])
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            raise ShardReadError(f"{self.paths[shard]}: cannot read rows {start}-{stop} ({type(e).__name__}: {e}); "
+                                 "the shard is damaged: run mtgan audit on its folder, rerun the shards stage") from None
 
     def _stream(self, blocks: list[tuple[int, int, int]], keep: Any, rng: np.random.Generator, size: int) -> Iterator[dict[str, np.ndarray]]:
         """Batches of `size` samples (those with keep(labels) true; the last batch may be short).
@@ -100,14 +114,15 @@ class ShardBatches(IterableDataset):
             return
         capacity = self.buffer_blocks * self.block_size
         f = self._file(blocks[0][0])
-        buffer = {k: np.empty((capacity, *f[k].shape[1:]), f[k].dtype) for k in self.fields}
+        try:
+            buffer = {k: np.empty((capacity, *f[k].shape[1:]), f[k].dtype) for k in self.fields}
+        except KeyError as e:
+            raise ShardReadError(f"{self.paths[blocks[0][0]]}: no dataset {e} in the shard; rerun the shards stage") from None
         carry: dict[str, np.ndarray] | None = None
         for first in range(0, len(blocks), self.buffer_blocks):
             n = 0
             for shard, start, stop in blocks[first : first + self.buffer_blocks]:
-                f = self._file(shard)
-                for k in self.fields:
-                    f[k].read_direct(buffer[k], np.s_[start:stop], np.s_[n : n + stop - start])
+                self._read(shard, start, stop, buffer, n)
                 n += stop - start
             chosen = np.flatnonzero(keep(buffer["label"][:n]))
             if self.shuffle:

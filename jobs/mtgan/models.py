@@ -25,6 +25,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from jobs.weights import torchvision_state_dict
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -111,14 +113,9 @@ def resnet_backbone(arch: str, weights: str | None = None) -> tuple[nn.Module, i
     feature width. `weights`: None (random) or "torchvision" (ImageNet, from the torch hub cache)."""
     if arch not in RESNETS:
         raise ValueError(f"discriminator backbone must be one of {RESNETS}, got {arch!r}")
+    model = torchvision.models.get_model(arch, weights=None)
     if weights == "torchvision":
-        from jobs.baseline.models import _require_cached_or_downloadable
-
-        enum = torchvision.models.get_model_weights(arch).DEFAULT
-        _require_cached_or_downloadable(enum.url)
-        model = torchvision.models.get_model(arch, weights=enum)
-    else:
-        model = torchvision.models.get_model(arch, weights=None)
+        model.load_state_dict(torchvision_state_dict(torchvision.models.get_model_weights(arch).DEFAULT.url))
     features = model.fc.in_features
     model.fc = nn.Identity()
     return model, features

@@ -16,40 +16,97 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.errors import PipelineError
+
+
+class PresetError(PipelineError):
+    """A preset name or override that is not allowed; names the key."""
+
+
+def _knob(default: Any, minimum: float | None = None, maximum: float | None = None, above: float | None = None,
+          choices: tuple[str, ...] | None = None) -> Any:
+    """A preset field with its allowed values (checked by `preset_problems`, at config validation)."""
+    limits = {"min": minimum, "max": maximum, "above": above, "choices": choices}
+    return field(default=default, metadata={k: v for k, v in limits.items() if v is not None})
+
+
+D_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
 
 @dataclass(frozen=True)
 class Preset:
     # Generator (Table 1: 64 channels, 5 residual blocks, 2 de-convs of 256).
-    g_channels: int = 64
-    g_residual_blocks: int = 5
-    g_upsample_channels: int = 256
+    g_channels: int = _knob(64, minimum=1)
+    g_residual_blocks: int = _knob(5, minimum=0)
+    g_upsample_channels: int = _knob(256, minimum=1)
     # Discriminator backbone and its weights: none (random) or torchvision (ImageNet).
-    d_backbone: str = "resnet50"
-    d_weights: str = "torchvision"
+    d_backbone: str = _knob("resnet50", choices=D_BACKBONES)
+    d_weights: str = _knob("torchvision", choices=("none", "torchvision"))
     # Loss weights (paper Section 4.2).
-    alpha: float = 0.001
-    beta: float = 0.01
-    gamma: float = 0.01
+    alpha: float = _knob(0.001, minimum=0)
+    beta: float = _knob(0.01, minimum=0)
+    gamma: float = _knob(0.01, minimum=0)
     # Optimisation. D: SGD lr 0.01, /10 every 40k mini-batches, 80k in all (paper). G: Adam.
-    batch_size: int = 128  # (ours: Fast R-CNN's 128 ROIs per mini-batch)
-    pretrain_iterations: int = 10_000  # MSE pre-training of G (ours: the paper gives no number)
-    iterations: int = 80_000
-    d_lr: float = 0.01
-    d_momentum: float = 0.9  # (ours)
-    d_weight_decay: float = 1e-4  # (ours)
-    d_lr_step: int = 40_000
-    g_lr: float = 1e-4  # (ours: SRGAN's)
-    positive_fraction: float | None = None  # per-batch share of positives (None: as sampled in the shards)
+    batch_size: int = _knob(128, minimum=1)  # (ours: Fast R-CNN's 128 ROIs per mini-batch)
+    pretrain_iterations: int = _knob(10_000, minimum=0)  # MSE pre-training of G (ours: the paper gives no number)
+    iterations: int = _knob(80_000, minimum=1)
+    d_lr: float = _knob(0.01, above=0)
+    d_momentum: float = _knob(0.9, minimum=0, maximum=1)  # (ours)
+    d_weight_decay: float = _knob(1e-4, minimum=0)  # (ours)
+    d_lr_step: int = _knob(40_000, minimum=1)
+    g_lr: float = _knob(1e-4, above=0)  # (ours: SRGAN's)
+    # Per-batch share of positives (None: as sampled in the shards).
+    positive_fraction: float | None = _knob(None, above=0, maximum=1)
     # A schedule in epochs over the training ROIs instead (WIDER FACE: 3 epochs at lr, 3 at lr/10):
     # when set, they replace `iterations` and `d_lr_step` once the shards' ROI count is known.
-    epochs: float | None = None
-    d_lr_step_epochs: float | None = None
+    epochs: float | None = _knob(None, above=0)
+    d_lr_step_epochs: float | None = _knob(None, above=0)
     # Bookkeeping.
-    log_every: int = 100
-    checkpoint_every: int = 2_000
-    picture_every: int = 5_000
+    log_every: int = _knob(100, minimum=1)
+    checkpoint_every: int = _knob(2_000, minimum=1)
+    picture_every: int = _knob(5_000, minimum=1)
     amp: bool = True  # bf16 autocast on CUDA
     departures: tuple[str, ...] = field(default_factory=tuple)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _value_problem(f: dataclasses.Field, value: Any) -> str | None:
+    """Why `value` is not allowed for the preset field `f` (None when it is)."""
+    kinds = [k.strip() for k in str(f.type).split("|")]
+    if value is None:
+        return None if "None" in kinds else "must not be null"
+    allowed = tuple(t for k in kinds for t in _TYPES.get(k, ()))
+    if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
+        return f"must be {' or '.join(kinds)}, got {type(value).__name__} {value!r}"
+    m = f.metadata
+    if "choices" in m and value not in m["choices"]:
+        return f"must be one of {list(m['choices'])}, got {value!r}"
+    if "min" in m and value < m["min"]:
+        return f"must be >= {m['min']}, got {value!r}"
+    if "max" in m and value > m["max"]:
+        return f"must be <= {m['max']}, got {value!r}"
+    if "above" in m and value <= m["above"]:
+        return f"must be > {m['above']}, got {value!r}"
+    return None
+
+
+def preset_problems(name: str, overrides: dict[str, Any] | None) -> list[str]:
+    """Everything wrong with preset `name` changed by `overrides`, one line each naming the key
+    (config validation reports these before any job runs)."""
+    if name not in PRESETS:
+        return [f"key 'mtgan.preset': unknown preset {name!r}; one of {sorted(PRESETS)}"]
+    if not isinstance(overrides, dict):
+        return [f"key 'mtgan.overrides': must be a mapping of preset fields, got {type(overrides).__name__}"]
+    fields = {f.name: f for f in dataclasses.fields(Preset) if f.name != "departures"}
+    problems = []
+    for key, value in overrides.items():
+        if key not in fields:
+            problems.append(f"key 'mtgan.overrides.{key}': unknown preset field; fields: {', '.join(sorted(fields))}")
+        elif (why := _value_problem(fields[key], value)) is not None:
+            problems.append(f"key 'mtgan.overrides.{key}': {why}")
+    return problems
 
 
 PRESETS: dict[str, Preset] = {
@@ -83,13 +140,11 @@ PRESETS: dict[str, Preset] = {
 
 
 def resolve_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
-    if name not in PRESETS:
-        raise ValueError(f"unknown MTGAN preset {name!r}: one of {sorted(PRESETS)}")
+    """Preset `name` with `overrides` applied (each checked: PresetError names the key)."""
     overrides = dict(overrides or {})
-    known = {f.name for f in dataclasses.fields(Preset)} - {"departures"}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"mtgan.overrides: unknown field(s) {unknown}; fields: {sorted(known)}")
+    problems = preset_problems(name, overrides)
+    if problems:
+        raise PresetError("\n  ".join(problems))
     preset = dataclasses.replace(PRESETS[name], **overrides)
     if overrides:
         changed = ", ".join(f"{k}={v!r}" for k, v in sorted(overrides.items()))

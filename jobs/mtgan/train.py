@@ -39,8 +39,9 @@ from jobs.baseline.train import pick_device
 from jobs.mtgan.data import ShardBatches
 from jobs.mtgan.engine import build_networks, pretrain_step, to_model, train_step
 from jobs.mtgan.settings import Preset, Variant, schedule_in_iterations
+from jobs.weights import load_torch_file
 from pipeline.io import atomic
-from pipeline.io.shards import read_manifest
+from pipeline.io.shards import read_manifest, verify_shards
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,7 @@ def train_mtgan(
     if preset.batch_size % world:
         raise ValueError(f"batch_size {preset.batch_size} is not divisible by the {world} processes")
     doc = read_manifest(manifest)
+    verify_shards(manifest, doc)  # once per job: every byte trained on matches the manifest's sha256
     preset = schedule_in_iterations(preset, doc["num_rois"] - doc["histograms"]["label"].get("-1", 0))
     if preset.epochs is not None:
         log.info("%g epochs = %d iterations, D lr / 10 every %d", preset.epochs, preset.iterations, preset.d_lr_step)
@@ -178,7 +180,7 @@ def train_mtgan(
     last = out_dir / "checkpoints" / "last.pt"
     start, rows = 0, []
     if last.is_file():
-        state = torch.load(last, map_location="cpu", weights_only=True)
+        state = load_torch_file(last, "checkpoint (delete it to train from the start)")
         if state["settings"] == settings:
             _unwrap(d).load_state_dict(state["d"])
             d_opt.load_state_dict(state["d_opt"])

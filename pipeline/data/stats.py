@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import patches  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np  # noqa: E402
 
 from pipeline.boxes import SIZE_CLASSES, size_class  # noqa: E402
 from pipeline.io import atomic  # noqa: E402
+from pipeline.io.images import ImageReadError, open_rgb  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 
 def split_stats(coco: dict[str, Any]) -> dict[str, Any]:
@@ -83,8 +87,12 @@ def write_stats(dataset: str, stats: dict[str, dict[str, Any]], json_path: Path,
     atomic.write_text(md_path, stats_markdown(dataset, stats))
 
 
-def draw_preview(coco: dict[str, Any], image_root: Path, out_png: Path, title: str, n: int = 6) -> None:
-    """A grid of the split's first `n` images with their boxes, coloured by class, crowd dashed."""
+def draw_preview(coco: dict[str, Any], image_root: Path, out_png: Path, title: str, n: int = 6) -> int:
+    """A grid of the split's first `n` images with their boxes, coloured by class, crowd dashed.
+
+    An image that cannot be read (missing, truncated) is drawn as a grey panel and named in a
+    warning; the count is returned. Whether such images stop the pipeline is the shards stage's
+    `on_bad_image`."""
     names = {c["id"]: c["name"] for c in coco["categories"]}
     colours = plt.get_cmap("tab20")
     images = coco["images"][:n]
@@ -96,9 +104,14 @@ def draw_preview(coco: dict[str, Any], image_root: Path, out_png: Path, title: s
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.2 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
+    unreadable = []
     for ax, im in zip(axes.flat, images):
-        with Image.open(image_root / im["file_name"]) as pil:
-            ax.imshow(pil.convert("RGB"))
+        try:
+            ax.imshow(open_rgb(image_root / im["file_name"]))
+        except ImageReadError as e:  # a preview is no place to stop the stage: the shards stage decides
+            unreadable.append(str(e))
+            ax.imshow(np.full((im["height"], im["width"], 3), 200, np.uint8))
+            ax.text(im["width"] / 2, im["height"] / 2, "cannot read this image", ha="center", fontsize=8)
         anns = by_image.get(im["id"], [])
         for a in anns:
             x, y, w, h = a["bbox"]
@@ -112,3 +125,7 @@ def draw_preview(coco: dict[str, Any], image_root: Path, out_png: Path, title: s
     with atomic.atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
+    if unreadable:
+        log.warning("preview: %d of %d image(s) could not be read and are drawn grey: %s", len(unreadable), len(images),
+                    "; ".join(unreadable))
+    return len(unreadable)

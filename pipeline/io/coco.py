@@ -35,10 +35,12 @@ from typing import Any
 
 from PIL import Image
 
+from pipeline.errors import PipelineError
+
 MAX_LISTED = 5
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(PipelineError, ValueError):
     """A COCO-format file that cannot be used; the message names the file and the problem."""
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.errors import PipelineError
 
-class ImageReadError(OSError):
+
+class ImageReadError(PipelineError, OSError):
     """An image file that cannot be decoded; the message names the file."""
 
 

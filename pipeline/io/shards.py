@@ -22,6 +22,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from pipeline.errors import ShardReadError
 from pipeline.io import atomic
 from pipeline.schema import load_schema, validate_document
 
@@ -111,3 +112,19 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 def shard_paths(manifest_path: Path, manifest: dict[str, Any]) -> list[Path]:
     return [Path(manifest_path).parent / s["path"] for s in manifest["shards"]]
+
+
+def verify_shards(manifest_path: Path, manifest: dict[str, Any] | None = None) -> None:
+    """Check that every shard of the manifest exists and has the manifest's sha256 (a job reads
+    nothing it cannot trust: a flipped byte would otherwise train or infer silently).
+    ShardReadError names the first bad shard."""
+    from tqdm import tqdm
+
+    manifest = manifest or read_manifest(manifest_path)
+    paths = shard_paths(manifest_path, manifest)
+    for path, entry in zip(tqdm(paths, desc="verifying shards", unit="shard", leave=False), manifest["shards"]):
+        if not path.is_file():
+            raise ShardReadError(f"{path}: listed in {manifest_path} but missing; rerun the shards stage")
+        if sha256_of(path) != entry["sha256"]:
+            raise ShardReadError(f"{path}: its sha256 differs from {manifest_path} (the file changed or is damaged); "
+                                 "rerun the shards stage (mtgan audit lists every problem)")

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.errors import PipelineError
 from pipeline.io import atomic
 from pipeline.schema import load_schema
 
@@ -37,7 +38,7 @@ _TYPES: dict[str, pa.DataType] = {
 }
 
 
-class TableSchemaError(ValueError):
+class TableSchemaError(PipelineError, ValueError):
     """A table that does not match its schema; names the file (or table) and the column."""
 
 
