@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import time
 
@@ -32,18 +33,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--classes", type=int, default=8, help="K + 1")
+    parser.add_argument("--overrides", default="{}", help='preset fields to change, as JSON: \'{"d_width": 32}\'')
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     variant = VARIANTS[args.variant]
     print(f"variant {variant.name}, device {device}, torch threads {torch.get_num_threads()}")
-    print(f"{'preset':<11} {'G':>14} {'D':>9} {'batch':>5} {'pairs/s':>8} {'GFLOP/pair':>11}")
+    print(f"{'preset':<11} {'G':>14} {'D':>18} {'batch':>5} {'pairs/s':>8} {'GFLOP/pair':>11}")
     for name in args.presets.split(","):
-        preset = resolve_preset(name, {"d_weights": "none"})
+        preset = resolve_preset(name, {"d_weights": "none", **json.loads(args.overrides)})
         torch.manual_seed(0)
         g, d = build_networks(variant, preset, args.classes, 4)
         g, d = (g.to(device) if g is not None else None), d.to(device)
-        d_opt = torch.optim.SGD(d.parameters(), lr=preset.d_lr, momentum=preset.d_momentum)
+        d_opt = (torch.optim.SGD(d.parameters(), lr=preset.d_lr, momentum=preset.d_momentum) if preset.d_optimizer == "sgd"
+                 else torch.optim.AdamW(d.parameters(), lr=preset.d_lr))
         g_opt = torch.optim.Adam(g.parameters(), lr=preset.g_lr) if variant.generator == "learned" else None
         n = preset.batch_size
         lr, hr = torch.rand(n, 3, 16, 16, device=device) * 2 - 1, torch.rand(n, 3, 64, 64, device=device) * 2 - 1
@@ -67,7 +70,8 @@ def main() -> None:
             sync()
             times.append(time.perf_counter() - start)
         g_desc = f"{preset.g_channels}ch x{preset.g_residual_blocks} /{preset.g_upsample_channels}" if g_opt else variant.generator
-        print(f"{name:<11} {g_desc:>14} {preset.d_backbone:>9} {n:>5} {n / statistics.median(times):>8.1f} "
+        d_desc = f"{preset.d_backbone} w{preset.d_width} {preset.d_stem}"
+        print(f"{name:<11} {g_desc:>14} {d_desc:>18} {n:>5} {n / statistics.median(times):>8.1f} "
               f"{counter.get_total_flops() / n / 1e9:>11.2f}")
 
 

@@ -63,9 +63,9 @@ index_option = click.option(
 )
 split_option = click.option("--split", required=True, help="Split name, as in the data index.")
 role_option = click.option(
-    "--role", required=True, type=click.Choice(["train", "test"]),
-    help="What the ROIs are for: train (ground truth added, sampled) or test (the detections as they are). "
-         "The same split can serve both roles.",
+    "--role", required=True, type=click.Choice(["train", "test", "dev"]),
+    help="What the ROIs are for: train (ground truth added, sampled), test or dev (the detections as they are). "
+         "The same split can serve train and test.",
 )
 threads_option = click.option(
     "--threads", type=int, default=None,

@@ -62,6 +62,13 @@ def validate_config(config: dict[str, Any], what: str = "config", require: tuple
     return config
 
 
+def dev_split(data: dict[str, Any]) -> str | None:
+    """The development split of the `data` section (`auto`: the split named dev, if any)."""
+    if data["dev_split"] == "auto":
+        return "dev" if "dev" in data_splits(data) else None
+    return data["dev_split"]
+
+
 def data_splits(data: dict[str, Any]) -> list[str]:
     """The split names the `data` section will produce."""
     if data["source"] == "builtin":
@@ -88,9 +95,12 @@ def _data_problems(data: dict[str, Any], detector: dict[str, Any]) -> list[str]:
     roles = (data["train_split"], data["test_split"])
     problems = [
         f"key 'data.{role}': split '{data[role]}' is not among the dataset's splits {splits}"
-        for role in ("train_split", "test_split")
-        if data[role] not in splits
+        for role in ("train_split", "test_split", "dev_split")
+        if data[role] not in (None, "auto") and data[role] not in splits
     ]
+    if dev_split(data) in roles:
+        problems.append(f"key 'data.dev_split': '{dev_split(data)}' is also the train or test split; choices are "
+                        "made on a split of their own")
     if data["source"] == "builtin":
         b = data["builtin"]
         if b["objects_per_image"][0] > b["objects_per_image"][1]:

@@ -51,3 +51,14 @@ def make_lr(hr: np.ndarray, scale: int) -> np.ndarray:
     if size * scale != hr.shape[0]:
         raise ValueError(f"HR size {hr.shape[0]} is not a multiple of the scale {scale}")
     return resize_bicubic(Image.fromarray(hr), size)
+
+
+def crop_sides(boxes: np.ndarray, image_sizes: np.ndarray, margin: float) -> np.ndarray:
+    """The longer side, in image pixels, of each ROI's crop region (`roi_region`, vectorised):
+    boxes (N, 4) xyxy, image_sizes (N, 2) width, height. How much detail the crop holds."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    sizes = np.asarray(image_sizes, np.float64).reshape(-1, 2)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    x1, y1 = np.maximum(0.0, boxes[:, 0] - margin * w), np.maximum(0.0, boxes[:, 1] - margin * h)
+    x2, y2 = np.minimum(sizes[:, 0], boxes[:, 2] + margin * w), np.minimum(sizes[:, 1], boxes[:, 3] + margin * h)
+    return np.maximum(np.maximum(x2 - x1, 1.0), np.maximum(y2 - y1, 1.0))

@@ -1,11 +1,12 @@
 """Stage 6, infer: a trained variant's G and D over the test split's shards.
 
 Per ROI: D's K+1 class probabilities and its 4 box offsets (zeros for a variant without a
-regression head), computed on what that variant's D was trained on: G(LR) (MTGAN and its loss
-ablations), bilinear 4x up-sampling of LR (SBU) or the HR crop itself (plain R-CNN style
-`d_no_adv`). Batched, under `torch.inference_mode`, on the GPU when present (bf16 autocast there).
-Also D's classification accuracy on the positive, negative and all (non-ignored) test ROIs: the
-paper's Table 9.
+regression head), computed on what D sees for that ROI at test time (`jobs/mtgan/roi_input.py`,
+the rule recorded in the model): the up-sampled LR image (G(LR) for MTGAN and its loss ablations,
+bilinear for SBU) for a small ROI, the HR crop for the others and for the plain R-CNN style
+`d_no_adv`. Batched, under `torch.inference_mode`, on the GPU when present (bf16 autocast there).
+Also D's classification accuracy on the positive, negative and all (non-ignored) test ROIs, and
+on positives by size: the paper's Table 9.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from tqdm import tqdm
 
 from jobs.mtgan.data import ShardBatches
 from jobs.mtgan.engine import build_networks, to_model
+from jobs.mtgan.roi_input import discriminator_images, through_generator
 from jobs.mtgan.settings import Preset, Variant
 from jobs.weights import load_torch_file
-from pipeline.errors import EmptyInputError
-from pipeline.io.shards import read_manifest, verify_shards
+from pipeline.errors import CheckpointError, EmptyInputError
+from pipeline.io.shards import SIZE_CODES, read_manifest, verify_shards
 from pipeline.io.tables import INFERENCE_SCHEMA, make_table
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,11 @@ log = logging.getLogger(__name__)
 
 def load_variant(model_path: Path, device: torch.device) -> tuple[Variant, torch.nn.Module | None, torch.nn.Module, dict[str, Any]]:
     state = load_torch_file(model_path, "MTGAN model")
-    variant = Variant(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["variant"].items()})
-    preset = Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["preset"].items()})
+    try:
+        variant = Variant(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["variant"].items()})
+        preset = Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["preset"].items()})
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{model_path}: not a model.pt of this version of train_mtgan ({e}); retrain it") from None
     preset = Preset(**{**preset.__dict__, "d_weights": "none"})  # the weights come from the checkpoint
     g, d = build_networks(variant, preset, state["num_labels"], state["scale"])
     d.load_state_dict(state["d"])
@@ -45,36 +50,69 @@ def load_variant(model_path: Path, device: torch.device) -> tuple[Variant, torch
 
 
 @torch.inference_mode()
+def predict(g: torch.nn.Module | None, d: torch.nn.Module, manifest: Path, use_g: Any, device: torch.device,
+            batch_size: int = 256) -> dict[str, np.ndarray]:
+    """D's class probabilities and offsets for every ROI of the shards, in shard order. `use_g(batch)`
+    says per ROI whether D sees G(LR) (True) or the HR crop (False)."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    loader = ShardBatches(manifest, batch_size=batch_size, shuffle=False, drop_ignored=False,
+                          fields=("lr", "hr", "label", "roi_id", "box", "image_size", "size_class"))
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("roi_id", "probs", "offsets", "label", "size_class", "through_g")}
+    for batch in tqdm(loader, desc="infer", unit="batch"):
+        through = torch.from_numpy(np.asarray(use_g(batch), bool))
+        with autocast:
+            images = discriminator_images(g, to_model(batch["lr"], device), to_model(batch["hr"], device), through.to(device))
+            result = d(images)
+        out["probs"].append(torch.softmax(result["cls"].float(), dim=1).cpu().numpy())
+        out["offsets"].append(result["reg"].float().cpu().numpy() if "reg" in result else np.zeros((len(images), 4), np.float32))
+        out["through_g"].append(through.numpy())
+        for k in ("roi_id", "label", "size_class"):
+            out[k].append(batch[k].numpy())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def table9_accuracy(probs: np.ndarray, label: np.ndarray, size_class: np.ndarray) -> dict[str, Any]:
+    """D's classification accuracy on positive, negative and all (non-ignored) ROIs (paper Table 9),
+    and on positives by size class."""
+    predicted = probs.argmax(1)
+    groups = {"positive": label > 0, "negative": label == 0, "all": label >= 0}
+    groups |= {f"positive_{name}": (label > 0) & (size_class == code) for code, name in enumerate(SIZE_CODES)}
+    accuracy: dict[str, Any] = {}
+    for kind, mask in groups.items():
+        accuracy[kind] = float((predicted[mask] == label[mask]).mean()) if mask.any() else None  # no such ROIs
+        accuracy[f"{kind}_rois"] = int(mask.sum())
+    return accuracy
+
+
 def infer(model_path: Path, manifest: Path, device: torch.device, batch_size: int = 256) -> tuple[pa.Table, dict[str, Any]]:
     """The per-ROI table of a variant on the shards of `manifest`, and its Table 9 accuracies."""
     variant, g, d, state = load_variant(model_path, device)
     doc = read_manifest(manifest)
     if doc["num_rois"] == 0:
         raise EmptyInputError(f"{manifest}: the test shards hold no ROIs: nothing to infer (did the detector find nothing?)")
+    check_compatible(state, doc, model_path, manifest)
     verify_shards(manifest, doc)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    loader = ShardBatches(manifest, batch_size=batch_size, shuffle=False, drop_ignored=False, fields=("lr", "hr", "label", "roi_id"))
-    roi_ids, probs, offsets, labels = [], [], [], []
-    for batch in tqdm(loader, desc=f"infer {variant.name}", unit="batch"):
-        with autocast:
-            if variant.generator == "none":
-                images = to_model(batch["hr"], device)
-            else:
-                images = g(to_model(batch["lr"], device))
-            out = d(images)
-        probs.append(torch.softmax(out["cls"].float(), dim=1).cpu().numpy())
-        offsets.append(out["reg"].float().cpu().numpy() if "reg" in out else np.zeros((len(images), 4), np.float32))
-        roi_ids.append(batch["roi_id"].numpy())
-        labels.append(batch["label"].numpy())
-    roi_id, prob, offset, label = (np.concatenate(x) for x in (roi_ids, probs, offsets, labels))
-    order = np.argsort(roi_id)
-    columns = {"roi_id": roi_id[order], "probs": prob[order].astype(np.float32),
-               **{k: offset[order, j].astype(np.float32) for j, k in enumerate(("dx", "dy", "dw", "dh"))}}
+    preset = state["preset"]
+
+    def use_g(batch: dict[str, torch.Tensor]) -> np.ndarray:
+        return through_generator(batch["box"].numpy(), batch["image_size"].numpy(), doc["margin"], preset["roi_input"],
+                                 preset["g_max_side"], variant)
+
+    p = predict(g, d, manifest, use_g, device, batch_size)
+    order = np.argsort(p["roi_id"])
+    columns = {"roi_id": p["roi_id"][order], "probs": p["probs"][order].astype(np.float32),
+               **{k: p["offsets"][order, j].astype(np.float32) for j, k in enumerate(("dx", "dy", "dw", "dh"))},
+               "through_g": p["through_g"][order].astype(np.int32)}
     table = make_table(columns, INFERENCE_SCHEMA, {"variant": variant.name, "category_ids": state["category_ids"]})
-    predicted = prob.argmax(1)
-    accuracy = {}
-    for kind, mask in (("positive", label > 0), ("negative", label == 0), ("all", label >= 0)):
-        accuracy[kind] = float((predicted[mask] == label[mask]).mean()) if mask.any() else None  # no such ROIs
-        accuracy[f"{kind}_rois"] = int(mask.sum())
-    log.info("variant %s: %d ROIs; classification accuracy %s", variant.name, len(roi_id), accuracy)
-    return table, {"variant": variant.name, "accuracy": accuracy}
+    accuracy = table9_accuracy(p["probs"], p["label"], p["size_class"])
+    log.info("variant %s: %d ROIs, %d seen through G (%s, g_max_side %s); classification accuracy %s", variant.name,
+             len(order), int(p["through_g"].sum()), preset["roi_input"], preset["g_max_side"], accuracy)
+    return table, {"variant": variant.name, "roi_input": preset["roi_input"], "g_max_side": preset["g_max_side"],
+                   "through_g": int(p["through_g"].sum()), "accuracy": accuracy}
+
+
+def check_compatible(state: dict[str, Any], doc: dict[str, Any], model_path: Path, manifest: Path) -> None:
+    """The model was trained on crops made like these: same categories, HR size, scale and margin."""
+    for key in ("category_ids", "hr_size", "scale", "margin"):
+        if key in state and state[key] != doc[key]:
+            raise ValueError(f"{model_path}: trained with {key} {state[key]}, but {manifest} has {doc[key]}")

@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.io import atomic
 from pipeline.score import TABLE_COLUMNS
 
+ACCURACY_COLUMNS = ("positive", "negative", "all", "positive_small", "positive_medium", "positive_large")
 ORDER = ("baseline", "d_no_adv", "sbu", "mtgan", "no_reg_branch", "no_adv_loss", "no_cls_loss", "no_reg_loss")
 NAMES = {
     "baseline": "baseline detector",
@@ -54,18 +55,20 @@ def write_tables(scores: list[dict[str, Any]], accuracies: list[dict[str, Any]],
     lines = ["| method | " + " | ".join(TABLE_COLUMNS) + " | images |", "|---|" + "---:|" * (len(TABLE_COLUMNS) + 1)]
     lines += [f"| {r[1]} | " + " | ".join(str(v) for v in r[2:]) + " |" for r in rows]
     if accuracies:
-        lines += ["", "Discriminator classification accuracy on the test ROIs (paper Table 9):", "",
-                  "| variant | positive | negative | all |", "|---|---:|---:|---:|"]
+        lines += ["", "Discriminator classification accuracy (%) on the test ROIs (paper Table 9), eval mode, each ROI "
+                  "seen as at test time; positives also by size:", "",
+                  "| variant | positive | negative | all | small positive | medium positive | large positive |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for a in sorted(accuracies, key=lambda a: method_key(a["variant"])):
             acc = a["accuracy"]
-            cells = " | ".join("n/a" if acc[k] is None else f"{100 * acc[k]:.1f}" for k in ("positive", "negative", "all"))
+            cells = " | ".join("n/a" if acc.get(k) is None else f"{100 * acc[k]:.1f}" for k in ACCURACY_COLUMNS)
             lines.append(f"| {display_name(a['variant'])} | {cells} |")
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["variant", "positive", "negative", "all", "positive_rois", "negative_rois"])
+        writer.writerow(["variant", *ACCURACY_COLUMNS, *(f"{k}_rois" for k in ACCURACY_COLUMNS)])
         for a in accuracies:
             acc = a["accuracy"]
-            writer.writerow([a["variant"], acc["positive"], acc["negative"], acc["all"], acc["positive_rois"], acc["negative_rois"]])
+            writer.writerow([a["variant"], *(acc.get(k) for k in ACCURACY_COLUMNS), *(acc.get(f"{k}_rois") for k in ACCURACY_COLUMNS)])
         atomic.write_text(out_dir / "accuracy.csv", buffer.getvalue())
     markdown = "\n".join(lines) + "\n"
     atomic.write_text(out_dir / "metrics.md", markdown)

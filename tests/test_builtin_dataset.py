@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import io
 import math
 from pathlib import Path
 
@@ -45,9 +46,22 @@ def test_another_seed_gives_other_images(tiny_dataset: Path, tmp_path: Path) -> 
         assert np.abs(np.asarray(image, dtype=int) - np.asarray(seed0, dtype=int)).mean() > 10
 
 
+def test_a_split_never_changes_another_splits_images(tiny_dataset: Path) -> None:
+    """Each split draws from its own random stream: adding the dev split (or resizing any split)
+    leaves train and val byte-identical, so the reported test split stays the same instrument."""
+    without_dev = BuiltinSpec.from_config({**tiny_config()["data"]["builtin"], "num_images": {"train": 2, "val": 2}})
+    for split in ("train", "val"):
+        image, annotations, _ = generate_image(without_dev, split, 1)
+        encoded = io.BytesIO()
+        image.save(encoded, "JPEG", quality=without_dev.jpeg_quality, subsampling=0)
+        assert encoded.getvalue() == (tiny_dataset / "images" / split / "000002.jpg").read_bytes()
+        coco = COCO(str(tiny_dataset / f"{split}.json"))
+        assert [a["bbox"] for a in annotations] == [a["bbox"] for a in coco.loadAnns(coco.getAnnIds(imgIds=[2]))]
+
+
 def test_pycocotools_loads_it_and_every_box_is_inside_its_image(tiny_dataset: Path) -> None:
     splits = read_index(tiny_dataset / "index.json")
-    assert set(splits) == {"train", "val"}
+    assert set(splits) == {"train", "dev", "val"}
     for split in splits.values():
         coco = COCO(str(split.annotations))
         assert len(coco.getImgIds()) == split.num_images == tiny_config()["data"]["builtin"]["num_images"][split.name]

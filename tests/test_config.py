@@ -53,7 +53,7 @@ def _broken(path: list[str], value: object) -> dict:
         (["data", "builtin", "image_size"], "big", "data.builtin.image_size"),  # wrong type
         (["data", "builtin", "seed"], -1, "data.builtin.seed"),  # out of range
         (["data", "source"], "voc", "data.source"),  # not an allowed value
-        (["data", "builtin", "num_images"], {"train": 10, "dev": 5}, "data.builtin.num_images"),
+        (["data", "builtin", "num_images"], {"train": 10, "tune": 5}, "data.builtin.num_images"),
         (["data", "test_split"], "test", "data.test_split"),  # not one of the splits
         (["data", "builtin", "size_shares"], [0.5, 0.5, 0.5], "data.builtin.size_shares"),
         (["detectr"], {}, "detectr"),  # unknown top-level section

@@ -34,7 +34,8 @@ def roi_table(boxes: list[list[float]], image_ids: list[int], sizes: list[tuple[
 def inference_table(probs: list[list[float]], offsets: list[list[float]]) -> object:
     o = np.asarray(offsets, np.float32)
     return make_table({"roi_id": np.arange(len(probs)), "probs": np.asarray(probs, np.float32),
-                       "dx": o[:, 0], "dy": o[:, 1], "dw": o[:, 2], "dh": o[:, 3]}, INFERENCE_SCHEMA)
+                       "dx": o[:, 0], "dy": o[:, 1], "dw": o[:, 2], "dh": o[:, 3],
+                       "through_g": np.zeros(len(probs), np.int32)}, INFERENCE_SCHEMA)
 
 
 @pytest.fixture
@@ -95,7 +96,7 @@ def test_perfect_scores_give_ap_1(tiny_data: Path, tmp_path: Path) -> None:
     labels = np.asarray(rois.column("label").to_pylist())
     probs = np.eye(len(coco["categories"]) + 1, dtype=np.float32)[labels]
     inference = make_table({"roi_id": np.arange(len(labels)), "probs": probs, **{k: np.zeros(len(labels), np.float32)
-                            for k in ("dx", "dy", "dw", "dh")}}, INFERENCE_SCHEMA)
+                            for k in ("dx", "dy", "dw", "dh")}, "through_g": np.zeros(len(labels), np.int32)}, INFERENCE_SCHEMA)
     categories = sorted(c["id"] for c in coco["categories"])
     results = merge_detections(rois, inference, MergeSettings(0.5, 0.001, 100), ensemble=False, category_ids=categories)
     stats, _ = coco_bbox_eval(tiny_data / "val.json", results)

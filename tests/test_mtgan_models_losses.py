@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from jobs.mtgan import losses
 from jobs.mtgan.engine import build_networks, discriminator_step, generator_step
-from jobs.mtgan.models import Discriminator, Generator, resnet_backbone
+from jobs.mtgan.models import Discriminator, Generator, ResNetTrunk, resnet_backbone
+from jobs.mtgan.roi_input import discriminator_images, through_generator
 from jobs.mtgan.settings import PRESETS, VARIANTS, PresetError, resolve_preset
+from pipeline.crops import crop_sides
 
 
 def test_generator_layers_follow_table_1() -> None:
@@ -52,6 +57,60 @@ def test_discriminator_heads_shapes_and_init(arch: str, features: int) -> None:
     w = torch.cat([d.heads[h].weight.detach().flatten() for h in ("gan", "cls", "reg")])
     assert float(w.std()) == pytest.approx(0.1, rel=0.05) and all(float(d.heads[h].bias.detach().abs().max()) == 0 for h in d.heads)
     assert set(Discriminator(resnet_backbone("resnet18")[0], 512, 8, ("cls", "reg")).heads) == {"cls", "reg"}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "resnet101"])
+@pytest.mark.parametrize("stem", ["3x3", "7x7"])
+def test_discriminator_trunk_has_output_stride_16(arch: str, stem: str) -> None:
+    """Table 1: a 64x64 ROI image ends as a 4x4 map before pooling (torchvision's stock ResNet: 2x2)."""
+    trunk = ResNetTrunk(arch, width=8, stem=stem)
+    assert trunk.feature_map(torch.zeros(2, 3, 64, 64)).shape[2:] == (4, 4)
+    assert trunk.conv1.stride == (2, 2) and trunk.conv1.kernel_size == (int(stem[0]),) * 2
+    assert not any(isinstance(m, nn.MaxPool2d) for m in trunk.modules())
+    stock = torchvision.models.get_model(arch)
+    stock_map = torch.nn.Sequential(*list(stock.children())[:-2])(torch.zeros(1, 3, 64, 64))
+    assert stock_map.shape[2:] == (2, 2)
+
+
+def test_imagenet_weights_load_into_the_stride_16_trunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pretrained weight of torchvision's ResNet loads (only the max-pool, which has none, is
+    left out), read from the hub cache with weights_only=True."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(3)
+    stock = torchvision.models.get_model("resnet18")
+    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(stock.state_dict(), tmp_path / "hub" / "checkpoints" / Path(url).name)
+    trunk, features = resnet_backbone("resnet18", "torchvision")
+    assert features == 512
+    for key, value in trunk.state_dict().items():
+        assert torch.equal(value, stock.state_dict()[key]), key
+    with pytest.raises(ValueError, match="7x7 stem at width 64"):
+        resnet_backbone("resnet18", "torchvision", width=32)
+
+
+def test_small_rois_reach_d_through_g_and_large_ones_as_hr_crops() -> None:
+    """roi_input by_size: a ROI whose crop's longer side is at most g_max_side image pixels goes
+    through G; a larger one reaches D as its HR crop."""
+    boxes = np.array([[10, 10, 22, 18], [0, 0, 16, 16], [5, 5, 21.5, 9], [40, 40, 140, 100], [300, 300, 330, 320]], np.float32)
+    sizes = np.array([[320, 320]] * 4 + [[340, 310]], np.int32)  # the last box is clipped to 30 x 10
+    mtgan, plain = VARIANTS["mtgan"], VARIANTS["d_no_adv"]
+    assert through_generator(boxes, sizes, 0.0, "by_size", 16.0, mtgan).tolist() == [True, True, False, False, False]
+    assert through_generator(boxes, sizes, 0.0, "by_size", 30.0, mtgan).tolist() == [True, True, True, False, True]
+    assert through_generator(boxes, sizes, 0.1, "by_size", 16.0, mtgan).tolist() == [True, False, False, False, False]
+    assert through_generator(boxes, sizes, 0.0, "all_generator", 16.0, mtgan).all()
+    assert not through_generator(boxes, sizes, 0.0, "all_hr", 16.0, mtgan).any()
+    assert not through_generator(boxes, sizes, 0.0, "by_size", 16.0, plain).any()  # no G: HR crops
+    np.testing.assert_allclose(crop_sides(boxes, sizes, 0.0), [12, 16, 16.5, 100, 30])
+
+    class Marker(nn.Module):  # "G": an image of 7s, so D's input shows which path each ROI took
+        def forward(self, lr: torch.Tensor) -> torch.Tensor:
+            return torch.full((len(lr), 3, 64, 64), 7.0)
+
+    lr, hr = torch.zeros(5, 3, 16, 16), torch.rand(5, 3, 64, 64)
+    use_g = torch.from_numpy(through_generator(boxes, sizes, 0.0, "by_size", 16.0, mtgan))
+    images = discriminator_images(Marker(), lr, hr, use_g)
+    assert (images[use_g] == 7).all() and torch.equal(images[~use_g], hr[~use_g])
 
 
 def test_each_loss_term_equals_a_hand_computed_value() -> None:

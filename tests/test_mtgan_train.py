@@ -51,7 +51,8 @@ def test_a_tiny_run_lowers_the_losses_and_raises_accuracy(tiny_train_shards: Pat
     assert after["mse"] < 0.8 * before["mse"]
     assert after["accuracy"] > before["accuracy"] + 0.1
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["stage"] for r in rows] == ["pretrain"] * 3 + ["gan"] * 4
+    assert [r["stage"] for r in rows] == ["pretrain"] * 3 + ["gan"] * 4 + ["eval"]  # eval_every > steps: at the end
+    assert {"eval_acc_pos", "eval_acc_neg"} <= set(rows[-1]) and all(0 <= v <= 1 for k, v in rows[-1].items() if k.startswith("eval"))
     gan = [r for r in rows if r["stage"] == "gan"]
     assert gan[-1]["loss_d_cls"] < gan[0]["loss_d_cls"]
     assert {"d_real", "d_sr", "acc_sr", "acc_hr", "g_loss_adv", "g_loss_cls", "g_loss_reg", "d_lr", "pairs_per_s"} <= set(gan[0])
@@ -90,7 +91,8 @@ def test_sbu_never_touches_a_generator(tiny_train_shards: Path, tmp_path: Path) 
     state = torch.load(model, weights_only=True)
     assert "g" not in state and state["step"] == 8  # no pre-training stage either
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert all(not any(k.startswith("g_loss") for k in r) and "acc_hr" not in r for r in rows)  # D sees up-sampled LR only
+    gan = [r for r in rows if r["stage"] == "gan"]
+    assert gan and all(not any(k.startswith("g_loss") for k in r) and {"acc_sr", "acc_hr"} <= set(r) for r in gan)  # bilinear SR and HR
 
 
 def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path: Path) -> None:
@@ -123,3 +125,27 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tiny_tra
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["g"].values() if v.is_floating_point())
     assert not (tmp_path / "model.pt").exists()
+
+
+def test_held_out_eval_and_infer_see_a_roi_identically(tiny_train_shards: Path, tmp_path: Path) -> None:
+    """The training job's held-out accuracy is what infer gets on the same ROIs: the same routing
+    (small ROIs through G, large ones as HR crops), the same eval-mode networks."""
+    import numpy as np
+
+    from jobs.mtgan.data import read_holdout
+    from pipeline.infer import infer
+
+    preset = resolve_preset("tiny", {"roi_input": "by_size", "g_max_side": 24.0, "holdout_blocks": 3})
+    model = train_mtgan(tiny_train_shards, VARIANTS["mtgan"], preset, tmp_path, "cpu", threads=1)
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][-1]
+    table, _ = infer(model, tiny_train_shards, torch.device("cpu"), batch_size=16)
+    holdout = read_holdout(tiny_train_shards, 3, ("roi_id", "label", "size_class"))
+    rows = table.to_pydict()
+    position = {r: i for i, r in enumerate(rows["roi_id"])}
+    picked = [position[int(r)] for r in holdout["roi_id"]]
+    predicted = np.asarray(rows["probs"], np.float32)[picked].argmax(1)
+    through_g = np.asarray(rows["through_g"])[picked]
+    assert 0 < through_g.sum() < len(picked)  # both paths occur among the held-out ROIs
+    right = predicted == holdout["label"]
+    for name, mask in (("eval_acc_pos", holdout["label"] > 0), ("eval_acc_neg", holdout["label"] == 0)):
+        assert logged[name] == pytest.approx(float(right[mask].mean()))

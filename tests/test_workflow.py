@@ -48,7 +48,7 @@ def test_tiny_pipeline_runs_then_caches(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stdout + first.stderr
     data = tmp_path / "artifacts" / "tiny" / "data"
     index = json.loads((data / "index.json").read_text())
-    assert set(index["splits"]) == {"train", "val"}
+    assert set(index["splits"]) == {"train", "dev", "val"}
     assert len(list((data / "images" / "train").glob("*.jpg"))) == 24
     assert (tmp_path / "artifacts" / "tiny" / "logs" / "data.log").read_text().count("builtin train") >= 1
     assert (tmp_path / "artifacts" / "tiny" / "benchmarks" / "data.tsv").is_file()

@@ -38,6 +38,29 @@ from pipeline.io.shards import read_manifest, shard_paths
 DEFAULT_FIELDS = ("lr", "hr", "label", "target", "roi_id")
 
 
+def all_blocks(doc: dict[str, Any]) -> list[tuple[int, int, int]]:
+    """(shard index, start row, stop row) of every block of a manifest, in shard order."""
+    size = doc["block_size"]
+    return [(i, start, min(start + size, s["num_rois"])) for i, s in enumerate(doc["shards"])
+            for start in range(0, s["num_rois"], size)]
+
+
+def read_holdout(manifest: Path, holdout_blocks: int, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The ROIs of the last `holdout_blocks` blocks of a split's shards (what `ShardBatches` with
+    the same `holdout_blocks` never yields), read whole: `fields` as numpy arrays."""
+    doc = read_manifest(manifest)
+    paths = shard_paths(manifest, doc)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in fields}
+    for shard, start, stop in all_blocks(doc)[-holdout_blocks:] if holdout_blocks else []:
+        try:
+            with h5py.File(paths[shard], "r") as f:
+                for k in fields:
+                    parts[k].append(f[k][start:stop])
+        except (OSError, KeyError) as e:
+            raise ShardReadError(f"{paths[shard]}: cannot read rows {start}-{stop} ({e}); run mtgan audit on its folder") from None
+    return {k: np.concatenate(v) for k, v in parts.items() if v}
+
+
 class ShardBatches(IterableDataset):
     def __init__(
         self,
@@ -52,15 +75,16 @@ class ShardBatches(IterableDataset):
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        holdout_blocks: int = 0,
     ) -> None:
         doc = read_manifest(manifest)
         self.paths = [str(p) for p in shard_paths(manifest, doc)]
         self.block_size = doc["block_size"]
-        self.blocks = [
-            (i, start, min(start + self.block_size, s["num_rois"]))
-            for i, s in enumerate(doc["shards"])
-            for start in range(0, s["num_rois"], self.block_size)
-        ]
+        self.blocks = all_blocks(doc)
+        if holdout_blocks:  # held out for evaluation (`read_holdout`): never yielded
+            if holdout_blocks >= len(self.blocks):
+                raise ValueError(f"{manifest}: {len(self.blocks)} blocks, too few to hold out {holdout_blocks}")
+            self.blocks = self.blocks[:-holdout_blocks]
         self.batch_size, self.seed, self.fields = batch_size, seed, tuple(dict.fromkeys((*fields, "label")))
         self.shuffle, self.buffer_blocks = shuffle, buffer_blocks
         self.positive_fraction, self.drop_ignored, self.drop_last = positive_fraction, drop_ignored, drop_last

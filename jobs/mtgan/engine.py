@@ -18,7 +18,9 @@ from torch import nn
 
 from jobs.mtgan import losses
 from jobs.mtgan.models import BilinearUpsampler, Discriminator, Generator, resnet_backbone
+from jobs.mtgan.roi_input import discriminator_images
 from jobs.mtgan.settings import Preset, Variant
+from pipeline.io.shards import SIZE_CODES
 
 
 def build_networks(variant: Variant, preset: Preset, num_classes: int, scale: int) -> tuple[nn.Module | None, Discriminator]:
@@ -31,8 +33,9 @@ def build_networks(variant: Variant, preset: Preset, num_classes: int, scale: in
         g = Generator(preset.g_channels, preset.g_residual_blocks, preset.g_upsample_channels, layers)
     elif variant.generator == "bilinear":
         g = BilinearUpsampler(scale)
-    backbone, features = resnet_backbone(preset.d_backbone, None if preset.d_weights == "none" else preset.d_weights)
-    return g, Discriminator(backbone, features, num_classes, variant.heads)
+    weights = None if preset.d_weights == "none" else preset.d_weights
+    backbone, features = resnet_backbone(preset.d_backbone, weights, preset.d_width, preset.d_stem)
+    return g, Discriminator(backbone, features, num_classes, variant.heads, preset.reg_init_std)
 
 
 def to_model(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -77,12 +80,18 @@ def discriminator_step(
     d: nn.Module, d_opt: torch.optim.Optimizer, sr: torch.Tensor | None, hr: torch.Tensor, labels: torch.Tensor,
     targets: torch.Tensor, variant: Variant, preset: Preset, autocast: Any,
 ) -> dict[str, float]:
-    """Eq 11 with G fixed: D on the super-resolved images (detached: nothing here reaches G) and,
-    unless the variant trains on up-sampled images only (SBU), on the real HR images."""
+    """Eq 11 with G fixed: D on the super-resolved images (detached: nothing here reaches G) and on
+    the real HR images. With `d_batchnorm: joint` both go through D in one forward pass, so its
+    batch-norm statistics are those of the mix of SR and HR images it sees at test time."""
     sr = sr.detach() if sr is not None else None
     with autocast():
-        out_sr = d(sr) if sr is not None else None
-        out_hr = d(hr) if variant.generator in ("learned", "none") else None
+        if sr is None:
+            out_sr, out_hr = None, d(hr)
+        elif preset.d_batchnorm == "joint":
+            out = d(torch.cat([sr, hr]))
+            out_sr, out_hr = ({k: v[: len(sr)] for k, v in out.items()}, {k: v[len(sr) :] for k, v in out.items()})
+        else:
+            out_sr, out_hr = d(sr), d(hr)
         terms = losses.discriminator_losses(out_sr, out_hr, labels, targets, preset.alpha, preset.beta, preset.gamma)
         total = sum(terms.values())
     _finite(total, terms, "discriminator")
@@ -94,11 +103,36 @@ def discriminator_step(
         metrics["acc_sr"] = _accuracy(out_sr["cls"].detach(), labels)
         if "gan" in out_sr:
             metrics["d_sr"] = float(torch.sigmoid(out_sr["gan"].detach().float()).mean())
-    if out_hr is not None:
-        metrics["acc_hr"] = _accuracy(out_hr["cls"].detach(), labels)
-        if "gan" in out_hr:
-            metrics["d_real"] = float(torch.sigmoid(out_hr["gan"].detach().float()).mean())
+    metrics["acc_hr"] = _accuracy(out_hr["cls"].detach(), labels)
+    if "gan" in out_hr:
+        metrics["d_real"] = float(torch.sigmoid(out_hr["gan"].detach().float()).mean())
     return metrics
+
+
+@contextlib.contextmanager
+def running_stats_frozen(module: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Batch norm layers of `module` normalise with batch statistics but do not update their running
+    statistics inside the block (train mode is kept)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats] if enabled else []
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """`module` in eval mode inside the block (batch norm uses and keeps its running statistics)."""
+    was_training = module.training
+    if enabled:
+        module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def generator_step(
@@ -106,9 +140,12 @@ def generator_step(
     targets: torch.Tensor, terms: tuple[str, ...], preset: Preset, autocast: Any, mse_weight: float = 1.0,
 ) -> dict[str, float]:
     """Eq 10 with D fixed: `sr` = G(LR) with its graph; D's (frozen) losses on it flow back into G,
-    and G's optimiser steps. Pass D unwrapped from DistributedDataParallel: only G's gradients are
-    synchronised here."""
-    with frozen(d), autocast():
+    and G's optimiser steps. With `d_batchnorm: joint`, D's batch norm normalises with the batch's
+    statistics but leaves its running statistics untouched (an SR-only batch must not move what
+    inference uses; eval mode here was measured to blow up G's cls/reg gradients early on, while
+    the running statistics lag D's weights). Pass D unwrapped from DistributedDataParallel: only
+    G's gradients are synchronised here."""
+    with frozen(d), running_stats_frozen(d, preset.d_batchnorm == "joint"), autocast():
         parts = losses.generator_losses(d(sr), sr, hr, labels, targets, terms, preset.alpha, preset.beta, preset.gamma)
         parts["loss_mse"] = mse_weight * parts["loss_mse"]
         total = sum(parts.values())
@@ -127,8 +164,30 @@ def train_step(
     """One stage-2 iteration: G super-resolves the batch once; one D step; one G step."""
     learned = variant.generator == "learned"
     with autocast(), (contextlib.nullcontext() if learned else torch.no_grad()):
-        sr = g(lr) if g is not None else None
+        sr = g(lr) if g is not None else None  # SBU: bilinear up-sampling; plain R-CNN style D: none
     metrics = discriminator_step(d, d_opt, sr, hr, labels, targets, variant, preset, autocast)
     if learned:
         metrics |= generator_step(d_plain or d, g_opt, sr, hr, labels, targets, variant.g_terms, preset, autocast)
     return metrics
+
+
+@torch.inference_mode()
+def evaluate_holdout(g: nn.Module | None, d: nn.Module, holdout: dict[str, Any], use_g: torch.Tensor, device: torch.device,
+                     autocast: Any, batch_size: int = 256) -> dict[str, float]:
+    """D's eval-mode classification accuracy on held-out ROIs, each seen as at test time (G(LR)
+    where `use_g`, the HR crop elsewhere): on positives and negatives, and on positives by size
+    class. `holdout`: uint8 lr / hr, label, size_class arrays (numpy)."""
+    predicted = []
+    with eval_mode(d), (eval_mode(g) if g is not None else contextlib.nullcontext()):
+        for start in range(0, len(holdout["label"]), batch_size):
+            rows = slice(start, start + batch_size)
+            lr = to_model(torch.from_numpy(holdout["lr"][rows]), device)
+            hr = to_model(torch.from_numpy(holdout["hr"][rows]), device)
+            with autocast():
+                images = discriminator_images(g, lr, hr, use_g[rows].to(device))
+                predicted.append(d(images)["cls"].float().argmax(1).cpu())
+    right = torch.cat(predicted).numpy() == holdout["label"]
+    label, size = holdout["label"], holdout["size_class"]
+    groups = {"eval_acc_pos": label > 0, "eval_acc_neg": label == 0}
+    groups |= {f"eval_acc_pos_{name}": (label > 0) & (size == code) for code, name in enumerate(SIZE_CODES)}
+    return {name: float(right[mask].mean()) for name, mask in groups.items() if mask.any()}

@@ -39,9 +39,16 @@ class Preset:
     g_channels: int = _knob(64, minimum=1)
     g_residual_blocks: int = _knob(5, minimum=0)
     g_upsample_channels: int = _knob(256, minimum=1)
-    # Discriminator backbone and its weights: none (random) or torchvision (ImageNet).
+    # Discriminator backbone and its weights: none (random) or torchvision (ImageNet). Output stride
+    # 16 as in Table 1 (no max-pool). Stem: Table 1's conv 3x3 stride 2, or torchvision's pretrained
+    # conv 7x7 stride 2, which ImageNet weights need (with width 64). Width: channels of layer1
+    # (64 in Table 1; each later layer doubles it).
     d_backbone: str = _knob("resnet50", choices=D_BACKBONES)
     d_weights: str = _knob("torchvision", choices=("none", "torchvision"))
+    d_stem: str = _knob("7x7", choices=("3x3", "7x7"))
+    d_width: int = _knob(64, minimum=4)
+    # Initial std of the regression head's weights (paper: N(0, 0.1) for every fc head).
+    reg_init_std: float = _knob(0.1, minimum=0)
     # Loss weights (paper Section 4.2).
     alpha: float = _knob(0.001, minimum=0)
     beta: float = _knob(0.01, minimum=0)
@@ -50,6 +57,7 @@ class Preset:
     batch_size: int = _knob(128, minimum=1)  # (ours: Fast R-CNN's 128 ROIs per mini-batch)
     pretrain_iterations: int = _knob(10_000, minimum=0)  # MSE pre-training of G (ours: the paper gives no number)
     iterations: int = _knob(80_000, minimum=1)
+    d_optimizer: str = _knob("sgd", choices=("sgd", "adamw"))  # paper: SGD
     d_lr: float = _knob(0.01, above=0)
     d_momentum: float = _knob(0.9, minimum=0, maximum=1)  # (ours)
     d_weight_decay: float = _knob(1e-4, minimum=0)  # (ours)
@@ -61,6 +69,20 @@ class Preset:
     # when set, they replace `iterations` and `d_lr_step` once the shards' ROI count is known.
     epochs: float | None = _knob(None, above=0)
     d_lr_step_epochs: float | None = _knob(None, above=0)
+    # D's batch norm: "joint" (ours): each D step is one forward pass over SR and HR together, and the
+    # G step leaves D's running statistics untouched, so they describe the mix of SR and HR images D
+    # sees at test time; "separate": SR and HR in separate passes and the G step updating the
+    # statistics with SR alone (the statistics then drift from what inference sees).
+    d_batchnorm: str = _knob("joint", choices=("joint", "separate"))
+    # How D sees a ROI at test time (ours; the paper is silent, see jobs/mtgan/roi_input.py):
+    # by_size: G(LR) for a ROI whose crop's longer side is at most g_max_side image pixels, the HR
+    # crop for the others; all_generator: G(LR) for every ROI; all_hr: the HR crop for every ROI.
+    roi_input: str = _knob("by_size", choices=("by_size", "all_generator", "all_hr"))
+    g_max_side: float = _knob(16.0, minimum=0)
+    # D's eval-mode accuracy on a fixed held-out slice of the training ROIs (the last
+    # `holdout_blocks` blocks of the shards, never trained on), logged every `eval_every` steps.
+    holdout_blocks: int = _knob(4, minimum=0)
+    eval_every: int = _knob(500, minimum=1)
     # Bookkeeping.
     log_every: int = _knob(100, minimum=1)
     checkpoint_every: int = _knob(2_000, minimum=1)
@@ -106,6 +128,11 @@ def preset_problems(name: str, overrides: dict[str, Any] | None) -> list[str]:
             problems.append(f"key 'mtgan.overrides.{key}': unknown preset field; fields: {', '.join(sorted(fields))}")
         elif (why := _value_problem(fields[key], value)) is not None:
             problems.append(f"key 'mtgan.overrides.{key}': {why}")
+    if not problems:
+        preset = dataclasses.replace(PRESETS[name], **overrides)
+        if preset.d_weights == "torchvision" and (preset.d_stem, preset.d_width) != ("7x7", 64):
+            problems.append(f"key 'mtgan.overrides': ImageNet weights (d_weights torchvision) need d_stem 7x7 and d_width 64, "
+                            f"not {preset.d_stem} and {preset.d_width}")
     return problems
 
 
@@ -117,15 +144,21 @@ PRESETS: dict[str, Preset] = {
     # 2 CPU cores: about 100 pairs/s pre-training G, 35 pairs/s in GAN training (about 5 minutes for
     # the mtgan variant, 2 for sbu); every departure from the paper is named.
     "cpu": Preset(
-        g_channels=32, g_residual_blocks=2, g_upsample_channels=64, d_backbone="resnet18", d_weights="none",
-        batch_size=32, pretrain_iterations=100, iterations=300, d_lr=1.0, d_lr_step=250, g_lr=1e-3,
-        log_every=10, checkpoint_every=100, picture_every=200,
+        g_channels=32, g_residual_blocks=2, g_upsample_channels=64,
+        d_backbone="resnet18", d_weights="none", d_stem="3x3", d_width=32, reg_init_std=0.001,
+        batch_size=32, positive_fraction=0.5, pretrain_iterations=150, iterations=700,
+        d_optimizer="adamw", d_lr=2e-3, d_weight_decay=0.01, d_lr_step=560, g_lr=1e-3,
+        holdout_blocks=4, eval_every=100, log_every=20, checkpoint_every=100, picture_every=350,
         departures=(
             "G: 32 channels, 2 residual blocks, de-convs of 64 channels (Table 1: 64, 5, 256)",
-            "D: ResNet-18 from scratch (paper: ResNet-50/101 ImageNet-pretrained; no weights offline)",
-            "batch 32, 100 MSE pre-training and 300 GAN iterations, D lr /10 at 250 (paper: 80k, /10 every 40k)",
-            "D SGD lr 1.0 (paper 0.01): D starts from scratch and its cls/reg terms are weighted 0.01, so the "
-            "effective learning rate of its classifier is 0.01",
+            "D: ResNet-18 at half width (layer1 32 channels; Table 1: ResNet-50/101 at 64, ImageNet-pretrained; "
+            "no weights offline), from scratch, with Table 1's 3x3 stride-2 stem and output stride 16",
+            "batch 32 with half positives (ours; the shards hold 25%), 150 MSE pre-training and 700 GAN iterations, "
+            "D lr /10 at 560 (paper: 80k, /10 every 40k)",
+            "D AdamW lr 2e-3, weight decay 0.01 (paper: SGD lr 0.01): SGD from scratch learned little in the "
+            "CPU budget (bench/dev_sweep.py)",
+            "regression head initialised N(0, 0.001) (paper: N(0, 0.1)): Fast R-CNN's init for its box head; "
+            "N(0, 0.1) moves boxes by about a fifth of their width before D has learned anything",
             "G Adam lr 1e-3 (ours: 1e-4 for the paper presets)",
         ),
     ),

@@ -7,8 +7,10 @@ the G steps.
 
 Outputs in `out_dir`: `model.pt` (G and D weights, variant, preset, categories), `checkpoints/last.pt`
 (everything needed to resume exactly: models, optimisers, schedulers, step, RNG states, settings),
-`metrics.jsonl` (every `log_every` steps: each loss term, D(real), D(SR), cls accuracy on SR and
-HR, learning rates, pairs/s), `losses.png`, and `pictures/step-*.png` (LR / bicubic / SR / HR, the
+`metrics.jsonl` (every `log_every` steps: each loss term, D(real), D(SR), train-mode cls accuracy
+on the SR and HR training batches, learning rates, pairs/s; every `eval_every` steps a row with
+stage "eval": D's eval-mode accuracy on a held-out slice of the training ROIs, each seen as at
+test time (`jobs/mtgan/roi_input.py`), on positives, negatives and positives by size), `losses.png`, and `pictures/step-*.png` (LR / bicubic / SR / HR, the
 paper's Fig 3). A non-finite loss stops training with a message; the last checkpoint stays.
 Checkpoints load with `torch.load(weights_only=True)`.
 
@@ -36,8 +38,9 @@ from torch import nn
 from tqdm import tqdm
 
 from jobs.baseline.train import pick_device
-from jobs.mtgan.data import ShardBatches
-from jobs.mtgan.engine import build_networks, pretrain_step, to_model, train_step
+from jobs.mtgan.data import ShardBatches, read_holdout
+from jobs.mtgan.engine import build_networks, evaluate_holdout, pretrain_step, to_model, train_step
+from jobs.mtgan.roi_input import through_generator
 from jobs.mtgan.settings import Preset, Variant, schedule_in_iterations
 from jobs.weights import load_torch_file
 from pipeline.io import atomic
@@ -109,6 +112,7 @@ def _plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     keys = sorted({k for r in rows for k in r if k.startswith(("loss", "g_loss"))})
+    right.set_title("train-mode on training batches; eval_*: eval mode on held-out ROIs", fontsize=8)
     for key in keys:
         pts = [(r["step"], r[key]) for r in rows if key in r]
         left.plot(*zip(*pts), label=key)
@@ -116,10 +120,10 @@ def _plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
     left.set_xlabel("step (pre-training, then GAN training)")
     left.set_ylabel("weighted loss term")
     left.legend(fontsize=7)
-    for key in ("d_real", "d_sr", "acc_sr", "acc_hr"):
+    for key in ("d_real", "d_sr", "acc_sr", "acc_hr", "eval_acc_pos", "eval_acc_neg", "eval_acc_pos_small"):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
-            right.plot(*zip(*pts), label=key)
+            right.plot(*zip(*pts), label=key, marker="o" if key.startswith("eval") else None, markersize=3)
     right.set_xlabel("step")
     right.set_ylabel("probability / accuracy")
     right.set_ylim(0, 1)
@@ -170,7 +174,10 @@ def train_mtgan(
         d = nn.parallel.DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(d))
         if learned:
             g = nn.parallel.DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(g))
-    d_opt = torch.optim.SGD(d.parameters(), lr=preset.d_lr, momentum=preset.d_momentum, weight_decay=preset.d_weight_decay)
+    if preset.d_optimizer == "sgd":
+        d_opt = torch.optim.SGD(d.parameters(), lr=preset.d_lr, momentum=preset.d_momentum, weight_decay=preset.d_weight_decay)
+    else:
+        d_opt = torch.optim.AdamW(d.parameters(), lr=preset.d_lr, weight_decay=preset.d_weight_decay)
     d_sched = torch.optim.lr_scheduler.StepLR(d_opt, step_size=preset.d_lr_step, gamma=0.1)
     g_opt = torch.optim.Adam(g.parameters(), lr=preset.g_lr) if learned else None
 
@@ -197,7 +204,14 @@ def train_mtgan(
         log.info("departure from the paper: %s", line)
 
     loader = ShardBatches(manifest, batch_size=preset.batch_size // world, seed=seed, fields=("lr", "hr", "label", "target"),
-                          positive_fraction=preset.positive_fraction, drop_last=True, rank=rank, world_size=world)
+                          positive_fraction=preset.positive_fraction, drop_last=True, rank=rank, world_size=world,
+                          holdout_blocks=preset.holdout_blocks)
+    holdout = read_holdout(manifest, preset.holdout_blocks, ("lr", "hr", "label", "size_class", "box", "image_size"))
+    if holdout:
+        holdout_use_g = torch.from_numpy(through_generator(holdout["box"], holdout["image_size"], doc["margin"], preset.roi_input,
+                                                           preset.g_max_side, variant))
+        log.info("held out for eval-mode accuracy: %d ROIs (%d positive), %d of them seen through G at test time",
+                 len(holdout["label"]), int((holdout["label"] > 0).sum()), int(holdout_use_g.sum()))
     batches = _batches(loader)
     for _ in range(start):  # the same batches as an uninterrupted run
         next(batches)
@@ -243,6 +257,10 @@ def train_mtgan(
             rows.append(row)
             progress.set_postfix({k: f"{row[k]:.3f}" for k in ("loss_mse", "loss_d_cls", "acc_sr", "acc_hr") if k in row})
             window, clock, pairs = {}, time.perf_counter(), 0
+        if holdout and step >= pretrain and (done % preset.eval_every == 0 or done == total):
+            scores = evaluate_holdout(_unwrap(g), _unwrap(d), holdout, holdout_use_g, device, autocast)
+            rows.append({"step": done, "stage": "eval", **scores})
+            log.info("step %d: eval-mode accuracy on held-out ROIs %s", done, {k: round(v, 3) for k, v in scores.items()})
         if rank == 0 and (done % preset.picture_every == 0 or done == total):
             _pictures(_unwrap(g), lr, hr, out_dir / "pictures" / f"step-{done:06d}.png", f"{variant.name}, step {done}")
         if rank == 0 and done % preset.checkpoint_every == 0 and done < total:
@@ -257,7 +275,7 @@ def train_mtgan(
             _plot(rows, out_dir / "losses.png", f"MTGAN variant {variant.name}")
         final = {"d": _unwrap(d).state_dict(), "variant": settings["variant"], "preset": settings["preset"],
                  "num_labels": doc["num_labels"], "category_ids": doc["category_ids"], "hr_size": doc["hr_size"],
-                 "scale": doc["scale"], "step": total}
+                 "scale": doc["scale"], "margin": doc["margin"], "step": total}
         if learned:
             final["g"] = _unwrap(g).state_dict()
         _save(model_path, final)

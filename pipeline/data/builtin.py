@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 PLACEMENT_TRIES = 40
 # Split order fixes each split's random stream: adding a split never changes another split's images.
-SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
+SPLIT_STREAM = {"train": 0, "val": 1, "test": 2, "dev": 3}
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ rule train_baseline:
         log_csv=f"{ROOT}/baseline/train_log.csv",
         curve=f"{ROOT}/baseline/loss.png",
     params:
-        sections=sections_json(config, "data", "detector", "train_baseline", drop=inactive_data_sources(config)),
+        sections=sections_json(config, "data", "detector", "train_baseline", drop=(*inactive_data_sources(config), "dev_split")),
         out_dir=lambda wildcards, output: os.path.dirname(output.model),
     log:
         f"{LOGS}/train_baseline.log",

@@ -5,7 +5,7 @@ import shlex
 
 from snakemake.exceptions import WorkflowError
 
-from pipeline.config import validate_config
+from pipeline.config import dev_split, validate_config
 from pipeline.workflow import (
     baseline_model_input,
     data_input_files,
@@ -30,14 +30,17 @@ BENCHMARKS = f"{ROOT}/benchmarks"
 TRAIN_SPLIT = config["data"]["train_split"]
 TEST_SPLIT = config["data"]["test_split"]
 # ROIs and shards are made per role: the training role adds ground truth and samples, the test
-# role keeps the detections as they are. One split may serve both roles (a small dataset).
+# role keeps the detections as they are, and so does the dev role (the development split, where
+# bench/dev_sweep.py makes its choices). One split may serve train and test (a small dataset).
 ROLE_SPLIT = {"train": TRAIN_SPLIT, "test": TEST_SPLIT}
+if dev_split(config["data"]):
+    ROLE_SPLIT["dev"] = dev_split(config["data"])
 
 
 wildcard_constraints:
     split="|".join(data_splits(config["data"])),
     chunk=r"\d+",
-    role="train|test",
+    role="|".join(ROLE_SPLIT),
     variant="|".join(config["mtgan"]["variants"]),
     method="|".join(["baseline"] + [f"{v}(_ensemble)?" for v in config["mtgan"]["variants"]]),
 

@@ -13,7 +13,7 @@ rule data:
         stats_md=f"{DATA_DIR}/stats.md",
         preview=f"{DATA_DIR}/preview.png",
     params:
-        sections=sections_json(config, "data", drop=inactive_data_sources(config)),
+        sections=sections_json(config, "data", drop=(*inactive_data_sources(config), "dev_split")),
         out_dir=lambda wildcards, output: os.path.dirname(output.index),
     log:
         f"{LOGS}/data.log",

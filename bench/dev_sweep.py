@@ -1,0 +1,212 @@
+"""Choices made on the development split: MTGAN's test-time path, training recipes, offsets.
+
+Every knob of the built-in default run that the paper does not fix is chosen here, on the dev split
+(`data.dev_split`), never on the test split the README's table reports. For each recipe (a variant
+plus preset overrides, listed in RECIPES with the reason it is tried) this trains the variant on
+the training shards, runs D over every dev ROI twice (as the up-sampled LR image and as the HR
+crop), and then scores, with pycocotools on the dev split:
+
+- every test-time rule: all ROIs through G (the old path), `by_size` at several `g_max_side`
+  thresholds, every ROI as its HR crop;
+- with and without D's box offsets;
+- alone and in the ensemble with the baseline;
+
+plus D's eval-mode accuracy on dev positives by size (Table 9 style). Results go to
+`artifacts/<dataset>/dev_sweep/results.md` (and .csv); models are cached per recipe under
+`artifacts/<dataset>/dev_sweep/<recipe>/`, so a rerun only scores.
+
+    python bench/dev_sweep.py                         # every recipe, default config (2 CPU cores: ~1 h)
+    python bench/dev_sweep.py --recipes cpu,cpu-sbu   # some of them
+    python bench/dev_sweep.py --config config/default.yaml --config my.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from jobs.mtgan.roi_input import through_generator  # noqa: E402
+from jobs.mtgan.settings import VARIANTS, resolve_preset  # noqa: E402
+from jobs.mtgan.train import train_mtgan  # noqa: E402
+from pipeline.config import dev_split, load_config_files, validate_config  # noqa: E402
+from pipeline.infer import load_variant, predict, table9_accuracy  # noqa: E402
+from pipeline.io.shards import read_manifest  # noqa: E402
+from pipeline.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, file_metadata, make_table, read_table  # noqa: E402
+from pipeline.merge import MergeSettings, merge_detections  # noqa: E402
+from pipeline.score import coco_bbox_eval  # noqa: E402
+
+# name -> (variant, overrides of the configured preset, why it is tried). The first is the candidate
+# default; each other changes one thing.
+RECIPES: dict[str, tuple[str, dict[str, Any], str]] = {}
+
+# Test-time rules scored for every recipe: (roi_input, g_max_side).
+RULES = [("all_generator", 0.0)] + [("by_size", t) for t in (8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)] + [("all_hr", 0.0)]
+COLUMNS = ("AP", "AP75", "APS", "APM", "APL")
+
+
+def recipe(name: str, variant: str, why: str, **overrides: Any) -> None:
+    RECIPES[name] = (variant, overrides, why)
+
+
+recipe("mtgan", "mtgan", "the candidate default: the configured preset (cpu) as it is")
+recipe("sbu", "sbu", "SBU with the same D recipe: the ablation MTGAN must beat")
+recipe("mtgan-bn-separate", "mtgan", "D's batch norm as before: SR and HR in separate passes, G step updating the "
+       "running statistics", d_batchnorm="separate")
+recipe("mtgan-reg-init-0.1", "mtgan", "the paper's N(0, 0.1) initialisation of the regression head", reg_init_std=0.1)
+recipe("mtgan-sgd", "mtgan", "the paper's optimiser for D, SGD (momentum 0.9, lr 1.0 on the 0.01-weighted terms, "
+       "as the old cpu preset)", d_optimizer="sgd", d_lr=1.0, d_weight_decay=1e-4)
+recipe("mtgan-positives-as-sampled", "mtgan", "batches as the shards hold them (25% positives)", positive_fraction=None)
+recipe("mtgan-d-width-16", "mtgan", "a quarter-width D (layer1 16 channels), 1.4x the iterations in about the same time",
+       d_width=16, iterations=1000, d_lr_step=800)
+recipe("mtgan-d-width-64", "mtgan", "a full-width D (layer1 64 channels), half the iterations in about the same time",
+       d_width=64, iterations=350, d_lr_step=280)
+
+
+def _run_snakemake(config_files: list[Path], targets: list[str], cores: int) -> None:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *targets, "--cores", str(cores)]
+    if config_files:
+        cmd += ["--configfile", *map(str, config_files)]
+    subprocess.run(cmd, check=True, cwd=Path.cwd())
+
+
+def _trained(model: Path, variant: Any, preset: Any, seed: int) -> bool:
+    """Whether `model` was trained with exactly these settings (then it is not trained again)."""
+    if not model.is_file():
+        return False
+    state = torch.load(model, map_location="cpu", weights_only=True)
+    settings = json.loads(json.dumps({"variant": dataclasses.asdict(variant), "preset": dataclasses.asdict(preset)}))
+    last = torch.load(model.parent / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    return state["variant"] == settings["variant"] and state["preset"] == settings["preset"] and last["settings"]["seed"] == seed
+
+
+def _predictions(model: Path, manifest: Path, cache: Path) -> dict[str, np.ndarray]:
+    """D's outputs on every dev ROI as the up-sampled LR image (g_*) and as the HR crop (hr_*)."""
+    if cache.is_file() and cache.stat().st_mtime > model.stat().st_mtime:
+        return dict(np.load(cache))
+    device = torch.device("cpu")
+    variant, g, d, _ = load_variant(model, device)
+    out: dict[str, np.ndarray] = {}
+    paths = [("hr", lambda batch: np.zeros(len(batch["label"]), bool))]
+    if variant.generator != "none":
+        paths.append(("g", lambda batch: np.ones(len(batch["label"]), bool)))
+    for name, use_g in paths:
+        p = predict(g, d, manifest, use_g, device)
+        order = np.argsort(p["roi_id"])
+        out[f"{name}_probs"], out[f"{name}_offsets"] = p["probs"][order], p["offsets"][order]
+        out["roi_id"], out["label"], out["size_class"] = p["roi_id"][order], p["label"][order], p["size_class"][order]
+    np.savez(cache, **out)
+    return out
+
+
+def _score(rois: Any, coco_json: Path, probs: np.ndarray, offsets: np.ndarray, ensemble: bool, settings: MergeSettings,
+           category_ids: list[int], roi_id: np.ndarray) -> dict[str, float]:
+    columns = {"roi_id": roi_id, "probs": probs.astype(np.float32),
+               **{k: offsets[:, j].astype(np.float32) for j, k in enumerate(("dx", "dy", "dw", "dh"))},
+               "through_g": np.zeros(len(roi_id), np.int32)}
+    table = make_table(columns, INFERENCE_SCHEMA, {"variant": "sweep", "category_ids": category_ids})
+    stats, _ = coco_bbox_eval(coco_json, merge_detections(rois, table, settings, ensemble, category_ids))
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, action="append", default=[], help="extra config files (after default.yaml)")
+    parser.add_argument("--recipes", default="all", help="comma-separated recipe names, or all")
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for training and inference")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = validate_config(load_config_files([REPO / "config" / "default.yaml", *args.config]))
+    data, mtgan = config["data"], config["mtgan"]
+    dev = dev_split(data)
+    if not dev:
+        raise SystemExit("the dataset has no development split (data.dev_split): choices are made on one")
+    root = Path("artifacts") / data["name"]
+    _run_snakemake(args.config, [f"{root}/shards/train/manifest.json", f"{root}/shards/dev/manifest.json",
+                                 f"{root}/detect/{dev}_results.json"], args.cores)
+    train_manifest, dev_manifest = root / "shards/train/manifest.json", root / "shards/dev/manifest.json"
+    rois = read_table(root / "rois/dev.parquet", ROIS_SCHEMA)
+    category_ids = list(file_metadata(root / "rois/dev.parquet")["category_ids"])
+    coco_json = root / "data" / f"{dev}.json"
+    merge = MergeSettings(config["merge"]["nms_iou"], config["merge"]["score_floor"], config["merge"]["max_per_image"])
+    margin = read_manifest(dev_manifest)["margin"]
+    dev_rois = read_table(root / "rois/dev.parquet", ROIS_SCHEMA).to_pydict()
+    boxes = np.stack([dev_rois[k] for k in ("x1", "y1", "x2", "y2")], axis=1)
+    sizes = np.stack([dev_rois["image_width"], dev_rois["image_height"]], axis=1)
+
+    rows: list[dict[str, Any]] = []
+    base = coco_bbox_eval(coco_json, json.loads((root / "detect" / f"{dev}_results.json").read_text()))[0]
+    rows.append({"recipe": "baseline", "rule": "", "offsets": "", **{c: base[c] for c in COLUMNS}})
+    names = list(RECIPES) if args.recipes == "all" else args.recipes.split(",")
+    for name in names:
+        variant_name, overrides, why = RECIPES[name]
+        variant = VARIANTS[variant_name]
+        preset = resolve_preset(mtgan["preset"], {**mtgan["overrides"], **overrides})
+        out = root / "dev_sweep" / name
+        model = out / "model.pt"
+        start = time.perf_counter()
+        if not _trained(model, variant, preset, mtgan["seed"]):
+            train_mtgan(train_manifest, variant, preset, out, "cpu", threads=args.threads, seed=mtgan["seed"])
+        train_s = time.perf_counter() - start
+        p = _predictions(model, dev_manifest, out / "dev_predictions.npz")
+        assert np.array_equal(p["roi_id"], np.asarray(dev_rois["roi_id"])), "dev shards and ROI table disagree"
+        log_rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        pairs_s = np.median([r["pairs_per_s"] for r in log_rows if r.get("stage") == "gan"])
+        rules = RULES if variant.generator != "none" else [("all_hr", 0.0)]
+        for rule, threshold in rules:
+            use_g = through_generator(boxes, sizes, margin, rule, threshold, variant)
+            probs = np.where(use_g[:, None], p.get("g_probs", p["hr_probs"]), p["hr_probs"])
+            offsets = np.where(use_g[:, None], p.get("g_offsets", p["hr_offsets"]), p["hr_offsets"])
+            acc = table9_accuracy(probs, p["label"], p["size_class"])
+            alone = _score(rois, coco_json, probs, offsets, False, merge, category_ids, p["roi_id"])
+            plain = _score(rois, coco_json, probs, np.zeros_like(offsets), False, merge, category_ids, p["roi_id"])
+            ens = _score(rois, coco_json, probs, offsets, True, merge, category_ids, p["roi_id"])
+            row = {"recipe": name, "rule": rule if rule != "by_size" else f"by_size {threshold:g}",
+                   **{c: alone[c] for c in COLUMNS}, **{f"{c} no offsets": plain[c] for c in ("AP", "AP75", "APS")},
+                   **{f"{c} ensemble": ens[c] for c in ("AP", "APS")},
+                   **{f"acc {k}": acc[k] for k in ("positive", "negative", "positive_small")},
+                   "through G": float(use_g.mean()), "train s": train_s, "pairs/s": pairs_s, "why": why}
+            rows.append(row)
+            print(" | ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "why"), flush=True)
+    _write(rows, root / "dev_sweep")
+
+
+def _write(rows: list[dict[str, Any]], out: Path) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.csv").write_text(buffer.getvalue())
+    shown = [k for k in keys if k not in ("why", "train s")]
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{100 * v:.1f}" if v <= 1.0 else f"{v:.0f}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in shown) + " |" for r in rows]
+    whys = dict.fromkeys((r["recipe"], r["why"]) for r in rows if r.get("why"))
+    lines += ["", *(f"- `{name}`: {why}" for name, why in whys)]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
