@@ -3,8 +3,10 @@
 - precision-recall curves at IoU 0.5 and 0.75, one figure per size range, every method on it;
 - the ablation table as a bar chart (AP, APS, APM, APL per method);
 - per-class AP change from the baseline to MTGAN and to the ensemble (CSV and chart);
-- training curves of every variant side by side (losses, D(real), D(SR), classification accuracy);
-- D's classification accuracy on positive / negative / all test ROIs (paper Table 9) as a chart.
+- training curves of every variant side by side (losses, D(real), D(SR), train-mode accuracy on the
+  training batches, eval-mode accuracy on held-out ROIs as at test time);
+- D's classification accuracy on positive / negative / all test ROIs, and on positives by size
+  (paper Table 9), as a chart.
 
 Curves come from the COCOeval arrays the score stage keeps (`score/<method>_eval.npz`: precision of
 shape T x R x K x A x M, IoU thresholds .50:.05:.95, 101 recall points, categories, areas all /
@@ -16,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +135,9 @@ TRAINING_PANELS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("D regression loss", (("loss_d_reg", "-"),)),
     ("G loss: MSE solid, adversarial dotted, cls dashed", (("g_loss_mse", "-"), ("g_loss_adv", ":"), ("g_loss_cls", "--"))),
     ("D(real HR) solid, D(SR) dashed", (("d_real", "-"), ("d_sr", "--"))),
-    ("D classification accuracy: on SR solid, on HR dashed", (("acc_sr", "-"), ("acc_hr", "--"))),
+    ("D train-mode accuracy on training batches: SR solid, HR dashed", (("acc_sr", "-"), ("acc_hr", "--"))),
+    ("D eval-mode accuracy on held-out ROIs as at test time: positives solid, small positives dashed, negatives dotted",
+     (("eval_acc_pos", "-"), ("eval_acc_pos_small", "--"), ("eval_acc_neg", ":"))),
 )
 
 
@@ -143,7 +148,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def plot_training_curves(logs: dict[str, list[dict[str, Any]]], out_png: Path) -> None:
     """Every variant's training log side by side, one panel per quantity (absent ones are skipped)."""
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    fig, axes = plt.subplots(2, 4, figsize=(18, 7.5))
+    for ax in axes.flat[len(TRAINING_PANELS):]:
+        ax.axis("off")
     for ax, (title, series) in zip(axes.flat, TRAINING_PANELS):
         drawn = False
         for variant in ordered(list(logs)):
@@ -154,7 +161,8 @@ def plot_training_curves(logs: dict[str, list[dict[str, Any]]], out_png: Path) -
                     ax.plot(steps, values, style, color=method_color(variant), lw=1.4,
                             label=label(variant) if style == "-" or len(series) == 1 else None)
                     drawn = True
-        ax.set(title=title, xlabel="iteration")
+        ax.set_title(textwrap.fill(title, 48), fontsize=9)
+        ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
         if drawn and (title.endswith("loss") or title.startswith("G")):
             ax.set_yscale("log")
@@ -169,18 +177,18 @@ def plot_training_curves(logs: dict[str, list[dict[str, Any]]], out_png: Path) -
 
 def plot_accuracy(accuracies: list[dict[str, Any]], out_png: Path) -> None:
     """D's classification accuracy on positive / negative / all test ROIs per variant (paper Table 9)."""
-    kinds = ("positive", "negative", "all")
+    kinds = ("positive", "negative", "all", "positive_small", "positive_medium", "positive_large")
     variants = ordered([a["variant"] for a in accuracies])
     by_variant = {a["variant"]: a["accuracy"] for a in accuracies}
     width = 0.8 / max(1, len(variants))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(10, 4))
     x = np.arange(len(kinds))
     for i, v in enumerate(variants):
-        values = [100 * (by_variant[v][k] or 0.0) for k in kinds]
+        values = [100 * (by_variant[v].get(k) or 0.0) for k in kinds]
         bars = ax.bar(x + (i - (len(variants) - 1) / 2) * width, values, width, color=method_color(v), label=label(v))
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
     counts = next(iter(by_variant.values()), {})
-    ax.set_xticks(x, [f"{k} ROIs ({counts.get(f'{k}_rois', 0)})" for k in kinds])
+    ax.set_xticks(x, [f"{k.replace('_', ' ')}\n({counts.get(f'{k}_rois', 0)} ROIs)" for k in kinds], fontsize=8)
     ax.set(ylabel="accuracy (%)", ylim=(0, 105), title="D's classification accuracy on the test ROIs (paper Table 9)")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
