@@ -192,6 +192,4 @@ def draw_pairs(shards: list[Path], out_png: Path, count: int = 32, seed: int = 0
         b.set_title(f"HR IoU {iou:.2f}", fontsize=6)
     fig.suptitle("Random ROIs: LR (left, nearest-neighbour x4) and HR (right)", fontsize=9)
     fig.tight_layout()
-    with atomic.atomic_path(Path(out_png)) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    atomic.write_figure(fig, Path(out_png), dpi=110)

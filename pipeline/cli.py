@@ -179,7 +179,7 @@ def detect_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_i
     """
     import torch
 
-    from jobs.baseline.train import pick_device
+    from jobs.common import pick_device
     from pipeline.detect import (
         DetectSettings,
         import_detections,
@@ -292,7 +292,7 @@ def infer_cmd(config_files: tuple[Path, ...], sections_json: str | None, model_p
     """Stage 6: a trained variant's G and D over the test shards: K+1 probabilities and box offsets per ROI."""
     import torch
 
-    from jobs.baseline.train import pick_device
+    from jobs.common import pick_device
     from pipeline.infer import infer
     from pipeline.io import atomic
     from pipeline.io.tables import write_table

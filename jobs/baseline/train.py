@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from jobs.baseline.data import CocoDetectionTrain, SeededBatches, collate, load_coco
 from jobs.baseline.models import DetectorSettings, build_detector, replace_box_predictor
-from jobs.weights import load_torch_file
+from jobs.common import pick_device, resumable_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from pipeline.io import atomic
 
 log = logging.getLogger(__name__)
@@ -66,26 +66,6 @@ def lr_factor(iteration: int, settings: TrainSettings) -> float:
     return settings.final_lr_fraction + (1 - settings.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
-    return torch.device(name)
-
-
-def _save(path: Path, state: dict[str, Any]) -> None:
-    with atomic.atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
 def _plot_losses(rows: list[dict[str, float]], path: Path) -> None:
     import matplotlib
 
@@ -102,9 +82,7 @@ def _plot_losses(rows: list[dict[str, float]], path: Path) -> None:
     ax.set_title("Baseline detector training")
     ax.legend()
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    atomic.write_figure(fig, path, dpi=100)
 
 
 def train_baseline(
@@ -137,17 +115,14 @@ def train_baseline(
     settings_dict = dataclasses.asdict(settings)
     last = out_dir / "checkpoints" / "last.pt"
     start, rows = 0, []
-    if last.is_file():
-        state = load_torch_file(last, "checkpoint (delete it to train from the start)")
-        if state["settings"] == settings_dict and state["category_ids"] == category_ids:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"]["torch"])
-            start, rows = state["iteration"], state["log"]
-            log.info("resuming from %s at iteration %d", last, start)
-        else:
-            log.info("ignoring %s: it was trained with other settings or categories", last)
+    state = resumable_checkpoint(last, {"settings": settings_dict, "category_ids": category_ids})
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"])
+        start, rows = state["iteration"], state["log"]
+        log.info("resuming from %s at iteration %d", last, start)
 
     batches = SeededBatches(len(dataset), settings.batch_size, settings.seed, settings.hflip, start, settings.iterations)
     # The loader gets its own generator: drawing its workers' base seed must not move the global RNG
@@ -159,7 +134,7 @@ def train_baseline(
     def checkpoint(iteration: int) -> dict[str, Any]:
         return {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "iteration": iteration, "rng": _rng_state(), "settings": settings_dict,
+            "iteration": iteration, "rng": rng_state(), "settings": settings_dict,
             "arch": settings.arch, "num_classes": len(category_ids) + 1, "category_ids": category_ids, "log": rows,
         }
 
@@ -196,10 +171,10 @@ def train_baseline(
             progress.set_postfix(loss=f"{row['loss']:.3f}")
             window, window_n, window_start = {}, 0, time.perf_counter()
         if done % settings.checkpoint_every == 0 and done < settings.iterations:
-            _save(last, checkpoint(done))
+            save_checkpoint(last, checkpoint(done))
 
     final = checkpoint(settings.iterations)
-    _save(last, final)
+    save_checkpoint(last, final)
     with atomic.atomic_path(out_dir / "train_log.csv") as tmp, open(tmp, "w", newline="") as f:
         if rows:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -208,6 +183,6 @@ def train_baseline(
     if rows:
         _plot_losses(rows, out_dir / "loss.png")
     model_path = out_dir / "model.pt"
-    _save(model_path, {k: final[k] for k in ("model", "arch", "num_classes", "category_ids", "settings", "iteration")})
+    save_checkpoint(model_path, {k: final[k] for k in ("model", "arch", "num_classes", "category_ids", "settings", "iteration")})
     log.info("trained %d iterations; model written to %s", settings.iterations, model_path)
     return model_path

@@ -37,12 +37,11 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from jobs.baseline.train import pick_device
+from jobs.common import pick_device, restore_rng_state, resumable_checkpoint, rng_state, save_checkpoint
 from jobs.mtgan.data import ShardBatches, read_holdout
 from jobs.mtgan.engine import build_networks, evaluate_holdout, pretrain_step, to_model, train_step
 from jobs.mtgan.roi_input import through_generator
 from jobs.mtgan.settings import Preset, Variant, schedule_in_iterations
-from jobs.weights import load_torch_file
 from pipeline.io import atomic
 from pipeline.io.shards import read_manifest, verify_shards
 
@@ -64,11 +63,6 @@ def _batches(loader: ShardBatches, start_epoch: int = 0) -> Iterator[dict[str, t
         if empty:
             raise ValueError("the training shards yield no batch: too few ROIs for the batch size?")
         epoch += 1
-
-
-def _save(path: Path, state: dict[str, Any]) -> None:
-    with atomic.atomic_path(path) as tmp:
-        torch.save(state, tmp)
 
 
 def _pictures(g: nn.Module | None, lr: torch.Tensor, hr: torch.Tensor, path: Path, title: str) -> None:
@@ -99,9 +93,7 @@ def _pictures(g: nn.Module | None, lr: torch.Tensor, hr: torch.Tensor, path: Pat
         axes[r, 0].set_title(name, fontsize=7, loc="left")
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    atomic.write_figure(fig, path, dpi=100)
 
 
 def _plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
@@ -130,9 +122,7 @@ def _plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
     right.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    atomic.write_figure(fig, path, dpi=100)
 
 
 def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
@@ -186,20 +176,17 @@ def train_mtgan(
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as they come back from a checkpoint
     last = out_dir / "checkpoints" / "last.pt"
     start, rows = 0, []
-    if last.is_file():
-        state = load_torch_file(last, "checkpoint (delete it to train from the start)")
-        if state["settings"] == settings:
-            _unwrap(d).load_state_dict(state["d"])
-            d_opt.load_state_dict(state["d_opt"])
-            d_sched.load_state_dict(state["d_sched"])
-            if learned:
-                _unwrap(g).load_state_dict(state["g"])
-                g_opt.load_state_dict(state["g_opt"])
-            torch.set_rng_state(state["rng"]["torch"])
-            start, rows = state["step"], state["metrics"]
-            log.info("resuming from %s at step %d", last, start)
-        else:
-            log.info("ignoring %s: it was made with other settings", last)
+    state = resumable_checkpoint(last, {"settings": settings})
+    if state is not None:
+        _unwrap(d).load_state_dict(state["d"])
+        d_opt.load_state_dict(state["d_opt"])
+        d_sched.load_state_dict(state["d_sched"])
+        if learned:
+            _unwrap(g).load_state_dict(state["g"])
+            g_opt.load_state_dict(state["g_opt"])
+        restore_rng_state(state["rng"])
+        start, rows = state["step"], state["metrics"]
+        log.info("resuming from %s at step %d", last, start)
     for line in preset.departures:
         log.info("departure from the paper: %s", line)
 
@@ -225,7 +212,7 @@ def train_mtgan(
 
     def checkpoint(step: int) -> dict[str, Any]:
         state = {"d": _unwrap(d).state_dict(), "d_opt": d_opt.state_dict(), "d_sched": d_sched.state_dict(), "step": step,
-                 "rng": {"torch": torch.get_rng_state()}, "settings": settings, "metrics": rows}
+                 "rng": rng_state(), "settings": settings, "metrics": rows}
         if learned:
             state |= {"g": _unwrap(g).state_dict(), "g_opt": g_opt.state_dict()}
         return state
@@ -264,11 +251,11 @@ def train_mtgan(
         if rank == 0 and (done % preset.picture_every == 0 or done == total):
             _pictures(_unwrap(g), lr, hr, out_dir / "pictures" / f"step-{done:06d}.png", f"{variant.name}, step {done}")
         if rank == 0 and done % preset.checkpoint_every == 0 and done < total:
-            _save(last, checkpoint(done))
+            save_checkpoint(last, checkpoint(done))
 
     model_path = out_dir / "model.pt"
     if rank == 0:
-        _save(last, checkpoint(total))
+        save_checkpoint(last, checkpoint(total))
         with atomic.atomic_path(out_dir / "metrics.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         if rows:
@@ -278,7 +265,7 @@ def train_mtgan(
                  "scale": doc["scale"], "margin": doc["margin"], "step": total}
         if learned:
             final["g"] = _unwrap(g).state_dict()
-        _save(model_path, final)
+        save_checkpoint(model_path, final)
         log.info("variant %s: %d steps; model written to %s", variant.name, total, model_path)
     if world > 1:
         dist.barrier()

@@ -122,9 +122,7 @@ def draw_preview(coco: dict[str, Any], image_root: Path, out_png: Path, title: s
         ax.set_title(f"{im['file_name']} ({len(anns)} boxes)", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic.atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    atomic.write_figure(fig, out_png, dpi=90)
     if unreadable:
         log.warning("preview: %d of %d image(s) could not be read and are drawn grey: %s", len(unreadable), len(images),
                     "; ".join(unreadable))

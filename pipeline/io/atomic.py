@@ -97,6 +97,15 @@ def write_json(path: Path, obj: Any, indent: int | None = None) -> None:
             f.write("\n")
 
 
+def write_figure(fig: Any, path: Path, dpi: int = 100, tight: bool = False) -> None:
+    """A matplotlib figure as a PNG at `path`, atomically; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png", **({"bbox_inches": "tight"} if tight else {}))
+    plt.close(fig)
+
+
 def check_replaceable(folder: Path) -> None:
     """Raise OutputFolderError unless `folder` is absent, empty, or one the pipeline wrote."""
     folder = Path(folder)

@@ -8,7 +8,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import matplotlib.pyplot as plt  # noqa: F401 (the report modules draw with this pyplot, set to Agg here)
 from matplotlib.figure import Figure
 
 from pipeline.io import atomic
@@ -53,8 +53,4 @@ def label(method: str) -> str:
 
 def save(fig: Figure, path: Path, dpi: int = 110) -> None:
     """Write `fig` as a PNG at `path` (atomically) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-    plt.close(fig)
+    atomic.write_figure(fig, path, dpi=dpi, tight=True)

@@ -1,0 +1,63 @@
+"""What both training jobs (the baseline detector, MTGAN) share: the device, checkpoints that
+resume only when they were made with the same settings, and the random-number state.
+
+Checkpoints are plain dicts of tensors and Python values, written atomically and read with
+`torch.load(weights_only=True)` (`jobs.weights.load_torch_file`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from jobs.weights import load_torch_file
+from pipeline.errors import PipelineError
+from pipeline.io import atomic
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PipelineError(f"device {name!r} asked for, but CUDA is not available here")
+    return torch.device(name)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """`state` at `path`, atomically (a killed job leaves the previous checkpoint whole)."""
+    with atomic.atomic_path(Path(path)) as tmp:
+        torch.save(state, tmp)
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch random-number state: CPU, and every CUDA device when there is one."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resumable_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint at `path` when each of its `expected` entries (its settings, ...) is exactly
+    as given, to resume from; None when there is none or it was made otherwise (training starts over)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    state = load_torch_file(path, "checkpoint (delete it to train from the start)")
+    differ = [key for key, value in expected.items() if state.get(key) != value]
+    if differ:
+        log.info("ignoring %s: it was made with other %s", path, " and ".join(differ))
+        return None
+    return state
