@@ -564,7 +564,7 @@ def widerface_score_cmd(data_index: Path, split: str, results: Path, method: str
                         out_curves: Path, out_predictions: Path) -> None:
     """Stage 8, WIDER FACE: the official Easy / Medium / Hard evaluation (MATLAB toolkit logic)."""
     from pipeline.io.coco import read_json
-    from pipeline.widerface.evaluation import results_markdown
+    from pipeline.widerface.report import results_markdown
     from pipeline.widerface.score import score_widerface, write_score
 
     coco, _, _ = _split_coco(data_index, split)
@@ -598,15 +598,10 @@ def widerface_eval_cmd(gt_dir: Path, coco_json: Path | None, out_json: Path | No
     layout (<event>/<image>.txt), or a COCO results JSON with --coco. Prints Easy / Medium / Hard AP."""
     from pipeline.io import atomic
     from pipeline.io.coco import load_json, read_json
-    from pipeline.widerface.evaluation import (
-        evaluate,
-        load_ground_truth,
-        plot_pr_curves,
-        predictions_from_coco_results,
-        read_prediction_dir,
-        result_to_json,
-        results_markdown,
-    )
+    from pipeline.widerface.ground_truth import load_ground_truth
+    from pipeline.widerface.predictions import predictions_from_coco_results, read_prediction_dir
+    from pipeline.widerface.protocol import evaluate
+    from pipeline.widerface.report import plot_pr_curves, result_to_json, results_markdown
     from pipeline.widerface.score import image_keys
 
     gt = load_ground_truth(gt_dir)

@@ -149,7 +149,7 @@ def _bad(path: Path, what: str, items: list[str]) -> CocoFormatError:
 
 def _widerface_records(folder: Path, coco: dict[str, Any]) -> list[dict[str, Any]]:
     """COCO results records from the official WIDER FACE prediction layout (`<event>/<image>.txt`)."""
-    from pipeline.widerface.evaluation import read_prediction_dir
+    from pipeline.widerface.predictions import read_prediction_dir
     from pipeline.widerface.score import image_keys
 
     if len(coco["categories"]) != 1:

@@ -11,6 +11,7 @@ import shlex
 from typing import Any
 
 from pipeline.config import data_splits
+from pipeline.widerface.ground_truth import WIDERFACE_GROUND_TRUTH
 
 __all__ = ["baseline_model_input", "data_input_files", "data_splits", "detect_inputs", "inactive_data_sources",
            "merge_inference_input", "score_results_input", "sections_json", "widerface_ground_truth_files"]
@@ -52,9 +53,6 @@ def data_input_files(config: dict[str, Any]) -> list[str]:
     if source == "builtin":
         return []
     return [files["annotations"] for files in config["data"][source]["splits"].values()]
-
-
-WIDERFACE_GROUND_TRUTH = ("wider_face_val.mat", "wider_easy_val.mat", "wider_medium_val.mat", "wider_hard_val.mat")
 
 
 def widerface_ground_truth_files(config: dict[str, Any]) -> list[str]:

@@ -1,5 +1,5 @@
 """Stage 8 for WIDER FACE: the official Easy / Medium / Hard evaluation of each method's detections
-(`pipeline.widerface.evaluation`), and the `eval_widerface` table in the layout of the paper's
+(`pipeline.widerface.protocol`), and the `eval_widerface` table in the layout of the paper's
 Table 8 with its PR-curve figure.
 
 The test split's images are found in the official ground truth by their path (`<event>/<name>.jpg`
@@ -21,19 +21,10 @@ import numpy as np
 from pipeline.io import atomic
 from pipeline.report.style import method_color, ordered
 from pipeline.table import display_name
-from pipeline.widerface.evaluation import (
-    SETTINGS,
-    Predictions,
-    SettingResult,
-    WiderResult,
-    evaluate,
-    load_ground_truth,
-    plot_pr_curves,
-    predictions_from_coco_results,
-    result_to_json,
-    results_markdown,
-    write_prediction_dir,
-)
+from pipeline.widerface.ground_truth import SETTINGS, load_ground_truth
+from pipeline.widerface.predictions import Predictions, predictions_from_coco_results, write_prediction_dir
+from pipeline.widerface.protocol import SettingResult, WiderResult, evaluate
+from pipeline.widerface.report import plot_pr_curves, result_to_json, results_markdown
 
 
 def image_keys(coco: dict[str, Any]) -> dict[int, str]:
