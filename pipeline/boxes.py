@@ -1,9 +1,8 @@
 """Box conventions, the box coder and ROI matching, shared by every stage.
 
 Inside the project boxes are `xyxy` in original-image pixels; COCO's `xywh` appears only where
-annotations are read and results written (`xywh_to_xyxy`, `xyxy_to_xywh`). Size classes follow
-COCO's evaluation exactly: by area, small < 32**2 <= medium < 96**2 <= large (pycocotools'
-`areaRng`). The same `BoxCoder` encodes regression targets in the rois stage and decodes the
+annotations are read and results written (`xywh_to_xyxy`, `xyxy_to_xywh`). Size classes are in
+`pipeline.sizes`. The same `BoxCoder` encodes regression targets in the rois stage and decodes the
 discriminator's offsets in the merge stage; `match_rois` labels ROIs against ground truth.
 """
 
@@ -11,13 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torchvision.ops import box_iou
-
-SMALL_MAX_AREA = 32**2
-MEDIUM_MAX_AREA = 96**2
-SIZE_CLASSES: tuple[str, ...] = ("small", "medium", "large")
 
 # Label codes: the only contract between matching, sampling and the losses.
 BACKGROUND = 0  # a negative ROI; object classes are 1..K
@@ -30,23 +27,35 @@ BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 BBOX_XFORM_CLIP = math.log(1000.0 / 16)
 
 
-def size_class(area: float) -> str:
-    """COCO size class of an object with the given area (pixels**2)."""
-    if area < SMALL_MAX_AREA:
-        return "small"
-    if area < MEDIUM_MAX_AREA:
-        return "medium"
-    return "large"
+Boxes = TypeVar("Boxes", torch.Tensor, np.ndarray, list)
 
 
-def xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    x, y, w, h = boxes.unbind(-1)
-    return torch.stack((x, y, x + w, y + h), dim=-1)
+def _corners(boxes: Boxes) -> tuple[Any, Any, Any, Any]:
+    if isinstance(boxes, torch.Tensor):
+        return boxes.unbind(-1)
+    if isinstance(boxes, np.ndarray):
+        return tuple(np.moveaxis(boxes, -1, 0))
+    return tuple(boxes)
 
 
-def xyxy_to_xywh(boxes: torch.Tensor) -> torch.Tensor:
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack((x0, y0, x1 - x0, y1 - y0), dim=-1)
+def _pack(like: Boxes, a: Any, b: Any, c: Any, d: Any) -> Boxes:
+    if isinstance(like, torch.Tensor):
+        return torch.stack((a, b, c, d), dim=-1)
+    if isinstance(like, np.ndarray):
+        return np.stack((a, b, c, d), axis=-1)
+    return [a, b, c, d]
+
+
+def xywh_to_xyxy(boxes: Boxes) -> Boxes:
+    """COCO's [x, y, w, h] -> [x1, y1, x2, y2]: a tensor or array (last axis 4) or one box as a list."""
+    x, y, w, h = _corners(boxes)
+    return _pack(boxes, x, y, x + w, y + h)
+
+
+def xyxy_to_xywh(boxes: Boxes) -> Boxes:
+    """[x1, y1, x2, y2] -> COCO's [x, y, w, h]: a tensor or array (last axis 4) or one box as a list."""
+    x0, y0, x1, y1 = _corners(boxes)
+    return _pack(boxes, x0, y0, x1 - x0, y1 - y0)
 
 
 @dataclass(frozen=True)
@@ -81,13 +90,6 @@ class BoxCoder:
         cx, cy = rx + dx * rw, ry + dy * rh
         w, h = rw * torch.exp(dw), rh * torch.exp(dh)
         return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=1)
-
-
-def clip_boxes(boxes: torch.Tensor, width: float, height: float) -> torch.Tensor:
-    return torch.stack(
-        (boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height), boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)),
-        dim=1,
-    )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ way (later files override earlier ones key by key; lists are replaced whole).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,13 @@ def validate_config(config: dict[str, Any], what: str = "config", require: tuple
         raise ConfigError(str(e)) from None
     _check_cross_keys(config, what)
     return config
+
+
+def section_fields(cls: type, section: dict[str, Any], **given: Any) -> dict[str, Any]:
+    """The fields of settings dataclass `cls` taken from a config section by name (those in `given`
+    from elsewhere): what each stage's `Settings.from_config(section)` passes to its constructor."""
+    return {f.name: given[f.name] if f.name in given else section[f.name] for f in dataclasses.fields(cls) if f.init
+            and (f.name in given or f.name in section)}
 
 
 def dev_split(data: dict[str, Any]) -> str | None:

@@ -43,8 +43,11 @@ from jobs.baseline.models import (
     torchvision_categories,
 )
 from jobs.baseline.predict import LabelMap, detect_batch
+from jobs.common import pick_device
 from jobs.weights import load_torch_file
-from pipeline.errors import EmptyInputError
+from pipeline.boxes import xywh_to_xyxy, xyxy_to_xywh
+from pipeline.config import section_fields
+from pipeline.errors import EmptyInputError, InputError, MissingFileError, PipelineError, first_few
 from pipeline.io import atomic
 from pipeline.io.coco import CocoFormatError, read_json
 from pipeline.io.tables import DETECTIONS_SCHEMA, make_table
@@ -64,6 +67,27 @@ class DetectSettings:
     batch_size: int
     num_workers: int
 
+    @classmethod
+    def from_config(cls, detector: dict[str, Any]) -> DetectSettings:
+        """From the config's `detector` section."""
+        return cls(**section_fields(cls, detector))
+
+
+def detect_split(detector: dict[str, Any], coco: dict[str, Any], image_root: Path, split: str,
+                 trained: Path | None = None) -> pa.Table:
+    """The detections table of one split from the configured source (config section `detector`):
+    the imported results file of the split, or a detector run over its images."""
+    settings = DetectSettings.from_config(detector)
+    if detector["source"] == "import":
+        if split not in detector["import_results"]:
+            raise PipelineError(f"detector.import_results has no file for split {split!r}")
+        table, _ = import_detections(Path(detector["import_results"][split]), coco, settings.top_k)
+        return table
+    if detector["source"] == "train" and trained is None:
+        raise PipelineError("detector.source is train: give the train_baseline job's model.pt (mtgan detect --model)")
+    model, label_map = load_model(detector["source"], detector["arch"], detector["weights"], coco, settings, trained)
+    return run_detector(model, label_map, coco, image_root, settings, pick_device(detector["device"]), detector["source"])
+
 
 def _categories(coco: dict[str, Any]) -> list[int]:
     return sorted(c["id"] for c in coco["categories"])
@@ -78,21 +102,21 @@ def load_model(
     if source == "train" or (source == "torchvision" and weights not in ("none", "torchvision")):
         path = Path(trained if source == "train" else weights)  # type: ignore[arg-type]
         if not path.is_file():
-            raise FileNotFoundError(f"detector checkpoint {path} not found")
+            raise MissingFileError(f"detector checkpoint {path} not found")
         checkpoint = load_torch_file(path, "detector checkpoint")
         state = state_dict_of(checkpoint)
         arch = checkpoint.get("arch", arch) if isinstance(checkpoint, dict) else arch
         n = num_classes_of(state)
         if isinstance(checkpoint, dict) and "category_ids" in checkpoint:
             if list(checkpoint["category_ids"]) != category_ids:
-                raise ValueError(f"{path} was trained on categories {checkpoint['category_ids'][:10]}..., not this dataset's")
+                raise InputError(f"{path} was trained on categories {checkpoint['category_ids'][:10]}..., not this dataset's")
             label_map = LabelMap.identity(category_ids)
         elif n == len(category_ids) + 1:
             label_map = LabelMap.identity(category_ids)
         elif n == COCO_NUM_CLASSES:
             label_map = LabelMap.by_name(torchvision_categories(arch), coco["categories"])
         else:
-            raise ValueError(f"{path} has {n} classes; the dataset has {len(category_ids)} (+ background)")
+            raise InputError(f"{path} has {n} classes; the dataset has {len(category_ids)} (+ background)")
         model = build_detector(arch, n, detector_settings)
         model.load_state_dict(state)
         return model, label_map
@@ -143,8 +167,7 @@ def run_detector(
 
 
 def _bad(path: Path, what: str, items: list[str]) -> CocoFormatError:
-    shown = ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
-    return CocoFormatError(f"{path}: {len(items)} detection(s) {what}: {shown}")
+    return CocoFormatError(f"{path}: {len(items)} detection(s) {what}: {first_few(items)}")
 
 
 def _widerface_records(folder: Path, coco: dict[str, Any]) -> list[dict[str, Any]]:
@@ -202,11 +225,12 @@ def import_detections(path: Path, coco: dict[str, Any], top_k: int) -> tuple[pa.
             counts["non_positive_size"] += 1
             continue
         im = images[r["image_id"]]
-        box = [max(x, 0.0), max(y, 0.0), min(x + w, float(im["width"])), min(y + h, float(im["height"]))]
+        xyxy = xywh_to_xyxy([x, y, w, h])
+        box = [max(xyxy[0], 0.0), max(xyxy[1], 0.0), min(xyxy[2], float(im["width"])), min(xyxy[3], float(im["height"]))]
         if box[2] <= box[0] or box[3] <= box[1]:
             counts["outside_image"] += 1
             continue
-        counts["clipped"] += box != [x, y, x + w, y + h]
+        counts["clipped"] += box != xyxy
         per_image.setdefault(r["image_id"], []).append((float(r["score"]), box, label_of[r["category_id"]]))
 
     rows = _empty_rows()
@@ -232,7 +256,7 @@ def results_json(table: pa.Table) -> list[dict[str, Any]]:
     """COCO results records (bbox xywh) of a detections table."""
     t = table.to_pydict()
     return [
-        {"image_id": i, "category_id": c, "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)], "score": round(s, 6)}
+        {"image_id": i, "category_id": c, "bbox": [round(v, 3) for v in xyxy_to_xywh([x1, y1, x2, y2])], "score": round(s, 6)}
         for i, c, x1, y1, x2, y2, s in zip(t["image_id"], t["category_id"], t["x1"], t["y1"], t["x2"], t["y2"], t["score"])
     ]
 

@@ -27,3 +27,19 @@ class CheckpointError(PipelineError):
 
 class EmptyInputError(PipelineError):
     """An input that holds nothing to work on (no detections, no ROIs)."""
+
+
+class InputError(PipelineError, ValueError):
+    """An input that the stage cannot use: a file's content, a config value, a combination of them."""
+
+
+class MissingFileError(PipelineError, FileNotFoundError):
+    """A file the stage needs that is not there."""
+
+
+FIRST_FEW = 5  # how many items an error message lists
+
+
+def first_few(items: list, limit: int = FIRST_FEW) -> str:
+    """The first `limit` items, comma-separated, with ", ..." when there are more (for messages)."""
+    return ", ".join(str(x) for x in items[:limit]) + (", ..." if len(items) > limit else "")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,17 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
+from jobs.common import pick_device
 from jobs.mtgan.data import ShardBatches
 from jobs.mtgan.engine import build_networks, to_model
 from jobs.mtgan.roi_input import discriminator_images, through_generator
 from jobs.mtgan.settings import Preset, Variant
 from jobs.weights import load_torch_file
-from pipeline.errors import CheckpointError, EmptyInputError
+from pipeline.config import section_fields
+from pipeline.errors import CheckpointError, EmptyInputError, InputError
+from pipeline.io import atomic
 from pipeline.io.shards import SIZE_CODES, read_manifest, verify_shards
-from pipeline.io.tables import INFERENCE_SCHEMA, make_table
+from pipeline.io.tables import INFERENCE_SCHEMA, make_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,25 @@ def load_variant(model_path: Path, device: torch.device) -> tuple[Variant, torch
         g.load_state_dict(state["g"])
     g = g.to(device).eval() if g is not None else None
     return variant, g, d.to(device).eval(), state
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    batch_size: int
+    device: str  # auto, cpu, cuda, cuda:N
+
+    @classmethod
+    def from_config(cls, infer: dict[str, Any]) -> InferSettings:
+        """From the config's `infer` section."""
+        return cls(**section_fields(cls, infer))
+
+
+def write_inference(settings: InferSettings, model_path: Path, manifest: Path, out_table: Path, out_accuracy: Path) -> dict[str, Any]:
+    """Stage 6 for one variant: the per-ROI table and the Table 9 accuracies (returned too)."""
+    table, accuracy = infer(model_path, manifest, pick_device(settings.device), settings.batch_size)
+    write_table(table, out_table)
+    atomic.write_json(out_accuracy, accuracy, indent=2)
+    return accuracy
 
 
 @torch.inference_mode()
@@ -115,4 +138,4 @@ def check_compatible(state: dict[str, Any], doc: dict[str, Any], model_path: Pat
     """The model was trained on crops made like these: same categories, HR size, scale and margin."""
     for key in ("category_ids", "hr_size", "scale", "margin"):
         if key in state and state[key] != doc[key]:
-            raise ValueError(f"{model_path}: trained with {key} {state[key]}, but {manifest} has {doc[key]}")
+            raise InputError(f"{model_path}: trained with {key} {state[key]}, but {manifest} has {doc[key]}")

@@ -12,6 +12,7 @@ nothing pycocotools would count is cut, and nothing beyond what it counts is kep
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,10 @@ import torch
 from torchvision.ops import batched_nms
 
 from pipeline.boxes import BoxCoder, xyxy_to_xywh
+from pipeline.config import section_fields
+from pipeline.errors import InputError
+from pipeline.io import atomic
+from pipeline.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, file_metadata, read_table
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,21 @@ class MergeSettings:
     nms_iou: float
     score_floor: float
     max_per_image: int
+
+    @classmethod
+    def from_config(cls, merge: dict[str, Any]) -> MergeSettings:
+        """From the config's `merge` section."""
+        return cls(**section_fields(cls, merge))
+
+
+def merge_file(settings: MergeSettings, rois_path: Path, inference: Path | None, ensemble: bool, out_json: Path) -> int:
+    """Stage 7 for one method: the test ROI table and a variant's predictions (None: the baseline's
+    own scores) -> a COCO results JSON; returns the number of detections."""
+    predictions = read_table(inference, INFERENCE_SCHEMA) if inference else None
+    records = merge_detections(read_table(rois_path, ROIS_SCHEMA), predictions, settings, ensemble,
+                               list(file_metadata(rois_path)["category_ids"]))
+    atomic.write_json(out_json, records)
+    return len(records)
 
 
 def merge_detections(rois: pa.Table, inference: pa.Table | None, settings: MergeSettings, ensemble: bool,
@@ -40,7 +60,7 @@ def merge_detections(rois: pa.Table, inference: pa.Table | None, settings: Merge
     if inference is not None:
         p = inference.to_pydict()
         if p["roi_id"] != r["roi_id"]:
-            raise ValueError("the inference table does not hold exactly the ROI table's ROIs, in order")
+            raise InputError("the inference table does not hold exactly the ROI table's ROIs, in order")
         probs = torch.tensor(np.asarray(p["probs"], np.float32)).reshape(n, k1)
         offsets = torch.tensor(np.stack([p[k] for k in ("dx", "dy", "dw", "dh")], axis=1), dtype=torch.float32).reshape(n, 4)
         boxes = BoxCoder().decode(offsets, boxes)

@@ -16,17 +16,49 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.boxes import BACKGROUND, SIZE_CLASSES, BoxCoder, match_rois, size_class
-from pipeline.io.tables import ROIS_SCHEMA, make_table, table_metadata
+from pipeline.boxes import BACKGROUND, BoxCoder, match_rois, xywh_to_xyxy
+from pipeline.config import section_fields
+from pipeline.errors import InputError
+from pipeline.io import atomic
+from pipeline.io.tables import DETECTIONS_SCHEMA, ROIS_SCHEMA, make_table, read_table, table_metadata, write_table
+from pipeline.sizes import SIZE_CLASSES, size_class
 
 log = logging.getLogger(__name__)
 
+
+
+@dataclass(frozen=True)
+class RoiSettings:
+    """How detections are labelled (config section `rois`)."""
+
+    positive_iou: float
+    negative_iou: float
+    add_gt_to_train: bool
+
+    @classmethod
+    def from_config(cls, rois: dict[str, Any]) -> RoiSettings:
+        return cls(**section_fields(cls, rois))
+
+
+def write_rois(settings: RoiSettings, detections: Path, coco: dict[str, Any], split: str, role: str, out_table: Path,
+               out_counts: Path) -> str:
+    """Stage 3 for one split and role: the ROI table and its counts (Markdown, returned too).
+    Ground truth is added to the training role only."""
+    add_gt = settings.add_gt_to_train and role == "train"
+    table, summary = build_rois(read_table(detections, DETECTIONS_SCHEMA), coco, add_gt, settings.positive_iou,
+                                settings.negative_iou)
+    write_table(table, out_table)
+    markdown = counts_markdown(f"{split} ({role})", summary)
+    atomic.write_text(out_counts, markdown)
+    return markdown
 
 
 def build_rois(
@@ -36,7 +68,7 @@ def build_rois(
     meta = table_metadata(detections)
     category_ids = list(meta["category_ids"])
     if category_ids != sorted(c["id"] for c in coco["categories"]):
-        raise ValueError("the detections were made for other categories than this split's ground truth")
+        raise InputError("the detections were made for other categories than this split's ground truth")
     label_of = {cid: k + 1 for k, cid in enumerate(category_ids)}
     k1 = len(category_ids) + 1
     coder = BoxCoder()
@@ -57,8 +89,7 @@ def build_rois(
     for im in coco["images"]:
         rows = by_image.get(im["id"], [])
         anns = gt_by_image.get(im["id"], [])
-        gt = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns],
-                          dtype=torch.float32).reshape(-1, 4)
+        gt = xywh_to_xyxy(torch.tensor([a["bbox"] for a in anns], dtype=torch.float64).reshape(-1, 4)).float()
         crowd = torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool)
         gt_labels = torch.tensor([label_of[a["category_id"]] for a in anns], dtype=torch.long)
         boxes = det_boxes[rows]

@@ -13,8 +13,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from pipeline.io import atomic
+from pipeline.io.coco import read_json
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,26 @@ def coco_bbox_eval(gt_json: Path, results: list[dict[str, Any]]) -> tuple[dict[s
     stats = {name: float(max(v, 0.0)) for name, v in zip(STAT_NAMES, evaluator.stats)}  # -1 (no objects) -> 0
     stats["images"] = len(gt.getImgIds())
     return stats, evaluator
+
+
+def write_score(coco_json: Path, coco: dict[str, Any], results: Path, method: str, split: str, out_json: Path, out_md: Path,
+                out_eval: Path | None = None) -> str:
+    """Stage 8 for one method: its metrics and per-class AP (JSON), its table row (Markdown,
+    returned too) and, optionally, COCOeval's accumulated precision / recall / scores (.npz)."""
+    stats, evaluator = coco_bbox_eval(coco_json, read_json(results))
+    category_ids = sorted(c["id"] for c in coco["categories"])
+    atomic.write_json(out_json, {
+        "method": method, "split": split, "results": str(results), "metrics": stats,
+        "per_class_ap": per_class_ap(evaluator, category_ids),
+        "category_names": {str(c["id"]): c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])},
+    }, indent=2)
+    if out_eval is not None:
+        arrays = {k: evaluator.eval[k] for k in ("precision", "recall", "scores")} if evaluator else {}
+        with atomic.atomic_path(out_eval) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    table = metrics_markdown({method: stats})
+    atomic.write_text(out_md, table)
+    return table
 
 
 def metrics_markdown(rows: dict[str, dict[str, float]]) -> str:

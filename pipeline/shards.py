@@ -36,6 +36,7 @@ from joblib import Parallel, delayed
 from tqdm import tqdm
 
 from pipeline.crops import RESIZE_METHOD, crop_hr, make_lr
+from pipeline.errors import InputError
 from pipeline.io import atomic
 from pipeline.io.images import ImageReadError, open_rgb
 from pipeline.io.shards import ORIGIN_CODES, SIZE_CODES, ShardSpec, sha256_of, write_manifest, write_shard
@@ -56,6 +57,18 @@ class ShardSettings:
     num_chunks: int
     on_bad_image: str  # "error" or "skip"
     sampling: dict[str, Any] | None  # {rois_per_image, positive_fraction, seed} for the training split
+
+    @classmethod
+    def from_config(cls, shards: dict[str, Any], role: str) -> ShardSettings:
+        """From the config's `shards` section; only the training role is sampled."""
+        sampling = shards["train_sampling"]
+        return cls(
+            hr_size=shards["hr_size"], scale=shards["scale"], context_margin=shards["context_margin"],
+            rois_per_shard=shards["rois_per_shard"], block_size=shards["block_size"], num_chunks=shards["num_chunks"],
+            on_bad_image=shards["on_bad_image"],
+            sampling={k: sampling[k] for k in ("rois_per_image", "positive_fraction", "seed")}
+            if sampling["enabled"] and role == "train" else None,
+        )
 
     @property
     def bytes_per_roi(self) -> int:
@@ -234,7 +247,7 @@ def gather_manifest(rois_path: Path, chunk_dirs: list[Path], split: str, setting
     for d in chunk_dirs:
         info = json.loads((Path(d) / CHUNK_MANIFEST).read_text())
         if info["source_table_sha256"] != table_sha:
-            raise ValueError(f"{d}: made from another version of {rois_path}; rerun its shards job")
+            raise InputError(f"{d}: made from another version of {rois_path}; rerun its shards job")
         for s in info["shards"]:
             shards.append({**s, "path": str((Path(d) / s["path"]).resolve().relative_to(base))})
         skipped += info["skipped_images"]
@@ -243,7 +256,7 @@ def gather_manifest(rois_path: Path, chunk_dirs: list[Path], split: str, setting
     num_rois = sum(s["num_rois"] for s in shards)
     planned = len(kept_rows(table.column("label").to_numpy(), table.column("image_id").to_numpy(), settings))
     if num_rois + skipped_rois != planned:
-        raise ValueError(f"split {split}: the chunks hold {num_rois} ROIs and skipped {skipped_rois}; the table and "
+        raise InputError(f"split {split}: the chunks hold {num_rois} ROIs and skipped {skipped_rois}; the table and "
                          f"sampling settings give {planned}: are the chunk folders {[str(d) for d in chunk_dirs]} all of them?")
     histograms = {key: dict(sorted(counts.items(), key=lambda kv: _count_order(kv[0]))) for key, counts in histograms.items()}
     doc = {

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import PipelineError
 from pipeline.io import atomic
 from pipeline.score import TABLE_COLUMNS
 
@@ -42,16 +43,22 @@ def display_name(method: str) -> str:
     return f"{name} x baseline (ensemble)" if method.endswith("_ensemble") else name
 
 
-def write_tables(scores: list[dict[str, Any]], accuracies: list[dict[str, Any]], out_dir: Path) -> str:
-    """metrics.csv, metrics.md, per_class_ap.csv and accuracy.csv in `out_dir`; returns the Markdown."""
+TABLE_OUTPUTS = ("csv", "markdown", "per_class", "accuracy")
+
+
+def write_tables(scores: list[dict[str, Any]], accuracies: list[dict[str, Any]], outputs: dict[str, Path]) -> str:
+    """The table as CSV and Markdown, per-class AP (CSV) and D's accuracy (CSV), at `outputs`
+    (names TABLE_OUTPUTS); returns the Markdown."""
+    missing = sorted(set(TABLE_OUTPUTS) - set(outputs))
+    if missing:
+        raise PipelineError(f"the table needs outputs {missing}")
     scores = sorted(scores, key=lambda s: method_key(s["method"]))
-    out_dir = Path(out_dir)
     header = ["method", "name", *TABLE_COLUMNS, "images"]
     rows = [[s["method"], display_name(s["method"]), *(f"{100 * s['metrics'][c]:.1f}" for c in TABLE_COLUMNS),
              int(s["metrics"]["images"])] for s in scores]
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
-    atomic.write_text(out_dir / "metrics.csv", buffer.getvalue())
+    atomic.write_text(outputs["csv"], buffer.getvalue())
     lines = ["| method | " + " | ".join(TABLE_COLUMNS) + " | images |", "|---|" + "---:|" * (len(TABLE_COLUMNS) + 1)]
     lines += [f"| {r[1]} | " + " | ".join(str(v) for v in r[2:]) + " |" for r in rows]
     if accuracies:
@@ -69,9 +76,9 @@ def write_tables(scores: list[dict[str, Any]], accuracies: list[dict[str, Any]],
         for a in accuracies:
             acc = a["accuracy"]
             writer.writerow([a["variant"], *(acc.get(k) for k in ACCURACY_COLUMNS), *(acc.get(f"{k}_rois") for k in ACCURACY_COLUMNS)])
-        atomic.write_text(out_dir / "accuracy.csv", buffer.getvalue())
+        atomic.write_text(outputs["accuracy"], buffer.getvalue())
     markdown = "\n".join(lines) + "\n"
-    atomic.write_text(out_dir / "metrics.md", markdown)
+    atomic.write_text(outputs["markdown"], markdown)
 
     per_class = [s for s in scores if s["method"] in ("baseline", "mtgan", "mtgan_ensemble")]
     if per_class:
@@ -81,9 +88,9 @@ def write_tables(scores: list[dict[str, Any]], accuracies: list[dict[str, Any]],
         writer.writerow(["category_id", "category", *(f"AP_{s['method']}" for s in per_class)])
         for cat_id, name in names.items():
             writer.writerow([cat_id, name, *(f"{100 * s['per_class_ap'][cat_id]:.1f}" for s in per_class)])
-        atomic.write_text(out_dir / "per_class_ap.csv", buffer.getvalue())
+        atomic.write_text(outputs["per_class"], buffer.getvalue())
     return markdown
 
 
-def load_json(paths: list[Path]) -> list[dict[str, Any]]:
+def read_json_files(paths: list[Path]) -> list[dict[str, Any]]:
     return [json.loads(Path(p).read_text()) for p in paths]

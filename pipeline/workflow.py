@@ -11,10 +11,36 @@ import shlex
 from typing import Any
 
 from pipeline.config import data_splits
+from pipeline.errors import InputError
+from pipeline.sizes import ERROR_AREAS, SIZE_RANGES
 from pipeline.widerface.ground_truth import WIDERFACE_GROUND_TRUTH
 
-__all__ = ["baseline_model_input", "data_input_files", "data_splits", "detect_inputs", "inactive_data_sources",
-           "merge_inference_input", "score_results_input", "sections_json", "widerface_ground_truth_files"]
+__all__ = ["ERROR_AREAS", "SIZE_RANGES", "baseline_model_input", "data_input_files", "data_splits", "detect_inputs",
+           "error_methods", "inactive_data_sources", "merge_inference_input", "methods", "out_args", "report_variant",
+           "score_results_input", "sections_json", "widerface_ground_truth_files"]
+
+
+def methods(config: dict[str, Any]) -> list[str]:
+    """Every method the table scores, in order: the baseline, each variant, each ensemble."""
+    suffixes = ["", "_ensemble"] if config["merge"]["ensemble"] else [""]
+    return ["baseline"] + [f"{variant}{suffix}" for variant in config["mtgan"]["variants"] for suffix in suffixes]
+
+
+def report_variant(config: dict[str, Any]) -> str:
+    """The variant the report's pictures are about: MTGAN itself when trained, else the first."""
+    variants = config["mtgan"]["variants"]
+    return "mtgan" if "mtgan" in variants else variants[0]
+
+
+def error_methods(config: dict[str, Any]) -> list[str]:
+    """The methods of the error analysis: the baseline, the report's variant and its ensemble."""
+    variant = report_variant(config)
+    return [m for m in ("baseline", variant, f"{variant}_ensemble") if m in methods(config)]
+
+
+def out_args(output: Any) -> str:
+    """A rule's named outputs as the commands' `--out NAME=PATH` arguments."""
+    return " ".join(f"--out {shlex.quote(f'{name}={path}')}" for name, path in output.items())
 
 
 def sections_json(config: dict[str, Any], *names: str, drop: tuple[str, ...] = ()) -> str:
@@ -59,13 +85,13 @@ def widerface_ground_truth_files(config: dict[str, Any]) -> list[str]:
     """The official evaluation files eval_widerface needs; a clear error where they cannot be."""
     data = config["data"]
     if data["source"] != "widerface":
-        raise ValueError(
+        raise InputError(
             f"eval_widerface needs data.source: widerface (this config has {data['source']!r}); "
             "run: snakemake --cores 8 --configfile config/widerface.yaml eval_widerface"
         )
     folder = data["widerface"]["ground_truth"]
     if not folder:
-        raise ValueError("eval_widerface needs data.widerface.ground_truth: the folder of wider_face_val.mat and "
+        raise InputError("eval_widerface needs data.widerface.ground_truth: the folder of wider_face_val.mat and "
                          "wider_{easy,medium,hard}_val.mat (eval_tools/ground_truth of the official toolkit)")
     return [os.path.join(folder, name) for name in WIDERFACE_GROUND_TRUTH]
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from pipeline.boxes import size_class
+from pipeline.sizes import size_class
 from pipeline.config import load_config_files, validate_config
 from pipeline.data import shapes
 from pipeline.data.builtin import BuiltinSpec, generate_image

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pipeline.boxes import xywh_to_xyxy
 from pipeline.io.images import read_rgb
 
 
@@ -48,8 +49,7 @@ class CocoDetectionTrain(Dataset):
         for a in coco["annotations"]:
             if a.get("iscrowd", 0):
                 continue
-            x, y, w, h = a["bbox"]
-            boxes[a["image_id"]].append([x, y, x + w, y + h])
+            boxes[a["image_id"]].append(xywh_to_xyxy(list(a["bbox"])))
             labels[a["image_id"]].append(label[a["category_id"]])
         self.boxes = {k: torch.tensor(v, dtype=torch.float32).reshape(-1, 4) for k, v in boxes.items()}
         self.labels = {k: torch.tensor(v, dtype=torch.int64) for k, v in labels.items()}

@@ -35,6 +35,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from jobs.weights import WeightsUnavailable, safe_torchvision_weights
+from pipeline.errors import InputError
 
 __all__ = ["SMALL_CPU_ARCH", "DetectorSettings", "WeightsUnavailable", "build_detector", "num_classes_of",
            "replace_box_predictor", "small_cpu_fasterrcnn", "state_dict_of", "torchvision_categories"]
@@ -103,17 +104,17 @@ def build_detector(arch: str, num_classes: int, settings: DetectorSettings, pret
     }
     if arch == SMALL_CPU_ARCH:
         if pretrained:
-            raise ValueError(f"{SMALL_CPU_ARCH} has no pretrained weights: use weights none or a checkpoint path")
+            raise InputError(f"{SMALL_CPU_ARCH} has no pretrained weights: use weights none or a checkpoint path")
         return small_cpu_fasterrcnn(num_classes, **kwargs)
     if arch not in torchvision.models.list_models(module=torchvision.models.detection):
-        raise ValueError(f"unknown detector architecture {arch!r}: use {SMALL_CPU_ARCH} or a torchvision detection builder")
+        raise InputError(f"unknown detector architecture {arch!r}: use {SMALL_CPU_ARCH} or a torchvision detection builder")
     if pretrained:
         with safe_torchvision_weights():
             model = torchvision.models.get_model(arch, weights=torchvision.models.get_model_weights(arch).DEFAULT, **kwargs)
     else:
         model = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
     if not isinstance(model, GeneralizedRCNN) or not hasattr(model, "roi_heads"):
-        raise ValueError(f"{arch} is not a two-stage (R-CNN) detector: MTGAN needs region proposals with class scores")
+        raise InputError(f"{arch} is not a two-stage (R-CNN) detector: MTGAN needs region proposals with class scores")
     return model
 
 
@@ -136,11 +137,11 @@ def state_dict_of(checkpoint: Any) -> OrderedDict[str, torch.Tensor]:
         return checkpoint["model"]
     if isinstance(checkpoint, dict) and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         return checkpoint  # type: ignore[return-value]
-    raise ValueError("not a detector checkpoint: expected a state dict or a dict with a 'model' state dict")
+    raise InputError("not a detector checkpoint: expected a state dict or a dict with a 'model' state dict")
 
 
 def num_classes_of(state_dict: dict[str, torch.Tensor]) -> int:
     key = "roi_heads.box_predictor.cls_score.weight"
     if key not in state_dict:
-        raise ValueError(f"checkpoint has no {key}: not a Faster R-CNN detector")
+        raise InputError(f"checkpoint has no {key}: not a Faster R-CNN detector")
     return int(state_dict[key].shape[0])

@@ -20,6 +20,8 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
+from pipeline.errors import InputError
+
 
 @dataclass(frozen=True)
 class LabelMap:
@@ -46,7 +48,7 @@ class LabelMap:
         index = {name: i for i, name in enumerate(model_classes) if i > 0}
         missing = [c["name"] for c in ordered if c["name"] not in index]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"the detector's classes do not include the dataset's categories {missing[:10]}"
                 f"{' ...' if len(missing) > 10 else ''}: train a detector on this dataset or import its detections"
             )

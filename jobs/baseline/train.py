@@ -31,7 +31,9 @@ from tqdm import tqdm
 
 from jobs.baseline.data import CocoDetectionTrain, SeededBatches, collate, load_coco
 from jobs.baseline.models import DetectorSettings, build_detector, replace_box_predictor
-from jobs.common import pick_device, resumable_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from jobs.common import pick_device, restore_rng_state, resumable_checkpoint, rng_state, save_checkpoint
+from pipeline.config import section_fields
+from pipeline.errors import InputError
 from pipeline.io import atomic
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,11 @@ class TrainSettings:
     max_size: int
     amp: bool
     init: str = "none"  # none: random; torchvision: the builder's COCO weights, box predictor replaced
+
+    @classmethod
+    def from_config(cls, detector: dict[str, Any], train_baseline: dict[str, Any]) -> TrainSettings:
+        """From the config's `detector` (architecture, image size) and `train_baseline` sections."""
+        return cls(**section_fields(cls, train_baseline, **{k: detector[k] for k in ("arch", "min_size", "max_size")}))
 
 
 def lr_factor(iteration: int, settings: TrainSettings) -> float:
@@ -97,7 +104,7 @@ def train_baseline(
     category_ids = sorted(c["id"] for c in coco["categories"])
     dataset = CocoDetectionTrain(coco, image_root, category_ids)
     if len(dataset) == 0:
-        raise ValueError(f"{coco_json}: the training split has no images")
+        raise InputError(f"{coco_json}: the training split has no images")
 
     torch.manual_seed(settings.seed)
     detector_settings = DetectorSettings(settings.min_size, settings.max_size, 0.05, 0.5, 100)
@@ -107,7 +114,7 @@ def train_baseline(
     elif settings.init == "none":
         model = build_detector(settings.arch, len(category_ids) + 1, detector_settings).to(device)
     else:
-        raise ValueError(f"train_baseline.init must be none or torchvision, got {settings.init!r}")
+        raise InputError(f"train_baseline.init must be none or torchvision, got {settings.init!r}")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, settings))

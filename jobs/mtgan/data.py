@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline.errors import ShardReadError
+from pipeline.errors import InputError, ShardReadError
 from pipeline.io.shards import read_manifest, shard_paths
 
 DEFAULT_FIELDS = ("lr", "hr", "label", "target", "roi_id")
@@ -83,7 +83,7 @@ class ShardBatches(IterableDataset):
         self.blocks = all_blocks(doc)
         if holdout_blocks:  # held out for evaluation (`read_holdout`): never yielded
             if holdout_blocks >= len(self.blocks):
-                raise ValueError(f"{manifest}: {len(self.blocks)} blocks, too few to hold out {holdout_blocks}")
+                raise InputError(f"{manifest}: {len(self.blocks)} blocks, too few to hold out {holdout_blocks}")
             self.blocks = self.blocks[:-holdout_blocks]
         self.batch_size, self.seed, self.fields = batch_size, seed, tuple(dict.fromkeys((*fields, "label")))
         self.shuffle, self.buffer_blocks = shuffle, buffer_blocks

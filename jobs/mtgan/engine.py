@@ -20,6 +20,7 @@ from jobs.mtgan import losses
 from jobs.mtgan.models import BilinearUpsampler, Discriminator, Generator, resnet_backbone
 from jobs.mtgan.roi_input import discriminator_images
 from jobs.mtgan.settings import Preset, Variant
+from pipeline.errors import InputError
 from pipeline.io.shards import SIZE_CODES
 
 
@@ -29,7 +30,7 @@ def build_networks(variant: Variant, preset: Preset, num_classes: int, scale: in
     if variant.generator == "learned":
         layers = {2: 1, 4: 2, 8: 3}.get(scale)
         if layers is None:
-            raise ValueError(f"the generator up-samples by 2, 4 or 8, not {scale}")
+            raise InputError(f"the generator up-samples by 2, 4 or 8, not {scale}")
         g = Generator(preset.g_channels, preset.g_residual_blocks, preset.g_upsample_channels, layers)
     elif variant.generator == "bilinear":
         g = BilinearUpsampler(scale)

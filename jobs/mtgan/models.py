@@ -36,6 +36,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from jobs.weights import torchvision_state_dict
+from pipeline.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -178,7 +179,7 @@ def resnet_backbone(arch: str, weights: str | None = None, width: int = 64, stem
     trunk = ResNetTrunk(arch, width, stem)
     if weights == "torchvision":
         if width != 64 or stem != "7x7":
-            raise ValueError(f"ImageNet weights fit the 7x7 stem at width 64, not stem {stem} at width {width}")
+            raise InputError(f"ImageNet weights fit the 7x7 stem at width 64, not stem {stem} at width {width}")
         state = torchvision_state_dict(torchvision.models.get_model_weights(arch).DEFAULT.url)
         trunk.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
     elif weights is not None:

@@ -42,6 +42,7 @@ from jobs.mtgan.data import ShardBatches, read_holdout
 from jobs.mtgan.engine import build_networks, evaluate_holdout, pretrain_step, to_model, train_step
 from jobs.mtgan.roi_input import through_generator
 from jobs.mtgan.settings import Preset, Variant, schedule_in_iterations
+from pipeline.errors import InputError
 from pipeline.io import atomic
 from pipeline.io.shards import read_manifest, verify_shards
 
@@ -61,7 +62,7 @@ def _batches(loader: ShardBatches, start_epoch: int = 0) -> Iterator[dict[str, t
             empty = False
             yield batch
         if empty:
-            raise ValueError("the training shards yield no batch: too few ROIs for the batch size?")
+            raise InputError("the training shards yield no batch: too few ROIs for the batch size?")
         epoch += 1
 
 
@@ -149,7 +150,7 @@ def train_mtgan(
         torch.set_num_threads(threads)
     rank, world, device = _setup_distributed(device_name)
     if preset.batch_size % world:
-        raise ValueError(f"batch_size {preset.batch_size} is not divisible by the {world} processes")
+        raise InputError(f"batch_size {preset.batch_size} is not divisible by the {world} processes")
     doc = read_manifest(manifest)
     verify_shards(manifest, doc)  # once per job: every byte trained on matches the manifest's sha256
     preset = schedule_in_iterations(preset, doc["num_rois"] - doc["histograms"]["label"].get("-1", 0))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import InputError, PipelineError
 from pipeline.io import atomic
 from pipeline.schema import validate_document
 
@@ -54,6 +55,16 @@ def write_index(path: Path, dataset: str, source: str, splits: list[SplitFiles])
     atomic.write_json(path, doc, indent=2)
 
 
+def split_coco(index: Path, split: str) -> tuple[dict[str, Any], Path, Path]:
+    """The COCO dict of `split`, its JSON path and its image root, from the data stage's index."""
+    from pipeline.io.coco import load_json
+
+    splits = read_index(index)
+    if split not in splits:
+        raise PipelineError(f"{index}: no split {split!r} (splits: {sorted(splits)})")
+    return load_json(splits[split].annotations), splits[split].annotations, splits[split].image_root
+
+
 def read_index(path: Path) -> dict[str, SplitFiles]:
     """The splits of a finished data stage, with absolute paths."""
     path = Path(path)
@@ -61,7 +72,7 @@ def read_index(path: Path) -> dict[str, SplitFiles]:
         doc = json.load(f)
     validate_document(doc, "dataset_index.schema.yaml", str(path))
     if doc["layout_version"] != LAYOUT_VERSION:
-        raise ValueError(f"{path}: layout_version {doc['layout_version']}, this code reads {LAYOUT_VERSION}; rerun the data stage")
+        raise InputError(f"{path}: layout_version {doc['layout_version']}, this code reads {LAYOUT_VERSION}; rerun the data stage")
     base = path.parent.resolve()
     return {
         name: SplitFiles(name, base / s["annotations"], base / s["image_root"], s["num_images"], s["num_annotations"])

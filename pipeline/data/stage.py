@@ -21,6 +21,7 @@ from typing import Any
 
 from pipeline.data import builtin, stats
 from pipeline.data.index import INDEX_NAME, SplitFiles, read_index, write_index
+from pipeline.errors import InputError
 from pipeline.io import atomic
 from pipeline.io.coco import CocoCheckPolicy, load_json, validate_coco
 from pipeline.widerface import convert as widerface_convert
@@ -41,7 +42,7 @@ def _build_builtin(section: dict[str, Any], tmp: Path, n_jobs: int) -> list[tupl
 def _build_coco(section: dict[str, Any]) -> list[tuple[str, dict[str, Any], Path, dict[str, Any]]]:
     cfg = section["coco"]
     if not cfg["splits"]:
-        raise ValueError("config data.coco.splits is empty: name each split's annotations and images")
+        raise InputError("config data.coco.splits is empty: name each split's annotations and images")
     policy = CocoCheckPolicy(
         box_tolerance=cfg["box_tolerance"],
         invalid_boxes=cfg["invalid_boxes"],
@@ -66,7 +67,7 @@ def _build_coco(section: dict[str, Any]) -> list[tuple[str, dict[str, Any], Path
 def _build_widerface(section: dict[str, Any]) -> list[tuple[str, dict[str, Any], Path, dict[str, Any]]]:
     cfg = section["widerface"]
     if not cfg["splits"]:
-        raise ValueError("config data.widerface.splits is empty: name each split's bbx_gt.txt and image folder")
+        raise InputError("config data.widerface.splits is empty: name each split's bbx_gt.txt and image folder")
     # Sizes are read from the JPEG headers by the conversion, which also reports missing files.
     policy = CocoCheckPolicy(box_tolerance=cfg["box_tolerance"], invalid_boxes=cfg["invalid_boxes"],
                              check_image_files=False, check_image_sizes=False)

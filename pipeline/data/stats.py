@@ -11,12 +11,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import patches  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import patches  # noqa: E402
 
-from pipeline.boxes import SIZE_CLASSES, size_class  # noqa: E402
 from pipeline.io import atomic  # noqa: E402
 from pipeline.io.images import ImageReadError, open_rgb  # noqa: E402
+from pipeline.sizes import SIZE_CLASSES, size_class  # noqa: E402
 
 log = logging.getLogger(__name__)
 

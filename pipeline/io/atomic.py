@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import OutputFolderError
+from pipeline.errors import OutputFolderError, first_few
 
 OUTPUT_MARKER = ".mtgan-output"
 _PARTIAL = ".partial-"
@@ -115,7 +115,7 @@ def check_replaceable(folder: Path) -> None:
         raise OutputFolderError(f"{folder}: exists and is not a folder the pipeline wrote; move it away or choose another output")
     if (folder / OUTPUT_MARKER).is_file() or not any(folder.iterdir()):
         return
-    shown = ", ".join(sorted(p.name for p in folder.iterdir())[:5])
+    shown = first_few(sorted(p.name for p in folder.iterdir()))
     raise OutputFolderError(
         f"{folder}: the output folder already holds files the pipeline did not write ({shown}; no {OUTPUT_MARKER} "
         "marker): nothing was changed; move them away or choose another output folder"

@@ -35,9 +35,8 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.errors import PipelineError
-
-MAX_LISTED = 5
+from pipeline.boxes import xywh_to_xyxy, xyxy_to_xywh
+from pipeline.errors import FIRST_FEW, PipelineError, first_few
 
 
 class CocoFormatError(PipelineError, ValueError):
@@ -62,11 +61,6 @@ class CocoReport:
     clipped_boxes: int = 0
     dropped_boxes: int = 0
     dropped_examples: list[str] = field(default_factory=list)
-
-
-def _listing(items: list[Any]) -> str:
-    shown = ", ".join(str(x) for x in items[:MAX_LISTED])
-    return f"{shown}{', ...' if len(items) > MAX_LISTED else ''}"
 
 
 def read_json(path: Path) -> Any:
@@ -118,7 +112,7 @@ def _check_structure(data: dict[str, Any], path: Path) -> None:
                     raise CocoFormatError(f"{path}: {section}[{i}].{key} must be {types[0].__name__}, got {value!r}")
     bad_size = [im["id"] for im in data["images"] if im["width"] <= 0 or im["height"] <= 0]
     if bad_size:
-        raise CocoFormatError(f"{path}: {len(bad_size)} image(s) with non-positive width/height: ids {_listing(bad_size)}")
+        raise CocoFormatError(f"{path}: {len(bad_size)} image(s) with non-positive width/height: ids {first_few(bad_size)}")
 
 
 def _check_unique(data: dict[str, Any], path: Path) -> None:
@@ -126,7 +120,7 @@ def _check_unique(data: dict[str, Any], path: Path) -> None:
         counts = Counter(rec["id"] for rec in data[section])
         dups = sorted(i for i, n in counts.items() if n > 1)
         if dups:
-            raise CocoFormatError(f"{path}: {len(dups)} duplicate {section} id(s): {_listing(dups)}")
+            raise CocoFormatError(f"{path}: {len(dups)} duplicate {section} id(s): {first_few(dups)}")
 
 
 def _check_references(data: dict[str, Any], path: Path) -> None:
@@ -134,11 +128,11 @@ def _check_references(data: dict[str, Any], path: Path) -> None:
     category_ids = {c["id"] for c in data["categories"]}
     bad_img = [a["id"] for a in data["annotations"] if a["image_id"] not in image_ids]
     if bad_img:
-        raise CocoFormatError(f"{path}: {len(bad_img)} annotation(s) name an unknown image_id: annotation ids {_listing(bad_img)}")
+        raise CocoFormatError(f"{path}: {len(bad_img)} annotation(s) name an unknown image_id: annotation ids {first_few(bad_img)}")
     bad_cat = [(a["id"], a["category_id"]) for a in data["annotations"] if a["category_id"] not in category_ids]
     if bad_cat:
         shown = [f"{a} -> category {c}" for a, c in bad_cat]
-        raise CocoFormatError(f"{path}: {len(bad_cat)} annotation(s) name an unknown category_id: {_listing(shown)}")
+        raise CocoFormatError(f"{path}: {len(bad_cat)} annotation(s) name an unknown category_id: {first_few(shown)}")
 
 
 def _clean_box(ann: dict[str, Any], image: dict[str, Any], tolerance: float) -> tuple[list[float] | None, bool, str]:
@@ -150,7 +144,7 @@ def _clean_box(ann: dict[str, Any], image: dict[str, Any], tolerance: float) -> 
     if w <= 0 or h <= 0:
         return None, False, f"bbox {bbox!r} has non-positive size"
     W, H = image["width"], image["height"]
-    x0, y0, x1, y1 = x, y, x + w, y + h
+    x0, y0, x1, y1 = xywh_to_xyxy([x, y, w, h])
     outside = max(-x0, -y0, x1 - W, y1 - H, 0.0)
     if outside > tolerance:
         return None, False, f"bbox {bbox!r} extends {outside:.2f} px outside the {W}x{H} image (tolerance {tolerance})"
@@ -159,7 +153,7 @@ def _clean_box(ann: dict[str, Any], image: dict[str, Any], tolerance: float) -> 
     x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(W)), min(y1, float(H))
     if x1 - x0 <= 0 or y1 - y0 <= 0:
         return None, False, f"bbox {bbox!r} has no area inside the image"
-    return [x0, y0, x1 - x0, y1 - y0], True, ""
+    return xyxy_to_xywh([x0, y0, x1, y1]), True, ""
 
 
 def _missing_files(data: dict[str, Any], image_root: Path) -> list[str]:
@@ -180,14 +174,14 @@ def _check_image_headers(data: dict[str, Any], image_root: Path, path: Path) -> 
         sizes = list(pool.map(lambda im: _header_size(image_root / im["file_name"]), images))
     unreadable = [f"{im['file_name']} ({s})" for im, s in zip(images, sizes) if isinstance(s, str)]
     if unreadable:
-        raise CocoFormatError(f"{path}: {len(unreadable)} image file(s) under {image_root} cannot be read: {_listing(unreadable)}")
+        raise CocoFormatError(f"{path}: {len(unreadable)} image file(s) under {image_root} cannot be read: {first_few(unreadable)}")
     wrong = [
         f"{im['file_name']} is {s[0]}x{s[1]}, JSON says {im['width']}x{im['height']}"
         for im, s in zip(images, sizes)
         if tuple(s) != (im["width"], im["height"])
     ]
     if wrong:
-        raise CocoFormatError(f"{path}: {len(wrong)} image(s) whose size differs from the JSON: {_listing(wrong)}")
+        raise CocoFormatError(f"{path}: {len(wrong)} image(s) whose size differs from the JSON: {first_few(wrong)}")
 
 
 def validate_coco(
@@ -219,18 +213,18 @@ def validate_coco(
         annotations.append(clean)
     if invalid and policy.invalid_boxes == "error":
         raise CocoFormatError(
-            f"{path}: {len(invalid)} invalid box(es): {_listing(invalid)} "
+            f"{path}: {len(invalid)} invalid box(es): {first_few(invalid)} "
             "(set invalid_boxes: drop to drop them with a count instead)"
         )
     report.dropped_boxes = len(invalid)
-    report.dropped_examples = invalid[:MAX_LISTED]
+    report.dropped_examples = invalid[:FIRST_FEW]
     report.annotations = len(annotations)
 
     if policy.check_image_files:
         missing = _missing_files(data, image_root)
         if missing:
             raise CocoFormatError(
-                f"{path}: {len(missing)} of {len(images)} image file(s) missing under {image_root}: {_listing(missing)}"
+                f"{path}: {len(missing)} of {len(images)} image file(s) missing under {image_root}: {first_few(missing)}"
             )
         if policy.check_image_sizes:
             _check_image_headers(data, image_root, path)

@@ -22,14 +22,15 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.errors import ShardReadError
+from pipeline.errors import InputError, MissingFileError, ShardReadError
 from pipeline.io import atomic
 from pipeline.schema import load_schema, validate_document
+from pipeline.sizes import SIZE_CLASSES
 
 LAYOUT_VERSION = 1
 MANIFEST_SCHEMA = "shard_manifest.schema.yaml"
 LAYOUT_SCHEMA = "shard_layout.yaml"
-SIZE_CODES = ("small", "medium", "large")
+SIZE_CODES = SIZE_CLASSES  # a shard stores a size class as its index here
 ORIGIN_CODES = ("detector", "gt")
 
 
@@ -101,12 +102,12 @@ def read_manifest(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: shard manifest not found") from None
+        raise MissingFileError(f"{path}: shard manifest not found") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise InputError(f"{path}: not valid JSON ({e})") from None
     validate_document(doc, MANIFEST_SCHEMA, str(path))
     if doc["layout_version"] != LAYOUT_VERSION:
-        raise ValueError(f"{path}: layout_version {doc['layout_version']}, this code reads {LAYOUT_VERSION}")
+        raise InputError(f"{path}: layout_version {doc['layout_version']}, this code reads {LAYOUT_VERSION}")
     return doc
 
 

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import PipelineError
+from pipeline.errors import MissingFileError, PipelineError
 from pipeline.io import atomic
 from pipeline.schema import load_schema
 
@@ -109,7 +109,7 @@ def read_table(path: Path, name: str, filters: Any = None) -> pa.Table:
     try:
         table = pq.read_table(path, filters=filters)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: table not found") from None
+        raise MissingFileError(f"{path}: table not found") from None
     except pa.ArrowInvalid as e:
         raise TableSchemaError(f"{path}: not a readable Parquet file ({e})") from None
     expected = arrow_schema(name)

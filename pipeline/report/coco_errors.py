@@ -63,6 +63,7 @@ from matplotlib.figure import Figure
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
+from pipeline.errors import InputError, first_few
 from pipeline.report.style import save
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,7 @@ def _load_results(gt: COCO, results: list[dict[str, Any]]) -> COCO:
         return _coco(list(gt.dataset["images"]), list(gt.dataset["categories"]), [])
     unknown = {r["image_id"] for r in results} - set(gt.getImgIds())
     if unknown:
-        raise ValueError(f"{len(unknown)} result image ids are not in the ground truth, e.g. {sorted(unknown)[:5]}")
+        raise InputError(f"{len(unknown)} result image ids are not in the ground truth, e.g. {first_few(sorted(unknown))}")
     with contextlib.redirect_stdout(io.StringIO()):
         return gt.loadRes([dict(r) for r in results])
 

@@ -25,15 +25,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.io import atomic
-from pipeline.report.style import (
-    SIZE_RANGES,
-    SIZE_TITLES,
-    label,
-    method_color,
-    ordered,
-    plt,
-    save,
-)
+from pipeline.report.style import SIZE_TITLES, label, method_color, ordered, plt, save
+from pipeline.sizes import SIZE_RANGES
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 IOU_INDEX = {0.5: 0, 0.75: 5}  # in pycocotools' iouThrs .50:.05:.95
@@ -46,9 +39,9 @@ def mean_precision(precision: np.ndarray, iou: float, area: str) -> np.ndarray:
     return valid.mean(axis=1) if valid.shape[1] else np.zeros(len(RECALL_POINTS))
 
 
-def plot_pr_by_size(evals: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
-    """`pr_<area>.png` per size range: panels IoU 0.5 and 0.75, one line per method (AP in the legend)."""
-    paths = []
+def plot_pr_by_size(evals: dict[str, np.ndarray], out_pngs: dict[str, Path]) -> None:
+    """One figure per size range (`out_pngs`: area -> PNG path): panels IoU 0.5 and 0.75, one line
+    per method (AP in the legend)."""
     for area in SIZE_RANGES:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
         for ax, iou in zip(axes, (0.5, 0.75)):
@@ -62,10 +55,7 @@ def plot_pr_by_size(evals: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
             ax.legend(fontsize=7, loc="upper right")
         axes[0].set_ylabel("precision")
         fig.suptitle(f"Precision-recall, {SIZE_TITLES[area]} (COCOeval, 101 recall points, maxDets 100)")
-        path = Path(out_dir) / f"pr_{area}.png"
-        save(fig, path)
-        paths.append(path)
-    return paths
+        save(fig, out_pngs[area])
 
 
 def plot_metric_bars(scores: list[dict[str, Any]], out_png: Path) -> None:

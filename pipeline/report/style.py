@@ -33,7 +33,6 @@ METHOD_COLORS: dict[str, str] = {
     "no_reg_loss_ensemble": "#0b6670",
 }
 GROUND_TRUTH_COLOR = "#2ca02c"
-SIZE_RANGES: tuple[str, ...] = ("all", "small", "medium", "large")
 SIZE_TITLES = {"all": "all objects", "small": "small objects (area < 32²)", "medium": "medium objects (32² to 96²)",
                "large": "large objects (area > 96²)"}
 

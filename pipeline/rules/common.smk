@@ -7,12 +7,18 @@ from snakemake.exceptions import WorkflowError
 
 from pipeline.config import dev_split, validate_config
 from pipeline.workflow import (
+    ERROR_AREAS,
+    SIZE_RANGES,
     baseline_model_input,
     data_input_files,
     data_splits,
     detect_inputs,
+    error_methods,
     inactive_data_sources,
     merge_inference_input,
+    methods,
+    out_args,
+    report_variant,
     score_results_input,
     sections_json,
     widerface_ground_truth_files,

@@ -1,11 +1,7 @@
 # Stages 6-8: inference of each variant on the test shards, merging into detections (alone and as
 # an ensemble with the baseline), pycocotools scores, and the final table.
 
-METHODS = ["baseline"] + [
-    f"{variant}{suffix}"
-    for variant in config["mtgan"]["variants"]
-    for suffix in (["", "_ensemble"] if config["merge"]["ensemble"] else [""])
-]
+METHODS = methods(config)
 
 
 rule infer:
@@ -79,11 +75,11 @@ rule table:
         per_class=f"{ROOT}/eval/per_class_ap.csv",
         accuracy=report(f"{ROOT}/eval/accuracy.csv", caption="captions/accuracy.rst", category="3. Training"),
     params:
-        out_dir=lambda wildcards, output: os.path.dirname(output.csv),
+        outputs=lambda wildcards, output: out_args(output),
         accuracy=lambda wildcards, input: " ".join(f"--accuracy {a}" for a in input.accuracy),
     log:
         f"{LOGS}/table.log",
     conda:
         "../../envs/mtgan.yaml"
     shell:
-        "mtgan table --out-dir {params.out_dir} {params.accuracy} {input.scores} > {log} 2>&1"
+        "mtgan table {params.outputs} {params.accuracy} {input.scores} > {log} 2>&1"

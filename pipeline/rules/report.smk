@@ -3,11 +3,8 @@
 
 REPORT = f"{ROOT}/report"
 VARIANTS = config["mtgan"]["variants"]
-# The variant the pictures are about: MTGAN itself when it is trained, else the first variant.
-REPORT_VARIANT = "mtgan" if "mtgan" in VARIANTS else VARIANTS[0]
-ERROR_METHODS = [m for m in ("baseline", REPORT_VARIANT, f"{REPORT_VARIANT}_ensemble") if m in METHODS]
-SIZE_RANGES = ["all", "small", "medium", "large"]
-ERROR_AREAS = ["all", "small"]
+REPORT_VARIANT = report_variant(config)
+ERROR_METHODS = error_methods(config)
 
 
 rule report_charts:
@@ -37,13 +34,13 @@ rule report_charts:
         scores=lambda wildcards, input: " ".join(f"--score {s} --eval {e}" for s, e in zip(input.scores, input.evals)),
         accuracy=lambda wildcards, input: " ".join(f"--accuracy {a}" for a in input.accuracy),
         training=lambda wildcards, input: " ".join(f"--training {v}={p}" for v, p in zip(VARIANTS, input.training)),
-        out_dir=lambda wildcards, output: os.path.dirname(output.bars),
+        outputs=lambda wildcards, output: out_args(output),
     log:
         f"{LOGS}/report_charts.log",
     conda:
         "../../envs/mtgan.yaml"
     shell:
-        "mtgan report-charts {params.scores} {params.accuracy} {params.training} --out-dir {params.out_dir} > {log} 2>&1"
+        "mtgan report-charts {params.scores} {params.accuracy} {params.training} {params.outputs} > {log} 2>&1"
 
 
 rule report_errors:
@@ -64,14 +61,14 @@ rule report_errors:
     params:
         split=TEST_SPLIT,
         results=lambda wildcards, input: " ".join(f"--results {m}={p}" for m, p in zip(ERROR_METHODS, input.results)),
-        out_dir=lambda wildcards, output: os.path.dirname(output.table),
+        outputs=lambda wildcards, output: out_args(output),
     log:
         f"{LOGS}/report_errors.log",
     conda:
         "../../envs/mtgan.yaml"
     shell:
         "mtgan report-errors --data-index {input.index} --split {params.split} {params.results} "
-        "--out-dir {params.out_dir} > {log} 2>&1"
+        "{params.outputs} > {log} 2>&1"
 
 
 rule report_rois:
@@ -104,7 +101,7 @@ rule report_detections:
         images=report(f"{REPORT}/detections/images.csv", caption="captions/detections.rst", category="4. Pictures"),
     params:
         split=TEST_SPLIT,
-        out_dir=lambda wildcards, output: os.path.dirname(output.images),
+        outputs=lambda wildcards, output: out_args(output),
         method=REPORT_VARIANT,
     log:
         f"{LOGS}/report_detections.log",
@@ -112,7 +109,7 @@ rule report_detections:
         "../../envs/mtgan.yaml"
     shell:
         "mtgan report-detections --data-index {input.index} --split {params.split} --baseline {input.baseline} "
-        "--results {input.results} --method {params.method} --out-dir {params.out_dir} > {log} 2>&1"
+        "--results {input.results} --method {params.method} {params.outputs} > {log} 2>&1"
 
 
 rule report_all:

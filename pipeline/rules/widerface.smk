@@ -34,10 +34,10 @@ rule table_widerface:
         figure=report(f"{ROOT}/eval/widerface_pr.png", caption="captions/widerface.rst", category="1. Metrics",
                       subcategory="WIDER FACE"),
     params:
-        out_dir=lambda wildcards, output: os.path.dirname(output.csv),
+        outputs=lambda wildcards, output: out_args(output),
     log:
         f"{LOGS}/table_widerface.log",
     conda:
         "../../envs/mtgan.yaml"
     shell:
-        "mtgan widerface-table --out-dir {params.out_dir} {input.scores} > {log} 2>&1"
+        "mtgan widerface-table {params.outputs} {input.scores} > {log} 2>&1"

@@ -31,13 +31,13 @@ from typing import Any
 
 from PIL import Image
 
+from pipeline.errors import first_few
 from pipeline.io.coco import CocoFormatError
 
 log = logging.getLogger(__name__)
 
 ATTRIBUTES: tuple[str, ...] = ("blur", "expression", "illumination", "invalid", "occlusion", "pose")
 FACE_CATEGORY: dict[str, Any] = {"id": 1, "name": "face", "supercategory": "face"}
-MAX_LISTED = 5
 
 
 @dataclass(frozen=True)
@@ -117,10 +117,6 @@ def _image_size(path: Path) -> tuple[int, int] | str:
         return f"{type(e).__name__}: {e}"
 
 
-def _listing(items: list[str]) -> str:
-    return ", ".join(items[:MAX_LISTED]) + (", ..." if len(items) > MAX_LISTED else "")
-
-
 def to_coco(images: list[WiderImage], image_root: Path, source: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """A COCO dataset dict of the parsed file `source` (images under `image_root`) and its counts."""
     image_root = Path(image_root)
@@ -128,7 +124,7 @@ def to_coco(images: list[WiderImage], image_root: Path, source: Path) -> tuple[d
         sizes = list(pool.map(lambda im: _image_size(image_root / im.file_name), images))
     bad = [f"{im.file_name} ({s})" for im, s in zip(images, sizes) if isinstance(s, str)]
     if bad:
-        raise CocoFormatError(f"{source}: {len(bad)} of {len(images)} image(s) under {image_root} missing or unreadable: {_listing(bad)}")
+        raise CocoFormatError(f"{source}: {len(bad)} of {len(images)} image(s) under {image_root} missing or unreadable: {first_few(bad)}")
 
     counts = {"images": len(images), "faces": 0, "invalid_faces": 0, "zero_size_faces": 0, "images_without_faces": 0}
     coco_images, annotations = [], []

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import InputError, MissingFileError
+
 log = logging.getLogger(__name__)
 
 SETTINGS: tuple[str, ...] = ("easy", "medium", "hard")
@@ -50,14 +52,14 @@ class WiderGroundTruth:
     def __post_init__(self) -> None:
         index = {key: i for i, key in enumerate(self.images)}
         if len(index) != len(self.images):
-            raise ValueError("WIDER ground truth: duplicate image keys")
+            raise InputError("WIDER ground truth: duplicate image keys")
         if len(self.boxes) != len(self.images):
-            raise ValueError(f"WIDER ground truth: {len(self.images)} images but {len(self.boxes)} box arrays")
+            raise InputError(f"WIDER ground truth: {len(self.images)} images but {len(self.boxes)} box arrays")
         if set(self.keep) != set(SETTINGS):
-            raise ValueError(f"WIDER ground truth: keep has settings {sorted(self.keep)}, expected {list(SETTINGS)}")
+            raise InputError(f"WIDER ground truth: keep has settings {sorted(self.keep)}, expected {list(SETTINGS)}")
         for setting, lists in self.keep.items():
             if len(lists) != len(self.images):
-                raise ValueError(f"WIDER ground truth: setting {setting!r} has {len(lists)} images, "
+                raise InputError(f"WIDER ground truth: setting {setting!r} has {len(lists)} images, "
                                  f"expected {len(self.images)}")
         object.__setattr__(self, "_index", index)
 
@@ -81,17 +83,17 @@ class WiderGroundTruth:
 def _cell_column(mat: Mapping[str, Any], key: str, path: Path) -> list[Any]:
     """The elements of a MATLAB cell column (loaded as an (n, 1) object array)."""
     if key not in mat:
-        raise ValueError(f"{path}: no variable {key!r}")
+        raise InputError(f"{path}: no variable {key!r}")
     value = mat[key]
     if not isinstance(value, np.ndarray) or value.dtype != object:
-        raise ValueError(f"{path}: {key!r} is not a cell array")
+        raise InputError(f"{path}: {key!r} is not a cell array")
     return list(value.reshape(-1))
 
 
 def _cell_string(value: Any, path: Path, what: str) -> str:
     array = np.asarray(value).reshape(-1)
     if array.size != 1 or not isinstance(array[0], str):
-        raise ValueError(f"{path}: {what} is not a string")
+        raise InputError(f"{path}: {what} is not a string")
     return str(array[0])
 
 
@@ -99,7 +101,7 @@ def _names(mat: Mapping[str, Any], path: Path) -> tuple[list[str], list[list[str
     events = [_cell_string(e, path, "an event_list entry") for e in _cell_column(mat, "event_list", path)]
     files = _cell_column(mat, "file_list", path)
     if len(files) != len(events):
-        raise ValueError(f"{path}: {len(events)} events but {len(files)} file_list entries")
+        raise InputError(f"{path}: {len(events)} events but {len(files)} file_list entries")
     names = [[_cell_string(f, path, f"a file_list entry of event {event}") for f in np.asarray(cell).reshape(-1)]
              for event, cell in zip(events, files)]
     return events, names
@@ -111,14 +113,14 @@ def _load_mat(path: Path) -> dict[str, Any]:
     try:
         return scipy.io.loadmat(str(path))
     except Exception as exc:  # scipy raises several types for a corrupt or non-MAT file
-        raise ValueError(f"{path}: cannot be read as a MATLAB file ({exc})") from exc
+        raise InputError(f"{path}: cannot be read as a MATLAB file ({exc})") from exc
 
 
 def _per_image(cell: Any, event_names: list[str], path: Path, what: str) -> list[Any]:
     """One event's cell of a .mat list, as one entry per image of the event."""
     per_image = list(np.asarray(cell).reshape(-1))
     if len(per_image) != len(event_names):
-        raise ValueError(f"{path}: {what} has {len(per_image)} entries for {len(event_names)} images")
+        raise InputError(f"{path}: {what} has {len(per_image)} entries for {len(event_names)} images")
     return per_image
 
 
@@ -128,14 +130,14 @@ def load_ground_truth(gt_dir: Path) -> WiderGroundTruth:
     paths = {"": gt_dir / GT_FILE} | {s: gt_dir / name for s, name in SETTING_FILES.items()}
     for path in paths.values():
         if not path.is_file():
-            raise FileNotFoundError(f"WIDER FACE ground truth file is missing: {path}")
+            raise MissingFileError(f"WIDER FACE ground truth file is missing: {path}")
 
     main_path = paths[""]
     main = _load_mat(main_path)
     events, names = _names(main, main_path)
     box_cells = _cell_column(main, "face_bbx_list", main_path)
     if len(box_cells) != len(events):
-        raise ValueError(f"{main_path}: {len(events)} events but {len(box_cells)} face_bbx_list entries")
+        raise InputError(f"{main_path}: {len(events)} events but {len(box_cells)} face_bbx_list entries")
 
     images: list[str] = []
     boxes: list[np.ndarray] = []
@@ -146,14 +148,14 @@ def load_ground_truth(gt_dir: Path) -> WiderGroundTruth:
             if b.size == 0:
                 b = np.zeros((0, 4), dtype=b.dtype)
             if b.ndim != 2 or b.shape[1] != 4:
-                raise ValueError(f"{main_path}: boxes of {event}/{name} have shape {b.shape}, expected (n, 4)")
+                raise InputError(f"{main_path}: boxes of {event}/{name} have shape {b.shape}, expected (n, 4)")
             if not np.issubdtype(b.dtype, np.number):
-                raise ValueError(f"{main_path}: boxes of {event}/{name} are not numeric ({b.dtype})")
+                raise InputError(f"{main_path}: boxes of {event}/{name} are not numeric ({b.dtype})")
             integer_classes.add(bool(np.issubdtype(b.dtype, np.integer)))
             images.append(f"{event}/{name}")
             boxes.append(b.astype(np.float64))
     if len(integer_classes) > 1:
-        raise ValueError(f"{main_path}: face_bbx_list mixes integer and floating-point arrays")
+        raise InputError(f"{main_path}: face_bbx_list mixes integer and floating-point arrays")
 
     keep: dict[str, list[np.ndarray]] = {}
     for setting in SETTINGS:
@@ -161,20 +163,20 @@ def load_ground_truth(gt_dir: Path) -> WiderGroundTruth:
         mat = _load_mat(path)
         s_events, s_names = _names(mat, path)
         if s_events != events:
-            raise ValueError(f"{path}: event_list differs from {main_path.name}")
+            raise InputError(f"{path}: event_list differs from {main_path.name}")
         if s_names != names:
             bad = next(e for e, a, b in zip(events, s_names, names) if a != b)
-            raise ValueError(f"{path}: file_list of event {bad} differs from {main_path.name}")
+            raise InputError(f"{path}: file_list of event {bad} differs from {main_path.name}")
         gt_cells = _cell_column(mat, "gt_list", path)
         if len(gt_cells) != len(events):
-            raise ValueError(f"{path}: {len(events)} events but {len(gt_cells)} gt_list entries")
+            raise InputError(f"{path}: {len(events)} events but {len(gt_cells)} gt_list entries")
         lists: list[np.ndarray] = []
         for event, event_names, cell in zip(events, names, gt_cells):
             for name, indices in zip(event_names, _per_image(cell, event_names, path, f"gt_list of event {event}")):
                 n_faces = len(boxes[len(lists)])
                 one_based = np.asarray(indices).reshape(-1).astype(np.int64)
                 if one_based.size and (one_based.min() < 1 or one_based.max() > n_faces):
-                    raise ValueError(f"{path}: gt_list of {event}/{name} has indices outside 1..{n_faces}")
+                    raise InputError(f"{path}: gt_list of {event}/{name} has indices outside 1..{n_faces}")
                 lists.append(one_based - 1)
         keep[setting] = lists
 

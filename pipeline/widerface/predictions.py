@@ -20,40 +20,41 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import InputError, MissingFileError, first_few
+
 log = logging.getLogger(__name__)
 
 Predictions = dict[str, np.ndarray]
 """Image key ("event/image name", as in `WiderGroundTruth.images`) -> (n, 5) float64 `x y w h score`."""
 
-FIRST_FEW = 5
 """How many missing files or unknown keys an error message names."""
 
 
 def _prediction_path(pred_dir: Path, key: str) -> Path:
     event, _, name = key.partition("/")
     if not event or not name:
-        raise ValueError(f"image key {key!r} is not of the form 'event/image name'")
+        raise InputError(f"image key {key!r} is not of the form 'event/image name'")
     return pred_dir / event / f"{name}.txt"
 
 
 def _parse_prediction_file(path: Path) -> np.ndarray:
     lines = path.read_text().splitlines()
     if not lines:
-        raise ValueError(f"{path}: empty file (expected the image name on line 1)")
+        raise InputError(f"{path}: empty file (expected the image name on line 1)")
     if len(lines) < 2 or not lines[1].strip():
-        raise ValueError(f"{path}: line 2: missing the number of detections")
+        raise InputError(f"{path}: line 2: missing the number of detections")
     try:
         count = int(lines[1].strip())
     except ValueError:
-        raise ValueError(f"{path}: line 2: the number of detections {lines[1].strip()!r} is not an integer") from None
+        raise InputError(f"{path}: line 2: the number of detections {lines[1].strip()!r} is not an integer") from None
     if count < 0:
-        raise ValueError(f"{path}: line 2: negative number of detections {count}")
+        raise InputError(f"{path}: line 2: negative number of detections {count}")
     rows = [line.split() for line in lines[2:2 + count]]
     if len(rows) < count:
-        raise ValueError(f"{path}: line 2 announces {count} detections but the file has {len(rows)} detection lines")
+        raise InputError(f"{path}: line 2 announces {count} detections but the file has {len(rows)} detection lines")
     for k, row in enumerate(rows):
         if len(row) != 5:
-            raise ValueError(f"{path}: line {k + 3}: expected 5 numbers 'x y w h score', got {len(row)} fields")
+            raise InputError(f"{path}: line {k + 3}: expected 5 numbers 'x y w h score', got {len(row)} fields")
     extra = [line for line in lines[2 + count:] if line.strip()]
     if extra:
         log.warning("%s: %d non-empty lines after the %d announced detections are ignored (as by the toolkit)",
@@ -67,11 +68,11 @@ def _parse_prediction_file(path: Path) -> np.ndarray:
             try:
                 [float(v) for v in row]
             except ValueError:
-                raise ValueError(f"{path}: line {k + 3}: not a number in {' '.join(row)!r}") from None
+                raise InputError(f"{path}: line {k + 3}: not a number in {' '.join(row)!r}") from None
         raise
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
-        raise ValueError(f"{path}: line {int(np.flatnonzero(bad)[0]) + 3}: a value is not finite")
+        raise InputError(f"{path}: line {int(np.flatnonzero(bad)[0]) + 3}: a value is not finite")
     return values
 
 
@@ -83,13 +84,12 @@ def read_prediction_dir(pred_dir: Path, image_keys: Iterable[str]) -> Prediction
     """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
-        raise FileNotFoundError(f"prediction folder not found: {pred_dir}")
+        raise MissingFileError(f"prediction folder not found: {pred_dir}")
     keys = list(image_keys)
     paths = {key: _prediction_path(pred_dir, key) for key in keys}
     missing = [path for path in paths.values() if not path.is_file()]
     if missing:
-        shown = ", ".join(str(p) for p in missing[:FIRST_FEW])
-        raise FileNotFoundError(f"{pred_dir}: {len(missing)} of {len(keys)} prediction files are missing, e.g. {shown}")
+        raise MissingFileError(f"{pred_dir}: {len(missing)} of {len(keys)} prediction files are missing, e.g. {first_few(missing)}")
     predictions = {key: _parse_prediction_file(path) for key, path in paths.items()}
     expected = {p.resolve() for p in paths.values()}
     extra = sum(1 for p in pred_dir.glob("*/*.txt") if p.resolve() not in expected)
@@ -104,9 +104,9 @@ def as_detections(key: str, value: Any) -> np.ndarray:
     if array.size == 0:
         return np.zeros((0, 5))
     if array.ndim != 2 or array.shape[1] != 5:
-        raise ValueError(f"predictions of {key}: shape {array.shape}, expected (n, 5) 'x y w h score'")
+        raise InputError(f"predictions of {key}: shape {array.shape}, expected (n, 5) 'x y w h score'")
     if not np.isfinite(array).all():
-        raise ValueError(f"predictions of {key}: values must be finite")
+        raise InputError(f"predictions of {key}: values must be finite")
     return array
 
 
@@ -140,7 +140,7 @@ def predictions_from_coco_results(results: Iterable[Mapping[str, Any]], image_ke
             continue
         image_id = record["image_id"]
         if image_id not in image_key_by_id:
-            raise ValueError(f"COCO results: image_id {image_id} is not a known WIDER FACE image")
+            raise InputError(f"COCO results: image_id {image_id} is not a known WIDER FACE image")
         x, y, w, h = record["bbox"]
         rows[image_key_by_id[image_id]].append([x, y, w, h, record["score"]])
     return {key: as_detections(key, r) for key, r in rows.items()}

@@ -69,8 +69,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.errors import InputError, first_few
 from pipeline.widerface.ground_truth import SETTINGS, WiderGroundTruth
-from pipeline.widerface.predictions import FIRST_FEW, Predictions, as_detections
+from pipeline.widerface.predictions import Predictions, as_detections
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def normalise_scores(predictions: Mapping[str, np.ndarray]) -> Predictions:
     max_score = max(np.finfo(np.float32).tiny, all32.max())  # realmin('single')
     min_score = min(np.finfo(np.float32).max, all32.min())  # realmax('single')
     if not max_score > min_score:
-        raise ValueError(f"cannot normalise scores: max {float(max_score)!r} <= min {float(min_score)!r} "
+        raise InputError(f"cannot normalise scores: max {float(max_score)!r} <= min {float(min_score)!r} "
                          "(all scores equal; the toolkit would divide by zero)")
     out: Predictions = {}
     for key, p in predictions.items():
@@ -298,7 +299,7 @@ def _evaluated_keys(gt: WiderGroundTruth, image_keys: Collection[str] | None) ->
     wanted = set(image_keys)
     unknown = sorted(k for k in wanted if k not in gt)
     if unknown:
-        raise ValueError(f"{len(unknown)} image keys are not in the ground truth, e.g. {unknown[:FIRST_FEW]}")
+        raise InputError(f"{len(unknown)} image keys are not in the ground truth, e.g. {first_few(unknown)}")
     return [k for k in gt.images if k in wanted]
 
 

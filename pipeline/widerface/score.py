@@ -18,11 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import InputError, PipelineError, first_few
 from pipeline.io import atomic
+from pipeline.io.coco import load_json, read_json
 from pipeline.report.style import method_color, ordered
 from pipeline.table import display_name
 from pipeline.widerface.ground_truth import SETTINGS, load_ground_truth
-from pipeline.widerface.predictions import Predictions, predictions_from_coco_results, write_prediction_dir
+from pipeline.widerface.predictions import Predictions, predictions_from_coco_results, read_prediction_dir, write_prediction_dir
 from pipeline.widerface.protocol import SettingResult, WiderResult, evaluate
 from pipeline.widerface.report import plot_pr_curves, result_to_json, results_markdown
 
@@ -38,13 +40,33 @@ def score_widerface(coco: dict[str, Any], results: list[dict[str, Any]], gt_dir:
     keys = image_keys(coco)
     unknown = [k for k in keys.values() if k not in gt]
     if unknown:
-        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
-        raise ValueError(
+        raise InputError(
             f"split {split!r}: {len(unknown)} of {len(keys)} image(s) are not in the official ground truth of {gt_dir} "
-            f"({shown}); the WIDER FACE evaluation needs the test split to be WIDER val or part of it"
+            f"({first_few(unknown)}); the WIDER FACE evaluation needs the test split to be WIDER val or part of it"
         )
     predictions = predictions_from_coco_results(results, keys)
     return evaluate(gt, predictions, image_keys=list(keys.values())), predictions
+
+
+def evaluate_any(gt_dir: Path, predictions: Path, coco_json: Path | None = None, out_json: Path | None = None,
+                 out_png: Path | None = None) -> str:
+    """The official evaluation of any detector's predictions on val: a folder in the official layout
+    (`<event>/<image>.txt`), or a COCO results JSON (with `coco_json`, the COCO JSON its image ids
+    refer to). Optionally the APs as JSON and the PR curves; returns the Markdown table."""
+    gt = load_ground_truth(gt_dir)
+    if predictions.is_dir():
+        found, keys = read_prediction_dir(predictions, gt.images), None
+    else:
+        if coco_json is None:
+            raise PipelineError(f"{predictions}: a COCO results JSON needs the COCO JSON its image ids refer to (--coco)")
+        key_by_id = image_keys(load_json(coco_json))
+        found, keys = predictions_from_coco_results(read_json(predictions), key_by_id), list(key_by_id.values())
+    result = evaluate(gt, found, image_keys=keys)
+    if out_json:
+        atomic.write_json(out_json, {"predictions": str(predictions), **result_to_json(result)}, indent=2)
+    if out_png:
+        plot_pr_curves({predictions.name: result}, out_png, f"WIDER FACE val: {predictions.name}")
+    return results_markdown({predictions.name: result})
 
 
 def write_score(method: str, split: str, results_path: Path, result: WiderResult, predictions: Predictions,
@@ -73,9 +95,15 @@ def read_score(json_path: Path, curves_path: Path) -> tuple[str, WiderResult]:
     return doc["method"], result
 
 
-def write_table(scores: list[tuple[Path, Path]], out_dir: Path) -> str:
-    """`widerface.md`, `widerface.csv` and `widerface_pr.png` (Easy / Medium / Hard) in `out_dir`."""
-    out_dir = Path(out_dir)
+WIDERFACE_TABLE_OUTPUTS = ("markdown", "csv", "figure")
+
+
+def write_widerface_table(scores: list[tuple[Path, Path]], outputs: dict[str, Path]) -> str:
+    """The paper's Table 8 (Easy / Medium / Hard AP per method) as Markdown and CSV, and the PR
+    curves (`outputs`: markdown, csv, figure)."""
+    missing = sorted(set(WIDERFACE_TABLE_OUTPUTS) - set(outputs))
+    if missing:
+        raise PipelineError(f"the WIDER FACE table needs outputs {missing}")
     results = dict(read_score(j, c) for j, c in scores)
     methods = ordered(list(results))
     named = {display_name(m): results[m] for m in methods}
@@ -84,7 +112,7 @@ def write_table(scores: list[tuple[Path, Path]], out_dir: Path) -> str:
         "\nNot the official protocol: evaluated on part of WIDER val (or with non-default settings); "
         "compare these numbers only with each other.\n")
     markdown = results_markdown(named) + note
-    atomic.write_text(out_dir / "widerface.md", markdown)
+    atomic.write_text(outputs["markdown"], markdown)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["method", "name", "easy", "medium", "hard", "images_evaluated", "images_total", "official"])
@@ -92,7 +120,7 @@ def write_table(scores: list[tuple[Path, Path]], out_dir: Path) -> str:
         r = results[m]
         writer.writerow([m, display_name(m), *(f"{r.settings[s].ap:.4f}" for s in SETTINGS), r.images_evaluated,
                          r.images_total, r.official])
-    atomic.write_text(out_dir / "widerface.csv", buffer.getvalue())
+    atomic.write_text(outputs["csv"], buffer.getvalue())
     title = "WIDER FACE val, official evaluation" + ("" if official else " (part of val: not the official protocol)")
-    plot_pr_curves(named, out_dir / "widerface_pr.png", title, colors={display_name(m): method_color(m) for m in methods})
+    plot_pr_curves(named, outputs["figure"], title, colors={display_name(m): method_color(m) for m in methods})
     return markdown

@@ -1,0 +1,70 @@
+"""What the `mtgan` commands share: config resolution, thread count, and the click options and
+argument types every stage command uses."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipeline.config import load_config_files, validate_config
+from pipeline.errors import PipelineError
+
+
+def resolve_config(config_files: tuple[Path, ...], sections_json: str | None, need: tuple[str, ...]) -> dict[str, Any]:
+    """The validated config (defaults filled in), from files or from the sections' JSON."""
+    if bool(config_files) == bool(sections_json):
+        raise click.UsageError("give either --config FILE (repeatable) or --sections JSON")
+    if sections_json:
+        try:
+            raw = json.loads(sections_json)
+        except json.JSONDecodeError as e:
+            raise click.UsageError(f"--sections is not valid JSON: {e}") from None
+    else:
+        raw = load_config_files(config_files)
+    return validate_config(raw, what=", ".join(map(str, config_files)) or "--sections", require=need)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def named_paths(values: tuple[str, ...], option: str, must_exist: bool = True) -> dict[str, Path]:
+    """`NAME=PATH` option values -> {name: path}; with `must_exist`, each file must exist."""
+    out = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name:
+            raise click.UsageError(f"{option} takes NAME=PATH, got {value!r}")
+        if must_exist and not Path(path).is_file():
+            raise PipelineError(f"{option} {name}: {path}: file not found")
+        out[name] = Path(path)
+    return out
+
+
+existing_files = click.Path(exists=True, dir_okay=False, path_type=Path)
+out_file = click.Path(dir_okay=False, path_type=Path)
+out_folder = click.Path(file_okay=False, path_type=Path)
+config_option = click.option("--config", "config_files", type=existing_files, multiple=True,
+                             help="Config YAML file; repeat to merge several (later ones override earlier ones).")
+sections_option = click.option("--sections", "sections_json",
+                               help="The config sections this stage reads, as one JSON object (what the Snakefile passes).")
+index_option = click.option("--data-index", "data_index", required=True, type=existing_files,
+                            help="The data stage's index.json (artifacts/<dataset>/data/index.json).")
+split_option = click.option("--split", required=True, help="Split name, as in the data index.")
+role_option = click.option(
+    "--role", required=True, type=click.Choice(["train", "test", "dev"]),
+    help="What the ROIs are for: train (ground truth added, sampled), test or dev (the detections as they are). "
+         "The same split can serve train and test.")
+threads_option = click.option(
+    "--threads", type=int, default=None,
+    callback=lambda ctx, param, value: None if value is None else max(1, min(value, os.cpu_count() or 1)),
+    help="CPU threads for torch, at most the machine's CPU count (default: torch's choice).")
+outputs_option = click.option("--out", "outputs", multiple=True, required=True,
+                              help="NAME=PATH of each output file (repeatable; the rule names them).")
