@@ -4,6 +4,7 @@
 #   snakemake --cores 8 --configfile config/coco.yaml eval_coco    # COCO 2017 on disk
 #   snakemake --cores 8 --configfile config/widerface.yaml eval_widerface   # WIDER FACE, Easy/Medium/Hard
 #   snakemake --report report.html eval_coco                       # the HTML report of a finished run
+#   snakemake --cores 8 submit_coco --configfile config/coco.yaml config/coco-testdev.yaml   # test-dev upload
 #
 # The config (config/default.yaml, merged with any --configfile / --config) is validated against
 # schemas/config.schema.yaml before anything runs. Stages live in pipeline/rules/*.smk; each rule
@@ -26,6 +27,7 @@ include: "pipeline/rules/mtgan.smk"
 include: "pipeline/rules/evaluate.smk"
 include: "pipeline/rules/report.smk"
 include: "pipeline/rules/widerface.smk"
+include: "pipeline/rules/submit.smk"
 
 
 rule eval_coco:
@@ -35,6 +37,13 @@ rule eval_coco:
         rules.table.output,
         rules.report_all.input,
     default_target: True
+
+
+rule submit_coco:
+    """Images without ground truth (data.submit_split, e.g. COCO test-dev): every method's results
+    file, checked and named for upload: artifacts/<dataset>/submit/detections_<split>_<method>_results.json."""
+    input:
+        lambda wildcards: submission_files(config, ROOT),
 
 
 rule eval_widerface:

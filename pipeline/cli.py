@@ -20,6 +20,7 @@ import click
 import yaml
 
 from pipeline import cli_options as opt
+from pipeline import submit_commands
 from pipeline.config import load_config_files, validate_config
 from pipeline.errors import PipelineError
 from pipeline.report import commands as report_commands
@@ -261,7 +262,8 @@ def train_mtgan_cmd(config_files: tuple[Path, ...], sections_json: str | None, v
     if variant not in VARIANTS:
         raise click.UsageError(f"unknown variant {variant!r}: one of {sorted(VARIANTS)}")
     preset = resolve_preset(mtgan["preset"], mtgan["overrides"])
-    train_mtgan(manifest, VARIANTS[variant], preset, out_dir, device_name=mtgan["device"], threads=threads, seed=mtgan["seed"])
+    train_mtgan(manifest, VARIANTS[variant], preset, out_dir, device_name=mtgan["device"], threads=threads, seed=mtgan["seed"],
+                config={"mtgan": {k: v for k, v in mtgan.items() if k != "variants"}})
 
 
 @cli.command("infer")
@@ -332,7 +334,8 @@ def table_cmd(outputs: tuple[str, ...], accuracy_files: tuple[Path, ...], score_
 
 for _command in (report_commands.report_charts_cmd, report_commands.report_errors_cmd, report_commands.report_rois_cmd,
                  report_commands.report_detections_cmd, widerface_commands.widerface_score_cmd,
-                 widerface_commands.widerface_table_cmd, widerface_commands.widerface_eval_cmd):
+                 widerface_commands.widerface_table_cmd, widerface_commands.widerface_eval_cmd, submit_commands.submission_cmd,
+                 submit_commands.rescore_cmd):
     cli.add_command(_command)
 
 

@@ -59,8 +59,8 @@ index_option = click.option("--data-index", "data_index", required=True, type=ex
                             help="The data stage's index.json (artifacts/<dataset>/data/index.json).")
 split_option = click.option("--split", required=True, help="Split name, as in the data index.")
 role_option = click.option(
-    "--role", required=True, type=click.Choice(["train", "test", "dev"]),
-    help="What the ROIs are for: train (ground truth added, sampled), test or dev (the detections as they are). "
+    "--role", required=True, type=click.Choice(["train", "test", "dev", "submit"]),
+    help="What the ROIs are for: train (ground truth added, sampled), test, dev or submit (the detections as they are). "
          "The same split can serve train and test.")
 threads_option = click.option(
     "--threads", type=int, default=None,

@@ -106,6 +106,17 @@ def _data_problems(data: dict[str, Any], detector: dict[str, Any]) -> list[str]:
         for role in ("train_split", "test_split", "dev_split")
         if data[role] not in (None, "auto") and data[role] not in splits
     ]
+    submit = data["submit_split"]
+    if submit is not None and submit not in splits:
+        problems.append(f"key 'data.submit_split': split '{submit}' is not among the dataset's splits {splits}")
+    if submit is not None and submit in roles:
+        problems.append(f"key 'data.submit_split': '{submit}' is also the train or test split, which must be labelled")
+    if data["source"] == "builtin" and submit is not None and submit not in data["builtin"]["unlabelled"]:
+        problems.append(f"key 'data.submit_split': built-in split '{submit}' is labelled; list it in data.builtin.unlabelled")
+    if data["source"] == "builtin" and set(roles) & set(data["builtin"]["unlabelled"]):
+        problems.append(f"key 'data.builtin.unlabelled': the train and test splits {list(roles)} must keep their annotations")
+    if data["source"] == "builtin" and dev_split(data) in data["builtin"]["unlabelled"]:
+        problems.append("key 'data.builtin.unlabelled': the development split must keep its annotations")
     if dev_split(data) in roles:
         problems.append(f"key 'data.dev_split': '{dev_split(data)}' is also the train or test split; choices are "
                         "made on a split of their own")
@@ -120,7 +131,7 @@ def _data_problems(data: dict[str, Any], detector: dict[str, Any]) -> list[str]:
         if b["max_side"] > 0.75 * b["image_size"]:
             problems.append(f"key 'data.builtin.max_side': {b['max_side']} is over 75% of image_size {b['image_size']}")
     if detector["source"] == "import":
-        lacking = [s for s in roles if s not in detector["import_results"]]
+        lacking = [s for s in (*roles, data["submit_split"]) if s is not None and s not in detector["import_results"]]
         if lacking:
             problems.append(f"key 'detector.import_results': no results file for split(s) {lacking}")
     return problems

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.boxes import BACKGROUND, BoxCoder, match_rois, xywh_to_xyxy
+from pipeline.boxes import BACKGROUND, IGNORE, BoxCoder, match_rois, xywh_to_xyxy
 from pipeline.config import section_fields
 from pipeline.errors import InputError
 from pipeline.io import atomic
@@ -64,7 +64,9 @@ def write_rois(settings: RoiSettings, detections: Path, coco: dict[str, Any], sp
 def build_rois(
     detections: pa.Table, coco: dict[str, Any], add_gt: bool, positive_iou: float, negative_iou: float
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """The ROI table of a split and its label counts per size class."""
+    """The ROI table of a split and its label counts per size class. A split without annotations
+    (an image list) gives ROIs labelled IGNORE (-1: unknown), with no IoU and no regression target."""
+    labelled = "annotations" in coco
     meta = table_metadata(detections)
     category_ids = list(meta["category_ids"])
     if category_ids != sorted(c["id"] for c in coco["categories"]):
@@ -80,7 +82,7 @@ def build_rois(
     for row, image_id in enumerate(det["image_id"]):
         by_image.setdefault(image_id, []).append(row)
     gt_by_image: dict[int, list[dict[str, Any]]] = {}
-    for a in coco["annotations"]:
+    for a in coco.get("annotations", []):
         gt_by_image.setdefault(a["image_id"], []).append(a)
 
     parts: dict[str, list[np.ndarray]] = {k: [] for k in (
@@ -118,7 +120,7 @@ def build_rois(
         for key, value in (
             ("image_id", np.full(n, im["id"], np.int64)), ("image_width", np.full(n, im["width"], np.int32)),
             ("image_height", np.full(n, im["height"], np.int32)), ("box", boxes), ("iou", match.iou.numpy()),
-            ("gt_ann_id", gt_ann), ("label", match.labels.numpy()), ("target", target.numpy()),
+            ("gt_ann_id", gt_ann), ("label", match.labels.numpy() if labelled else np.full(n, IGNORE)), ("target", target.numpy()),
             ("base_label", base_label), ("base_score", base_score), ("base_probs", base_probs), ("origin", origin),
         ):
             parts[key].append(value)
@@ -141,7 +143,9 @@ def build_rois(
         "size_class": sizes, "origin": [str(o) for o in cat["origin"]],
     }
     summary = label_counts(columns["label"], sizes, columns["origin"])
-    metadata = {"category_ids": category_ids, "positive_iou": positive_iou, "negative_iou": negative_iou,
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    metadata = {"category_ids": category_ids, "category_names": [names[c] for c in category_ids], "labelled": labelled,
+                "positive_iou": positive_iou, "negative_iou": negative_iou,
                 "box_coder_weights": list(coder.weights), "add_gt": add_gt, "counts": summary}
     return make_table(columns, ROIS_SCHEMA, metadata), summary
 

@@ -262,7 +262,8 @@ def gather_manifest(rois_path: Path, chunk_dirs: list[Path], split: str, setting
     doc = {
         "layout_version": 1, "split": split, "hr_size": settings.hr_size, "lr_size": settings.hr_size // settings.scale,
         "scale": settings.scale, "margin": settings.context_margin, "block_size": settings.block_size,
-        "num_labels": len(meta["category_ids"]) + 1, "category_ids": list(meta["category_ids"]), "resize_method": RESIZE_METHOD,
+        "num_labels": len(meta["category_ids"]) + 1, "category_ids": list(meta["category_ids"]),
+        **({"category_names": list(meta["category_names"])} if "category_names" in meta else {}), "resize_method": RESIZE_METHOD,
         "source_table": {"path": str(rois_path), "sha256": table_sha, "num_rows": table.num_rows},
         "sampling": settings.sampling, "num_rois": num_rois, "skipped_images": skipped, "skipped_rois": skipped_rois,
         "shards": shards, "histograms": histograms,

@@ -17,7 +17,8 @@ from pipeline.widerface.ground_truth import WIDERFACE_GROUND_TRUTH
 
 __all__ = ["ERROR_AREAS", "SIZE_RANGES", "baseline_model_input", "data_input_files", "data_splits", "detect_inputs",
            "error_methods", "inactive_data_sources", "merge_inference_input", "methods", "out_args", "report_variant",
-           "score_results_input", "sections_json", "widerface_ground_truth_files"]
+           "score_results_input", "sections_json", "submission_files", "submit_inference_input",
+           "widerface_ground_truth_files"]
 
 
 def methods(config: dict[str, Any]) -> list[str]:
@@ -100,6 +101,21 @@ def merge_inference_input(root: str, method: str) -> list[str]:
     """A method's per-ROI predictions (none for the baseline: its own scores are merged)."""
     variant = method.removesuffix("_ensemble")
     return [] if variant == "baseline" else [f"{root}/infer/{variant}.parquet"]
+
+
+def submit_inference_input(root: str, method: str) -> list[str]:
+    """A method's per-ROI predictions on the submit split (none for the baseline)."""
+    variant = method.removesuffix("_ensemble")
+    return [] if variant == "baseline" else [f"{root}/submit/infer/{variant}.parquet"]
+
+
+def submission_files(config: dict[str, Any], root: str) -> list[str]:
+    """Every method's results file of the unlabelled split; a clear error where there is none."""
+    split = config["data"]["submit_split"]
+    if not split:
+        raise InputError("submit_coco needs data.submit_split: an unlabelled split (images without annotations), e.g. "
+                         "snakemake --cores 8 submit_coco --configfile config/coco.yaml config/coco-testdev.yaml")
+    return [f"{root}/submit/detections_{split}_{method}_results.json" for method in methods(config)]
 
 
 def score_results_input(root: str, test_split: str, method: str) -> str:

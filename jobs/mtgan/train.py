@@ -48,6 +48,10 @@ from pipeline.io.shards import read_manifest, verify_shards
 
 log = logging.getLogger(__name__)
 
+# model.pt is self-describing from format 2 on: categories (ids and names), HR size, scale, context
+# margin and resize method of its crops, the test-time rule (in its preset) and its config.
+MODEL_FORMAT = 2
+
 
 def _unwrap(module: nn.Module | None) -> nn.Module | None:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
@@ -142,9 +146,10 @@ def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
 
 def train_mtgan(
     manifest: Path, variant: Variant, preset: Preset, out_dir: Path, device_name: str = "auto", threads: int | None = None,
-    seed: int = 0,
+    seed: int = 0, config: dict[str, Any] | None = None,
 ) -> Path:
-    """Train one variant on the shards of `manifest`; return the path of `model.pt`."""
+    """Train one variant on the shards of `manifest`; return the path of `model.pt`. `config`: the
+    config section the run was asked with, recorded in the model as it is."""
     out_dir = Path(out_dir)
     if threads:
         torch.set_num_threads(threads)
@@ -261,9 +266,13 @@ def train_mtgan(
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         if rows:
             _plot(rows, out_dir / "losses.png", f"MTGAN variant {variant.name}")
-        final = {"d": _unwrap(d).state_dict(), "variant": settings["variant"], "preset": settings["preset"],
-                 "num_labels": doc["num_labels"], "category_ids": doc["category_ids"], "hr_size": doc["hr_size"],
-                 "scale": doc["scale"], "margin": doc["margin"], "step": total}
+        names = doc.get("category_names") or [str(c) for c in doc["category_ids"]]
+        final = {"format_version": MODEL_FORMAT, "d": _unwrap(d).state_dict(), "variant": settings["variant"],
+                 "preset": settings["preset"], "seed": seed, "config": json.loads(json.dumps(config or {})),
+                 "num_labels": doc["num_labels"], "category_ids": doc["category_ids"],
+                 "categories": [{"id": c, "name": n} for c, n in zip(doc["category_ids"], names)],
+                 "hr_size": doc["hr_size"], "scale": doc["scale"], "margin": doc["margin"],
+                 "resize_method": doc["resize_method"], "step": total}
         if learned:
             final["g"] = _unwrap(g).state_dict()
         save_checkpoint(model_path, final)

@@ -28,6 +28,7 @@ class SplitFiles:
     image_root: Path
     num_images: int
     num_annotations: int
+    labelled: bool = True  # False: images without annotations (detected and re-scored, never scored)
 
 
 def write_index(path: Path, dataset: str, source: str, splits: list[SplitFiles]) -> None:
@@ -47,6 +48,7 @@ def write_index(path: Path, dataset: str, source: str, splits: list[SplitFiles])
                 "image_root": rel(s.image_root),
                 "num_images": s.num_images,
                 "num_annotations": s.num_annotations,
+                "labelled": s.labelled,
             }
             for s in splits
         },
@@ -75,6 +77,7 @@ def read_index(path: Path) -> dict[str, SplitFiles]:
         raise InputError(f"{path}: layout_version {doc['layout_version']}, this code reads {LAYOUT_VERSION}; rerun the data stage")
     base = path.parent.resolve()
     return {
-        name: SplitFiles(name, base / s["annotations"], base / s["image_root"], s["num_images"], s["num_annotations"])
+        name: SplitFiles(name, base / s["annotations"], base / s["image_root"], s["num_images"], s["num_annotations"],
+                         s.get("labelled", True))
         for name, s in doc["splits"].items()
     }

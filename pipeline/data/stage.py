@@ -23,7 +23,7 @@ from pipeline.data import builtin, stats
 from pipeline.data.index import INDEX_NAME, SplitFiles, read_index, write_index
 from pipeline.errors import InputError
 from pipeline.io import atomic
-from pipeline.io.coco import CocoCheckPolicy, load_json, validate_coco
+from pipeline.io.coco import CocoCheckPolicy, image_list, load_json, validate_coco
 from pipeline.widerface import convert as widerface_convert
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ def _build_builtin(section: dict[str, Any], tmp: Path, n_jobs: int) -> list[tupl
     for split in spec.num_images:
         image_root = tmp / "images" / split
         coco, dropped = builtin.generate_split(spec, split, image_root, n_jobs=n_jobs)
+        if split in section["builtin"]["unlabelled"]:  # written as an image list, as COCO test-dev is
+            del coco["annotations"]
         out.append((split, coco, image_root, {"dropped_objects": dropped}))
     return out
 
@@ -51,9 +53,18 @@ def _build_coco(section: dict[str, Any]) -> list[tuple[str, dict[str, Any], Path
     )
     out = []
     for split, files in cfg["splits"].items():
-        path, image_root = Path(files["annotations"]), Path(files["images"]).resolve()
+        image_root = Path(files["images"]).resolve()
+        if "annotations" in files:
+            path = Path(files["annotations"])
+            data = load_json(path)
+        else:  # a folder of images: an image list with the categories of another file
+            path = Path(files.get("categories") or cfg["splits"][section["train_split"]]["annotations"])
+            data = image_list(image_root, load_json(path)["categories"])
+            log.info("split %s: %d images found under %s; categories from %s", split, len(data["images"]), image_root, path)
         log.info("validating split %s: %s (images under %s)", split, path, image_root)
-        clean, report = validate_coco(load_json(path), path, image_root, policy)
+        clean, report = validate_coco(data, path, image_root, policy)
+        if not report.labelled:
+            log.info("split %s has no annotations: it can be detected and re-scored (data.submit_split), not scored", split)
         log.info(
             "split %s: %d images, %d annotations (%d crowd), %d boxes clipped to their image, %d invalid boxes dropped",
             split, report.images, report.annotations, report.crowd, report.clipped_boxes, report.dropped_boxes,
@@ -97,7 +108,12 @@ def build_dataset(section: dict[str, Any], out_dir: Path, n_jobs: int = 1) -> di
         splits, all_stats = [], {}
         for split, coco, image_root, extra in built:
             atomic.write_json(tmp / f"{split}.json", coco)
-            splits.append(SplitFiles(split, tmp / f"{split}.json", image_root, len(coco["images"]), len(coco["annotations"])))
+            labelled = "annotations" in coco
+            if not labelled and split in (section["train_split"], section["test_split"]):
+                raise InputError(f"split {split!r} has no annotations: it cannot be data.train_split or data.test_split "
+                                 "(an image list is re-scored through data.submit_split)")
+            splits.append(SplitFiles(split, tmp / f"{split}.json", image_root, len(coco["images"]),
+                                     len(coco.get("annotations", [])), labelled))
             all_stats[split] = {**stats.split_stats(coco), **extra}
         stats.write_stats(name, all_stats, tmp / "stats.json", tmp / "stats.md")
         _, test_coco, test_root, _ = next(b for b in built if b[0] == section["test_split"])

@@ -25,7 +25,7 @@ def split_stats(coco: dict[str, Any]) -> dict[str, Any]:
     """Counts of one split. Crowd regions (WIDER FACE: invalid faces) are counted apart: COCO's
     evaluation ignores them."""
     names = {c["id"]: c["name"] for c in coco["categories"]}
-    objects = [a for a in coco["annotations"] if not a.get("iscrowd", 0)]
+    objects = [a for a in coco.get("annotations", []) if not a.get("iscrowd", 0)]
     per_image = Counter(a["image_id"] for a in objects)
     counts = [per_image.get(im["id"], 0) for im in coco["images"]]
     by_size = Counter(size_class(a["area"]) for a in objects)
@@ -34,7 +34,8 @@ def split_stats(coco: dict[str, Any]) -> dict[str, Any]:
     return {
         "images": len(coco["images"]),
         "objects": n,
-        "crowd_regions": len(coco["annotations"]) - n,
+        "crowd_regions": len(coco.get("annotations", [])) - n,
+        "labelled": "annotations" in coco,
         "objects_per_image": {
             "min": min(counts, default=0),
             "mean": round(n / max(1, len(counts)), 2),
@@ -97,7 +98,7 @@ def draw_preview(coco: dict[str, Any], image_root: Path, out_png: Path, title: s
     colours = plt.get_cmap("tab20")
     images = coco["images"][:n]
     by_image: dict[int, list[dict[str, Any]]] = {}
-    for a in coco["annotations"]:
+    for a in coco.get("annotations", []):
         by_image.setdefault(a["image_id"], []).append(a)
     cols = min(3, max(1, len(images)))
     rows = max(1, -(-len(images) // cols))

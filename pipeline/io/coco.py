@@ -36,7 +36,7 @@ from typing import Any
 from PIL import Image
 
 from pipeline.boxes import xywh_to_xyxy, xyxy_to_xywh
-from pipeline.errors import FIRST_FEW, PipelineError, first_few
+from pipeline.errors import FIRST_FEW, MissingFileError, PipelineError, first_few
 
 
 class CocoFormatError(PipelineError, ValueError):
@@ -61,6 +61,7 @@ class CocoReport:
     clipped_boxes: int = 0
     dropped_boxes: int = 0
     dropped_examples: list[str] = field(default_factory=list)
+    labelled: bool = True  # False: the file is an image list without annotations (COCO test-dev's image_info)
 
 
 def read_json(path: Path) -> Any:
@@ -187,15 +188,21 @@ def _check_image_headers(data: dict[str, Any], image_root: Path, path: Path) -> 
 def validate_coco(
     data: dict[str, Any], path: Path, image_root: Path, policy: CocoCheckPolicy = CocoCheckPolicy()
 ) -> tuple[dict[str, Any], CocoReport]:
-    """Check a loaded COCO dict (read from `path`, images under `image_root`); return a cleaned copy."""
+    """Check a loaded COCO dict (read from `path`, images under `image_root`); return a cleaned copy.
+
+    A file without `annotations` (an image list such as COCO test-dev's `image_info_*.json`) is an
+    unlabelled split: images and categories are checked as usual, and the cleaned copy has no
+    `annotations` either (`report.labelled` is False)."""
     if policy.invalid_boxes not in ("error", "drop"):
         raise ValueError(f"invalid_boxes must be 'error' or 'drop', got {policy.invalid_boxes!r}")
+    labelled = "annotations" in data
+    data = data if labelled else {**data, "annotations": []}
     _check_structure(data, path)
     _check_unique(data, path)
     _check_references(data, path)
 
     images = {im["id"]: im for im in data["images"]}
-    report = CocoReport(images=len(images))
+    report = CocoReport(images=len(images), labelled=labelled)
     invalid: list[str] = []
     annotations = []
     for ann in data["annotations"]:
@@ -238,4 +245,29 @@ def validate_coco(
         "annotations": annotations,
         "categories": data["categories"],
     }
+    if not labelled:
+        del clean_data["annotations"]
     return clean_data, report
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def image_list(folder: Path, categories: list[dict[str, Any]]) -> dict[str, Any]:
+    """An unlabelled COCO dict of the images in `folder` (and its subfolders): ids 1..N in sorted
+    file-name order, sizes from the image headers, the given categories."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MissingFileError(f"{folder}: image folder not found")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise CocoFormatError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+    images = []
+    for image_id, path in enumerate(files, start=1):
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except (OSError, ValueError) as e:
+            raise CocoFormatError(f"{path}: cannot read the image header ({e})") from None
+        images.append({"id": image_id, "file_name": str(path.relative_to(folder)), "width": width, "height": height})
+    return {"info": {"description": f"images of {folder}"}, "images": images, "categories": categories}

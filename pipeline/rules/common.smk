@@ -21,6 +21,8 @@ from pipeline.workflow import (
     report_variant,
     score_results_input,
     sections_json,
+    submission_files,
+    submit_inference_input,
     widerface_ground_truth_files,
 )
 
@@ -41,6 +43,10 @@ TEST_SPLIT = config["data"]["test_split"]
 ROLE_SPLIT = {"train": TRAIN_SPLIT, "test": TEST_SPLIT}
 if dev_split(config["data"]):
     ROLE_SPLIT["dev"] = dev_split(config["data"])
+# The submit role: an unlabelled split (data.submit_split) detected and re-scored for upload.
+SUBMIT_SPLIT = config["data"]["submit_split"]
+if SUBMIT_SPLIT:
+    ROLE_SPLIT["submit"] = SUBMIT_SPLIT
 
 
 wildcard_constraints:

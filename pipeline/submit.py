@@ -1,0 +1,157 @@
+"""Re-scoring where there is no ground truth: COCO test-dev submissions and `mtgan rescore`.
+
+- `write_submission`: one method's detections on an unlabelled split (`data.submit_split`), the
+  file COCO's evaluation server takes: `detections_<split>_<method>_results.json`, a JSON list of
+  `{image_id, category_id, bbox: [x, y, w, h], score}`. The baseline's are the detect stage's
+  own; a variant's come from the merge code over its inference on the split's shards. Before it is
+  written, `results_problems` checks it against the split's image list: every image id and
+  category id known, at most `max_per_image` detections per image, four finite numbers per box with
+  positive width and height, finite scores in [0, 1].
+- `rescore`: a trained model over another detector's results on any images, in one call: the
+  detections are validated and made ROIs (`pipeline.detect.import_detections`, `pipeline.rois`),
+  cropped into temporary shards with the model's own HR size, scale and margin (`pipeline.shards`),
+  inferred with the model's own test-time rule (`pipeline.infer`) and merged (`pipeline.merge`):
+  the same code as the pipeline's stages 3-7, so for the same ROIs it gives the same detections.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from jobs.common import pick_device
+from jobs.weights import load_torch_file
+from pipeline.detect import import_detections
+from pipeline.errors import CheckpointError, InputError, first_few
+from pipeline.infer import infer
+from pipeline.io import atomic
+from pipeline.io.coco import image_list, load_json, read_json, validate_coco
+from pipeline.io.tables import ROIS_SCHEMA, read_table, write_table
+from pipeline.merge import MergeSettings, merge_detections, merge_file
+from pipeline.rois import build_rois
+from pipeline.shards import ShardSettings, gather_manifest, write_chunk
+
+log = logging.getLogger(__name__)
+
+# model.pt keys `rescore` needs to honour a model (train_mtgan writes them from format 2 on).
+MODEL_KEYS = ("format_version", "categories", "category_ids", "hr_size", "scale", "margin", "preset", "variant")
+
+
+def results_problems(records: Any, coco: dict[str, Any], max_per_image: int) -> list[str]:
+    """Why `records` is not a valid COCO results file for the images of `coco` (empty: it is)."""
+    if not isinstance(records, list):
+        return [f"a results file is a JSON list of detections, got {type(records).__name__}"]
+    images = {im["id"] for im in coco["images"]}
+    categories = {c["id"] for c in coco["categories"]}
+
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    checks = {
+        "not {image_id, category_id, bbox, score} records": lambda r: not (
+            isinstance(r, dict) and {"image_id", "category_id", "bbox", "score"} <= set(r)),
+        "an unknown image_id": lambda r: r["image_id"] not in images,
+        "an unknown category_id": lambda r: r["category_id"] not in categories,
+        "a bbox that is not 4 finite numbers [x, y, w, h] with w, h > 0": lambda r: not (
+            isinstance(r["bbox"], list) and len(r["bbox"]) == 4 and all(number(v) for v in r["bbox"])
+            and r["bbox"][2] > 0 and r["bbox"][3] > 0),
+        "a score that is not a finite number in [0, 1]": lambda r: not (number(r["score"]) and 0 <= r["score"] <= 1),
+    }
+    problems = []
+    for what, bad in checks.items():
+        found = [i for i, r in enumerate(records) if bad(r)]
+        if found:
+            problems.append(f"{len(found)} detection(s) with {what} (index {first_few(found)})")
+            return problems  # later checks assume the earlier ones hold
+    per_image = Counter(r["image_id"] for r in records)
+    crowded = sorted(i for i, n in per_image.items() if n > max_per_image)
+    if crowded:
+        problems.append(f"{len(crowded)} image(s) with more than {max_per_image} detections (image ids {first_few(crowded)})")
+    return problems
+
+
+def write_submission(records: list[dict[str, Any]], coco: dict[str, Any], out: Path, max_per_image: int = 100) -> dict[str, int]:
+    """Check `records` against the image list `coco` and write them to `out`; the counts."""
+    problems = results_problems(records, coco, max_per_image)
+    if problems:
+        raise InputError(f"{out}: not a valid COCO results file for these {len(coco['images'])} images: " + "; ".join(problems))
+    atomic.write_json(out, records)
+    counts = {"detections": len(records), "images": len(coco["images"]),
+              "images_with_detections": len({r["image_id"] for r in records})}
+    log.info("%s: %s", out, counts)
+    return counts
+
+
+def submission(method: str, coco: dict[str, Any], settings: MergeSettings, out: Path, detections: Path | None = None,
+               rois: Path | None = None, inference: Path | None = None, ensemble: bool = False) -> dict[str, int]:
+    """One method's results file of an unlabelled split: the baseline's own detections (`detections`,
+    the detect stage's COCO results) or a variant's merged ones (`rois` and its `inference`)."""
+    if method == "baseline":
+        if detections is None:
+            raise InputError("the baseline's submission needs the detect stage's results file")
+        records = read_json(detections)
+    else:
+        if rois is None or inference is None:
+            raise InputError(f"the submission of {method} needs the split's ROI table and the variant's inference")
+        with tempfile.TemporaryDirectory() as tmp:
+            merge_file(settings, rois, inference, ensemble, Path(tmp) / "merged.json")
+            records = read_json(Path(tmp) / "merged.json")
+    return write_submission(records, coco, out, settings.max_per_image)
+
+
+def model_description(model_path: Path) -> dict[str, Any]:
+    """The settings a model records about itself; CheckpointError when it cannot be honoured."""
+    state = load_torch_file(model_path, "MTGAN model")
+    missing = [k for k in MODEL_KEYS if k not in state]
+    if missing or state["format_version"] < 2:
+        raise CheckpointError(f"{model_path}: a model.pt without {missing or 'format 2'} (made by an older train_mtgan): "
+                              "rescore cannot tell how it crops and routes ROIs; retrain it")
+    return state
+
+
+def image_info(images: Path, model: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """The image list to re-score and its image root: an image-info or COCO JSON (its images live
+    beside it, or under `<json folder>/images`), or a folder of images (ids 1..N in sorted file-name
+    order). The categories must be the model's."""
+    images = Path(images)
+    if images.is_dir():
+        return image_list(images, model["categories"]), images
+    data = load_json(images)
+    root = images.parent / "images" if (images.parent / "images").is_dir() else images.parent
+    data.setdefault("categories", model["categories"])
+    ours, theirs = [c["id"] for c in model["categories"]], sorted(c["id"] for c in data["categories"])
+    if ours != theirs:
+        raise InputError(f"{images}: categories {first_few(theirs)} are not the model's {first_few(ours)}: the model "
+                         "re-scores only the categories it was trained on")
+    return data, root
+
+
+def rescore(model_path: Path, images: Path, detections: Path, out: Path, settings: MergeSettings, ensemble: bool = False,
+            top_k: int = 100, image_root: Path | None = None, batch_size: int = 256, device: str = "auto") -> dict[str, int]:
+    """Another detector's results on `images`, re-scored by a trained model (MTGAN alone, or the
+    ensemble with the detector's own scores): the pipeline's stages 3-7 in one call."""
+    model = model_description(model_path)
+    coco, root = image_info(images, model)
+    root = Path(image_root) if image_root else root
+    coco = {k: v for k, v in coco.items() if k != "annotations"}  # re-scoring never uses ground truth
+    coco, _ = validate_coco(coco, Path(images), root)
+    try:
+        table, _ = import_detections(Path(detections), coco, top_k)
+    except InputError as e:
+        raise InputError(f"{e} (the model {model_path} knows categories {first_few(model['category_ids'])})") from None
+    rois, _ = build_rois(table, coco, add_gt=False, positive_iou=0.5, negative_iou=0.35)
+    shard_settings = ShardSettings(hr_size=model["hr_size"], scale=model["scale"], context_margin=model["margin"],
+                                   rois_per_shard=4096, block_size=256, num_chunks=1, on_bad_image="error", sampling=None)
+    with tempfile.TemporaryDirectory(prefix="mtgan-rescore-") as tmp:
+        write_table(rois, Path(tmp) / "rois.parquet")
+        write_chunk(Path(tmp) / "rois.parquet", coco, root, "rescore", 0, shard_settings, Path(tmp) / "chunk-0")
+        gather_manifest(Path(tmp) / "rois.parquet", [Path(tmp) / "chunk-0"], "rescore", shard_settings, Path(tmp) / "manifest.json")
+        predictions, _ = infer(model_path, Path(tmp) / "manifest.json", pick_device(device), batch_size)
+        records = merge_detections(read_table(Path(tmp) / "rois.parquet", ROIS_SCHEMA), predictions, settings, ensemble,
+                                   list(model["category_ids"]))
+    return write_submission(records, coco, out, settings.max_per_image)
+

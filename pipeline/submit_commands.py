@@ -1,0 +1,68 @@
+"""The commands for images without ground truth: `mtgan submission` (one method's results file of
+the unlabelled split, as the submit_coco target makes them) and `mtgan rescore` (a trained model
+over any detector's results on any images)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline import cli_options as opt
+
+
+@click.command("submission")
+@opt.config_option
+@opt.sections_option
+@opt.index_option
+@opt.split_option
+@click.option("--method", required=True, help="baseline, or a variant (mtgan, sbu, ...) with or without _ensemble.")
+@click.option("--detections", type=opt.existing_files, help="The baseline's results: the detect stage's <split>_results.json.")
+@click.option("--rois", "rois_path", type=opt.existing_files, help="A variant's: the split's ROI table (rois/submit.parquet) ...")
+@click.option("--inference", type=opt.existing_files, help="... and the variant's per-ROI predictions on it.")
+@click.option("--ensemble", is_flag=True, help="Score p[c] x p_base[c] (the ensemble with the baseline).")
+@click.option("--out", "out_json", required=True, type=opt.out_file, help="detections_<split>_<method>_results.json")
+def submission_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str, method: str,
+                   detections: Path | None, rois_path: Path | None, inference: Path | None, ensemble: bool, out_json: Path) -> None:
+    """One method's detections on an unlabelled split (data.submit_split), checked as a COCO results
+    file for the split's image list (ids, categories, at most max_per_image per image, xywh, scores)."""
+    from pipeline.data.index import split_coco
+    from pipeline.merge import MergeSettings
+    from pipeline.submit import submission
+
+    config = opt.resolve_config(config_files, sections_json, need=("merge",))
+    coco, _, _ = split_coco(data_index, split)
+    counts = submission(method, coco, MergeSettings.from_config(config["merge"]), out_json, detections, rois_path, inference,
+                        ensemble)
+    click.echo(f"{method}: {counts['detections']} detections on {counts['images_with_detections']} of {counts['images']} "
+               f"images -> {out_json}")
+
+
+@click.command("rescore")
+@click.option("--model", "model_path", required=True, type=opt.existing_files,
+              help="A trained variant's model.pt (artifacts/<dataset>/mtgan/<variant>/model.pt).")
+@click.option("--images", required=True, type=click.Path(exists=True, path_type=Path),
+              help="A folder of images (ids 1..N in sorted file-name order), or an image-info / COCO JSON.")
+@click.option("--image-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Where a JSON's file_name entries are (default: <json folder>/images, else the JSON's folder).")
+@click.option("--detections", required=True, type=opt.existing_files, help="Any detector's COCO results JSON on these images.")
+@click.option("--out", "out_json", required=True, type=opt.out_file, help="The re-scored detections (COCO results JSON).")
+@click.option("--ensemble", is_flag=True, help="Score p[c] x p_base[c]: MTGAN times the detector's own scores.")
+@click.option("--top-k", default=100, show_default=True, help="Detections per image taken from the detector, best first.")
+@opt.config_option
+@click.option("--batch-size", default=256, show_default=True, help="ROIs per inference batch.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@opt.threads_option
+def rescore_cmd(model_path: Path, images: Path, image_root: Path | None, detections: Path, out_json: Path, ensemble: bool,
+                top_k: int, config_files: tuple[Path, ...], batch_size: int, device: str, threads: int | None) -> None:
+    """Re-score another detector's results with a trained MTGAN: the pipeline's crop / infer / merge
+    code in one command (merge settings from --config, default config/default.yaml's)."""
+    from pipeline.config import load_config_files, validate_config
+    from pipeline.merge import MergeSettings
+    from pipeline.submit import rescore
+
+    opt.set_threads(threads)
+    merge = validate_config(load_config_files(config_files), require=())["merge"] if config_files else None
+    settings = MergeSettings.from_config(merge or validate_config({}, require=())["merge"])
+    counts = rescore(model_path, images, detections, out_json, settings, ensemble, top_k, image_root, batch_size, device)
+    click.echo(f"{counts['detections']} detections on {counts['images_with_detections']} of {counts['images']} images -> {out_json}")

@@ -1,0 +1,177 @@
+"""Images without ground truth: unlabelled splits in the data stage, the submit_coco target's results
+files, and `mtgan rescore` reproducing the pipeline's own merge output for the same ROIs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from pipeline.cli import cli
+from pipeline.data.index import read_index
+from pipeline.data.stage import build_dataset
+from pipeline.submit import results_problems
+
+from conftest import REPO, snakemake, tiny_config
+
+IMAGES = [{"id": i, "file_name": f"{i}.jpg", "width": 50, "height": 40} for i in (1, 2, 3)]
+CATEGORIES = [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}]
+GOOD = {"image_id": 1, "category_id": 3, "bbox": [1.0, 2.0, 10.0, 5.0], "score": 0.5}
+
+
+@pytest.mark.parametrize(("records", "words"), [
+    ([GOOD, GOOD | {"image_id": 3, "category_id": 7}], None),
+    ({"detections": []}, "JSON list"),
+    ([GOOD | {"image_id": 9}], "unknown image_id"),
+    ([GOOD | {"category_id": 1}], "unknown category_id"),
+    ([GOOD | {"bbox": [1, 2, 3]}], "4 finite numbers"),
+    ([GOOD | {"bbox": [1, 2, 0, 5]}], "w, h > 0"),
+    ([GOOD | {"bbox": [1, 2, float("nan"), 5]}], "4 finite numbers"),
+    ([GOOD | {"score": float("inf")}], "finite number in [0, 1]"),
+    ([GOOD | {"score": 1.5}], "finite number in [0, 1]"),
+    ([{"image_id": 1, "bbox": [0, 0, 1, 1], "score": 0.1}], "not {image_id"),
+    ([GOOD] * 4, "more than 3 detections"),
+])
+def test_results_files_are_checked_against_the_image_list(records: Any, words: str | None) -> None:
+    problems = results_problems(records, {"images": IMAGES, "categories": CATEGORIES}, max_per_image=3)
+    assert (problems == []) if words is None else any(words in p for p in problems), problems
+
+
+def test_builtin_split_written_without_annotations(tmp_path: Path) -> None:
+    config = tiny_config()["data"]
+    config["builtin"] |= {"num_images": {"train": 2, "val": 2, "test": 3}, "unlabelled": ["test"]}
+    splits = build_dataset(config, tmp_path / "data")
+    assert splits["test"].labelled is False and splits["val"].labelled is True
+    test = json.loads(splits["test"].annotations.read_text())
+    assert "annotations" not in test and len(test["images"]) == 3 and test["categories"]
+    assert read_index(tmp_path / "data" / "index.json")["test"].num_annotations == 0
+
+
+def _image_folder(root: Path, names: list[str]) -> None:
+    root.mkdir(parents=True)
+    for i, name in enumerate(names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((30 + i, 40, 3), 100, np.uint8)).save(root / name)
+
+
+def test_coco_image_info_and_image_folders_are_unlabelled_splits(tmp_path: Path) -> None:
+    _image_folder(tmp_path / "train", ["a.jpg"])
+    (tmp_path / "train.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5]}], "categories": CATEGORIES}))
+    _image_folder(tmp_path / "info", ["x.jpg"])
+    (tmp_path / "info.json").write_text(json.dumps({  # COCO test-dev's image_info layout: no annotations
+        "images": [{"id": 7, "file_name": "x.jpg", "width": 40, "height": 30}], "categories": CATEGORIES}))
+    _image_folder(tmp_path / "mine", ["b.png", "a.jpg", "sub/c.jpg"])
+    splits = {"train": {"annotations": str(tmp_path / "train.json"), "images": str(tmp_path / "train")},
+              "val": {"annotations": str(tmp_path / "train.json"), "images": str(tmp_path / "train")},
+              "info": {"annotations": str(tmp_path / "info.json"), "images": str(tmp_path / "info")},
+              "mine": {"images": str(tmp_path / "mine")}}
+    config = yaml.safe_dump({"data": {"name": "x", "source": "coco", "coco": {"splits": splits}}})
+    (tmp_path / "config.yaml").write_text(config)
+    result = CliRunner().invoke(cli, ["data", "--config", str(REPO / "config" / "default.yaml"), "--config",
+                                      str(tmp_path / "config.yaml"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    index = read_index(tmp_path / "out" / "index.json")
+    assert [index[s].labelled for s in ("train", "info", "mine")] == [True, False, False]
+    mine = json.loads(index["mine"].annotations.read_text())
+    assert [(im["id"], im["file_name"], im["height"]) for im in mine["images"]] == [(1, "a.jpg", 31), (2, "b.png", 30),
+                                                                                  (3, "sub/c.jpg", 32)]
+    assert mine["categories"] == CATEGORIES and "annotations" not in mine
+
+
+def _detections(coco: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+    """Jittered ground truth (where there is any) and random boxes, as another detector would give."""
+    rng = np.random.default_rng(seed)
+    records = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": round(float(rng.uniform(0.3, 1)), 4),
+                "bbox": [round(a["bbox"][0] + float(rng.normal(0, 2)), 2), round(a["bbox"][1] + float(rng.normal(0, 2)), 2),
+                         a["bbox"][2], a["bbox"][3]]} for a in coco.get("annotations", [])]
+    for im in coco["images"]:
+        for _ in range(6):
+            x, y = rng.uniform(0, im["width"] - 30, 2)
+            side = float(rng.uniform(8, 28))
+            records.append({"image_id": im["id"], "category_id": int(rng.choice([c["id"] for c in coco["categories"]])),
+                            "bbox": [round(float(x), 2), round(float(y), 2), round(side, 2), round(side, 2)],
+                            "score": round(float(rng.uniform(0.05, 0.9)), 4)})
+    return records
+
+
+@pytest.fixture(scope="module")
+def imported_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny pipeline with imported detections and an unlabelled split, through eval_coco and submit_coco."""
+    work = tmp_path_factory.mktemp("submit")
+    data = tiny_config(num_images={"train": 24, "val": 12, "test": 5}, unlabelled=["test"])["data"]
+    build_dataset(data, work / "scratch")  # only to write detections for the splits' images
+    results = {}
+    for seed, split in enumerate(("train", "val", "test")):
+        coco = json.loads((work / "scratch" / f"{split}.json").read_text())
+        results[split] = str(work / f"{split}_detections.json")
+        Path(results[split]).write_text(json.dumps(_detections(coco, seed)))
+    shutil.rmtree(work / "scratch")
+    override = {"data": {"builtin": {"num_images": {"train": 24, "val": 12, "test": 5}, "unlabelled": ["test"]},
+                         "submit_split": "test"},
+                "detector": {"source": "import", "import_results": results}}
+    (work / "override.yaml").write_text(yaml.safe_dump(override))
+    run = snakemake(work, "eval_coco", "submit_coco", "--cores", "2", "--configfile", str(REPO / "config" / "tiny.yaml"),
+                    str(work / "override.yaml"))
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    return work
+
+
+def test_submit_coco_writes_a_valid_results_file_per_method(imported_run: Path) -> None:
+    root = imported_run / "artifacts" / "tiny"
+    coco = json.loads((root / "data" / "test.json").read_text())
+    assert "annotations" not in coco
+    files = sorted(p.name for p in (root / "submit").glob("detections_*_results.json"))
+    assert files == sorted(f"detections_test_{m}_results.json" for m in ("baseline", "mtgan", "mtgan_ensemble", "sbu", "sbu_ensemble"))
+    for name in files:
+        records = json.loads((root / "submit" / name).read_text())
+        assert records and results_problems(records, coco, 100) == []
+    assert not list((root / "score").glob("*test*"))  # an unlabelled split is never scored
+
+
+@pytest.mark.parametrize("method", ["mtgan", "mtgan_ensemble"])
+def test_rescore_reproduces_the_pipelines_merge(imported_run: Path, method: str) -> None:
+    root = imported_run / "artifacts" / "tiny"
+    out = imported_run / f"rescored_{method}.json"
+    args = ["rescore", "--model", str(root / "mtgan" / "mtgan" / "model.pt"), "--images", str(root / "data" / "val.json"),
+            "--image-root", str(root / "data" / "images" / "val"), "--detections", str(imported_run / "val_detections.json"),
+            "--out", str(out), "--device", "cpu"] + (["--ensemble"] if method.endswith("_ensemble") else [])
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text()) == json.loads((root / "merge" / f"{method}.json").read_text())
+
+
+def test_rescore_refuses_other_categories_and_old_models(imported_run: Path, tmp_path: Path) -> None:
+    import torch
+
+    root = imported_run / "artifacts" / "tiny"
+    val = json.loads((root / "data" / "val.json").read_text())
+    other = {**val, "categories": [{"id": 100 + c["id"], "name": c["name"]} for c in val["categories"]]}
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    base = ["rescore", "--model", str(root / "mtgan" / "mtgan" / "model.pt"), "--image-root", str(root / "data" / "images" / "val"),
+            "--detections", str(imported_run / "val_detections.json"), "--out", str(tmp_path / "out.json")]
+    result = CliRunner().invoke(cli, [*base, "--images", str(tmp_path / "other.json")])
+    assert result.exit_code == 1 and "are not the model's" in result.output
+    state = torch.load(root / "mtgan" / "mtgan" / "model.pt", weights_only=True)
+    del state["format_version"], state["categories"]
+    torch.save(state, tmp_path / "old.pt")
+    base[2] = str(tmp_path / "old.pt")
+    result = CliRunner().invoke(cli, [*base, "--images", str(root / "data" / "val.json")])
+    assert result.exit_code == 1 and "older train_mtgan" in result.output and not (tmp_path / "out.json").exists()
+
+
+def test_a_model_describes_itself(imported_run: Path) -> None:
+    import torch
+
+    state = torch.load(imported_run / "artifacts" / "tiny" / "mtgan" / "mtgan" / "model.pt", weights_only=True)
+    assert state["format_version"] == 2 and [c["name"] for c in state["categories"]][:2] == ["stripes", "checks"]
+    assert (state["hr_size"], state["scale"], state["margin"]) == (64, 4, 0.0)
+    assert state["preset"]["roi_input"] == "by_size" and state["config"]["mtgan"]["preset"] == "tiny"
