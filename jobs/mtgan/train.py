@@ -251,7 +251,9 @@ def train_mtgan(
             progress.set_postfix({k: f"{row[k]:.3f}" for k in ("loss_mse", "loss_d_cls", "acc_sr", "acc_hr") if k in row})
             window, clock, pairs = {}, time.perf_counter(), 0
         if holdout and step >= pretrain and (done % preset.eval_every == 0 or done == total):
+            started = time.perf_counter()
             scores = evaluate_holdout(_unwrap(g), _unwrap(d), holdout, holdout_use_g, device, autocast)
+            clock += time.perf_counter() - started  # pairs/s counts training only
             rows.append({"step": done, "stage": "eval", **scores})
             log.info("step %d: eval-mode accuracy on held-out ROIs %s", done, {k: round(v, 3) for k, v in scores.items()})
         if rank == 0 and (done % preset.picture_every == 0 or done == total):
