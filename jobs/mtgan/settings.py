@@ -206,7 +206,8 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("mtgan", "learned", ("gan", "cls", "reg"), ("adv", "cls", "reg"), "the full method"),
-    Variant("sbu", "bilinear", ("cls", "reg"), (), "G replaced by bilinear 4x up-sampling; D with cls + reg (Table 4)"),
+    Variant("sbu", "bilinear", ("cls", "reg"), (), "G replaced by bilinear 4x up-sampling; D with cls + reg on the "
+            "up-sampled and the HR images, as MTGAN's D (Table 4)"),
     Variant("d_no_adv", "none", ("cls", "reg"), (), "plain R-CNN style: D without the adversarial branch on the HR crops (Table 3)"),
     Variant("no_reg_branch", "learned", ("gan", "cls"), ("adv", "cls"), "D without the regression branch (Table 5)"),
     Variant("no_adv_loss", "learned", ("gan", "cls", "reg"), ("cls", "reg"), "no adversarial term in G's loss (Table 5)"),
