@@ -145,7 +145,7 @@ PRESETS: dict[str, Preset] = {
     # the mtgan variant, 2 for sbu); every departure from the paper is named.
     "cpu": Preset(
         g_channels=32, g_residual_blocks=2, g_upsample_channels=64,
-        d_backbone="resnet18", d_weights="none", d_stem="3x3", d_width=32, reg_init_std=0.001,
+        d_backbone="resnet18", d_weights="none", d_stem="3x3", d_width=32,
         batch_size=32, positive_fraction=0.5, pretrain_iterations=150, iterations=700,
         d_optimizer="adamw", d_lr=2e-3, d_weight_decay=0.01, d_lr_step=560, g_lr=1e-3,
         holdout_blocks=4, eval_every=100, log_every=20, checkpoint_every=100, picture_every=350,
@@ -157,8 +157,6 @@ PRESETS: dict[str, Preset] = {
             "D lr /10 at 560 (paper: 80k, /10 every 40k)",
             "D AdamW lr 2e-3, weight decay 0.01 (paper: SGD lr 0.01): SGD from scratch learned little in the "
             "CPU budget (bench/dev_sweep.py)",
-            "regression head initialised N(0, 0.001) (paper: N(0, 0.1)): Fast R-CNN's init for its box head; "
-            "N(0, 0.1) moves boxes by about a fifth of their width before D has learned anything",
             "G Adam lr 1e-3 (ours: 1e-4 for the paper presets)",
         ),
     ),
