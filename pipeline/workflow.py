@@ -79,7 +79,7 @@ def data_input_files(config: dict[str, Any]) -> list[str]:
     source = config["data"]["source"]
     if source == "builtin":
         return []
-    return [files["annotations"] for files in config["data"][source]["splits"].values()]
+    return [files["annotations"] for files in config["data"][source]["splits"].values() if "annotations" in files]
 
 
 def widerface_ground_truth_files(config: dict[str, Any]) -> list[str]:
