@@ -8,7 +8,8 @@
   category id known, at most `max_per_image` detections per image, four finite numbers per box with
   positive width and height, finite scores in [0, 1].
 - `rescore`: a trained model over another detector's results on any images, in one call: the
-  detections are validated and made ROIs (`pipeline.detect.import_detections`, `pipeline.rois`),
+  detections (a COCO results JSON, or the detect stage's own table) are validated and made ROIs
+  (`pipeline.detect.import_detections`, `pipeline.rois`),
   cropped into temporary shards with the model's own HR size, scale and margin (`pipeline.shards`),
   inferred with the model's own test-time rule (`pipeline.infer`) and merged (`pipeline.merge`):
   the same code as the pipeline's stages 3-7, so for the same ROIs it gives the same detections.
@@ -30,7 +31,7 @@ from pipeline.errors import CheckpointError, InputError, first_few
 from pipeline.infer import infer
 from pipeline.io import atomic
 from pipeline.io.coco import image_list, load_json, read_json, validate_coco
-from pipeline.io.tables import ROIS_SCHEMA, read_table, write_table
+from pipeline.io.tables import DETECTIONS_SCHEMA, ROIS_SCHEMA, read_table, table_metadata, write_table
 from pipeline.merge import MergeSettings, merge_detections, merge_file
 from pipeline.rois import build_rois
 from pipeline.shards import ShardSettings, gather_manifest, write_chunk
@@ -130,6 +131,26 @@ def image_info(images: Path, model: dict[str, Any]) -> tuple[dict[str, Any], Pat
     return data, root
 
 
+def _detections(path: Path, coco: dict[str, Any], top_k: int, model: dict[str, Any], model_path: Path) -> Any:
+    """The detections to re-score: a COCO results JSON (validated and imported as the detect stage
+    imports one), or the detect stage's own table (`detect/<split>.parquet`, with the detector's
+    probability vectors), which must be for the model's categories and these images."""
+    if path.suffix == ".parquet":
+        table = read_table(path, DETECTIONS_SCHEMA)
+        if list(table_metadata(table)["category_ids"]) != list(model["category_ids"]):
+            raise InputError(f"{path}: detections for categories {first_few(table_metadata(table)['category_ids'])}, not the "
+                             f"model's {first_few(model['category_ids'])}")
+        unknown = sorted(set(table.column("image_id").to_pylist()) - {im["id"] for im in coco["images"]})
+        if unknown:
+            raise InputError(f"{path}: {len(unknown)} image id(s) not among the images: {first_few(unknown)}")
+        return table
+    try:
+        table, _ = import_detections(path, coco, top_k)
+    except InputError as e:
+        raise InputError(f"{e} (the model {model_path} knows categories {first_few(model['category_ids'])})") from None
+    return table
+
+
 def rescore(model_path: Path, images: Path, detections: Path, out: Path, settings: MergeSettings, ensemble: bool = False,
             top_k: int = 100, image_root: Path | None = None, batch_size: int = 256, device: str = "auto") -> dict[str, int]:
     """Another detector's results on `images`, re-scored by a trained model (MTGAN alone, or the
@@ -139,10 +160,7 @@ def rescore(model_path: Path, images: Path, detections: Path, out: Path, setting
     root = Path(image_root) if image_root else root
     coco = {k: v for k, v in coco.items() if k != "annotations"}  # re-scoring never uses ground truth
     coco, _ = validate_coco(coco, Path(images), root)
-    try:
-        table, _ = import_detections(Path(detections), coco, top_k)
-    except InputError as e:
-        raise InputError(f"{e} (the model {model_path} knows categories {first_few(model['category_ids'])})") from None
+    table = _detections(Path(detections), coco, top_k, model, model_path)
     rois, _ = build_rois(table, coco, add_gt=False, positive_iou=0.5, negative_iou=0.35)
     shard_settings = ShardSettings(hr_size=model["hr_size"], scale=model["scale"], context_margin=model["margin"],
                                    rois_per_shard=4096, block_size=256, num_chunks=1, on_bad_image="error", sampling=None)

@@ -45,7 +45,8 @@ def submission_cmd(config_files: tuple[Path, ...], sections_json: str | None, da
               help="A folder of images (ids 1..N in sorted file-name order), or an image-info / COCO JSON.")
 @click.option("--image-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Where a JSON's file_name entries are (default: <json folder>/images, else the JSON's folder).")
-@click.option("--detections", required=True, type=opt.existing_files, help="Any detector's COCO results JSON on these images.")
+@click.option("--detections", required=True, type=opt.existing_files,
+              help="Any detector's COCO results JSON on these images, or the detect stage's table (detect/<split>.parquet).")
 @click.option("--out", "out_json", required=True, type=opt.out_file, help="The re-scored detections (COCO results JSON).")
 @click.option("--ensemble", is_flag=True, help="Score p[c] x p_base[c]: MTGAN times the detector's own scores.")
 @click.option("--top-k", default=100, show_default=True, help="Detections per image taken from the detector, best first.")

@@ -23,6 +23,19 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
     )
 
 
+TINY_CONFIG = REPO / "config" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny pipeline run locally once per session (`eval_coco submit_coco` of config/tiny.yaml):
+    its working folder, artifacts under artifacts/tiny/. Tests read it; none may change it."""
+    work = tmp_path_factory.mktemp("tiny_run")
+    run = snakemake(work, "eval_coco", "submit_coco", "--cores", "2", "--configfile", str(TINY_CONFIG))
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    return work
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO

@@ -61,10 +61,13 @@ def test_a_split_never_changes_another_splits_images(tiny_dataset: Path) -> None
 
 def test_pycocotools_loads_it_and_every_box_is_inside_its_image(tiny_dataset: Path) -> None:
     splits = read_index(tiny_dataset / "index.json")
-    assert set(splits) == {"train", "dev", "val"}
+    assert set(splits) == {"train", "dev", "val", "test"} and not splits["test"].labelled  # test: written without annotations
     for split in splits.values():
         coco = COCO(str(split.annotations))
         assert len(coco.getImgIds()) == split.num_images == tiny_config()["data"]["builtin"]["num_images"][split.name]
+        if not split.labelled:
+            assert "annotations" not in coco.dataset and split.num_annotations == 0
+            continue
         assert len(coco.getAnnIds()) == split.num_annotations > 0
         assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(shapes.CLASS_NAMES)
         for ann in coco.loadAnns(coco.getAnnIds()):

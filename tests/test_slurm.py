@@ -197,24 +197,20 @@ def _requested(rule: str) -> tuple[int, int]:
 @dataclass
 class TinyRuns:
     slurm: Run
-    local: Run
+    local: Path  # the session's local run of the same config (conftest's tiny_run)
     run_id: str
     since: str
     started: float
 
 
 @pytest.fixture(scope="module")
-def tiny_runs(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> TinyRuns:
-    """`eval_coco` of config/tiny.yaml through the SLURM profile and, at the same time, locally
-    with `--cores 2` (the numbers must not depend on where the jobs ran)."""
-    slurm_dir, local_dir = tmp_path_factory.mktemp("on_slurm"), tmp_path_factory.mktemp("local")
-    logs = tmp_path_factory.mktemp("snakemake_output")
+def tiny_runs(cluster: None, tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> TinyRuns:
+    """`eval_coco` of config/tiny.yaml through the SLURM profile, and the session's local run of
+    the same config (the numbers must not depend on where the jobs ran)."""
+    slurm_dir, logs = tmp_path_factory.mktemp("on_slurm"), tmp_path_factory.mktemp("snakemake_output")
     since, started = _now_minus(2), time.time()
     slurm = _start(slurm_dir, logs / "slurm.log", *PROFILES, "--slurm-keep-successful-logs", "eval_coco", "--configfile", TINY)
-    local = _start(local_dir, logs / "local.log", "eval_coco", "--cores", "2", "--configfile", TINY)
-    runs = TinyRuns(_finish(slurm, slurm_dir, logs / "slurm.log", 1200),
-                    _finish(local, local_dir, logs / "local.log", 1200), "", since, started)
-    assert runs.local.returncode == 0, runs.local.output[-5000:]
+    runs = TinyRuns(_finish(slurm, slurm_dir, logs / "slurm.log", 1200), tiny_run, "", since, started)
     assert runs.slurm.returncode == 0, runs.slurm.output[-5000:]
     runs.run_id = _run_id(runs.slurm.output)
     return runs
@@ -261,7 +257,7 @@ def test_every_jobs_log_reached_the_logs_folder(tiny_runs: TinyRuns) -> None:
 
 
 def test_the_metrics_equal_a_local_run(tiny_runs: TinyRuns) -> None:
-    slurm, local = (run.workdir / "artifacts" / "tiny" for run in (tiny_runs.slurm, tiny_runs.local))
+    slurm, local = tiny_runs.slurm.workdir / "artifacts" / "tiny", tiny_runs.local / "artifacts" / "tiny"
     assert (local / "eval" / "metrics.csv").read_bytes() == (slurm / "eval" / "metrics.csv").read_bytes()
     # The tiny preset's APs are mostly 0; these depend on every number upstream of them too.
     compared = ["eval/accuracy.csv", "eval/per_class_ap.csv", "detect/val_results.json",
@@ -328,8 +324,8 @@ def test_a_failing_job_names_its_slurm_log(cluster: None, tmp_path: Path) -> Non
     (tmp_path / "instances.json").write_text("{not json")
     split = {"annotations": str(tmp_path / "instances.json"), "images": str(tmp_path / "images")}
     broken = tmp_path / "broken.yaml"
-    broken.write_text(yaml.safe_dump({"data": {"name": "broken", "source": "coco", "train_split": "train",
-                                               "test_split": "val", "coco": {"splits": {"train": split, "val": split}}}}))
+    broken.write_text(yaml.safe_dump({"data": {"name": "broken", "source": "coco", "train_split": "train", "test_split": "val",
+                                               "submit_split": None, "coco": {"splits": {"train": split, "val": split}}}}))
     since = _now_minus(2)
     run = _snakemake(tmp_path, tmp_path / "snakemake.log", *PROFILES, "--retries", "0", "--configfile", TINY, str(broken),
                      "--", "artifacts/broken/data/index.json", timeout=300)

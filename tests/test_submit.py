@@ -1,5 +1,6 @@
 """Images without ground truth: unlabelled splits in the data stage, the submit_coco target's results
-files, and `mtgan rescore` reproducing the pipeline's own merge output for the same ROIs."""
+files (the tiny pipeline's split `test`), and `mtgan rescore` reproducing the pipeline's own merge
+output for the same ROIs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import REPO, snakemake, tiny_config
+from conftest import REPO, tiny_config
 from PIL import Image
 
 from pipeline.cli import cli
@@ -86,46 +87,9 @@ def test_coco_image_info_and_image_folders_are_unlabelled_splits(tmp_path: Path)
     assert mine["categories"] == CATEGORIES and "annotations" not in mine
 
 
-def _detections(coco: dict[str, Any], seed: int) -> list[dict[str, Any]]:
-    """Jittered ground truth (where there is any) and random boxes, as another detector would give."""
-    rng = np.random.default_rng(seed)
-    records = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": round(float(rng.uniform(0.3, 1)), 4),
-                "bbox": [round(a["bbox"][0] + float(rng.normal(0, 2)), 2), round(a["bbox"][1] + float(rng.normal(0, 2)), 2),
-                         a["bbox"][2], a["bbox"][3]]} for a in coco.get("annotations", [])]
-    for im in coco["images"]:
-        for _ in range(6):
-            x, y = rng.uniform(0, im["width"] - 30, 2)
-            side = float(rng.uniform(8, 28))
-            records.append({"image_id": im["id"], "category_id": int(rng.choice([c["id"] for c in coco["categories"]])),
-                            "bbox": [round(float(x), 2), round(float(y), 2), round(side, 2), round(side, 2)],
-                            "score": round(float(rng.uniform(0.05, 0.9)), 4)})
-    return records
-
-
-@pytest.fixture(scope="module")
-def imported_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny pipeline with imported detections and an unlabelled split, through eval_coco and submit_coco."""
-    work = tmp_path_factory.mktemp("submit")
-    data = tiny_config(num_images={"train": 24, "val": 12, "test": 5}, unlabelled=["test"])["data"]
-    build_dataset(data, work / "scratch")  # only to write detections for the splits' images
-    results = {}
-    for seed, split in enumerate(("train", "val", "test")):
-        coco = json.loads((work / "scratch" / f"{split}.json").read_text())
-        results[split] = str(work / f"{split}_detections.json")
-        Path(results[split]).write_text(json.dumps(_detections(coco, seed)))
-    shutil.rmtree(work / "scratch")
-    override = {"data": {"builtin": {"num_images": {"train": 24, "val": 12, "test": 5}, "unlabelled": ["test"]},
-                         "submit_split": "test"},
-                "detector": {"source": "import", "import_results": results}}
-    (work / "override.yaml").write_text(yaml.safe_dump(override))
-    run = snakemake(work, "eval_coco", "submit_coco", "--cores", "2", "--configfile", str(REPO / "config" / "tiny.yaml"),
-                    str(work / "override.yaml"))
-    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    return work
-
-
-def test_submit_coco_writes_a_valid_results_file_per_method(imported_run: Path) -> None:
-    root = imported_run / "artifacts" / "tiny"
+def test_submit_coco_writes_a_valid_results_file_per_method(tiny_run: Path) -> None:
+    """config/tiny.yaml writes its split `test` without annotations and names it data.submit_split."""
+    root = tiny_run / "artifacts" / "tiny"
     coco = json.loads((root / "data" / "test.json").read_text())
     assert "annotations" not in coco
     files = sorted(p.name for p in (root / "submit").glob("detections_*_results.json"))
@@ -137,26 +101,44 @@ def test_submit_coco_writes_a_valid_results_file_per_method(imported_run: Path) 
 
 
 @pytest.mark.parametrize("method", ["mtgan", "mtgan_ensemble"])
-def test_rescore_reproduces_the_pipelines_merge(imported_run: Path, method: str) -> None:
-    root = imported_run / "artifacts" / "tiny"
-    out = imported_run / f"rescored_{method}.json"
+def test_rescore_reproduces_the_pipelines_merge(tiny_run: Path, method: str) -> None:
+    """The tiny pipeline's model over its own baseline detections of val (the detect stage's table):
+    exactly the detections of its merge stage."""
+    root = tiny_run / "artifacts" / "tiny"
+    out = tiny_run.parent / f"rescored_{method}.json"
     args = ["rescore", "--model", str(root / "mtgan" / "mtgan" / "model.pt"), "--images", str(root / "data" / "val.json"),
-            "--image-root", str(root / "data" / "images" / "val"), "--detections", str(imported_run / "val_detections.json"),
+            "--image-root", str(root / "data" / "images" / "val"), "--detections", str(root / "detect" / "val.parquet"),
             "--out", str(out), "--device", "cpu"] + (["--ensemble"] if method.endswith("_ensemble") else [])
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert json.loads(out.read_text()) == json.loads((root / "merge" / f"{method}.json").read_text())
+    rescored = json.loads(out.read_text())
+    assert rescored and rescored == json.loads((root / "merge" / f"{method}.json").read_text())
 
 
-def test_rescore_refuses_other_categories_and_old_models(imported_run: Path, tmp_path: Path) -> None:
+def test_rescore_takes_any_detectors_results_json_on_an_image_folder(tiny_run: Path, tmp_path: Path) -> None:
+    root = tiny_run / "artifacts" / "tiny"
+    shutil.copytree(root / "data" / "images" / "test", tmp_path / "images")
+    test = json.loads((root / "data" / "test.json").read_text())  # ids 1..N in file-name order, as the folder gives
+    records = [{"image_id": im["id"], "category_id": 1 + k % 7, "bbox": [10.0 + 20 * k, 12.0, 24.0, 20.0], "score": 0.5}
+               for im in test["images"] for k in range(5)]
+    (tmp_path / "dets.json").write_text(json.dumps(records))
+    result = CliRunner().invoke(cli, ["rescore", "--model", str(root / "mtgan" / "mtgan" / "model.pt"), "--images",
+                                      str(tmp_path / "images"), "--detections", str(tmp_path / "dets.json"),
+                                      "--out", str(tmp_path / "out.json"), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out and results_problems(out, {"images": test["images"], "categories": test["categories"]}, 100) == []
+
+
+def test_rescore_refuses_other_categories_and_old_models(tiny_run: Path, tmp_path: Path) -> None:
     import torch
 
-    root = imported_run / "artifacts" / "tiny"
+    root = tiny_run / "artifacts" / "tiny"
     val = json.loads((root / "data" / "val.json").read_text())
     other = {**val, "categories": [{"id": 100 + c["id"], "name": c["name"]} for c in val["categories"]]}
     (tmp_path / "other.json").write_text(json.dumps(other))
     base = ["rescore", "--model", str(root / "mtgan" / "mtgan" / "model.pt"), "--image-root", str(root / "data" / "images" / "val"),
-            "--detections", str(imported_run / "val_detections.json"), "--out", str(tmp_path / "out.json")]
+            "--detections", str(root / "detect" / "val_results.json"), "--out", str(tmp_path / "out.json")]
     result = CliRunner().invoke(cli, [*base, "--images", str(tmp_path / "other.json")])
     assert result.exit_code == 1 and "are not the model's" in result.output
     state = torch.load(root / "mtgan" / "mtgan" / "model.pt", weights_only=True)
@@ -167,10 +149,10 @@ def test_rescore_refuses_other_categories_and_old_models(imported_run: Path, tmp
     assert result.exit_code == 1 and "older train_mtgan" in result.output and not (tmp_path / "out.json").exists()
 
 
-def test_a_model_describes_itself(imported_run: Path) -> None:
+def test_a_model_describes_itself(tiny_run: Path) -> None:
     import torch
 
-    state = torch.load(imported_run / "artifacts" / "tiny" / "mtgan" / "mtgan" / "model.pt", weights_only=True)
+    state = torch.load(tiny_run / "artifacts" / "tiny" / "mtgan" / "mtgan" / "model.pt", weights_only=True)
     assert state["format_version"] == 2 and [c["name"] for c in state["categories"]][:2] == ["stripes", "checks"]
     assert (state["hr_size"], state["scale"], state["margin"]) == (64, 4, 0.0)
     assert state["preset"]["roi_input"] == "by_size" and state["config"]["mtgan"]["preset"] == "tiny"
