@@ -49,8 +49,7 @@ from pipeline.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, file_metadata, mak
 from pipeline.merge import MergeSettings, merge_detections  # noqa: E402
 from pipeline.score import coco_bbox_eval  # noqa: E402
 
-# name -> (variant, overrides of the configured preset, why it is tried). The first is the candidate
-# default; each other changes one thing.
+# name -> (variant, overrides of the configured preset, why it is tried).
 RECIPES: dict[str, tuple[str, dict[str, Any], str]] = {}
 
 # Test-time rules scored for every recipe: (roi_input, g_max_side).
@@ -64,44 +63,26 @@ def recipe(name: str, variant: str, why: str, **overrides: Any) -> None:
 
 recipe("mtgan", "mtgan", "the default: the configured preset (cpu) as it is")
 recipe("sbu", "sbu", "SBU with the same D recipe: the ablation MTGAN must beat")
-# The first candidate initialised the regression head as Fast R-CNN's box head, N(0, 0.001); each
-# alternative below changed one thing of that candidate (the sweep that chose the default).
-recipe("mtgan-reg-init-0.001", "mtgan", "the regression head initialised N(0, 0.001), Fast R-CNN's box-head init "
-       "(the paper: N(0, 0.1) for every fc head)", reg_init_std=0.001)
-recipe("sbu-reg-init-0.001", "sbu", "SBU with that init", reg_init_std=0.001)
-recipe("mtgan-reg-init-0.001-bn-separate", "mtgan", "with that init, D's batch norm as before: SR and HR in separate "
-       "passes, the G step updating the running statistics", reg_init_std=0.001, d_batchnorm="separate")
-recipe("mtgan-reg-init-0.001-sgd", "mtgan", "with that init, the paper's optimiser for D: SGD (momentum 0.9, lr 1.0 on "
-       "the 0.01-weighted terms, as the old cpu preset)", reg_init_std=0.001, d_optimizer="sgd", d_lr=1.0, d_weight_decay=1e-4)
-recipe("mtgan-reg-init-0.001-positives-as-sampled", "mtgan", "with that init, batches as the shards hold them "
-       "(25% positives)", reg_init_std=0.001, positive_fraction=None)
-recipe("mtgan-reg-init-0.001-d-width-16", "mtgan", "with that init, a quarter-width D (layer1 16 channels), 1.4x the "
-       "iterations in about the same time", reg_init_std=0.001, d_width=16, iterations=1000, d_lr_step=800)
-recipe("mtgan-reg-init-0.001-d-width-64", "mtgan", "with that init, a full-width D (layer1 64 channels), half the "
-       "iterations in about the same time", reg_init_std=0.001, d_width=64, iterations=350, d_lr_step=280)
-
-# Test-time rules scored for every recipe: (roi_input, g_max_side).
-RULES = [("all_generator", 0.0)] + [("by_size", t) for t in (8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)] + [("all_hr", 0.0)]
-COLUMNS = ("AP", "AP75", "APS", "APM", "APL")
-
-
-def recipe(name: str, variant: str, why: str, **overrides: Any) -> None:
-    RECIPES[name] = (variant, overrides, why)
-
-
-recipe("mtgan", "mtgan", "the candidate default: the configured preset (cpu) as it is")
-recipe("sbu", "sbu", "SBU with the same D recipe: the ablation MTGAN must beat")
-recipe("mtgan-bn-separate", "mtgan", "D's batch norm as before: SR and HR in separate passes, G step updating the "
-       "running statistics", d_batchnorm="separate")
-recipe("mtgan-reg-init-0.1", "mtgan", "the paper's N(0, 0.1) initialisation of the regression head", reg_init_std=0.1)
-recipe("mtgan-sgd", "mtgan", "the paper's optimiser for D, SGD (momentum 0.9, lr 1.0 on the 0.01-weighted terms, "
-       "as the old cpu preset)", d_optimizer="sgd", d_lr=1.0, d_weight_decay=1e-4)
-recipe("mtgan-positives-as-sampled", "mtgan", "batches as the shards hold them (25% positives)", positive_fraction=None)
-recipe("mtgan-d-width-16", "mtgan", "a quarter-width D (layer1 16 channels), 1.4x the iterations in about the same time",
-       d_width=16, iterations=1000, d_lr_step=800)
-recipe("mtgan-d-width-64", "mtgan", "a full-width D (layer1 64 channels), half the iterations in about the same time",
-       d_width=64, iterations=350, d_lr_step=280)
-
+# How the default was reached, in order. The first candidate had a half-width D (layer1 32
+# channels, 700 iterations) whose regression head started as Fast R-CNN's box head, N(0, 0.001);
+# each recipe below changed one thing of the candidate of its time.
+W32 = {"d_width": 32, "iterations": 700, "d_lr_step": 560}
+FAST_RCNN_INIT = {"reg_init_std": 0.001}
+recipe("mtgan-w32-reg-0.001", "mtgan", "the first candidate: half-width D (layer1 32 channels, 700 iterations), "
+       "regression head N(0, 0.001) as Fast R-CNN's box head (the paper: N(0, 0.1))", **W32, **FAST_RCNN_INIT)
+recipe("sbu-w32-reg-0.001", "sbu", "SBU with the first candidate's recipe", **W32, **FAST_RCNN_INIT)
+recipe("mtgan-w32-reg-0.001-bn-separate", "mtgan", "the first candidate with D's batch norm as before: SR and HR in "
+       "separate passes, the G step updating the running statistics", **W32, **FAST_RCNN_INIT, d_batchnorm="separate")
+recipe("mtgan-w32", "mtgan", "the first candidate with the paper's N(0, 0.1) regression-head init", **W32)
+recipe("mtgan-w32-reg-0.001-sgd", "mtgan", "the first candidate with the paper's optimiser for D: SGD (momentum 0.9, "
+       "lr 1.0 on the 0.01-weighted terms, as the old cpu preset)", **W32, **FAST_RCNN_INIT, d_optimizer="sgd", d_lr=1.0,
+       d_weight_decay=1e-4)
+recipe("mtgan-w32-reg-0.001-positives-as-sampled", "mtgan", "the first candidate with batches as the shards hold them "
+       "(25% positives)", **W32, **FAST_RCNN_INIT, positive_fraction=None)
+recipe("mtgan-reg-0.001", "mtgan", "the first candidate with a quarter-width D (layer1 16 channels), 1000 iterations "
+       "in about the same time", **FAST_RCNN_INIT)
+recipe("mtgan-w64-reg-0.001", "mtgan", "the first candidate with a full-width D (layer1 64 channels), 350 iterations in "
+       "about the same time", **FAST_RCNN_INIT, d_width=64, iterations=350, d_lr_step=280)
 
 def _run_snakemake(config_files: list[Path], targets: list[str], cores: int) -> None:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *targets, "--cores", str(cores)]
