@@ -15,7 +15,7 @@ plus D's eval-mode accuracy on dev positives by size (Table 9 style). Results go
 `artifacts/<dataset>/dev_sweep/results.md` (and .csv); models are cached per recipe under
 `artifacts/<dataset>/dev_sweep/<recipe>/`, so a rerun only scores.
 
-    python bench/dev_sweep.py                         # every recipe, default config (2 CPU cores: ~1 h)
+    python bench/dev_sweep.py                         # every recipe, default config (2 CPU cores: ~2 h)
     python bench/dev_sweep.py --recipes cpu,cpu-sbu   # some of them
     python bench/dev_sweep.py --config config/default.yaml --config my.yaml
 """
@@ -140,6 +140,8 @@ def main() -> None:
     parser.add_argument("--recipes", default="all", help="comma-separated recipe names, or all")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training and inference")
+    parser.add_argument("--no-snakemake", action="store_true",
+                        help="use the train and dev shards as they are (default: snakemake makes or updates them first)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = validate_config(load_config_files([REPO / "config" / "default.yaml", *args.config]))
@@ -148,8 +150,9 @@ def main() -> None:
     if not dev:
         raise SystemExit("the dataset has no development split (data.dev_split): choices are made on one")
     root = Path("artifacts") / data["name"]
-    _run_snakemake(args.config, [f"{root}/shards/train/manifest.json", f"{root}/shards/dev/manifest.json",
-                                 f"{root}/detect/{dev}_results.json"], args.cores)
+    if not args.no_snakemake:
+        _run_snakemake(args.config, [f"{root}/shards/train/manifest.json", f"{root}/shards/dev/manifest.json",
+                                     f"{root}/detect/{dev}_results.json"], args.cores)
     train_manifest, dev_manifest = root / "shards/train/manifest.json", root / "shards/dev/manifest.json"
     rois = read_table(root / "rois/dev.parquet", ROIS_SCHEMA)
     category_ids = list(file_metadata(root / "rois/dev.parquet")["category_ids"])
