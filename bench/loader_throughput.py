@@ -91,8 +91,12 @@ def main() -> None:
     num_rois = json.loads(manifest.read_text())["num_rois"]
     epoch = num_rois / results["HDF5 blocks, 0 workers"]
     print(f"\nsha256 check of every shard, once per job: {verify:.2f} s = {100 * verify / epoch:.0f}% of one epoch of "
-          f"the block loader ({epoch:.2f} s); a training job reads many epochs and trains at ~35 pairs/s on 2 cores, "
-          f"where an epoch takes {num_rois / 35:.0f} s ({100 * verify / (num_rois / 35):.2f}%)")
+          f"the block loader alone ({epoch:.2f} s)")
+    # Against the job it guards: the train_mtgan job of the last pipeline run, as Snakemake measured it.
+    job = args.root / "benchmarks" / "train_mtgan_mtgan.tsv"
+    if job.is_file():
+        seconds = float(job.read_text().splitlines()[1].split("\t")[0])
+        print(f"against the last train_mtgan job ({job}: {seconds:.0f} s): {100 * verify / seconds:.2f}%")
 
 
 def _seconds(work) -> float:  # type: ignore[no-untyped-def]
