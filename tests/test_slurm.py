@@ -204,13 +204,21 @@ class TinyRuns:
 
 
 @pytest.fixture(scope="module")
-def tiny_runs(cluster: None, tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> TinyRuns:
+def tiny_runs(cluster: None, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> TinyRuns:
     """`eval_coco` of config/tiny.yaml through the SLURM profile, and the session's local run of
-    the same config (the numbers must not depend on where the jobs ran)."""
+    the same config (the numbers must not depend on where the jobs ran). The Slurm run starts
+    first: while its jobs wait for the scheduler and the status checks, the local run (conftest's
+    `tiny_run`, if no test has made it yet) goes beside it."""
     slurm_dir, logs = tmp_path_factory.mktemp("on_slurm"), tmp_path_factory.mktemp("snakemake_output")
     since, started = _now_minus(2), time.time()
     slurm = _start(slurm_dir, logs / "slurm.log", *PROFILES, "--slurm-keep-successful-logs", "eval_coco", "--configfile", TINY)
-    runs = TinyRuns(_finish(slurm, slurm_dir, logs / "slurm.log", 1200), tiny_run, "", since, started)
+    try:
+        local: Path = request.getfixturevalue("tiny_run")
+    except BaseException:
+        slurm.send_signal(signal.SIGINT)  # Snakemake cancels its Slurm jobs on Ctrl-C
+        slurm.wait(timeout=120)
+        raise
+    runs = TinyRuns(_finish(slurm, slurm_dir, logs / "slurm.log", 1200), local, "", since, started)
     assert runs.slurm.returncode == 0, runs.slurm.output[-5000:]
     runs.run_id = _run_id(runs.slurm.output)
     return runs
