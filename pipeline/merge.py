@@ -39,12 +39,17 @@ class MergeSettings:
         return cls(**section_fields(cls, merge))
 
 
-def merge_file(settings: MergeSettings, rois_path: Path, inference: Path | None, ensemble: bool, out_json: Path) -> int:
-    """Stage 7 for one method: the test ROI table and a variant's predictions (None: the baseline's
-    own scores) -> a COCO results JSON; returns the number of detections."""
+def merged_records(settings: MergeSettings, rois_path: Path, inference: Path | None, ensemble: bool) -> list[dict[str, Any]]:
+    """One method's detections from the files of stages 3 and 6: the ROI table and a variant's
+    predictions (None: the baseline's own scores)."""
     predictions = read_table(inference, INFERENCE_SCHEMA) if inference else None
-    records = merge_detections(read_table(rois_path, ROIS_SCHEMA), predictions, settings, ensemble,
-                               list(file_metadata(rois_path)["category_ids"]))
+    return merge_detections(read_table(rois_path, ROIS_SCHEMA), predictions, settings, ensemble,
+                            list(file_metadata(rois_path)["category_ids"]))
+
+
+def merge_file(settings: MergeSettings, rois_path: Path, inference: Path | None, ensemble: bool, out_json: Path) -> int:
+    """Stage 7 for one method: its detections as a COCO results JSON; returns their number."""
+    records = merged_records(settings, rois_path, inference, ensemble)
     atomic.write_json(out_json, records)
     return len(records)
 

@@ -32,7 +32,7 @@ from pipeline.infer import infer
 from pipeline.io import atomic
 from pipeline.io.coco import image_list, load_json, read_json, validate_coco
 from pipeline.io.tables import DETECTIONS_SCHEMA, ROIS_SCHEMA, read_table, table_metadata, write_table
-from pipeline.merge import MergeSettings, merge_detections, merge_file
+from pipeline.merge import MergeSettings, merge_detections, merged_records
 from pipeline.rois import build_rois
 from pipeline.shards import ShardSettings, gather_manifest, write_chunk
 
@@ -98,9 +98,7 @@ def submission(method: str, coco: dict[str, Any], settings: MergeSettings, out: 
     else:
         if rois is None or inference is None:
             raise InputError(f"the submission of {method} needs the split's ROI table and the variant's inference")
-        with tempfile.TemporaryDirectory() as tmp:
-            merge_file(settings, rois, inference, ensemble, Path(tmp) / "merged.json")
-            records = read_json(Path(tmp) / "merged.json")
+        records = merged_records(settings, rois, inference, ensemble)
     return write_submission(records, coco, out, settings.max_per_image)
 
 

@@ -63,7 +63,6 @@ def rescore_cmd(model_path: Path, images: Path, image_root: Path | None, detecti
     from pipeline.submit import rescore
 
     opt.set_threads(threads)
-    merge = validate_config(load_config_files(config_files), require=())["merge"] if config_files else None
-    settings = MergeSettings.from_config(merge or validate_config({}, require=())["merge"])
+    settings = MergeSettings.from_config(validate_config(load_config_files(config_files), require=())["merge"])
     counts = rescore(model_path, images, detections, out_json, settings, ensemble, top_k, image_root, batch_size, device)
     click.echo(f"{counts['detections']} detections on {counts['images_with_detections']} of {counts['images']} images -> {out_json}")

@@ -16,8 +16,8 @@ from pipeline.sizes import ERROR_AREAS, SIZE_RANGES
 from pipeline.widerface.ground_truth import WIDERFACE_GROUND_TRUTH
 
 __all__ = ["ERROR_AREAS", "SIZE_RANGES", "baseline_model_input", "data_input_files", "data_splits", "detect_inputs",
-           "error_methods", "inactive_data_sources", "merge_inference_input", "methods", "out_args", "report_variant",
-           "score_results_input", "sections_json", "submission_files", "submit_inference_input",
+           "error_methods", "inactive_data_sources", "inference_input", "methods", "out_args", "report_variant",
+           "score_results_input", "sections_json", "submission_files",
            "widerface_ground_truth_files"]
 
 
@@ -97,16 +97,11 @@ def widerface_ground_truth_files(config: dict[str, Any]) -> list[str]:
     return [os.path.join(folder, name) for name in WIDERFACE_GROUND_TRUTH]
 
 
-def merge_inference_input(root: str, method: str) -> list[str]:
-    """A method's per-ROI predictions (none for the baseline: its own scores are merged)."""
+def inference_input(infer_dir: str, method: str) -> list[str]:
+    """A method's per-ROI predictions in `infer_dir` (the test split's `<root>/infer`, the submit
+    split's `<root>/submit/infer`); none for the baseline, which keeps its own scores."""
     variant = method.removesuffix("_ensemble")
-    return [] if variant == "baseline" else [f"{root}/infer/{variant}.parquet"]
-
-
-def submit_inference_input(root: str, method: str) -> list[str]:
-    """A method's per-ROI predictions on the submit split (none for the baseline)."""
-    variant = method.removesuffix("_ensemble")
-    return [] if variant == "baseline" else [f"{root}/submit/infer/{variant}.parquet"]
+    return [] if variant == "baseline" else [f"{infer_dir}/{variant}.parquet"]
 
 
 def submission_files(config: dict[str, Any], root: str) -> list[str]:

@@ -254,9 +254,10 @@ def test_the_shards_stage_ran_as_one_job_per_chunk(tiny_runs: TinyRuns) -> None:
 
 def test_every_jobs_log_reached_the_logs_folder(tiny_runs: TinyRuns) -> None:
     jobs, _ = _jobs(tiny_runs.slurm.output)
+    assert jobs
     for job in jobs.values():
         assert job.log.startswith("artifacts/tiny/logs/"), job
-        log = tiny_runs.slurm.workdir / job.log  # written on the node, by the job (some jobs write nothing)
+        log = tiny_runs.slurm.workdir / job.log  # written on the node, by the job (may be empty)
         assert log.is_file() and log.stat().st_mtime >= tiny_runs.started, job
         slurm_log = Path(job.slurm_logs[0])  # the job's Slurm output (kept: --slurm-keep-successful-logs)
         assert slurm_log.is_relative_to(tiny_runs.slurm.workdir / ".snakemake" / "slurm_logs"), job
@@ -281,7 +282,8 @@ def test_the_metrics_equal_a_local_run(tiny_runs: TinyRuns) -> None:
 def test_a_train_job_cancelled_by_slurm_is_resubmitted_and_resumes(tiny_runs: TinyRuns, tmp_path: Path) -> None:
     """scancel of a running train_mtgan job: Snakemake names the job's Slurm log, resubmits it
     (the profile's `retries: 1`), and the new job resumes from the checkpoint the first wrote."""
-    workdir = tiny_runs.slurm.workdir
+    workdir = tmp_path / "work"  # a copy: the tiny run stays as the other tests read it
+    shutil.copytree(tiny_runs.slurm.workdir, workdir, symlinks=True)
     # Other settings than the first run's, so that training starts afresh and writes a checkpoint
     # early (step 2 of 4 + 8): the job is cancelled then, while 10 steps are left to do.
     changed = tmp_path / "checkpoint_every_2.yaml"
@@ -351,7 +353,14 @@ def test_a_failing_job_names_its_slurm_log(cluster: None, tmp_path: Path) -> Non
 # --- the production profile ----------------------------------------------------------------------
 
 
-GPU_RULES = ("train_baseline", "detect", "train_mtgan", "infer")
+GPU_RULES = ("train_baseline", "detect", "train_mtgan", "infer", "infer_submit")
+
+
+def test_every_gpu_rule_of_the_workflow_is_in_the_profiles() -> None:
+    """The rules that ask for a GPU (`gpu=1` in pipeline/rules/*.smk) are exactly GPU_RULES, which
+    the profile test below checks in both profiles."""
+    blocks = [block for path in sorted((REPO / "pipeline" / "rules").glob("*.smk")) for block in path.read_text().split("\nrule ")[1:]]
+    assert sorted(block.split(":")[0] for block in blocks if "gpu=1" in block) == sorted(GPU_RULES)
 
 
 def test_the_test_cluster_profile_overrides_every_rule_of_the_production_profile() -> None:

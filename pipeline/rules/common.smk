@@ -15,14 +15,13 @@ from pipeline.workflow import (
     detect_inputs,
     error_methods,
     inactive_data_sources,
-    merge_inference_input,
+    inference_input,
     methods,
     out_args,
     report_variant,
     score_results_input,
     sections_json,
     submission_files,
-    submit_inference_input,
     widerface_ground_truth_files,
 )
 

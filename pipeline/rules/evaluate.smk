@@ -30,7 +30,7 @@ rule infer:
 rule merge:
     input:
         rois=f"{ROOT}/rois/test.parquet",
-        inference=lambda wildcards: merge_inference_input(ROOT, wildcards.method),
+        inference=lambda wildcards: inference_input(f"{ROOT}/infer", wildcards.method),
     output:
         results=f"{ROOT}/merge/{{method}}.json",
     params:

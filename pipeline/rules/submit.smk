@@ -30,7 +30,7 @@ rule submission:
         index=rules.data.output.index,
         detections=lambda wildcards: f"{ROOT}/detect/{SUBMIT_SPLIT}_results.json",
         rois=f"{ROOT}/rois/submit.parquet",
-        inference=lambda wildcards: submit_inference_input(ROOT, wildcards.method),
+        inference=lambda wildcards: inference_input(f"{SUBMIT}/infer", wildcards.method),
     output:
         results=f"{SUBMIT}/detections_{{split}}_{{method}}_results.json",
     params:
