@@ -18,6 +18,12 @@ plus D's eval-mode accuracy on dev positives by size (Table 9 style). Results go
     python bench/dev_sweep.py                         # every recipe, default config (2 CPU cores: ~2 h)
     python bench/dev_sweep.py --recipes mtgan,sbu     # some of them
     python bench/dev_sweep.py --config config/default.yaml --config my.yaml
+    python bench/dev_sweep.py --recipes mtgan,sbu,mtgan-1500,sbu-1500 --seeds 0,1,2
+
+With `--seeds`, each recipe is trained once per seed (the configured seed's model in
+`dev_sweep/<recipe>/`, the others in `dev_sweep/<recipe>-seed<N>/`), and `seeds.md` (and .csv)
+give mean +- std over seeds at each recipe's own test-time rule: one run's difference is noise
+until seeds say otherwise.
 """
 
 from __future__ import annotations
@@ -81,6 +87,10 @@ recipe("mtgan-w32-reg-0.001-positives-as-sampled", "mtgan", "the first candidate
        "(25% positives)", **W32, **FAST_RCNN_INIT, positive_fraction=None)
 recipe("mtgan-reg-0.001", "mtgan", "the first candidate with a quarter-width D (layer1 16 channels), 1000 iterations "
        "in about the same time", **FAST_RCNN_INIT)
+# After the seed benchmark (D's held-out accuracy still rising at the end of the default run):
+LONG = {"iterations": 1500, "d_lr_step": 1200}
+recipe("mtgan-1500", "mtgan", "the default with half as many iterations again (1500, D lr /10 at 1200)", **LONG)
+recipe("sbu-1500", "sbu", "SBU with the same longer budget", **LONG)
 recipe("mtgan-w64-reg-0.001", "mtgan", "the first candidate with a full-width D (layer1 64 channels), 350 iterations in "
        "about the same time", **FAST_RCNN_INIT, d_width=64, iterations=350, d_lr_step=280)
 
@@ -142,6 +152,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training and inference")
     parser.add_argument("--no-snakemake", action="store_true",
                         help="use the train and dev shards as they are (default: snakemake makes or updates them first)")
+    parser.add_argument("--seeds", default="", help="comma-separated training seeds (default: the configured seed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = validate_config(load_config_files([REPO / "config" / "default.yaml", *args.config]))
@@ -167,15 +178,16 @@ def main() -> None:
     base = coco_bbox_eval(coco_json, json.loads((root / "detect" / f"{dev}_results.json").read_text()))[0]
     rows.append({"recipe": "baseline", "rule": "", "offsets": "", **{c: base[c] for c in COLUMNS}})
     names = list(RECIPES) if args.recipes == "all" else args.recipes.split(",")
-    for name in names:
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [mtgan["seed"]]
+    for name, seed in ((n, s) for n in names for s in seeds):
         variant_name, overrides, why = RECIPES[name]
         variant = VARIANTS[variant_name]
         preset = resolve_preset(mtgan["preset"], {**mtgan["overrides"], **overrides})
-        out = root / "dev_sweep" / name
+        out = root / "dev_sweep" / (name if seed == mtgan["seed"] else f"{name}-seed{seed}")
         model = out / "model.pt"
         start = time.perf_counter()
-        if not _trained(model, variant, preset, mtgan["seed"]):
-            train_mtgan(train_manifest, variant, preset, out, "cpu", threads=args.threads, seed=mtgan["seed"])
+        if not _trained(model, variant, preset, seed):
+            train_mtgan(train_manifest, variant, preset, out, "cpu", threads=args.threads, seed=seed)
         train_s = time.perf_counter() - start
         p = _predictions(model, dev_manifest, out / "dev_predictions.npz")
         assert np.array_equal(p["roi_id"], np.asarray(dev_rois["roi_id"])), "dev shards and ROI table disagree"
@@ -190,25 +202,46 @@ def main() -> None:
             alone = _score(rois, coco_json, probs, offsets, False, merge, category_ids, p["roi_id"])
             plain = _score(rois, coco_json, probs, np.zeros_like(offsets), False, merge, category_ids, p["roi_id"])
             ens = _score(rois, coco_json, probs, offsets, True, merge, category_ids, p["roi_id"])
-            row = {"recipe": name, "rule": rule if rule != "by_size" else f"by_size {threshold:g}",
+            row = {"recipe": name, "seed": seed, "rule": rule if rule != "by_size" else f"by_size {threshold:g}",
+                   "own rule": (rule, threshold if rule == "by_size" else 0.0) == (preset.roi_input, preset.g_max_side if preset.roi_input == "by_size" else 0.0),
                    **{c: alone[c] for c in COLUMNS}, **{f"{c} no offsets": plain[c] for c in ("AP", "AP75", "APS")},
                    **{f"{c} ensemble": ens[c] for c in ("AP", "APS")},
                    **{f"acc {k}": acc[k] for k in ("positive", "negative", "positive_small")},
                    "through G": float(use_g.mean()), "train s": train_s, "pairs/s": pairs_s, "why": why}
             rows.append(row)
             print(" | ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "why"), flush=True)
-    _write(rows, root / "dev_sweep")
+    _write(rows, root / "dev_sweep", "results")
+    if len(seeds) > 1:
+        _write(_seed_summary(rows), root / "dev_sweep", "seeds")
 
 
-def _write(rows: list[dict[str, Any]], out: Path) -> None:
+SUMMARY = ("AP", "AP75", "APS", "APM", "APL", "AP ensemble", "APS ensemble", "acc positive", "acc positive_small")
+
+
+def _seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean +- sample std over seeds of each recipe's scores at its own test-time rule."""
+    out = []
+    for name in dict.fromkeys(r["recipe"] for r in rows if r.get("own rule")):
+        runs = [r for r in rows if r["recipe"] == name and r.get("own rule")]
+        row: dict[str, Any] = {"recipe": name, "rule": runs[0]["rule"], "seeds": ",".join(str(r["seed"]) for r in runs)}
+        for key in SUMMARY:
+            values = 100 * np.array([r[key] for r in runs])
+            row[key] = f"{values.mean():.1f} +- {values.std(ddof=1) if len(values) > 1 else 0.0:.1f}"
+        row["APS per seed"] = " / ".join(f"{100 * r['APS']:.1f}" for r in runs)
+        row["why"] = runs[0]["why"]
+        out.append(row)
+    return out
+
+
+def _write(rows: list[dict[str, Any]], out: Path, stem: str) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.csv").write_text(buffer.getvalue())
-    shown = [k for k in keys if k not in ("why", "train s")]
+    (out / f"{stem}.csv").write_text(buffer.getvalue())
+    shown = [k for k in keys if k not in ("why", "train s", "own rule")]
 
     def cell(v: Any) -> str:
         if isinstance(v, float):
@@ -219,7 +252,7 @@ def _write(rows: list[dict[str, Any]], out: Path) -> None:
     lines += ["| " + " | ".join(cell(r.get(k)) for k in shown) + " |" for r in rows]
     whys = dict.fromkeys((r["recipe"], r["why"]) for r in rows if r.get("why"))
     lines += ["", *(f"- `{name}`: {why}" for name, why in whys)]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
