@@ -178,7 +178,7 @@ def main() -> None:
 
     rows: list[dict[str, Any]] = []
     base = coco_bbox_eval(coco_json, json.loads((root / "detect" / f"{dev}_results.json").read_text()))[0]
-    rows.append({"recipe": "baseline", "rule": "", "offsets": "", **{c: base[c] for c in COLUMNS}})
+    rows.append({"recipe": "baseline", "seed": "", "rule": "", **{c: base[c] for c in COLUMNS}})
     names = list(RECIPES) if args.recipes == "all" else args.recipes.split(",")
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [mtgan["seed"]]
     for name, seed in ((n, s) for n in names for s in seeds):
@@ -205,7 +205,7 @@ def main() -> None:
             plain = _score(rois, coco_json, probs, np.zeros_like(offsets), False, merge, category_ids, p["roi_id"])
             ens = _score(rois, coco_json, probs, offsets, True, merge, category_ids, p["roi_id"])
             row = {"recipe": name, "seed": seed, "rule": rule if rule != "by_size" else f"by_size {threshold:g}",
-                   "own rule": (rule, threshold if rule == "by_size" else 0.0) == (preset.roi_input, preset.g_max_side if preset.roi_input == "by_size" else 0.0),
+                   "own rule": rule == preset.roi_input and (rule != "by_size" or threshold == preset.g_max_side),
                    **{c: alone[c] for c in COLUMNS}, **{f"{c} no offsets": plain[c] for c in ("AP", "AP75", "APS")},
                    **{f"{c} ensemble": ens[c] for c in ("AP", "APS")},
                    **{f"acc {k}": acc[k] for k in ("positive", "negative", "positive_small")},
