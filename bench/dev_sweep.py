@@ -15,7 +15,7 @@ plus D's eval-mode accuracy on dev positives by size (Table 9 style). Results go
 `artifacts/<dataset>/dev_sweep/results.md` (and .csv); models are cached per recipe under
 `artifacts/<dataset>/dev_sweep/<recipe>/`, so a rerun only scores.
 
-    python bench/dev_sweep.py                         # every recipe, default config (2 CPU cores: ~2 h)
+    python bench/dev_sweep.py                         # every recipe, default config (2 CPU cores: over 2 h)
     python bench/dev_sweep.py --recipes mtgan,sbu     # some of them
     python bench/dev_sweep.py --config config/default.yaml --config my.yaml
     python bench/dev_sweep.py --recipes mtgan,sbu,mtgan-1000,sbu-1000 --seeds 0,1,2
