@@ -6,8 +6,8 @@ plus preset overrides, listed in RECIPES with the reason it is tried) this train
 the training shards, runs D over every dev ROI twice (as the up-sampled LR image and as the HR
 crop), and then scores, with pycocotools on the dev split:
 
-- every test-time rule: all ROIs through G (the old path), `by_size` at several `g_max_side`
-  thresholds, every ROI as its HR crop;
+- every test-time rule that applies to the variant: the paper's path (every ROI through the
+  up-sampler), `by_size` at several `g_max_side` thresholds, every ROI as its HR crop;
 - with and without D's box offsets;
 - alone and in the ensemble with the baseline;
 
@@ -22,8 +22,8 @@ plus D's eval-mode accuracy on dev positives by size (Table 9 style). Results go
 
 With `--seeds`, each recipe is trained once per seed (the configured seed's model in
 `dev_sweep/<recipe>/`, the others in `dev_sweep/<recipe>-seed<N>/`), and `seeds.md` (and .csv)
-give mean +- std over seeds at each recipe's own test-time rule: one run's difference is noise
-until seeds say otherwise.
+give mean +- std over seeds under each configured test-time rule (`infer.rules`, by_size at
+`infer.g_max_side`): one run's difference is noise until seeds say otherwise.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from jobs.mtgan.roi_input import through_generator  # noqa: E402
-from jobs.mtgan.settings import VARIANTS, resolve_preset  # noqa: E402
+from jobs.mtgan.settings import PAPER_RULE, VARIANTS, applies, resolve_preset  # noqa: E402
 from jobs.mtgan.train import train_mtgan  # noqa: E402
 from pipeline.config import dev_split, load_config_files, validate_config  # noqa: E402
 from pipeline.infer import load_variant, predict, table9_accuracy  # noqa: E402
@@ -58,8 +58,8 @@ from pipeline.score import coco_bbox_eval  # noqa: E402
 # name -> (variant, overrides of the configured preset, why it is tried).
 RECIPES: dict[str, tuple[str, dict[str, Any], str]] = {}
 
-# Test-time rules scored for every recipe: (roi_input, g_max_side).
-RULES = [("all_generator", 0.0)] + [("by_size", t) for t in (8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)] + [("all_hr", 0.0)]
+# Test-time rules scored for every recipe where they apply: (rule, g_max_side).
+RULES = [(PAPER_RULE, 0.0)] + [("by_size", t) for t in (8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)] + [("all_hr", 0.0)]
 COLUMNS = ("AP", "AP75", "APS", "APM", "APL")
 
 
@@ -68,7 +68,10 @@ def recipe(name: str, variant: str, why: str, **overrides: Any) -> None:
 
 
 recipe("mtgan", "mtgan", "the default: the configured preset (cpu) as it is")
-recipe("sbu", "sbu", "SBU with the same D recipe: the ablation MTGAN must beat")
+recipe("sbu", "sbu", "the paper's SBU (D on bilinear up-sampled ROIs only) with the same D recipe: Table 4's ablation")
+recipe("d_no_adv", "d_no_adv", "Table 3's control (D w/o adversarial branch on the HR crops) with the same D recipe")
+recipe("sbu_hr", "sbu_hr", "our SBU (D on up-sampled and HR crops, as MTGAN's D): the SBU of the table until the "
+       "paper's SBU replaced it")
 # How the default was reached, in order. The first candidate had a half-width D (layer1 32
 # channels, 700 iterations) whose regression head started as Fast R-CNN's box head, N(0, 0.001);
 # each recipe below changed one thing of the candidate of its time.
@@ -76,7 +79,8 @@ W32 = {"d_width": 32, "iterations": 700, "d_lr_step": 560}
 FAST_RCNN_INIT = {"reg_init_std": 0.001}
 recipe("mtgan-w32-reg-0.001", "mtgan", "the first candidate: half-width D (layer1 32 channels, 700 iterations), "
        "regression head N(0, 0.001) as Fast R-CNN's box head (the paper: N(0, 0.1))", **W32, **FAST_RCNN_INIT)
-recipe("sbu-w32-reg-0.001", "sbu", "SBU with the first candidate's recipe", **W32, **FAST_RCNN_INIT)
+recipe("sbu-w32-reg-0.001", "sbu_hr", "SBU (D on up-sampled and HR crops) with the first candidate's recipe", **W32,
+       **FAST_RCNN_INIT)
 recipe("mtgan-w32-reg-0.001-bn-separate", "mtgan", "the first candidate with D's batch norm as before: SR and HR in "
        "separate passes, the G step updating the running statistics", **W32, **FAST_RCNN_INIT, d_batchnorm="separate")
 recipe("mtgan-w32", "mtgan", "the first candidate with the paper's N(0, 0.1) regression-head init", **W32)
@@ -94,7 +98,7 @@ recipe("mtgan-w64-reg-0.001", "mtgan", "the first candidate with a full-width D 
 # The default until the seed benchmark, whose D was still learning at its last step; the default
 # now runs 1500 iterations with D's lr /10 at 1200 (chosen on dev over seeds 0, 1, 2).
 recipe("mtgan-1000", "mtgan", "the default before the seed benchmark: 1000 iterations, D lr /10 at 800", **SHORT)
-recipe("sbu-1000", "sbu", "SBU with that budget", **SHORT)
+recipe("sbu-1000", "sbu_hr", "SBU (D on up-sampled and HR crops) with that budget", **SHORT)
 
 def _run_snakemake(config_files: list[Path], targets: list[str], cores: int) -> None:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *targets, "--cores", str(cores)]
@@ -195,8 +199,8 @@ def main() -> None:
         assert np.array_equal(p["roi_id"], np.asarray(dev_rois["roi_id"])), "dev shards and ROI table disagree"
         log_rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         pairs_s = np.median([r["pairs_per_s"] for r in log_rows if r.get("stage") == "gan"])
-        rules = RULES if variant.generator != "none" else [("all_hr", 0.0)]
-        for rule, threshold in rules:
+        own_rules = {(r, config["infer"]["g_max_side"] if r == "by_size" else 0.0) for r in config["infer"]["rules"]}
+        for rule, threshold in ((r, t) for r, t in RULES if applies(r, variant)):
             use_g = through_generator(boxes, sizes, margin, rule, threshold, variant)
             probs = np.where(use_g[:, None], p.get("g_probs", p["hr_probs"]), p["hr_probs"])
             offsets = np.where(use_g[:, None], p.get("g_offsets", p["hr_offsets"]), p["hr_offsets"])
@@ -205,7 +209,7 @@ def main() -> None:
             plain = _score(rois, coco_json, probs, np.zeros_like(offsets), False, merge, category_ids, p["roi_id"])
             ens = _score(rois, coco_json, probs, offsets, True, merge, category_ids, p["roi_id"])
             row = {"recipe": name, "seed": seed, "rule": rule if rule != "by_size" else f"by_size {threshold:g}",
-                   "own rule": rule == preset.roi_input and (rule != "by_size" or threshold == preset.g_max_side),
+                   "own rule": (rule, threshold) in own_rules,
                    **{c: alone[c] for c in COLUMNS}, **{f"{c} no offsets": plain[c] for c in ("AP", "AP75", "APS")},
                    **{f"{c} ensemble": ens[c] for c in ("AP", "APS")},
                    **{f"acc {k}": acc[k] for k in ("positive", "negative", "positive_small")},
@@ -221,11 +225,11 @@ SUMMARY = ("AP", "AP75", "APS", "APM", "APL", "AP ensemble", "APS ensemble", "ac
 
 
 def _seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean +- sample std over seeds of each recipe's scores at its own test-time rule."""
+    """Mean +- sample std over seeds of each recipe's scores under each configured test-time rule."""
     out = []
-    for name in dict.fromkeys(r["recipe"] for r in rows if r.get("own rule")):
-        runs = [r for r in rows if r["recipe"] == name and r.get("own rule")]
-        row: dict[str, Any] = {"recipe": name, "rule": runs[0]["rule"], "seeds": ",".join(str(r["seed"]) for r in runs)}
+    for name, rule in dict.fromkeys((r["recipe"], r["rule"]) for r in rows if r.get("own rule")):
+        runs = [r for r in rows if r["recipe"] == name and r["rule"] == rule]
+        row: dict[str, Any] = {"recipe": name, "rule": rule, "seeds": ",".join(str(r["seed"]) for r in runs)}
         for key in SUMMARY:
             values = 100 * np.array([r[key] for r in runs])
             row[key] = f"{values.mean():.1f} +- {values.std(ddof=1) if len(values) > 1 else 0.0:.1f}"

@@ -271,19 +271,21 @@ def train_mtgan_cmd(config_files: tuple[Path, ...], sections_json: str | None, v
 @opt.sections_option
 @click.option("--model", "model_path", required=True, type=opt.existing_files, help="A trained variant's model.pt.")
 @click.option("--manifest", required=True, type=opt.existing_files, help="The test split's shard manifest.")
+@opt.rule_option
 @click.option("--out", "out_table", required=True, type=opt.out_file, help="Per-ROI predictions (.parquet).")
 @click.option("--out-accuracy", required=True, type=opt.out_file,
               help="D's classification accuracy on positive / negative / all ROIs, positives by size (.json).")
 @opt.threads_option
-def infer_cmd(config_files: tuple[Path, ...], sections_json: str | None, model_path: Path, manifest: Path, out_table: Path,
-              out_accuracy: Path, threads: int | None) -> None:
-    """Stage 6: a trained variant's G and D over the test shards: K+1 probabilities and box offsets per ROI."""
+def infer_cmd(config_files: tuple[Path, ...], sections_json: str | None, model_path: Path, manifest: Path, rule: str,
+              out_table: Path, out_accuracy: Path, threads: int | None) -> None:
+    """Stage 6: a trained variant's G and D over the test shards under one test-time rule: K+1
+    probabilities and box offsets per ROI."""
     from pipeline.infer import InferSettings, write_inference
 
     config = opt.resolve_config(config_files, sections_json, need=("infer",))
     opt.set_threads(threads)
-    accuracy = write_inference(InferSettings.from_config(config["infer"]), model_path, manifest, out_table, out_accuracy)
-    click.echo(f"{accuracy['variant']}: accuracy {accuracy['accuracy']}")
+    accuracy = write_inference(InferSettings.from_config(config["infer"]), rule, model_path, manifest, out_table, out_accuracy)
+    click.echo(f"{accuracy['method']}: accuracy {accuracy['accuracy']}")
 
 
 @cli.command("merge")
@@ -307,7 +309,7 @@ def merge_cmd(config_files: tuple[Path, ...], sections_json: str | None, rois_pa
 @opt.index_option
 @opt.split_option
 @click.option("--results", required=True, type=opt.existing_files, help="COCO results JSON.")
-@click.option("--method", required=True, help="Name of the method in the table (baseline, mtgan, mtgan_ensemble, ...).")
+@click.option("--method", required=True, help="Name of the method in the table (baseline, mtgan, mtgan_ensemble, mtgan-by_size, ...; pipeline/methods.py).")
 @click.option("--out-json", required=True, type=opt.out_file)
 @click.option("--out-md", required=True, type=opt.out_file)
 @click.option("--out-eval", type=opt.out_file, help="Also keep COCOeval's accumulated precision / recall / scores arrays here (.npz).")

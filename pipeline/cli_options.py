@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from jobs.mtgan.settings import PAPER_RULE, RULES
 from pipeline.config import load_config_files, validate_config
 from pipeline.errors import PipelineError
 
@@ -66,5 +67,8 @@ threads_option = click.option(
     "--threads", type=int, default=None,
     callback=lambda ctx, param, value: None if value is None else max(1, min(value, os.cpu_count() or 1)),
     help="CPU threads for torch, at most the machine's CPU count (default: torch's choice).")
+rule_option = click.option(
+    "--rule", type=click.Choice(list(RULES)), default=PAPER_RULE, show_default=True,
+    help="Test-time rule: what D sees for each ROI (" + "; ".join(f"{k}: {r.description}" for k, r in RULES.items()) + ").")
 outputs_option = click.option("--out", "outputs", multiple=True, required=True,
                               help="NAME=PATH of each output file (repeatable; the rule names them).")

@@ -1,10 +1,11 @@
 """Stage 6, infer: a trained variant's G and D over the test split's shards.
 
 Per ROI: D's K+1 class probabilities and its 4 box offsets (zeros for a variant without a
-regression head), computed on what D sees for that ROI at test time (`jobs/mtgan/roi_input.py`,
-the rule recorded in the model): the up-sampled LR image (G(LR) for MTGAN and its loss ablations,
-bilinear for SBU) for a small ROI, the HR crop for the others and for the plain R-CNN style
-`d_no_adv`. Batched, under `torch.inference_mode`, on the GPU when present (bf16 autocast there).
+regression head), computed on what D sees for that ROI under one test-time rule
+(`jobs/mtgan/roi_input.py`; an inference setting, so changing it never retrains): on the paper's
+path the up-sampled LR image of every ROI (G(LR) for MTGAN and its loss ablations, bilinear for
+SBU; the HR crop for Table 3's `d_no_adv`); under our `by_size` rule G(LR) for a small ROI and the
+HR crop for the others. Batched, under `torch.inference_mode`, on the GPU when present (bf16 autocast there).
 Also D's classification accuracy on the positive, negative and all (non-ignored) test ROIs, and
 on positives by size: the paper's Table 9.
 """
@@ -26,13 +27,14 @@ from jobs.common import pick_device
 from jobs.mtgan.data import ShardBatches
 from jobs.mtgan.engine import build_networks, to_model
 from jobs.mtgan.roi_input import discriminator_images, through_generator
-from jobs.mtgan.settings import Preset, Variant
+from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE, Preset, RULES, Variant, applies
 from jobs.weights import load_torch_file
 from pipeline.config import section_fields
 from pipeline.errors import CheckpointError, EmptyInputError, InputError
 from pipeline.io import atomic
 from pipeline.io.shards import SIZE_CODES, read_manifest, verify_shards
 from pipeline.io.tables import INFERENCE_SCHEMA, make_table, write_table
+from pipeline.methods import method_name
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ def load_variant(model_path: Path, device: torch.device) -> tuple[Variant, torch
 class InferSettings:
     batch_size: int
     device: str  # auto, cpu, cuda, cuda:N
+    g_max_side: float = DEFAULT_G_MAX_SIDE  # the by_size rule's threshold (crop side, image pixels)
 
     @classmethod
     def from_config(cls, infer: dict[str, Any]) -> InferSettings:
@@ -64,9 +67,11 @@ class InferSettings:
         return cls(**section_fields(cls, infer))
 
 
-def write_inference(settings: InferSettings, model_path: Path, manifest: Path, out_table: Path, out_accuracy: Path) -> dict[str, Any]:
-    """Stage 6 for one variant: the per-ROI table and the Table 9 accuracies (returned too)."""
-    table, accuracy = infer(model_path, manifest, pick_device(settings.device), settings.batch_size)
+def write_inference(settings: InferSettings, rule: str, model_path: Path, manifest: Path, out_table: Path,
+                    out_accuracy: Path) -> dict[str, Any]:
+    """Stage 6 for one variant under one test-time rule: the per-ROI table and the Table 9
+    accuracies (returned too)."""
+    table, accuracy = infer(model_path, manifest, pick_device(settings.device), settings.batch_size, rule, settings.g_max_side)
     write_table(table, out_table)
     atomic.write_json(out_accuracy, accuracy, indent=2)
     return accuracy
@@ -107,30 +112,34 @@ def table9_accuracy(probs: np.ndarray, label: np.ndarray, size_class: np.ndarray
     return accuracy
 
 
-def infer(model_path: Path, manifest: Path, device: torch.device, batch_size: int = 256) -> tuple[pa.Table, dict[str, Any]]:
-    """The per-ROI table of a variant on the shards of `manifest`, and its Table 9 accuracies."""
+def infer(model_path: Path, manifest: Path, device: torch.device, batch_size: int = 256, rule: str = PAPER_RULE,
+          g_max_side: float = DEFAULT_G_MAX_SIDE) -> tuple[pa.Table, dict[str, Any]]:
+    """The per-ROI table of a variant on the shards of `manifest` under test-time rule `rule`, and
+    its Table 9 accuracies."""
     variant, g, d, state = load_variant(model_path, device)
+    if not applies(rule, variant):
+        raise InputError(f"{model_path}: test-time rule {rule!r} does not apply to variant {variant.name!r} "
+                         f"(its D trains on {list(variant.d_inputs)}; rules: {list(RULES)})")
     doc = read_manifest(manifest)
     if doc["num_rois"] == 0:
         raise EmptyInputError(f"{manifest}: the test shards hold no ROIs: nothing to infer (did the detector find nothing?)")
     check_compatible(state, doc, model_path, manifest)
     verify_shards(manifest, doc)
-    preset = state["preset"]
 
     def use_g(batch: dict[str, torch.Tensor]) -> np.ndarray:
-        return through_generator(batch["box"].numpy(), batch["image_size"].numpy(), doc["margin"], preset["roi_input"],
-                                 preset["g_max_side"], variant)
+        return through_generator(batch["box"].numpy(), batch["image_size"].numpy(), doc["margin"], rule, g_max_side, variant)
 
     p = predict(g, d, manifest, use_g, device, batch_size)
     order = np.argsort(p["roi_id"])
     columns = {"roi_id": p["roi_id"][order], "probs": p["probs"][order].astype(np.float32),
                **{k: p["offsets"][order, j].astype(np.float32) for j, k in enumerate(("dx", "dy", "dw", "dh"))},
                "through_g": p["through_g"][order].astype(np.int32)}
-    table = make_table(columns, INFERENCE_SCHEMA, {"variant": variant.name, "category_ids": state["category_ids"]})
+    table = make_table(columns, INFERENCE_SCHEMA, {"variant": variant.name, "rule": rule, "category_ids": state["category_ids"]})
     accuracy = table9_accuracy(p["probs"], p["label"], p["size_class"])
-    log.info("variant %s: %d ROIs, %d seen through G (%s, g_max_side %s); classification accuracy %s", variant.name,
-             len(order), int(p["through_g"].sum()), preset["roi_input"], preset["g_max_side"], accuracy)
-    return table, {"variant": variant.name, "roi_input": preset["roi_input"], "g_max_side": preset["g_max_side"],
+    threshold = g_max_side if rule == "by_size" else None
+    log.info("variant %s, rule %s: %d ROIs, %d seen through the up-sampler (g_max_side %s); classification accuracy %s",
+             variant.name, rule, len(order), int(p["through_g"].sum()), threshold, accuracy)
+    return table, {"variant": variant.name, "rule": rule, "method": method_name(variant.name, rule), "g_max_side": threshold,
                    "through_g": int(p["through_g"].sum()), "accuracy": accuracy}
 
 

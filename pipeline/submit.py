@@ -11,7 +11,7 @@
   detections (a COCO results JSON, or the detect stage's own table) are validated and made ROIs
   (`pipeline.detect.import_detections`, `pipeline.rois`),
   cropped into temporary shards with the model's own HR size, scale and margin (`pipeline.shards`),
-  inferred with the model's own test-time rule (`pipeline.infer`) and merged (`pipeline.merge`):
+  inferred under the test-time rule asked for (the paper's path by default; `pipeline.infer`) and merged (`pipeline.merge`):
   the same code as the pipeline's stages 3-7, so for the same ROIs it gives the same detections.
 """
 
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.common import pick_device
+from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE
 from jobs.weights import load_torch_file
 from pipeline.detect import import_detections
 from pipeline.errors import CheckpointError, InputError, first_few
@@ -106,9 +107,9 @@ def model_description(model_path: Path) -> dict[str, Any]:
     """The settings a model records about itself; CheckpointError when it cannot be honoured."""
     state = load_torch_file(model_path, "MTGAN model")
     missing = [k for k in MODEL_KEYS if k not in state]
-    if missing or state["format_version"] < 2:
-        raise CheckpointError(f"{model_path}: a model.pt without {missing or 'format 2'} (made by an older train_mtgan): "
-                              "rescore cannot tell how it crops and routes ROIs; retrain it")
+    if missing or state["format_version"] < 3:
+        raise CheckpointError(f"{model_path}: a model.pt without {missing or 'format 3'} (made by an older train_mtgan): "
+                              "rescore cannot tell how it crops ROIs and what its D was trained on; retrain it")
     return state
 
 
@@ -150,9 +151,11 @@ def _detections(path: Path, coco: dict[str, Any], top_k: int, model: dict[str, A
 
 
 def rescore(model_path: Path, images: Path, detections: Path, out: Path, settings: MergeSettings, ensemble: bool = False,
-            top_k: int = 100, image_root: Path | None = None, batch_size: int = 256, device: str = "auto") -> dict[str, int]:
+            top_k: int = 100, image_root: Path | None = None, batch_size: int = 256, device: str = "auto",
+            rule: str = PAPER_RULE, g_max_side: float = DEFAULT_G_MAX_SIDE) -> dict[str, int]:
     """Another detector's results on `images`, re-scored by a trained model (MTGAN alone, or the
-    ensemble with the detector's own scores): the pipeline's stages 3-7 in one call."""
+    ensemble with the detector's own scores) under the test-time rule `rule`: the pipeline's
+    stages 3-7 in one call."""
     model = model_description(model_path)
     coco, root = image_info(images, model)
     root = Path(image_root) if image_root else root
@@ -166,7 +169,7 @@ def rescore(model_path: Path, images: Path, detections: Path, out: Path, setting
         write_table(rois, Path(tmp) / "rois.parquet")
         write_chunk(Path(tmp) / "rois.parquet", coco, root, "rescore", 0, shard_settings, Path(tmp) / "chunk-0")
         gather_manifest(Path(tmp) / "rois.parquet", [Path(tmp) / "chunk-0"], "rescore", shard_settings, Path(tmp) / "manifest.json")
-        predictions, _ = infer(model_path, Path(tmp) / "manifest.json", pick_device(device), batch_size)
+        predictions, _ = infer(model_path, Path(tmp) / "manifest.json", pick_device(device), batch_size, rule, g_max_side)
         records = merge_detections(read_table(Path(tmp) / "rois.parquet", ROIS_SCHEMA), predictions, settings, ensemble,
                                    list(model["category_ids"]))
     return write_submission(records, coco, out, settings.max_per_image)

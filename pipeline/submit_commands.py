@@ -16,7 +16,7 @@ from pipeline import cli_options as opt
 @opt.sections_option
 @opt.index_option
 @opt.split_option
-@click.option("--method", required=True, help="baseline, or a variant (mtgan, sbu, ...) with or without _ensemble.")
+@click.option("--method", required=True, help="baseline, or a variant (mtgan, sbu, ...) with or without -<rule> and _ensemble.")
 @click.option("--detections", type=opt.existing_files, help="The baseline's results: the detect stage's <split>_results.json.")
 @click.option("--rois", "rois_path", type=opt.existing_files, help="A variant's: the split's ROI table (rois/submit.parquet) ...")
 @click.option("--inference", type=opt.existing_files, help="... and the variant's per-ROI predictions on it.")
@@ -53,16 +53,20 @@ def submission_cmd(config_files: tuple[Path, ...], sections_json: str | None, da
 @opt.config_option
 @click.option("--batch-size", default=256, show_default=True, help="ROIs per inference batch.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@opt.rule_option
 @opt.threads_option
 def rescore_cmd(model_path: Path, images: Path, image_root: Path | None, detections: Path, out_json: Path, ensemble: bool,
-                top_k: int, config_files: tuple[Path, ...], batch_size: int, device: str, threads: int | None) -> None:
+                top_k: int, config_files: tuple[Path, ...], batch_size: int, device: str, rule: str, threads: int | None) -> None:
     """Re-score another detector's results with a trained MTGAN: the pipeline's crop / infer / merge
-    code in one command (merge settings from --config, default config/default.yaml's)."""
+    code in one command (merge settings and infer.g_max_side from --config, default
+    config/default.yaml's)."""
     from pipeline.config import load_config_files, validate_config
     from pipeline.merge import MergeSettings
     from pipeline.submit import rescore
 
     opt.set_threads(threads)
-    settings = MergeSettings.from_config(validate_config(load_config_files(config_files), require=())["merge"])
-    counts = rescore(model_path, images, detections, out_json, settings, ensemble, top_k, image_root, batch_size, device)
+    config = validate_config(load_config_files(config_files), require=())
+    settings = MergeSettings.from_config(config["merge"])
+    counts = rescore(model_path, images, detections, out_json, settings, ensemble, top_k, image_root, batch_size, device, rule,
+                     config["infer"]["g_max_side"])
     click.echo(f"{counts['detections']} detections on {counts['images_with_detections']} of {counts['images']} images -> {out_json}")

@@ -7,24 +7,43 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 from typing import Any
 
 from pipeline.config import data_splits
+from jobs.mtgan.settings import PAPER_RULE
 from pipeline.errors import InputError
+from pipeline.methods import all_methods, method_name, parse_method
 from pipeline.sizes import ERROR_AREAS, SIZE_RANGES
 from pipeline.widerface.ground_truth import WIDERFACE_GROUND_TRUTH
 
 __all__ = ["ERROR_AREAS", "SIZE_RANGES", "baseline_model_input", "data_input_files", "data_splits", "detect_inputs",
-           "error_methods", "inactive_data_sources", "inference_input", "methods", "out_args", "report_variant",
-           "score_results_input", "sections_json", "submission_files",
-           "widerface_ground_truth_files"]
+           "error_methods", "inactive_data_sources", "infer_sections", "inference_files", "inference_input", "inferences",
+           "method_pattern", "methods", "out_args", "report_method", "report_variant", "score_results_input", "sections_json",
+           "submission_files", "widerface_ground_truth_files"]
 
 
 def methods(config: dict[str, Any]) -> list[str]:
-    """Every method the table scores, in order: the baseline, each variant, each ensemble."""
-    suffixes = ["", "_ensemble"] if config["merge"]["ensemble"] else [""]
-    return ["baseline"] + [f"{variant}{suffix}" for variant in config["mtgan"]["variants"] for suffix in suffixes]
+    """Every method the table scores, in the table's order (pipeline/methods.py): the baseline,
+    each variant under each test-time rule that applies to it, and their ensembles."""
+    return all_methods(config["mtgan"]["variants"], config["infer"]["rules"], config["merge"]["ensemble"])
+
+
+def inferences(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (variant, rule) pairs the infer stage runs: one job each."""
+    return [(m.variant, m.rule) for m in map(parse_method, methods(config)) if m.variant is not None and not m.ensemble]
+
+
+def inference_files(infer_dir: str, config: dict[str, Any], suffix: str = ".parquet") -> list[str]:
+    """Every inference's output file in `infer_dir` (`_accuracy.json`: its Table 9 accuracies)."""
+    return [f"{infer_dir}/{rule}/{variant}{suffix}" for variant, rule in inferences(config)]
+
+
+def infer_sections(config: dict[str, Any], rule: str) -> str:
+    """The `infer` section as one rule's job sees it: without the list of rules (adding a rule
+    reruns no other rule's jobs) and, but for by_size, without its threshold."""
+    return sections_json(config, "infer", drop=("rules",) if rule == "by_size" else ("rules", "g_max_side"))
 
 
 def report_variant(config: dict[str, Any]) -> str:
@@ -33,10 +52,17 @@ def report_variant(config: dict[str, Any]) -> str:
     return "mtgan" if "mtgan" in variants else variants[0]
 
 
+def report_method(config: dict[str, Any]) -> str:
+    """The method the report's pictures are about: the report's variant on the paper's path (on
+    the first configured rule when the paper's path is not among them)."""
+    variant, rules = report_variant(config), config["infer"]["rules"]
+    return method_name(variant, PAPER_RULE if PAPER_RULE in rules else rules[0])
+
+
 def error_methods(config: dict[str, Any]) -> list[str]:
-    """The methods of the error analysis: the baseline, the report's variant and its ensemble."""
-    variant = report_variant(config)
-    return [m for m in ("baseline", variant, f"{variant}_ensemble") if m in methods(config)]
+    """The methods of the error analysis: the baseline, the report's method and its ensemble."""
+    method = report_method(config)
+    return [m for m in ("baseline", method, f"{method}_ensemble") if m in methods(config)]
 
 
 def out_args(output: Any) -> str:
@@ -100,8 +126,13 @@ def widerface_ground_truth_files(config: dict[str, Any]) -> list[str]:
 def inference_input(infer_dir: str, method: str) -> list[str]:
     """A method's per-ROI predictions in `infer_dir` (the test split's `<root>/infer`, the submit
     split's `<root>/submit/infer`); none for the baseline, which keeps its own scores."""
-    variant = method.removesuffix("_ensemble")
-    return [] if variant == "baseline" else [f"{infer_dir}/{variant}.parquet"]
+    m = parse_method(method)
+    return [] if m.variant is None else [f"{infer_dir}/{m.rule}/{m.variant}.parquet"]
+
+
+def method_pattern(config: dict[str, Any]) -> str:
+    """The `method` wildcard's constraint: exactly the configured methods."""
+    return "|".join(re.escape(m) for m in methods(config))
 
 
 def submission_files(config: dict[str, Any], root: str) -> list[str]:

@@ -99,3 +99,20 @@ def test_snakemake_refuses_a_malformed_config_before_running(tmp_path: Path) -> 
     assert "data.builtin.jpeg_quality" in result.stderr + result.stdout
     assert "data.builtin.colour" in result.stderr + result.stdout
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_the_schemas_enumerations_are_the_registries() -> None:
+    """Variants and test-time rules are defined once (jobs/mtgan/settings.py); the config schema
+    lists the same names, so a new entry cannot be forgotten in one of them."""
+
+    from jobs.mtgan.settings import RULES, VARIANTS
+    from pipeline.methods import parse_method
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml").read_text())
+    sections = schema["properties"]
+    assert sections["mtgan"]["properties"]["variants"]["items"]["enum"] == list(VARIANTS)
+    assert sections["infer"]["properties"]["rules"]["items"]["enum"] == list(RULES)
+    assert all("-" not in name for name in [*VARIANTS, *RULES])  # a method's name splits at its "-"
+    assert parse_method("mtgan-by_size_ensemble").ensemble and parse_method("sbu").rule == "paper"
+    with pytest.raises(ValueError, match="unknown method"):
+        parse_method("sbu-by_size")  # the paper's SBU never trains on HR crops: no row for it

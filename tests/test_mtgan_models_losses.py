@@ -16,7 +16,7 @@ from jobs.mtgan import losses
 from jobs.mtgan.engine import build_networks, discriminator_step, generator_step
 from jobs.mtgan.models import Discriminator, Generator, ResNetTrunk, resnet_backbone
 from jobs.mtgan.roi_input import discriminator_images, through_generator
-from jobs.mtgan.settings import PRESETS, VARIANTS, PresetError, resolve_preset
+from jobs.mtgan.settings import PRESETS, RULES, VARIANTS, PresetError, applies, resolve_preset
 from pipeline.crops import crop_sides
 
 
@@ -90,17 +90,25 @@ def test_imagenet_weights_load_into_the_stride_16_trunk(tmp_path: Path, monkeypa
 
 
 def test_small_rois_reach_d_through_g_and_large_ones_as_hr_crops() -> None:
-    """roi_input by_size: a ROI whose crop's longer side is at most g_max_side image pixels goes
-    through G; a larger one reaches D as its HR crop."""
+    """Test-time rule by_size: a ROI whose crop's longer side is at most g_max_side image pixels
+    goes through G; a larger one reaches D as its HR crop. The paper's path: every ROI through the
+    up-sampler, but the plain R-CNN style D sees the resized proposal."""
     boxes = np.array([[10, 10, 22, 18], [0, 0, 16, 16], [5, 5, 21.5, 9], [40, 40, 140, 100], [300, 300, 330, 320]], np.float32)
     sizes = np.array([[320, 320]] * 4 + [[340, 310]], np.int32)  # the last box is clipped to 30 x 10
-    mtgan, plain = VARIANTS["mtgan"], VARIANTS["d_no_adv"]
+    mtgan, plain, sbu = VARIANTS["mtgan"], VARIANTS["d_no_adv"], VARIANTS["sbu"]
     assert through_generator(boxes, sizes, 0.0, "by_size", 16.0, mtgan).tolist() == [True, True, False, False, False]
     assert through_generator(boxes, sizes, 0.0, "by_size", 30.0, mtgan).tolist() == [True, True, True, False, True]
     assert through_generator(boxes, sizes, 0.1, "by_size", 16.0, mtgan).tolist() == [True, False, False, False, False]
-    assert through_generator(boxes, sizes, 0.0, "all_generator", 16.0, mtgan).all()
+    assert through_generator(boxes, sizes, 0.0, "paper", 16.0, mtgan).all()
+    assert through_generator(boxes, sizes, 0.0, "paper", 16.0, sbu).all()  # the paper's SBU: every ROI up-sampled
     assert not through_generator(boxes, sizes, 0.0, "all_hr", 16.0, mtgan).any()
-    assert not through_generator(boxes, sizes, 0.0, "by_size", 16.0, plain).any()  # no G: HR crops
+    assert not through_generator(boxes, sizes, 0.0, "paper", 16.0, plain).any()  # no up-sampler: the resized proposal
+    # HR crops only for a D that trains on them: not the paper's SBU, and d_no_adv's one row is the paper's
+    assert [applies(r, sbu) for r in RULES] == [True, False, False]
+    assert [applies(r, plain) for r in RULES] == [True, False, False]
+    assert all(applies(r, mtgan) for r in RULES) and all(applies(r, VARIANTS["sbu_hr"]) for r in RULES)
+    with pytest.raises(ValueError, match="does not apply"):
+        through_generator(boxes, sizes, 0.0, "by_size", 16.0, sbu)
     np.testing.assert_allclose(crop_sides(boxes, sizes, 0.0), [12, 16, 16.5, 100, 30])
 
     class Marker(nn.Module):  # "G": an image of 7s, so D's input shows which path each ROI took
@@ -111,6 +119,7 @@ def test_small_rois_reach_d_through_g_and_large_ones_as_hr_crops() -> None:
     use_g = torch.from_numpy(through_generator(boxes, sizes, 0.0, "by_size", 16.0, mtgan))
     images = discriminator_images(Marker(), lr, hr, use_g)
     assert (images[use_g] == 7).all() and torch.equal(images[~use_g], hr[~use_g])
+    assert (discriminator_images(Marker(), lr, hr, torch.ones(5, dtype=torch.bool)) == 7).all()
 
 
 def test_each_loss_term_equals_a_hand_computed_value() -> None:
@@ -181,6 +190,24 @@ def test_a_discriminator_step_leaves_the_generator_untouched() -> None:
     assert all(torch.equal(before_g[k], v) for k, v in _params(g).items())
     assert all(p.grad is None for p in g.parameters())
     assert any(not torch.equal(before_d[k], v) for k, v in _params(d).items())
+
+
+@pytest.mark.parametrize(("variant", "sees"), [("sbu", {"sr"}), ("sbu_hr", {"sr", "hr"}), ("d_no_adv", {"hr"}), ("mtgan", {"sr", "hr"})])
+def test_each_variants_discriminator_trains_on_what_the_paper_says(variant: str, sees: set[str]) -> None:
+    """Eq 11 over the images the variant's D sees: the paper's SBU on up-sampled ROIs only (Table 4),
+    d_no_adv on the resized proposals only (Table 3), MTGAN (and our sbu_hr) on both. A marker
+    on each kind of image shows which reached D."""
+    g, d, d_opt, _ = _tiny(variant)
+    lr, hr, labels, targets = _batch()
+    seen: list[torch.Tensor] = []
+    d.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    sr = torch.full((len(lr), 3, 64, 64), 0.25) if g is not None else None
+    hr = torch.full_like(hr, -0.75)
+    metrics = discriminator_step(d, d_opt, sr, hr, labels, targets, VARIANTS[variant], PRESETS["tiny"], contextlib.nullcontext)
+    images = torch.cat(seen)
+    got = {name for name, value in (("sr", 0.25), ("hr", -0.75)) if (images == value).all(dim=(1, 2, 3)).any()}
+    assert got == sees and len(images) == len(lr) * len(sees)
+    assert ("acc_sr" in metrics) == ("sr" in sees) and ("acc_hr" in metrics) == ("hr" in sees)
 
 
 def test_sbu_has_nothing_to_learn_in_its_upsampler() -> None:

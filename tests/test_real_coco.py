@@ -127,6 +127,6 @@ def test_coco_mini_end_to_end_through_snakemake(coco_mini: Path, tmp_path: Path)
     root = tmp_path / "artifacts" / "coco-mini"
     with open(root / "eval" / "metrics.csv") as f:
         rows = {row["method"]: row for row in csv.DictReader(f)}
-    assert list(rows) == ["baseline", "sbu", "mtgan", "sbu_ensemble", "mtgan_ensemble"]
+    assert list(rows) == ["baseline", "sbu", "mtgan", "sbu_ensemble", "mtgan_ensemble", "mtgan-by_size", "mtgan-by_size_ensemble"]
     assert all(int(row["images"]) == 80 for row in rows.values())
     assert (root / "eval" / "per_class_ap.csv").read_text().count("\n") == 1 + 80

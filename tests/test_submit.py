@@ -93,22 +93,24 @@ def test_submit_coco_writes_a_valid_results_file_per_method(tiny_run: Path) -> N
     coco = json.loads((root / "data" / "test.json").read_text())
     assert "annotations" not in coco
     files = sorted(p.name for p in (root / "submit").glob("detections_*_results.json"))
-    assert files == sorted(f"detections_test_{m}_results.json" for m in ("baseline", "mtgan", "mtgan_ensemble", "sbu", "sbu_ensemble"))
+    methods = ("baseline", "d_no_adv", "sbu", "mtgan", "mtgan-by_size")
+    assert files == sorted(f"detections_test_{m}{e}_results.json" for m in methods for e in ("", "_ensemble") if m + e != "baseline_ensemble")
     for name in files:
         records = json.loads((root / "submit" / name).read_text())
         assert records and results_problems(records, coco, 100) == []
     assert not list((root / "score").glob("*test*"))  # an unlabelled split is never scored
 
 
-@pytest.mark.parametrize("method", ["mtgan", "mtgan_ensemble"])
+@pytest.mark.parametrize("method", ["mtgan", "mtgan_ensemble", "mtgan-by_size"])
 def test_rescore_reproduces_the_pipelines_merge(tiny_run: Path, method: str) -> None:
     """The tiny pipeline's model over its own baseline detections of val (the detect stage's table):
-    exactly the detections of its merge stage."""
+    exactly the detections of its merge stage, on the paper's path and under our by_size rule."""
     root = tiny_run / "artifacts" / "tiny"
     out = tiny_run.parent / f"rescored_{method}.json"
     args = ["rescore", "--model", str(root / "mtgan" / "mtgan" / "model.pt"), "--images", str(root / "data" / "val.json"),
             "--image-root", str(root / "data" / "images" / "val"), "--detections", str(root / "detect" / "val.parquet"),
             "--out", str(out), "--device", "cpu"] + (["--ensemble"] if method.endswith("_ensemble") else [])
+    args += ["--rule", "by_size"] if "-by_size" in method else []
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     rescored = json.loads(out.read_text())
@@ -153,6 +155,7 @@ def test_a_model_describes_itself(tiny_run: Path) -> None:
     import torch
 
     state = torch.load(tiny_run / "artifacts" / "tiny" / "mtgan" / "mtgan" / "model.pt", weights_only=True)
-    assert state["format_version"] == 2 and [c["name"] for c in state["categories"]][:2] == ["stripes", "checks"]
+    assert state["format_version"] == 3 and [c["name"] for c in state["categories"]][:2] == ["stripes", "checks"]
     assert (state["hr_size"], state["scale"], state["margin"]) == (64, 4, 0.0)
-    assert state["preset"]["roi_input"] == "by_size" and state["config"]["mtgan"]["preset"] == "tiny"
+    assert state["variant"]["d_inputs"] == ["sr", "hr"] and state["config"]["mtgan"]["preset"] == "tiny"
+    assert "roi_input" not in state["preset"]  # the test-time rule is an inference setting, not the model's

@@ -107,7 +107,7 @@ def test_eval_widerface_end_to_end_through_snakemake(picnic: dict[str, Path], tm
     root = tmp_path / "artifacts" / "picnic"
     with open(root / "eval" / "widerface.csv") as f:
         rows = {row["method"]: row for row in csv.DictReader(f)}
-    assert list(rows) == ["baseline", "mtgan", "mtgan_ensemble"]
+    assert list(rows) == ["baseline", "mtgan", "mtgan_ensemble", "mtgan-by_size", "mtgan-by_size_ensemble"]
     assert all(row["images_evaluated"] == "24" and row["official"] == "False" for row in rows.values())
     assert all(0.0 <= float(row[s]) <= 1.0 for row in rows.values() for s in ("easy", "medium", "hard"))
     assert "| 24 of 3226 |" in (root / "eval" / "widerface.md").read_text()

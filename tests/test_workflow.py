@@ -62,8 +62,19 @@ def test_tiny_pipeline_runs_then_caches(tiny_run: Path, tmp_path: Path) -> None:
     COCO(str(data / "val.json")).loadRes(str(root / "detect" / "val_results.json"))
     with open(root / "eval" / "metrics.csv") as f:
         methods = [row["method"] for row in csv.DictReader(f)]
-    assert methods == ["baseline", "sbu", "mtgan", "sbu_ensemble", "mtgan_ensemble"]  # the paper's order
-    assert "| MTGAN x baseline (ensemble) |" in (root / "eval" / "metrics.md").read_text()
+    # the paper's experiment on its path (Tables 3, 4, 6), then our by-size path beside it
+    assert methods == ["baseline", "d_no_adv", "sbu", "mtgan", "d_no_adv_ensemble", "sbu_ensemble", "mtgan_ensemble",
+                       "mtgan-by_size", "mtgan-by_size_ensemble"]
+    table = (root / "eval" / "metrics.md").read_text()
+    assert "| MTGAN x baseline: every ROI through G (paper's path) |" in table
+    assert "| MTGAN: G for small crops, HR crop above (ours) |" in table
+    with open(root / "eval" / "accuracy.csv") as f:  # Table 9 of each variant on its paths
+        assert [(r["method"], r["rule"]) for r in csv.DictReader(f)] == [("d_no_adv", "paper"), ("sbu", "paper"),
+                                                                        ("mtgan", "paper"), ("mtgan-by_size", "by_size")]
+    for variant, rule, through in (("mtgan", "paper", "all"), ("sbu", "paper", "all"), ("d_no_adv", "paper", "none"),
+                                   ("mtgan", "by_size", "some")):
+        seen = read_table(root / "infer" / rule / f"{variant}.parquet", "inference.schema.yaml").column("through_g").to_pylist()
+        assert {"all": all(seen), "none": not any(seen), "some": 0 < sum(seen) < len(seen)}[through], (variant, rule)
     assert (root / "eval" / "per_class_ap.csv").read_text().count("\n") == 1 + 7
     figures = [f"pr_{a}.png" for a in ("all", "small", "medium", "large")] + [
         "metrics_bars.png", "per_class_ap_change.png", "training_curves.png", "accuracy.png", "roi_grid.png",
@@ -87,12 +98,22 @@ def test_tiny_pipeline_runs_then_caches(tiny_run: Path, tmp_path: Path) -> None:
 
     forced = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, "--forcerun", "merge")
     reports = {"report_charts": 1, "report_errors": 1, "report_detections": 1}
-    assert jobs_of(forced.stdout) == {"merge": 4, "score": 4, "table": 1, "eval_coco": 1} | reports
+    assert jobs_of(forced.stdout) == {"merge": 8, "score": 8, "table": 1, "eval_coco": 1} | reports
     more = tmp_path / "more.yaml"
-    more.write_text("mtgan:\n  variants: [mtgan, sbu, d_no_adv]\n")
+    more.write_text("mtgan:\n  variants: [mtgan, sbu, d_no_adv, sbu_hr]\n")
     added = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, str(more))
-    assert jobs_of(added.stdout) == {"train_mtgan": 1, "infer": 1, "merge": 2, "score": 2, "table": 1, "eval_coco": 1,
-                                     "report_charts": 1}
+    assert jobs_of(added.stdout) == {"train_mtgan": 1, "infer": 2, "merge": 4, "score": 4, "table": 1, "eval_coco": 1,
+                                     "report_charts": 1}  # sbu_hr on the paper's path and by size
+
+    # The test-time rules are an inference setting: changing them retrains nothing.
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("infer:\n  rules: [paper, all_hr]\n")
+    other_rule = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, str(rules))
+    assert jobs_of(other_rule.stdout) == {"infer": 1, "merge": 2, "score": 2, "table": 1, "eval_coco": 1, "report_charts": 1}
+    threshold = tmp_path / "threshold.yaml"
+    threshold.write_text("infer:\n  g_max_side: 24\n")
+    moved = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, str(threshold))
+    assert jobs_of(moved.stdout) == {"infer": 1, "merge": 2, "score": 2, "table": 1, "eval_coco": 1, "report_charts": 1}
 
     reseeded = tmp_path / "seed3.yaml"
     reseeded.write_text("data:\n  builtin:\n    seed: 3\n")

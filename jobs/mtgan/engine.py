@@ -13,13 +13,14 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from jobs.mtgan import losses
 from jobs.mtgan.models import BilinearUpsampler, Discriminator, Generator, resnet_backbone
-from jobs.mtgan.roi_input import discriminator_images
-from jobs.mtgan.settings import Preset, Variant
+from jobs.mtgan.roi_input import through_generator
+from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE, Preset, RULES, Variant, applies
 from pipeline.errors import InputError
 from pipeline.io.shards import SIZE_CODES
 
@@ -82,12 +83,15 @@ def discriminator_step(
     targets: torch.Tensor, variant: Variant, preset: Preset, autocast: Any,
 ) -> dict[str, float]:
     """Eq 11 with G fixed: D on the super-resolved images (detached: nothing here reaches G) and on
-    the real HR images. With `d_batchnorm: joint` both go through D in one forward pass, so its
-    batch-norm statistics are those of the mix of SR and HR images it sees at test time."""
-    sr = sr.detach() if sr is not None else None
+    the real HR images, each where the variant's D trains on it (`variant.d_inputs`: the paper's
+    SBU sees up-sampled images only, `d_no_adv` HR crops only). With `d_batchnorm: joint` both go
+    through D in one forward pass, so its batch-norm statistics are those of the mix of SR and HR
+    images it sees at test time."""
+    sr = sr.detach() if sr is not None and "sr" in variant.d_inputs else None
+    hr = hr if "hr" in variant.d_inputs else None
     with autocast():
-        if sr is None:
-            out_sr, out_hr = None, d(hr)
+        if sr is None or hr is None:
+            out_sr, out_hr = (None, d(hr)) if sr is None else (d(sr), None)
         elif preset.d_batchnorm == "joint":
             out = d(torch.cat([sr, hr]))
             out_sr, out_hr = ({k: v[: len(sr)] for k, v in out.items()}, {k: v[len(sr) :] for k, v in out.items()})
@@ -104,8 +108,9 @@ def discriminator_step(
         metrics["acc_sr"] = _accuracy(out_sr["cls"].detach(), labels)
         if "gan" in out_sr:
             metrics["d_sr"] = float(torch.sigmoid(out_sr["gan"].detach().float()).mean())
-    metrics["acc_hr"] = _accuracy(out_hr["cls"].detach(), labels)
-    if "gan" in out_hr:
+    if out_hr is not None:
+        metrics["acc_hr"] = _accuracy(out_hr["cls"].detach(), labels)
+    if out_hr is not None and "gan" in out_hr:
         metrics["d_real"] = float(torch.sigmoid(out_hr["gan"].detach().float()).mean())
     return metrics
 
@@ -172,23 +177,40 @@ def train_step(
     return metrics
 
 
+def rule_key(key: str, rule: str) -> str:
+    """A metric's name under a test-time rule: as it is for the paper's path, `<key>-<rule>` else."""
+    return key if rule == PAPER_RULE else f"{key}-{rule}"
+
+
 @torch.inference_mode()
-def evaluate_holdout(g: nn.Module | None, d: nn.Module, holdout: dict[str, Any], use_g: torch.Tensor, device: torch.device,
-                     autocast: Any, batch_size: int = 256) -> dict[str, float]:
-    """D's eval-mode classification accuracy on held-out ROIs, each seen as at test time (G(LR)
-    where `use_g`, the HR crop elsewhere): on positives and negatives, and on positives by size
-    class. `holdout`: uint8 lr / hr, label, size_class arrays (numpy)."""
-    predicted = []
+def evaluate_holdout(g: nn.Module | None, d: nn.Module, holdout: dict[str, Any], variant: Variant, margin: float,
+                     device: torch.device, autocast: Any, batch_size: int = 256) -> dict[str, float]:
+    """D's eval-mode classification accuracy on held-out ROIs under every test-time rule that
+    applies to `variant` (`by_size` at DEFAULT_G_MAX_SIDE): on positives and negatives, and on
+    positives by size class; keys `eval_acc_*` for the paper's path, `eval_acc_*-<rule>` for the
+    others. D in eval mode treats each ROI on its own, so one pass over the up-sampled images and
+    one over the HR crops give every rule's predictions. `holdout`: uint8 lr / hr, label,
+    size_class, box, image_size arrays (numpy)."""
+    rules = [r for r in RULES if applies(r, variant)]
+    use_g = {r: through_generator(holdout["box"], holdout["image_size"], margin, r, DEFAULT_G_MAX_SIDE, variant) for r in rules}
+    needs_sr, needs_hr = any(u.any() for u in use_g.values()), any((~u).any() for u in use_g.values())
+    predicted: dict[bool, list[torch.Tensor]] = {True: [], False: []}
     with eval_mode(d), (eval_mode(g) if g is not None else contextlib.nullcontext()):
         for start in range(0, len(holdout["label"]), batch_size):
             rows = slice(start, start + batch_size)
-            lr = to_model(torch.from_numpy(holdout["lr"][rows]), device)
             hr = to_model(torch.from_numpy(holdout["hr"][rows]), device)
             with autocast():
-                images = discriminator_images(g, lr, hr, use_g[rows].to(device))
-                predicted.append(d(images)["cls"].float().argmax(1).cpu())
-    right = torch.cat(predicted).numpy() == holdout["label"]
+                if needs_sr:
+                    sr = g(to_model(torch.from_numpy(holdout["lr"][rows]), device))
+                    predicted[True].append(d(sr)["cls"].float().argmax(1).cpu())
+                if needs_hr:
+                    predicted[False].append(d(hr)["cls"].float().argmax(1).cpu())
     label, size = holdout["label"], holdout["size_class"]
+    right = {seen: torch.cat(p).numpy() == label for seen, p in predicted.items() if p}
     groups = {"eval_acc_pos": label > 0, "eval_acc_neg": label == 0}
     groups |= {f"eval_acc_pos_{name}": (label > 0) & (size == code) for code, name in enumerate(SIZE_CODES)}
-    return {name: float(right[mask].mean()) for name, mask in groups.items() if mask.any()}
+    scores = {}
+    for rule, through in use_g.items():
+        correct = np.where(through, right.get(True, False), right.get(False, False))
+        scores |= {rule_key(name, rule): float(correct[mask].mean()) for name, mask in groups.items() if mask.any()}
+    return scores

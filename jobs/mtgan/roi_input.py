@@ -1,22 +1,26 @@
-"""What D sees for a ROI at test time, in one place for the training job's held-out check, the
-infer stage and `mtgan rescore`.
+"""What D sees for a ROI at test time under each test-time rule (the rules are named in
+`jobs/mtgan/settings.py`, RULES), in one place for the training job's held-out check, the infer
+stage, the report and `mtgan rescore`.
 
-Training pairs are (LR, HR): HR is the ROI crop resized to 64x64, LR its 4x bicubic reduction
-(16x16), and D learns on both G(LR) and HR (Eq 11). At test time the paper says only that ROIs are
-"cropped by our baseline detector and then fed to our MTGAN framework" and that G's input is "small
-ROI images". Squeezing every ROI to 16x16 before G would throw away what a large ROI's crop holds
-(on the built-in val split the median positive ROI is 70 px wide). Our reading, rule `by_size`:
+A rule is an inference setting (config `infer.rules`, a list): each trained variant is scored
+under each rule that applies to it, from one training run.
 
-- a ROI whose crop's longer side is at most `g_max_side` image pixels (about the LR size: its
-  16x16 LR image holds all the detail its crop has) reaches D as G(LR): super-resolution is what
-  such a ROI lacks;
-- any larger ROI reaches D as its HR crop, which holds at least its crop's detail up to 64 px (D
-  is trained on HR crops with the classification and regression losses, Eq 11, so this is inside
-  its training distribution).
+- `paper`, the paper's path: every ROI, positive or negative, of any size, becomes its 16x16 LR
+  image, is up-sampled 4x by the variant's up-sampler (G for MTGAN, bilinear for SBU) and is
+  classified by D at 64x64. The paper says so where it explains Table 9: "the positive and negative
+  examples are inputted to the generator network and up-sampled by" G or "a simple bi-linear
+  up-sampler (SBU) to generated the super-resolved images, respectively. Finally, the
+  super-resolved images go through the discriminator" (paper lines 1523-1538); for SBU, "We
+  upsample the training ROIs 4 times (i.e. to 64x64)" (line 1056); and it sets its input against
+  "plain R-CCN (i.e. 224 x 224) is larger than our method (i.e. 64x64)" (lines 1047-1048). A
+  variant without an up-sampler (Table 3's `d_no_adv`) is fed the resized proposal, its HR crop.
+- `by_size` (ours): G(LR) for a ROI whose crop's longer side is at most `g_max_side` image pixels
+  (its 16x16 LR image then holds all the detail its crop has), the HR crop for any larger ROI:
+  squeezing a 100-pixel ROI to 16x16 throws away what the image holds.
+- `all_hr` (ours): the HR crop for every ROI (G unused at test time).
 
-`all_generator` (every ROI through G, as before) and `all_hr` (every ROI's HR crop: G unused at
-test time) are kept for comparison. Variants without a learned G use the same rule with their own
-up-sampler (SBU: bilinear); the plain R-CNN style `d_no_adv` always sees the HR crop.
+`by_size` and `all_hr` feed D HR crops, so they apply only to variants whose D trains on HR crops
+and has an up-sampler (for `d_no_adv` they would repeat the `paper` row).
 """
 
 from __future__ import annotations
@@ -25,22 +29,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from jobs.mtgan.settings import Variant
+from jobs.mtgan.settings import PAPER_RULE, Variant, applies
 from pipeline.crops import crop_sides
-
-RULES = ("by_size", "all_generator", "all_hr")
 
 
 def through_generator(boxes: np.ndarray, image_sizes: np.ndarray, margin: float, rule: str, g_max_side: float,
                       variant: Variant) -> np.ndarray:
     """Per ROI: True where D sees the up-sampled LR image, False where it sees the HR crop."""
     n = len(boxes)
+    if not applies(rule, variant):
+        raise ValueError(f"test-time rule {rule!r} does not apply to variant {variant.name!r}")
     if variant.generator == "none" or rule == "all_hr":
         return np.zeros(n, bool)
-    if rule == "all_generator":
+    if rule == PAPER_RULE:
         return np.ones(n, bool)
-    if rule != "by_size":
-        raise ValueError(f"unknown roi_input rule {rule!r}: one of {RULES}")
     return crop_sides(boxes, image_sizes, margin) <= g_max_side
 
 
@@ -49,6 +51,8 @@ def discriminator_images(g: nn.Module | None, lr: torch.Tensor, hr: torch.Tensor
     G runs on the selected ROIs only."""
     if g is None or not bool(use_g.any()):
         return hr
+    if bool(use_g.all()):
+        return g(lr).to(hr.dtype)
     images = hr.clone()
     images[use_g] = g(lr[use_g]).to(images.dtype)
     return images

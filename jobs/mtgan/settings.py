@@ -74,13 +74,10 @@ class Preset:
     # sees at test time; "separate": SR and HR in separate passes and the G step updating the
     # statistics with SR alone (the statistics then drift from what inference sees).
     d_batchnorm: str = _knob("joint", choices=("joint", "separate"))
-    # How D sees a ROI at test time (ours; the paper is silent, see jobs/mtgan/roi_input.py):
-    # by_size: G(LR) for a ROI whose crop's longer side is at most g_max_side image pixels, the HR
-    # crop for the others; all_generator: G(LR) for every ROI; all_hr: the HR crop for every ROI.
-    roi_input: str = _knob("by_size", choices=("by_size", "all_generator", "all_hr"))
-    g_max_side: float = _knob(16.0, minimum=0)
     # D's eval-mode accuracy on a fixed held-out slice of the training ROIs (the last
-    # `holdout_blocks` blocks of the shards, never trained on), logged every `eval_every` steps.
+    # `holdout_blocks` blocks of the shards, never trained on), logged every `eval_every` steps
+    # under every test-time rule that applies to the variant (jobs/mtgan/roi_input.py). The rule
+    # itself is an inference setting (config `infer.rules`), not a training one.
     holdout_blocks: int = _knob(4, minimum=0)
     eval_every: int = _knob(500, minimum=1)
     # Bookkeeping.
@@ -195,20 +192,66 @@ def schedule_in_iterations(preset: Preset, num_rois: int) -> Preset:
 
 @dataclass(frozen=True)
 class Variant:
+    """An ablation (paper Tables 3-5), defined once: what it trains, what D learns from, and how
+    the table, the report and the CLI name and draw it (registry order = the table's order)."""
+
     name: str
     generator: str  # "learned" (MTGAN's G), "bilinear" (SBU) or "none" (D sees the HR crop: plain R-CNN)
     heads: tuple[str, ...]  # discriminator heads
     g_terms: tuple[str, ...]  # terms of the generator's loss besides MSE: adv, cls, reg
+    d_inputs: tuple[str, ...]  # what D trains on: "sr" (the up-sampled LR images) and/or "hr" (the HR crops)
+    label: str  # the table's row name
+    color: str  # the report's colour (an ensemble is drawn darker)
     description: str
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("mtgan", "learned", ("gan", "cls", "reg"), ("adv", "cls", "reg"), "the full method"),
-    Variant("sbu", "bilinear", ("cls", "reg"), (), "G replaced by bilinear 4x up-sampling; D with cls + reg on the "
-            "up-sampled and the HR images, as MTGAN's D (Table 4)"),
-    Variant("d_no_adv", "none", ("cls", "reg"), (), "plain R-CNN style: D without the adversarial branch on the HR crops (Table 3)"),
-    Variant("no_reg_branch", "learned", ("gan", "cls"), ("adv", "cls"), "D without the regression branch (Table 5)"),
-    Variant("no_adv_loss", "learned", ("gan", "cls", "reg"), ("cls", "reg"), "no adversarial term in G's loss (Table 5)"),
-    Variant("no_cls_loss", "learned", ("gan", "cls", "reg"), ("adv", "reg"), "no classification term in G's loss (Table 5)"),
-    Variant("no_reg_loss", "learned", ("gan", "cls", "reg"), ("adv", "cls"), "no regression term in G's loss (Table 5)"),
+    # Table 3's control, "our discriminator network without adversarial branch": the paper feeds it
+    # "the resized proposals (e.g. 224 x 224)" (paper lines 1037-1039); ours is the 64x64 HR crop.
+    Variant("d_no_adv", "none", ("cls", "reg"), (), ("hr",), "D w/o adv branch",
+            "#2ca02c", "Table 3's control: D without the adversarial branch, trained on and fed the resized proposal "
+            "(our 64x64 HR crop; the paper's is 224x224)"),
+    # Table 4's SBU: "We upsample the training ROIs 4 times (i.e. to 64x64) and train a detector with
+    # both classification and regression branches" (paper lines 1056-1058): D sees up-sampled ROIs only.
+    Variant("sbu", "bilinear", ("cls", "reg"), (), ("sr",), "SBU (bilinear up-sampler as G)", "#1f77b4",
+            "Table 4's SBU: G replaced by bilinear 4x up-sampling of the LR image; D with cls + reg heads, trained on and "
+            "fed the up-sampled images only"),
+    Variant("sbu_hr", "bilinear", ("cls", "reg"), (), ("sr", "hr"), "SBU, D also trained on HR crops (ours)", "#6baed6",
+            "ours: SBU whose D trains on the up-sampled and the HR images, as MTGAN's D does"),
+    Variant("mtgan", "learned", ("gan", "cls", "reg"), ("adv", "cls", "reg"), ("sr", "hr"), "MTGAN", "#d62728",
+            "the full method"),
+    Variant("no_reg_branch", "learned", ("gan", "cls"), ("adv", "cls"), ("sr", "hr"), "MTGAN w/o regression branch",
+            "#9467bd", "D without the regression branch (Table 5)"),
+    Variant("no_adv_loss", "learned", ("gan", "cls", "reg"), ("cls", "reg"), ("sr", "hr"), "MTGAN w/o adversarial loss in G",
+            "#ff7f0e", "no adversarial term in G's loss (Table 5)"),
+    Variant("no_cls_loss", "learned", ("gan", "cls", "reg"), ("adv", "reg"), ("sr", "hr"),
+            "MTGAN w/o classification loss in G", "#e377c2", "no classification term in G's loss (Table 5)"),
+    Variant("no_reg_loss", "learned", ("gan", "cls", "reg"), ("adv", "cls"), ("sr", "hr"), "MTGAN w/o regression loss in G",
+            "#17becf", "no regression term in G's loss (Table 5)"),
 )}
+
+@dataclass(frozen=True)
+class TestTimeRule:
+    label: str  # what the table's row names say about the path
+    description: str
+
+
+PAPER_RULE = "paper"
+RULES: dict[str, TestTimeRule] = {
+    PAPER_RULE: TestTimeRule("paper's path", "every ROI's LR image up-sampled 4x (the paper's path)"),
+    "by_size": TestTimeRule("G for small crops, HR crop above (ours)",
+                            "G(LR) for crops up to g_max_side px, the HR crop above (ours)"),
+    "all_hr": TestTimeRule("HR crop for every ROI (ours)", "the HR crop for every ROI (ours)"),
+}
+# The by_size threshold of the training job's held-out check (infer has its own setting,
+# `infer.g_max_side`).
+DEFAULT_G_MAX_SIDE = 16.0
+
+
+def applies(rule: str, variant: Variant) -> bool:
+    """Whether scoring `variant` under `rule` is a row of its own: `by_size` and `all_hr` feed D HR
+    crops, so they apply only to a variant whose D trains on HR crops and has an up-sampler (for
+    `d_no_adv` they would repeat the paper's row). The rules: jobs/mtgan/roi_input.py."""
+    if rule not in RULES:
+        raise ValueError(f"unknown test-time rule {rule!r}: one of {list(RULES)}")
+    return rule == PAPER_RULE or (variant.generator != "none" and "hr" in variant.d_inputs)

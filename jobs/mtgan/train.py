@@ -2,15 +2,16 @@
 
 Stage 1 pre-trains the generator with the MSE loss alone (`preset.pretrain_iterations`); stage 2
 alternates one discriminator step and one generator step per mini-batch (`preset.iterations`),
-D with SGD and a step decay, G with Adam. Variants without a learned generator skip stage 1 and
+D with the preset's optimiser (SGD in the paper presets, AdamW in `cpu`) and a step decay, G with Adam. Variants without a learned generator skip stage 1 and
 the G steps.
 
 Outputs in `out_dir`: `model.pt` (G and D weights, variant, preset, categories), `checkpoints/last.pt`
 (everything needed to resume exactly: models, optimisers, schedulers, step, RNG states, settings),
 `metrics.jsonl` (every `log_every` steps: each loss term, D(real), D(SR), train-mode cls accuracy
 on the SR and HR training batches, learning rates, pairs/s; every `eval_every` steps a row with
-stage "eval": D's eval-mode accuracy on a held-out slice of the training ROIs, each seen as at
-test time (`jobs/mtgan/roi_input.py`), on positives, negatives and positives by size), `losses.png`, and `pictures/step-*.png` (LR / bicubic / SR / HR, the
+stage "eval": D's eval-mode accuracy on a held-out slice of the training ROIs under each test-time
+rule that applies (`jobs/mtgan/roi_input.py`; `eval_acc_*` on the paper's path, `eval_acc_*-<rule>`
+under ours), on positives, negatives and positives by size), `losses.png`, and `pictures/step-*.png` (LR / bicubic / SR / HR, the
 paper's Fig 3). A non-finite loss stops training with a message; the last checkpoint stays.
 Checkpoints load with `torch.load(weights_only=True)`.
 
@@ -40,8 +41,8 @@ from tqdm import tqdm
 from jobs.common import pick_device, restore_rng_state, resumable_checkpoint, rng_state, save_checkpoint
 from jobs.mtgan.data import ShardBatches, read_holdout
 from jobs.mtgan.engine import build_networks, evaluate_holdout, pretrain_step, to_model, train_step
-from jobs.mtgan.roi_input import through_generator
-from jobs.mtgan.settings import Preset, Variant, schedule_in_iterations
+
+from jobs.mtgan.settings import Preset, RULES, Variant, applies, schedule_in_iterations
 from pipeline.errors import InputError
 from pipeline.io import atomic
 from pipeline.io.shards import read_manifest, verify_shards
@@ -49,8 +50,9 @@ from pipeline.io.shards import read_manifest, verify_shards
 log = logging.getLogger(__name__)
 
 # model.pt is self-describing from format 2 on: categories (ids and names), HR size, scale, context
-# margin and resize method of its crops, the test-time rule (in its preset) and its config.
-MODEL_FORMAT = 2
+# margin and resize method of its crops, and its config. Format 3: the test-time rule is no longer
+# part of the model (it is an inference setting), and the variant says what its D trains on.
+MODEL_FORMAT = 3
 
 
 def _unwrap(module: nn.Module | None) -> nn.Module | None:
@@ -117,7 +119,7 @@ def _plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
     left.set_xlabel("step (pre-training, then GAN training)")
     left.set_ylabel("weighted loss term")
     left.legend(fontsize=7)
-    for key in ("d_real", "d_sr", "acc_sr", "acc_hr", "eval_acc_pos", "eval_acc_neg", "eval_acc_pos_small"):
+    for key in ("d_real", "d_sr", "acc_sr", "acc_hr", "eval_acc_pos", "eval_acc_neg", "eval_acc_pos_small", "eval_acc_pos-by_size"):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
             right.plot(*zip(*pts), label=key, marker="o" if key.startswith("eval") else None, markersize=3)
@@ -201,10 +203,8 @@ def train_mtgan(
                           holdout_blocks=preset.holdout_blocks)
     holdout = read_holdout(manifest, preset.holdout_blocks, ("lr", "hr", "label", "size_class", "box", "image_size"))
     if holdout:
-        holdout_use_g = torch.from_numpy(through_generator(holdout["box"], holdout["image_size"], doc["margin"], preset.roi_input,
-                                                           preset.g_max_side, variant))
-        log.info("held out for eval-mode accuracy: %d ROIs (%d positive), %d of them seen through G at test time",
-                 len(holdout["label"]), int((holdout["label"] > 0).sum()), int(holdout_use_g.sum()))
+        log.info("held out for eval-mode accuracy: %d ROIs (%d positive), under the test-time rules %s",
+                 len(holdout["label"]), int((holdout["label"] > 0).sum()), [r for r in RULES if applies(r, variant)])
     batches = _batches(loader)
     for _ in range(start):  # the same batches as an uninterrupted run
         next(batches)
@@ -252,7 +252,7 @@ def train_mtgan(
             window, clock, pairs = {}, time.perf_counter(), 0
         if holdout and step >= pretrain and (done % preset.eval_every == 0 or done == total):
             started = time.perf_counter()
-            scores = evaluate_holdout(_unwrap(g), _unwrap(d), holdout, holdout_use_g, device, autocast)
+            scores = evaluate_holdout(_unwrap(g), _unwrap(d), holdout, variant, doc["margin"], device, autocast)
             clock += time.perf_counter() - started  # pairs/s counts training only
             rows.append({"step": done, "stage": "eval", **scores})
             log.info("step %d: eval-mode accuracy on held-out ROIs %s", done, {k: round(v, 3) for k, v in scores.items()})

@@ -126,8 +126,10 @@ TRAINING_PANELS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("G loss: MSE solid, adversarial dotted, cls dashed", (("g_loss_mse", "-"), ("g_loss_adv", ":"), ("g_loss_cls", "--"))),
     ("D(real HR) solid, D(SR) dashed", (("d_real", "-"), ("d_sr", "--"))),
     ("D train-mode accuracy on training batches: SR solid, HR dashed", (("acc_sr", "-"), ("acc_hr", "--"))),
-    ("D eval-mode accuracy on held-out ROIs as at test time: positives solid, small positives dashed, negatives dotted",
+    ("D eval-mode accuracy on held-out ROIs, paper's path: positives solid, small positives dashed, negatives dotted",
      (("eval_acc_pos", "-"), ("eval_acc_pos_small", "--"), ("eval_acc_neg", ":"))),
+    ("D eval-mode accuracy on held-out ROIs, by-size path (ours): positives solid, small positives dashed",
+     (("eval_acc_pos-by_size", "-"), ("eval_acc_pos_small-by_size", "--"))),
 )
 
 
@@ -166,10 +168,11 @@ def plot_training_curves(logs: dict[str, list[dict[str, Any]]], out_png: Path) -
 
 
 def plot_accuracy(accuracies: list[dict[str, Any]], out_png: Path) -> None:
-    """D's classification accuracy on positive / negative / all test ROIs per variant (paper Table 9)."""
+    """D's classification accuracy on positive / negative / all test ROIs per variant and test-time
+    rule (paper Table 9)."""
     kinds = ("positive", "negative", "all", "positive_small", "positive_medium", "positive_large")
-    variants = ordered([a["variant"] for a in accuracies])
-    by_variant = {a["variant"]: a["accuracy"] for a in accuracies}
+    variants = ordered([a["method"] for a in accuracies])
+    by_variant = {a["method"]: a["accuracy"] for a in accuracies}
     width = 0.8 / max(1, len(variants))
     fig, ax = plt.subplots(figsize=(10, 4))
     x = np.arange(len(kinds))

@@ -19,6 +19,7 @@ from matplotlib.patches import Rectangle
 
 from jobs.mtgan.engine import to_model
 from jobs.mtgan.roi_input import through_generator
+from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE, RULES
 from pipeline.infer import load_variant
 from pipeline.io.shards import read_manifest, shard_paths
 from pipeline.report.style import plt, save
@@ -74,13 +75,15 @@ def sample_rois(manifest: Path, per_group: int = 6, seed: int = 0) -> dict[str, 
 
 
 @torch.inference_mode()
-def plot_roi_grid(model_path: Path, manifest: Path, category_names: dict[int, str], out_png: Path, per_group: int = 6) -> None:
-    """Write the Fig 3 grid of the variant in `model_path` on the ROIs of `manifest`."""
+def plot_roi_grid(model_path: Path, manifest: Path, category_names: dict[int, str], out_png: Path, per_group: int = 6,
+                  rule: str = PAPER_RULE) -> None:
+    """Write the Fig 3 grid of the variant in `model_path` on the ROIs of `manifest`, framing what D
+    sees under the test-time rule `rule` (the paper's path by default)."""
     device = torch.device("cpu")
     variant, g, d, state = load_variant(model_path, device)
     names = {0: "background", **{k + 1: category_names.get(cid, str(cid)) for k, cid in enumerate(state["category_ids"])}}
     samples = sample_rois(manifest, per_group)
-    margin, preset = read_manifest(manifest)["margin"], state["preset"]
+    margin = read_manifest(manifest)["margin"]
     row_names = ["LR (nearest)", "bicubic 4x", f"SR ({'G' if variant.generator == 'learned' else variant.generator})", "HR (real)"]
     n_rows = len(row_names) * len(samples)
     fig, axes = plt.subplots(max(1, n_rows), per_group, figsize=(1.3 * per_group + 1.2, 1.55 * max(1, n_rows) + 0.6),
@@ -97,7 +100,7 @@ def plot_roi_grid(model_path: Path, manifest: Path, category_names: dict[int, st
         sr = g(lr).clamp(-1, 1) if g is not None else hr
         inputs = [F.interpolate(lr, scale_factor=scale, mode="nearest"),
                   F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1, 1), sr, hr]
-        use_g = through_generator(sample.box, sample.image_size, margin, preset["roi_input"], preset["g_max_side"], variant)
+        use_g = through_generator(sample.box, sample.image_size, margin, rule, DEFAULT_G_MAX_SIDE, variant)
         for row, (name, images) in enumerate(zip(row_names, inputs)):
             probs = torch.softmax(d(images)["cls"].float(), dim=1)
             for c in range(len(sample.label)):
@@ -117,6 +120,6 @@ def plot_roi_grid(model_path: Path, manifest: Path, category_names: dict[int, st
             r += 1
     fig.subplots_adjust(left=0.2, right=0.99, top=1 - 0.95 / fig.get_figheight(), bottom=0.01)
     fig.suptitle(f"{variant.name}: test ROIs as LR / bicubic / SR / HR, captioned with D's probability of the true label "
-                 "(red: D predicts another class); green frame: what D sees at test time", fontsize=9,
+                 f"(red: D predicts another class); green frame: what D sees on the {RULES[rule].label}", fontsize=9,
                  y=1 - 0.2 / fig.get_figheight())
     save(fig, out_png)

@@ -1,5 +1,5 @@
-"""One look for every figure of the report: a fixed colour per method, names a reader knows, and
-an atomic PNG writer (a killed job never leaves a half-written picture)."""
+"""One look for every figure of the report: a fixed colour per method (pipeline/methods.py), names
+a reader knows, and an atomic PNG writer (a killed job never leaves a half-written picture)."""
 
 from __future__ import annotations
 
@@ -12,37 +12,17 @@ import matplotlib.pyplot as plt  # noqa: F401 (the report modules draw with this
 from matplotlib.figure import Figure
 
 from pipeline.io import atomic
-from pipeline.table import display_name, method_key
+from pipeline.methods import display_name, method_color, method_key
 
-# A colour per method, the same in every figure; an ensemble is a darker shade of its variant.
-METHOD_COLORS: dict[str, str] = {
-    "baseline": "#4d4d4d",
-    "mtgan": "#d62728",
-    "mtgan_ensemble": "#8c1515",
-    "sbu": "#1f77b4",
-    "sbu_ensemble": "#0b3c66",
-    "d_no_adv": "#2ca02c",
-    "d_no_adv_ensemble": "#16501a",
-    "no_reg_branch": "#9467bd",
-    "no_reg_branch_ensemble": "#4b2f6b",
-    "no_adv_loss": "#ff7f0e",
-    "no_adv_loss_ensemble": "#9a4a05",
-    "no_cls_loss": "#e377c2",
-    "no_cls_loss_ensemble": "#8a3574",
-    "no_reg_loss": "#17becf",
-    "no_reg_loss_ensemble": "#0b6670",
-}
+__all__ = ["GROUND_TRUTH_COLOR", "SIZE_TITLES", "label", "method_color", "ordered", "plt", "save"]
+
 GROUND_TRUTH_COLOR = "#2ca02c"
 SIZE_TITLES = {"all": "all objects", "small": "small objects (area < 32²)", "medium": "medium objects (32² to 96²)",
                "large": "large objects (area > 96²)"}
 
 
-def method_color(method: str) -> str:
-    return METHOD_COLORS.get(method, "#7f7f7f")
-
-
 def ordered(methods: list[str]) -> list[str]:
-    """Methods in the paper's order (baseline, ablations, MTGAN, ensembles)."""
+    """Methods in the table's order (pipeline/methods.py)."""
     return sorted(methods, key=method_key)
 
 

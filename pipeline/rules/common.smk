@@ -15,9 +15,13 @@ from pipeline.workflow import (
     detect_inputs,
     error_methods,
     inactive_data_sources,
+    infer_sections,
+    inference_files,
     inference_input,
+    method_pattern,
     methods,
     out_args,
+    report_method,
     report_variant,
     score_results_input,
     sections_json,
@@ -53,7 +57,8 @@ wildcard_constraints:
     chunk=r"\d+",
     role="|".join(ROLE_SPLIT),
     variant="|".join(config["mtgan"]["variants"]),
-    method="|".join(["baseline"] + [f"{v}(_ensemble)?" for v in config["mtgan"]["variants"]]),
+    rule="|".join(config["infer"]["rules"]),
+    method=method_pattern(config),
 
 # Torch jobs (training, detection, inference) claim every core Snakemake was given, so they run
 # one at a time: two PyTorch processes sharing a few cores slow each other down several times

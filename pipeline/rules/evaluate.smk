@@ -1,5 +1,5 @@
-# Stages 6-8: inference of each variant on the test shards, merging into detections (alone and as
-# an ensemble with the baseline), pycocotools scores, and the final table.
+# Stages 6-8: inference of each variant under each test-time rule on the test shards, merging into
+# detections (alone and as an ensemble with the baseline), pycocotools scores, and the final table.
 
 METHODS = methods(config)
 
@@ -9,21 +9,21 @@ rule infer:
         model=rules.train_mtgan.output.model,
         manifest=f"{ROOT}/shards/test/manifest.json",
     output:
-        table=f"{ROOT}/infer/{{variant}}.parquet",
-        accuracy=f"{ROOT}/infer/{{variant}}_accuracy.json",
+        table=f"{ROOT}/infer/{{rule}}/{{variant}}.parquet",
+        accuracy=f"{ROOT}/infer/{{rule}}/{{variant}}_accuracy.json",
     params:
-        sections=sections_json(config, "infer"),
+        sections=lambda wildcards: infer_sections(config, wildcards.rule),
     log:
-        f"{LOGS}/infer_{{variant}}.log",
+        f"{LOGS}/infer_{{rule}}_{{variant}}.log",
     benchmark:
-        f"{BENCHMARKS}/infer_{{variant}}.tsv"
+        f"{BENCHMARKS}/infer_{{rule}}_{{variant}}.tsv"
     threads: TORCH_THREADS
     resources:
         gpu=1,
     conda:
         "../../envs/mtgan.yaml"
     shell:
-        "mtgan infer --sections {params.sections} --model {input.model} --manifest {input.manifest} "
+        "mtgan infer --sections {params.sections} --model {input.model} --manifest {input.manifest} --rule {wildcards.rule} "
         "--out {output.table} --out-accuracy {output.accuracy} --threads {threads} > {log} 2>&1"
 
 
@@ -68,7 +68,7 @@ rule score:
 rule table:
     input:
         scores=expand(f"{ROOT}/score/{{method}}.json", method=METHODS),
-        accuracy=expand(f"{ROOT}/infer/{{variant}}_accuracy.json", variant=config["mtgan"]["variants"]),
+        accuracy=inference_files(f"{ROOT}/infer", config, "_accuracy.json"),
     output:
         csv=report(f"{ROOT}/eval/metrics.csv", caption="captions/metrics_table.rst", category="1. Metrics"),
         markdown=f"{ROOT}/eval/metrics.md",

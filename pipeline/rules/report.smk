@@ -4,6 +4,7 @@
 REPORT = f"{ROOT}/report"
 VARIANTS = config["mtgan"]["variants"]
 REPORT_VARIANT = report_variant(config)
+REPORT_METHOD = report_method(config)
 ERROR_METHODS = error_methods(config)
 
 
@@ -11,7 +12,7 @@ rule report_charts:
     input:
         scores=expand(f"{ROOT}/score/{{method}}.json", method=METHODS),
         evals=expand(f"{ROOT}/score/{{method}}_eval.npz", method=METHODS),
-        accuracy=expand(f"{ROOT}/infer/{{variant}}_accuracy.json", variant=VARIANTS),
+        accuracy=inference_files(f"{ROOT}/infer", config, "_accuracy.json"),
         training=expand(f"{ROOT}/mtgan/{{variant}}/metrics.jsonl", variant=VARIANTS),
     output:
         **{
@@ -94,7 +95,7 @@ rule report_detections:
     input:
         index=rules.data.output.index,
         baseline=score_results_input(ROOT, TEST_SPLIT, "baseline"),
-        results=score_results_input(ROOT, TEST_SPLIT, REPORT_VARIANT),
+        results=score_results_input(ROOT, TEST_SPLIT, REPORT_METHOD),
     output:
         better=report(f"{REPORT}/detections/better.png", caption="captions/detections.rst", category="4. Pictures"),
         worse=report(f"{REPORT}/detections/worse.png", caption="captions/detections.rst", category="4. Pictures"),
@@ -102,7 +103,7 @@ rule report_detections:
     params:
         split=TEST_SPLIT,
         outputs=lambda wildcards, output: out_args(output),
-        method=REPORT_VARIANT,
+        method=REPORT_METHOD,
     log:
         f"{LOGS}/report_detections.log",
     conda:

@@ -9,19 +9,19 @@ rule infer_submit:
         model=rules.train_mtgan.output.model,
         manifest=f"{ROOT}/shards/submit/manifest.json",
     output:
-        table=f"{SUBMIT}/infer/{{variant}}.parquet",
-        accuracy=f"{SUBMIT}/infer/{{variant}}_accuracy.json",
+        table=f"{SUBMIT}/infer/{{rule}}/{{variant}}.parquet",
+        accuracy=f"{SUBMIT}/infer/{{rule}}/{{variant}}_accuracy.json",
     params:
-        sections=sections_json(config, "infer"),
+        sections=lambda wildcards: infer_sections(config, wildcards.rule),
     log:
-        f"{LOGS}/infer_submit_{{variant}}.log",
+        f"{LOGS}/infer_submit_{{rule}}_{{variant}}.log",
     threads: TORCH_THREADS
     resources:
         gpu=1,
     conda:
         "../../envs/mtgan.yaml"
     shell:
-        "mtgan infer --sections {params.sections} --model {input.model} --manifest {input.manifest} "
+        "mtgan infer --sections {params.sections} --model {input.model} --manifest {input.manifest} --rule {wildcards.rule} "
         "--out {output.table} --out-accuracy {output.accuracy} --threads {threads} > {log} 2>&1"
 
 
