@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from jobs.weights import load_torch_file
+from jobs.weights import load_torch_mapping
 from pipeline.errors import PipelineError
 from pipeline.io import atomic
 
@@ -55,7 +55,7 @@ def resumable_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any]
     path = Path(path)
     if not path.is_file():
         return None
-    state = load_torch_file(path, "checkpoint (delete it to train from the start)")
+    state = load_torch_mapping(path, "checkpoint (delete it to train from the start)")
     differ = [key for key, value in expected.items() if state.get(key) != value]
     if differ:
         log.info("ignoring %s: it was made with other %s", path, " and ".join(differ))

@@ -75,6 +75,18 @@ def load_torch_file(path: Path, what: str = "checkpoint") -> Any:
         raise CheckpointError(f"{path}: cannot read the {what}: truncated or not a torch file ({_first_line(e)})") from None
 
 
+def load_torch_mapping(path: Path, what: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A torch file that must hold a dict with `keys` (a checkpoint, a model.pt): as
+    `load_torch_file`, and CheckpointError naming the file when it holds something else."""
+    state = load_torch_file(path, what)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a {what}: it holds a {type(state).__name__}, not a dict of settings and weights")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a {what} of this version: no {', '.join(missing)}")
+    return state
+
+
 def _first_line(e: BaseException) -> str:
     """The informative line of a torch.load error (the unsupported global, when one is named)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]

@@ -129,7 +129,7 @@ def audit(target: Path, rois_table: Path | None = None) -> tuple[AuditReport, li
         for key, counts in found.items():
             if {k: v for k, v in counts.items() if v} != {k: v for k, v in doc["histograms"][key].items() if v}:
                 report.problems.append(f"{key} counts of the shards {counts} differ from the manifest's {doc['histograms'][key]}")
-    _check_against_table(Path(rois_table or doc["source_table"]["path"]), doc, columns, report)
+    _check_against_table(Path(rois_table) if rois_table else base / doc["source_table"]["path"], doc, columns, report)
     return report, readable
 
 

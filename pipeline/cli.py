@@ -116,9 +116,11 @@ def train_baseline_cmd(config_files: tuple[Path, ...], sections_json: str | None
               help="The trained detector (detector.source train): artifacts/<dataset>/baseline/model.pt.")
 @click.option("--out-table", required=True, type=opt.out_file, help="Detections table (.parquet).")
 @click.option("--out-results", required=True, type=opt.out_file, help="The same as a COCO results JSON.")
+@click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+              help="An image that cannot be decoded: stop naming it, or skip it with a count (shards.on_bad_image).")
 @opt.threads_option
 def detect_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str,
-               model_path: Path | None, out_table: Path, out_results: Path, threads: int | None) -> None:
+               model_path: Path | None, out_table: Path, out_results: Path, on_bad_image: str, threads: int | None) -> None:
     """Stage 2: the baseline's top-K detections per image of --split, with class-probability vectors.
 
     \b
@@ -132,7 +134,7 @@ def detect_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_i
     config = opt.resolve_config(config_files, sections_json, need=("detector",))
     opt.set_threads(threads)
     coco, _, image_root = split_coco(data_index, split)
-    table = detect_split(config["detector"], coco, image_root, split, model_path)
+    table = detect_split(config["detector"], coco, image_root, split, model_path, on_bad_image)
     write_table(table, out_table)
     write_results_json(table, out_results)
     click.echo(f"{split}: {table.num_rows} detections on {len(coco['images'])} images -> {out_table}")

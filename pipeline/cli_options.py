@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,12 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+        raise click.BadParameter(f"{value!r}: one of auto, cpu, cuda, cuda:N")
+    return value
 
 
 def named_paths(values: tuple[str, ...], option: str, must_exist: bool = True) -> dict[str, Path]:
@@ -67,6 +74,9 @@ threads_option = click.option(
     "--threads", type=int, default=None,
     callback=lambda ctx, param, value: None if value is None else max(1, min(value, os.cpu_count() or 1)),
     help="CPU threads for torch, at most the machine's CPU count (default: torch's choice).")
+device_option = click.option(
+    "--device", default="auto", show_default=True,
+    callback=lambda ctx, param, value: _device(value), help="auto (CUDA when present), cpu, cuda or cuda:N.")
 rule_option = click.option(
     "--rule", type=click.Choice(list(RULES)), default=PAPER_RULE, show_default=True,
     help="Test-time rule: what D sees for each ROI (" + "; ".join(f"{k}: {r.description}" for k, r in RULES.items()) + ").")

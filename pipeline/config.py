@@ -39,8 +39,16 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 def load_config_files(paths: Iterable[Path]) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f) or {}
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = yaml.safe_load(f) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the config as UTF-8") from None
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f"line {where.line + 1}, column {where.column + 1}: " if where is not None else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{path}: not valid YAML ({at}{what}; YAML indents with spaces, never tabs)") from None
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: a config file must hold a mapping of keys, got {type(doc).__name__}")
         merged = deep_merge(merged, doc)

@@ -50,6 +50,7 @@ from pipeline.config import section_fields
 from pipeline.errors import EmptyInputError, InputError, MissingFileError, PipelineError, first_few
 from pipeline.io import atomic
 from pipeline.io.coco import CocoFormatError, read_json
+from pipeline.io.images import ImageReadError
 from pipeline.io.tables import DETECTIONS_SCHEMA, make_table
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,11 @@ class DetectSettings:
 
 
 def detect_split(detector: dict[str, Any], coco: dict[str, Any], image_root: Path, split: str,
-                 trained: Path | None = None) -> pa.Table:
+                 trained: Path | None = None, on_bad_image: str = "error") -> pa.Table:
     """The detections table of one split from the configured source (config section `detector`):
-    the imported results file of the split, or a detector run over its images."""
+    the imported results file of the split, or a detector run over its images. An image that
+    cannot be decoded stops the stage naming it (`on_bad_image: error`, the shards stage's setting)
+    or is skipped and counted (`skip`)."""
     settings = DetectSettings.from_config(detector)
     if detector["source"] == "import":
         if split not in detector["import_results"]:
@@ -86,7 +89,8 @@ def detect_split(detector: dict[str, Any], coco: dict[str, Any], image_root: Pat
     if detector["source"] == "train" and trained is None:
         raise PipelineError("detector.source is train: give the train_baseline job's model.pt (mtgan detect --model)")
     model, label_map = load_model(detector["source"], detector["arch"], detector["weights"], coco, settings, trained)
-    return run_detector(model, label_map, coco, image_root, settings, pick_device(detector["device"]), detector["source"])
+    return run_detector(model, label_map, coco, image_root, settings, pick_device(detector["device"]), detector["source"],
+                        on_bad_image)
 
 
 def _categories(coco: dict[str, Any]) -> list[int]:
@@ -129,13 +133,14 @@ def load_model(
     raise ValueError(f"detector source {source!r} does not run a model")
 
 
-def _table(rows: dict[str, list[Any]], category_ids: list[int], source: str) -> pa.Table:
+def _table(rows: dict[str, list[Any]], category_ids: list[int], source: str, skipped_images: int = 0) -> pa.Table:
     labels = np.asarray(rows["label"], dtype=np.int64)
     ids = np.asarray([0, *category_ids], dtype=np.int64)
     columns = {**rows, "category_id": ids[labels] if len(labels) else np.zeros(0, np.int64)}
     probs = rows["probs"]
     columns["probs"] = np.stack(probs).astype(np.float32) if probs else np.zeros((0, len(category_ids) + 1), np.float32)
-    return make_table(columns, DETECTIONS_SCHEMA, {"category_ids": category_ids, "source": source})
+    metadata = {"category_ids": category_ids, "source": source} | ({"skipped_images": skipped_images} if skipped_images else {})
+    return make_table(columns, DETECTIONS_SCHEMA, metadata)
 
 
 def _empty_rows() -> dict[str, list[Any]]:
@@ -144,14 +149,22 @@ def _empty_rows() -> dict[str, list[Any]]:
 
 def run_detector(
     model: torch.nn.Module, label_map: LabelMap, coco: dict[str, Any], image_root: Path, settings: DetectSettings,
-    device: torch.device, source: str,
+    device: torch.device, source: str, on_bad_image: str = "error",
 ) -> pa.Table:
-    """Run `model` over every image of the split; the detections table."""
+    """Run `model` over every image of the split; the detections table (with the images skipped
+    under `on_bad_image: skip` counted in its metadata)."""
     model = model.to(device).eval()
     loader = DataLoader(CocoImages(coco, image_root), batch_size=settings.batch_size, num_workers=settings.num_workers,
                         collate_fn=collate)
-    rows = _empty_rows()
-    for images, image_ids in tqdm(loader, desc="detect", unit="batch"):
+    rows, skipped = _empty_rows(), []
+    for images, image_ids, errors in tqdm(loader, desc="detect", unit="batch"):
+        bad = [e for e in errors if e is not None]
+        if bad and on_bad_image != "skip":
+            raise ImageReadError(f"{bad[0]} (set shards.on_bad_image: skip to leave such images out, counted)")
+        skipped += bad
+        images, image_ids = [im for im in images if im is not None], [i for i, e in zip(image_ids, errors) if e is None]
+        if not images:
+            continue
         results = detect_batch(model, [im.to(device, non_blocking=True) for im in images], label_map)
         for image_id, det in zip(image_ids, results):
             boxes = det["boxes"].float().cpu().numpy()
@@ -163,7 +176,10 @@ def run_detector(
             rows["label"] += det["labels"].cpu().tolist()
             rows["score"] += det["scores"].float().cpu().tolist()
             rows["probs"] += list(det["probs"].float().cpu().numpy())
-    return _table(rows, list(label_map.category_ids), source)
+    if skipped:
+        log.warning("detect: %d image(s) could not be decoded and were skipped (shards.on_bad_image: skip): %s", len(skipped),
+                    first_few(skipped))
+    return _table(rows, list(label_map.category_ids), source, len(skipped))
 
 
 def _bad(path: Path, what: str, items: list[str]) -> CocoFormatError:

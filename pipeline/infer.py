@@ -28,7 +28,8 @@ from jobs.mtgan.data import ShardBatches
 from jobs.mtgan.engine import build_networks, to_model
 from jobs.mtgan.roi_input import discriminator_images, through_generator
 from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE, Preset, RULES, Variant, applies
-from jobs.weights import load_torch_file
+from jobs.mtgan.train import MODEL_FORMAT
+from jobs.weights import load_torch_mapping
 from pipeline.config import section_fields
 from pipeline.errors import CheckpointError, EmptyInputError, InputError
 from pipeline.io import atomic
@@ -40,7 +41,10 @@ log = logging.getLogger(__name__)
 
 
 def load_variant(model_path: Path, device: torch.device) -> tuple[Variant, torch.nn.Module | None, torch.nn.Module, dict[str, Any]]:
-    state = load_torch_file(model_path, "MTGAN model")
+    state = load_torch_mapping(model_path, "MTGAN model", ("format_version", "variant", "preset", "d", "num_labels", "scale"))
+    if state["format_version"] != MODEL_FORMAT:
+        raise CheckpointError(f"{model_path}: an MTGAN model of format {state['format_version']!r}, not {MODEL_FORMAT} (made by "
+                              "another version of train_mtgan); retrain it")
     try:
         variant = Variant(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["variant"].items()})
         preset = Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["preset"].items()})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,12 @@ def _messages(error: jsonschema.ValidationError) -> list[str]:
     return [f"key '{_key(error.absolute_path)}': {error.message}"]
 
 
+def _at(doc: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        doc = doc[int(part)] if isinstance(doc, list) else doc[part]
+    return doc
+
+
 def fill_defaults(schema: dict[str, Any], instance: Any) -> None:
     """Set every missing property that has a `default` in `schema`, recursively, in place."""
     if not isinstance(instance, dict):
@@ -61,10 +68,23 @@ def fill_defaults(schema: dict[str, Any], instance: Any) -> None:
             fill_defaults(sub, instance[key])
 
 
+def non_finite_numbers(doc: Any, path: tuple[Any, ...] = ()) -> list[str]:
+    """The keys of `doc` (recursively) whose value is a NaN or an infinity, as dotted names: JSON
+    Schema's ranges let them through (every comparison with NaN is false), so every document is
+    checked for them; no setting of this project may be non-finite."""
+    if isinstance(doc, float):
+        return [] if math.isfinite(doc) else [_key(path)]
+    if isinstance(doc, dict):
+        return [k for key, value in doc.items() for k in non_finite_numbers(value, (*path, key))]
+    if isinstance(doc, (list, tuple)):
+        return [k for i, value in enumerate(doc) for k in non_finite_numbers(value, (*path, i))]
+    return []
+
+
 def validate_document(doc: Any, schema_name: str, what: str, defaults: bool = False) -> Any:
     """Validate `doc` against `schemas/<schema_name>`; return it (a copy with defaults if asked).
-
-    `what` names the document in the error (a file path, "config").
+    Every number must be finite (`non_finite_numbers`). `what` names the document in the error
+    (a file path, "config").
     """
     schema = load_schema(schema_name)
     if defaults:
@@ -72,7 +92,8 @@ def validate_document(doc: Any, schema_name: str, what: str, defaults: bool = Fa
         fill_defaults(schema, doc)
     validator = jsonschema.validators.validator_for(schema)(schema)
     errors = sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        lines = [m for e in errors for m in _messages(e)]
+    lines = [m for e in errors for m in _messages(e)]
+    lines += [f"key '{k}': must be a finite number, got {_at(doc, k)}" for k in non_finite_numbers(doc)]
+    if lines:
         raise SchemaError(f"{what} does not match {schema_name}:\n  " + "\n  ".join(lines))
     return doc

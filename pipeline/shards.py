@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,7 +245,11 @@ def gather_manifest(rois_path: Path, chunk_dirs: list[Path], split: str, setting
     base = Path(out_path).parent.resolve()
     shards, skipped, skipped_rois = [], [], 0
     histograms: dict[str, dict[str, int]] = {"label": {}, "size_class": {}, "origin": {}}
+    if not chunk_dirs:
+        raise InputError(f"split {split}: no chunk folders given to gather into {out_path}")
     for d in chunk_dirs:
+        if not (Path(d) / CHUNK_MANIFEST).is_file():
+            raise InputError(f"{d}: not a finished chunk folder of the shards stage (no {CHUNK_MANIFEST}); run its shards job")
         info = json.loads((Path(d) / CHUNK_MANIFEST).read_text())
         if info["source_table_sha256"] != table_sha:
             raise InputError(f"{d}: made from another version of {rois_path}; rerun its shards job")
@@ -264,7 +269,8 @@ def gather_manifest(rois_path: Path, chunk_dirs: list[Path], split: str, setting
         "scale": settings.scale, "margin": settings.context_margin, "block_size": settings.block_size,
         "num_labels": len(meta["category_ids"]) + 1, "category_ids": list(meta["category_ids"]),
         **({"category_names": list(meta["category_names"])} if "category_names" in meta else {}), "resize_method": RESIZE_METHOD,
-        "source_table": {"path": str(rois_path), "sha256": table_sha, "num_rows": table.num_rows},
+        # Relative to the manifest's folder, so the manifest reads the same from anywhere.
+        "source_table": {"path": os.path.relpath(Path(rois_path).resolve(), base), "sha256": table_sha, "num_rows": table.num_rows},
         "sampling": settings.sampling, "num_rois": num_rois, "skipped_images": skipped, "skipped_rois": skipped_rois,
         "shards": shards, "histograms": histograms,
     }

@@ -26,7 +26,8 @@ from typing import Any
 
 from jobs.common import pick_device
 from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE
-from jobs.weights import load_torch_file
+from jobs.mtgan.train import MODEL_FORMAT
+from jobs.weights import load_torch_mapping
 from pipeline.detect import import_detections
 from pipeline.errors import CheckpointError, InputError, first_few
 from pipeline.infer import infer
@@ -105,10 +106,10 @@ def submission(method: str, coco: dict[str, Any], settings: MergeSettings, out: 
 
 def model_description(model_path: Path) -> dict[str, Any]:
     """The settings a model records about itself; CheckpointError when it cannot be honoured."""
-    state = load_torch_file(model_path, "MTGAN model")
+    state = load_torch_mapping(model_path, "MTGAN model")
     missing = [k for k in MODEL_KEYS if k not in state]
-    if missing or state["format_version"] < 3:
-        raise CheckpointError(f"{model_path}: a model.pt without {missing or 'format 3'} (made by an older train_mtgan): "
+    if missing or state["format_version"] != MODEL_FORMAT:
+        raise CheckpointError(f"{model_path}: a model.pt without {missing or f'format {MODEL_FORMAT}'} (made by an older train_mtgan): "
                               "rescore cannot tell how it crops ROIs and what its D was trained on; retrain it")
     return state
 

@@ -49,10 +49,11 @@ def submission_cmd(config_files: tuple[Path, ...], sections_json: str | None, da
               help="Any detector's COCO results JSON on these images, or the detect stage's table (detect/<split>.parquet).")
 @click.option("--out", "out_json", required=True, type=opt.out_file, help="The re-scored detections (COCO results JSON).")
 @click.option("--ensemble", is_flag=True, help="Score p[c] x p_base[c]: MTGAN times the detector's own scores.")
-@click.option("--top-k", default=100, show_default=True, help="Detections per image taken from the detector, best first.")
+@click.option("--top-k", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Detections per image taken from the detector, best first.")
 @opt.config_option
-@click.option("--batch-size", default=256, show_default=True, help="ROIs per inference batch.")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="ROIs per inference batch.")
+@opt.device_option
 @opt.rule_option
 @opt.threads_option
 def rescore_cmd(model_path: Path, images: Path, image_root: Path | None, detections: Path, out_json: Path, ensemble: bool,

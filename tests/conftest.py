@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,16 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny pipeline run locally once per session (`eval_coco submit_coco` of config/tiny.yaml):
     its working folder, artifacts under artifacts/tiny/. Tests read it; none may change it."""
     work = tmp_path_factory.mktemp("tiny_run")
+    started = time.perf_counter()
     run = snakemake(work, "eval_coco", "submit_coco", "--cores", "2", "--configfile", str(TINY_CONFIG))
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    TINY_RUN_SECONDS.append(time.perf_counter() - started)
     return work
+
+
+# How long the session's tiny run took on this machine, once it has run: other runs of the tiny
+# pipeline (the Slurm tests') scale their time limits with it rather than with a fixed number.
+TINY_RUN_SECONDS: list[float] = []
 
 
 @pytest.fixture(scope="session")

@@ -350,6 +350,7 @@ def test_a_truncated_shard_stops_training_naming_it(train_shards: Path, tmp_path
 def test_a_corrupt_checkpoint_is_named(train_shards: Path, tmp_path: Path) -> None:
     last = tmp_path / "out" / "checkpoints" / "last.pt"
     last.parent.mkdir(parents=True)
+    (tmp_path / "out" / atomic.OUTPUT_MARKER).write_text("{}")  # the job's own folder, being resumed
     last.write_bytes(b"PK\x03\x04 not really a checkpoint")
     message = one_line(cli_error(*_train_args(train_shards, tmp_path / "out")))
     assert str(last) in message and "cannot read the checkpoint" in message and "delete it" in message
@@ -358,6 +359,7 @@ def test_a_corrupt_checkpoint_is_named(train_shards: Path, tmp_path: Path) -> No
 def test_verbose_shows_the_traceback(train_shards: Path, tmp_path: Path) -> None:
     last = tmp_path / "out" / "checkpoints" / "last.pt"
     last.parent.mkdir(parents=True)
+    (tmp_path / "out" / atomic.OUTPUT_MARKER).write_text("{}")
     last.write_bytes(b"junk")
     assert str(last) in cli_error(*_train_args(train_shards, tmp_path / "out"), verbose=True)
 
@@ -422,7 +424,7 @@ def _tiny_model(path: Path, doc: dict[str, Any]) -> None:
 
     preset = resolve_preset("tiny")
     g, d = build_networks(VARIANTS["mtgan"], preset, doc["num_labels"], doc["scale"])
-    torch.save({"d": d.state_dict(), "g": g.state_dict(), "variant": dataclasses.asdict(VARIANTS["mtgan"]),
+    torch.save({"format_version": 3, "d": d.state_dict(), "g": g.state_dict(), "variant": dataclasses.asdict(VARIANTS["mtgan"]),
                 "preset": dataclasses.asdict(preset), "num_labels": doc["num_labels"], "category_ids": doc["category_ids"],
                 "hr_size": doc["hr_size"], "scale": doc["scale"], "step": 0}, path)
 

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pipeline.boxes import xywh_to_xyxy
-from pipeline.io.images import read_rgb
+from pipeline.io.images import ImageReadError, read_rgb
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -21,7 +21,10 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 
 class CocoImages(Dataset):
-    """The images of a split, for inference: item i is (image tensor, image id)."""
+    """The images of a split, for inference: item i is (image tensor, image id, None), or (None,
+    image id, the one-line error) for an image that cannot be decoded: the error travels back from
+    a DataLoader worker as data, so the caller reports it (or skips the image) as it would without
+    workers, rather than as a worker's traceback."""
 
     def __init__(self, coco: dict[str, Any], image_root: Path) -> None:
         self.images = coco["images"]
@@ -30,9 +33,12 @@ class CocoImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str | None]:
         im = self.images[i]
-        return to_tensor(read_rgb(self.image_root / im["file_name"])), int(im["id"])
+        try:
+            return to_tensor(read_rgb(self.image_root / im["file_name"])), int(im["id"]), None
+        except ImageReadError as e:
+            return None, int(im["id"]), str(e)
 
 
 class CocoDetectionTrain(Dataset):

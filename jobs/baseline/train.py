@@ -97,6 +97,7 @@ def train_baseline(
 ) -> Path:
     """Train; return the path of `model.pt`."""
     out_dir = Path(out_dir)
+    atomic.claim_dir(out_dir)  # a user's folder is refused before anything is written
     if threads:
         torch.set_num_threads(threads)
     device = pick_device(device_name)

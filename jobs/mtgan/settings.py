@@ -13,6 +13,7 @@ which discriminator heads exist, which terms enter the generator's loss, and wha
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,8 @@ def _value_problem(f: dataclasses.Field, value: Any) -> str | None:
     if isinstance(value, bool) and bool not in allowed or not isinstance(value, allowed):
         return f"must be {' or '.join(kinds)}, got {type(value).__name__} {value!r}"
     m = f.metadata
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
     if "choices" in m and value not in m["choices"]:
         return f"must be one of {list(m['choices'])}, got {value!r}"
     if "min" in m and value < m["min"]:

@@ -153,6 +153,9 @@ def train_mtgan(
     """Train one variant on the shards of `manifest`; return the path of `model.pt`. `config`: the
     config section the run was asked with, recorded in the model as it is."""
     out_dir = Path(out_dir)
+    rank_zero = int(os.environ.get("RANK", "0")) == 0
+    if rank_zero:
+        atomic.claim_dir(out_dir)  # a user's folder is refused before anything is written
     if threads:
         torch.set_num_threads(threads)
     rank, world, device = _setup_distributed(device_name)

@@ -111,7 +111,9 @@ def draw_preview(coco: dict[str, Any], image_root: Path, out_png: Path, title: s
             ax.imshow(open_rgb(image_root / im["file_name"]))
         except ImageReadError as e:  # a preview is no place to stop the stage: the shards stage decides
             unreadable.append(str(e))
-            ax.imshow(np.full((im["height"], im["width"], 3), 200, np.uint8))
+            # a small grey panel stretched to the size the JSON claims: nothing is allocated from a size
+            # that was not checked (a header may claim 32000 x 32000)
+            ax.imshow(np.full((8, 8, 3), 200, np.uint8), extent=(0, im["width"], im["height"], 0))
             ax.text(im["width"] / 2, im["height"] / 2, "cannot read this image", ha="center", fontsize=8)
         anns = by_image.get(im["id"], [])
         for a in anns:

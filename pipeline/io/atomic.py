@@ -2,15 +2,21 @@
 nothing the pipeline did not write is ever removed.
 
 Everything is first written under a temporary name in the same folder (so the final `rename` is
-atomic on POSIX file systems) and renamed at the end: `.tmp-<name>.partial-<8 random characters>`.
-A crash leaves only such an entry, which no reader accepts; the next write of the same output
-removes it (`remove_leftovers`: Snakemake runs one job per output, so any such entry is an
-interrupted earlier attempt). A temporary folder also carries the marker file, so a folder that
-merely looks like one is never removed.
+atomic on POSIX file systems) and renamed at the end: `.tmp-<name>.partial-<pid>-<8 random
+characters>`, where pid is the writing process's. A crash leaves only such an entry, which no
+reader accepts; the next write of the same output removes it (`remove_leftovers`) unless the
+process named in it is still alive: a write in progress in another process is never removed. A
+temporary folder also carries the marker file, so a folder that merely looks like one is never
+removed.
 
-Folders: `atomic_dir` replaces an existing output folder only when it carries the marker file
-`OUTPUT_MARKER` (every folder written by `atomic_dir` has one) or is empty; a folder that holds
-anything else is the user's, and the write stops with `OutputFolderError` before touching it.
+Folders, one rule for every folder the pipeline writes (`check_replaceable`): an existing output
+folder is replaced only when it is empty or carries the marker file `OUTPUT_MARKER`, and then
+only when it holds nothing but what the pipeline wrote there: the marker lists the files of the
+folder as it was written, and a file added since (a user's notes, say) stops the write with
+`OutputFolderError` naming it, before anything is touched. A folder without the marker that
+holds anything is the user's and is refused the same way. The training jobs write into their
+`--out` folder file by file (to resume), so they claim it with `claim_dir`: absent, empty or
+marked, or refused.
 """
 
 from __future__ import annotations
@@ -29,31 +35,47 @@ from pipeline.errors import OutputFolderError, first_few
 
 OUTPUT_MARKER = ".mtgan-output"
 _PARTIAL = ".partial-"
-_RANDOM = re.compile(r"[a-z0-9_]{8}")
+# What follows `.partial-`: the writer's pid and 8 random characters (older versions: no pid).
+_SUFFIX = re.compile(r"(?:(?P<pid>[0-9]+)-)?[a-z0-9_]{8}")
 
 
 def _temp_prefix(final: Path) -> str:
-    return f".tmp-{final.name}{_PARTIAL}"
+    return f".tmp-{final.name}{_PARTIAL}{os.getpid()}-"
 
 
 def is_leftover(path: Path) -> bool:
-    """Whether `path` is the temporary file or folder of an interrupted atomic write."""
+    """Whether `path` is the temporary file or folder of an atomic write (finished or not)."""
     name = Path(path).name
     if not name.startswith(".tmp-") or _PARTIAL not in name:
         return False
-    if not _RANDOM.fullmatch(name.rsplit(_PARTIAL, 1)[1]):
+    if not _SUFFIX.fullmatch(name.rsplit(_PARTIAL, 1)[1]):
         return False
     return not Path(path).is_dir() or (Path(path) / OUTPUT_MARKER).is_file()
 
 
+def writer_alive(path: Path) -> bool:
+    """Whether the process that made temporary entry `path` is still running (a write in progress)."""
+    match = _SUFFIX.fullmatch(Path(path).name.rsplit(_PARTIAL, 1)[1])
+    if match is None or match["pid"] is None:
+        return False
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def leftovers_of(final: Path) -> list[Path]:
-    """Temporary entries that interrupted writes of `final` left beside it."""
+    """Temporary entries that interrupted writes of `final` left beside it (those of a process
+    that is still running are a write in progress, not leftovers)."""
     final = Path(final)
     if not final.parent.is_dir():
         return []
-    prefix = _temp_prefix(final)
+    prefix = f".tmp-{final.name}{_PARTIAL}"
     return sorted(p for p in final.parent.iterdir() if p.name.startswith(prefix) and is_leftover(p)
-                  and _RANDOM.fullmatch(p.name[len(prefix):]))
+                  and _SUFFIX.fullmatch(p.name[len(prefix):]) and not writer_alive(p))
 
 
 def remove_leftovers(final: Path) -> int:
@@ -106,20 +128,66 @@ def write_figure(fig: Any, path: Path, dpi: int = 100, tight: bool = False) -> N
     plt.close(fig)
 
 
+# Snakemake touches this file in a directory() output once the job is done.
+_SNAKEMAKE_FILES = (".snakemake_timestamp",)
+
+
+def _files(folder: Path) -> list[str]:
+    """Every file and link under `folder` (relative, sorted), the marker and Snakemake's own left out."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir() or p.is_symlink()
+                  if p.parent != folder or p.name not in (OUTPUT_MARKER, *_SNAKEMAKE_FILES))
+
+
+def _marked_files(folder: Path) -> list[str] | None:
+    """The files the marker of `folder` lists (None: an older marker without a list)."""
+    try:
+        doc = json.loads((folder / OUTPUT_MARKER).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    files = doc.get("files") if isinstance(doc, dict) else None
+    return files if isinstance(files, list) else None
+
+
+def _write_marker(folder: Path, final: Path, files: list[str] | None) -> None:
+    doc = {"written_by": "the mtgan pipeline", "output": final.name,
+           "files": files, "note": "replaced whole on rerun, unless files were added that this list does not name"}
+    (folder / OUTPUT_MARKER).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
 def check_replaceable(folder: Path) -> None:
-    """Raise OutputFolderError unless `folder` is absent, empty, or one the pipeline wrote."""
+    """Raise OutputFolderError unless `folder` is absent, empty, or one the pipeline wrote holding
+    only what the pipeline wrote there."""
     folder = Path(folder)
     if not folder.exists() and not folder.is_symlink():
         return
     if folder.is_symlink() or not folder.is_dir():
         raise OutputFolderError(f"{folder}: exists and is not a folder the pipeline wrote; move it away or choose another output")
-    if (folder / OUTPUT_MARKER).is_file() or not any(folder.iterdir()):
+    if not any(folder.iterdir()):
         return
-    shown = first_few(sorted(p.name for p in folder.iterdir()))
-    raise OutputFolderError(
-        f"{folder}: the output folder already holds files the pipeline did not write ({shown}; no {OUTPUT_MARKER} "
-        "marker): nothing was changed; move them away or choose another output folder"
-    )
+    if not (folder / OUTPUT_MARKER).is_file():
+        shown = first_few(sorted(p.name for p in folder.iterdir()))
+        raise OutputFolderError(
+            f"{folder}: the output folder already holds files the pipeline did not write ({shown}; no {OUTPUT_MARKER} "
+            "marker): nothing was changed; move them away or choose another output folder"
+        )
+    listed = _marked_files(folder)
+    added = sorted(set(_files(folder)) - set(listed)) if listed is not None else []
+    if added:
+        raise OutputFolderError(
+            f"{folder}: files were added to this output folder after the pipeline wrote it ({first_few(added)}): a rerun "
+            "would replace the folder and lose them; nothing was changed; move them away first"
+        )
+
+
+def claim_dir(folder: Path) -> None:
+    """Make `folder` a job's output folder, written file by file (a training job's `--out`): it must
+    be absent, empty or marked as the pipeline's (a resumed job's); OutputFolderError otherwise."""
+    folder = Path(folder)
+    if folder.is_dir() and not folder.is_symlink() and (folder / OUTPUT_MARKER).is_file():
+        return
+    check_replaceable(folder)  # absent or empty, or it raises
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_marker(folder, folder, None)
 
 
 @contextlib.contextmanager
@@ -134,9 +202,10 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(final)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(final), dir=final.parent))
-    (tmp / OUTPUT_MARKER).write_text(f"written by the mtgan pipeline as {final.name}; replaced whole on rerun\n")
+    _write_marker(tmp, final, None)
     try:
         yield tmp
+        _write_marker(tmp, final, _files(tmp))
         os.chmod(tmp, 0o755)
         check_replaceable(final)  # checked again: something may have appeared meanwhile
         if final.exists():

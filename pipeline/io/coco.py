@@ -111,6 +111,12 @@ def _check_structure(data: dict[str, Any], path: Path) -> None:
                 value = rec[key]
                 if isinstance(value, bool) or not isinstance(value, types):
                     raise CocoFormatError(f"{path}: {section}[{i}].{key} must be {types[0].__name__}, got {value!r}")
+    if not data["categories"]:
+        raise CocoFormatError(f"{path}: 'categories' is empty: a detection dataset needs at least one category")
+    bad_crowd = [a["id"] for a in data["annotations"] if "iscrowd" in a and a["iscrowd"] not in (0, 1)]
+    if bad_crowd:
+        shown = [f"{i}: {a!r}" for i, a in ((a["id"], a["iscrowd"]) for a in data["annotations"] if a["id"] in set(bad_crowd))]
+        raise CocoFormatError(f"{path}: {len(bad_crowd)} annotation(s) whose iscrowd is not 0 or 1: {first_few(shown)}")
     bad_size = [im["id"] for im in data["images"] if im["width"] <= 0 or im["height"] <= 0]
     if bad_size:
         raise CocoFormatError(f"{path}: {len(bad_size)} image(s) with non-positive width/height: ids {first_few(bad_size)}")

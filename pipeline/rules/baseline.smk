@@ -37,6 +37,7 @@ rule detect:
     params:
         sections=sections_json(config, "detector"),
         model=lambda wildcards, input: f"--model {input.model}" if input.model else "",
+        on_bad_image=config["shards"]["on_bad_image"],
     log:
         f"{LOGS}/detect_{{split}}.log",
     benchmark:
@@ -48,7 +49,8 @@ rule detect:
         "../../envs/mtgan.yaml"
     shell:
         "mtgan detect --sections {params.sections} --data-index {input.index} --split {wildcards.split} "
-        "{params.model} --out-table {output.table} --out-results {output.results} --threads {threads} > {log} 2>&1"
+        "{params.model} --out-table {output.table} --out-results {output.results} --on-bad-image {params.on_bad_image} "
+        "--threads {threads} > {log} 2>&1"
 
 
 rule rois:
