@@ -1,3 +1,8 @@
 """MTGAN for small object detection: the pipeline's stages (data, detect, rois, shards, merge, score)."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("mtgan-sod")  # pyproject.toml's, the one place it is written
+except PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "unknown"

@@ -27,7 +27,7 @@ from jobs.common import pick_device
 from jobs.mtgan.data import ShardBatches
 from jobs.mtgan.engine import build_networks, to_model
 from jobs.mtgan.roi_input import discriminator_images, through_generator
-from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE, Preset, RULES, Variant, applies
+from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE, RULES, Preset, Variant, applies
 from jobs.mtgan.train import MODEL_FORMAT
 from jobs.weights import load_torch_mapping
 from pipeline.config import section_fields

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from jobs.mtgan.settings import PAPER_RULE, RULES, VARIANTS, applies
 
 BASELINE = "baseline"

@@ -11,8 +11,8 @@ import re
 import shlex
 from typing import Any
 
-from pipeline.config import data_splits
 from jobs.mtgan.settings import PAPER_RULE
+from pipeline.config import data_splits
 from pipeline.errors import InputError
 from pipeline.methods import all_methods, method_name, parse_method
 from pipeline.sizes import ERROR_AREAS, SIZE_RANGES

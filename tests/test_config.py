@@ -113,6 +113,10 @@ def test_the_schemas_enumerations_are_the_registries() -> None:
     assert sections["mtgan"]["properties"]["variants"]["items"]["enum"] == list(VARIANTS)
     assert sections["infer"]["properties"]["rules"]["items"]["enum"] == list(RULES)
     assert all("-" not in name for name in [*VARIANTS, *RULES])  # a method's name splits at its "-"
+    from jobs.mtgan.models import ResNetTrunk
+    from jobs.mtgan.settings import D_BACKBONES
+
+    assert list(D_BACKBONES) == list(ResNetTrunk.LAYERS)  # the preset's choices are the trunks that exist
     assert parse_method("mtgan-by_size_ensemble").ensemble and parse_method("sbu").rule == "paper"
     with pytest.raises(ValueError, match="unknown method"):
         parse_method("sbu-by_size")  # the paper's SBU never trains on HR crops: no row for it

@@ -18,11 +18,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
-from test_bad_input import CONFIGS, _coco_config, _coco_folder, _config_file, _train_args, _truncate, cli_error, one_line
 
-from conftest import SHARD_SETTINGS
 from pipeline.cli import cli
 from pipeline.io import atomic
+
+from conftest import SHARD_SETTINGS
+from test_bad_input import CONFIGS, _coco_config, _coco_folder, _config_file, _train_args, _truncate, cli_error, one_line
 
 # --- Lost files --------------------------------------------------------------------------------
 

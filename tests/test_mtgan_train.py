@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import ddp_worker
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -13,8 +14,6 @@ from jobs.mtgan.data import ShardBatches
 from jobs.mtgan.engine import build_networks, to_model
 from jobs.mtgan.settings import VARIANTS, resolve_preset
 from jobs.mtgan.train import train_mtgan
-
-import ddp_worker
 
 
 @torch.no_grad()

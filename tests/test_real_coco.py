@@ -17,6 +17,7 @@ from pipeline.data.index import read_index
 
 from conftest import REPO, snakemake
 
+
 def _is_greyscale(path: Path) -> bool:
     with Image.open(path) as im:
         rgb = np.asarray(im.convert("RGB"), dtype=np.int16)

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from conftest import REPO, TINY_RUN_SECONDS
 
 pytestmark = pytest.mark.slurm

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import REPO, tiny_config
 from PIL import Image
 
 from pipeline.cli import cli
 from pipeline.data.index import read_index
 from pipeline.data.stage import build_dataset
 from pipeline.submit import results_problems
+
+from conftest import REPO, tiny_config
 
 IMAGES = [{"id": i, "file_name": f"{i}.jpg", "width": 50, "height": 40} for i in (1, 2, 3)]
 CATEGORIES = [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}]

@@ -16,16 +16,16 @@ from pipeline.widerface.convert import WiderImage, read_bbx_gt, to_coco, write_b
 # The official layout, as in wider_face_train_bbx_gt.txt (lines end with a space there).
 OFFICIAL = """0--Parade/0_Parade_marchingband_1_849.jpg
 1
-449 330 122 149 0 0 0 0 0 0 
+449 330 122 149 0 0 0 0 0 0
 0--Parade/0_Parade_Parade_0_904.jpg
 0
-0 0 0 0 0 0 0 0 0 0 
+0 0 0 0 0 0 0 0 0 0
 1--Handshaking/1_Handshaking_1_1.jpg
 4
-10 20 30 40 2 1 1 0 2 1 
-5 5 0 12 0 0 0 0 0 0 
-50 60 8 9 1 0 0 1 0 0 
-90 2 20 20 0 0 0 0 0 0 
+10 20 30 40 2 1 1 0 2 1
+5 5 0 12 0 0 0 0 0 0
+50 60 8 9 1 0 0 1 0 0
+90 2 20 20 0 0 0 0 0 0
 """
 
 

@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, snakemake
 from PIL import Image
 from pycocotools.coco import COCO
 
 from pipeline.io.atomic import OUTPUT_MARKER, atomic_dir, write_json
 from pipeline.io.tables import read_table
+
+from conftest import REPO, snakemake
 
 
 def jobs_of(dry_run_output: str) -> dict[str, int]:

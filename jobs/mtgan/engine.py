@@ -20,7 +20,7 @@ from torch import nn
 from jobs.mtgan import losses
 from jobs.mtgan.models import BilinearUpsampler, Discriminator, Generator, resnet_backbone
 from jobs.mtgan.roi_input import through_generator
-from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE, Preset, RULES, Variant, applies
+from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE, RULES, Preset, Variant, applies
 from pipeline.errors import InputError
 from pipeline.io.shards import SIZE_CODES
 

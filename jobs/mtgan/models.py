@@ -40,7 +40,6 @@ from pipeline.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
 class ResidualBlock(nn.Module):
@@ -106,7 +105,7 @@ class ResNetTrunk(nn.Module):
     def __init__(self, arch: str = "resnet50", width: int = 64, stem: str = "7x7") -> None:
         super().__init__()
         if arch not in self.LAYERS:
-            raise ValueError(f"discriminator backbone must be one of {RESNETS}, got {arch!r}")
+            raise ValueError(f"discriminator backbone must be one of {list(self.LAYERS)}, got {arch!r}")
         if stem not in ("3x3", "7x7"):
             raise ValueError(f"stem must be 3x3 or 7x7, got {stem!r}")
         block, counts = self.LAYERS[arch]

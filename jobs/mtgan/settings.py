@@ -1,8 +1,9 @@
-"""Every knob of MTGAN training in one place: the presets and the ablation variants.
+"""Every knob of MTGAN training in one place: the presets, the ablation variants and the test-time
+rules, each defined once (the config schema's enumerations are checked against them by a test).
 
 A `Preset` holds the numbers of a training run; the config names one (`mtgan.preset`) and may
-override single fields (`mtgan.overrides`). The `paper` presets follow the paper (Section 4.2 and
-METHOD.md) exactly where it gives numbers; where it is silent the choice is ours and marked
+override single fields (`mtgan.overrides`). The `paper` presets follow the paper (its Section 4.2
+and Table 1) exactly where it gives numbers; where it is silent the choice is ours and marked
 "(ours)". The small presets name every departure from Table 1 in `departures`, which the training
 log and the report print.
 

@@ -2,8 +2,8 @@
 
 Stage 1 pre-trains the generator with the MSE loss alone (`preset.pretrain_iterations`); stage 2
 alternates one discriminator step and one generator step per mini-batch (`preset.iterations`),
-D with the preset's optimiser (SGD in the paper presets, AdamW in `cpu`) and a step decay, G with Adam. Variants without a learned generator skip stage 1 and
-the G steps.
+D with the preset's optimiser (SGD in the paper presets, AdamW in `cpu`) and a step decay, G with
+Adam. Variants without a learned generator skip stage 1 and the G steps.
 
 Outputs in `out_dir`: `model.pt` (G and D weights, variant, preset, categories), `checkpoints/last.pt`
 (everything needed to resume exactly: models, optimisers, schedulers, step, RNG states, settings),
@@ -41,8 +41,7 @@ from tqdm import tqdm
 from jobs.common import pick_device, restore_rng_state, resumable_checkpoint, rng_state, save_checkpoint
 from jobs.mtgan.data import ShardBatches, read_holdout
 from jobs.mtgan.engine import build_networks, evaluate_holdout, pretrain_step, to_model, train_step
-
-from jobs.mtgan.settings import Preset, RULES, Variant, applies, schedule_in_iterations
+from jobs.mtgan.settings import RULES, Preset, Variant, applies, schedule_in_iterations
 from pipeline.errors import InputError
 from pipeline.io import atomic
 from pipeline.io.shards import read_manifest, verify_shards

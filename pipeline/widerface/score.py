@@ -21,8 +21,8 @@ import numpy as np
 from pipeline.errors import InputError, PipelineError, first_few
 from pipeline.io import atomic
 from pipeline.io.coco import load_json, read_json
-from pipeline.report.style import method_color, ordered
 from pipeline.methods import display_name
+from pipeline.report.style import method_color, ordered
 from pipeline.widerface.ground_truth import SETTINGS, load_ground_truth
 from pipeline.widerface.predictions import Predictions, predictions_from_coco_results, read_prediction_dir, write_prediction_dir
 from pipeline.widerface.protocol import SettingResult, WiderResult, evaluate
