@@ -50,6 +50,11 @@ def test_changed_images_are_found_and_named(tmp_path: Path) -> None:
     assert thresholds["baseline"] == pytest.approx(0.9)
     assert by_image[1]["method_mean_iou"] == pytest.approx((1 + 19 * 19 / (400 + 400 - 361)) / 2, abs=1e-3)
 
+    changes = detections.object_changes(detections.load_gt(gt), baseline, method, thresholds)  # what the pictures draw
+    assert [(c.kind, c.bbox, c.small) for c in changes[1]] == [("found by the method only", [150, 150, 20, 20], True)]
+    assert [(c.kind, c.bbox) for c in changes[2]] == [("false positive removed", [120, 120, 40, 40])]
+    assert [(c.kind, c.bbox) for c in changes[3]] == [("found by the baseline only", [30, 30, 50, 50]),
+                                                      ("false positive added", [100, 100, 50, 50])]
     for name in ("1.jpg", "2.jpg", "3.jpg"):
         Image.new("RGB", (200, 200), "white").save(tmp_path / name)
     better = [r for r in rows if r["change"] not in ("worse", "same")]

@@ -12,6 +12,11 @@ of the true positives. An image is listed as
 - `tighter boxes`: the same true positives with a mean IoU higher by at least 0.05;
 - `worse`: fewer true positives or more false positives than the baseline (and none of the above);
 - `same` otherwise.
+
+The pictures draw only what changed (`object_changes`): the objects one method found and the
+other missed, and the false positives one of them has and the other does not (a false positive
+"matches" one of the other method's when their IoU is at least 0.5), with a zoomed inset of each
+small one (area < 32^2) under its image; boxes both methods got right or wrong alike are left out.
 """
 
 from __future__ import annotations
@@ -32,10 +37,30 @@ from torchvision.ops import box_iou
 
 from pipeline.boxes import xywh_to_xyxy
 from pipeline.io import atomic
-from pipeline.report.style import GROUND_TRUTH_COLOR, label, method_color, plt, save
+from pipeline.report.style import label, method_color, plt, save
 
 IOU = 0.5
 TIGHTER = 0.05
+SMALL_AREA = 32**2
+# What changed for one object between the baseline and the method, in the order the insets take
+# them, and how it is drawn: (colour role, line style, inset title). The colour role "method" is
+# the method's colour, "baseline" the baseline's.
+CHANGES = {
+    "found by the method only": ("method", "-", "found"),
+    "found by the baseline only": ("baseline", "-", "lost"),
+    "false positive added": ("method", ":", "FP added"),
+    "false positive removed": ("baseline", ":", "FP removed"),
+}
+
+
+@dataclass(frozen=True)
+class ObjectChange:
+    kind: str  # a key of CHANGES
+    bbox: list[float]  # xywh, image pixels
+
+    @property
+    def small(self) -> bool:
+        return self.bbox[2] * self.bbox[3] < SMALL_AREA
 
 
 @dataclass
@@ -120,6 +145,50 @@ def image_outcomes(gt: COCO, evaluator: COCOeval | None, dt: COCO | None, thresh
     return out
 
 
+def kept_matches(gt: COCO, evaluator: COCOeval | None, dt: COCO | None, threshold: float) -> tuple[dict[int, set[int]], dict[int, list[list[float]]]]:
+    """Per image, at `threshold`: the ids of the objects found (IoU 0.5) and the boxes of the false
+    positives (crowd regions ignored, as pycocotools does)."""
+    found: dict[int, set[int]] = {i: set() for i in gt.getImgIds()}
+    false_positives: dict[int, list[list[float]]] = {i: [] for i in gt.getImgIds()}
+    if evaluator is None:
+        return found, false_positives
+    for e in evaluator.evalImgs:
+        if e is None or e["aRng"] != evaluator.params.areaRng[0]:
+            continue
+        for d, m, ign, score in zip(e["dtIds"], e["dtMatches"][0], e["dtIgnore"][0], e["dtScores"]):
+            if ign or score < threshold:
+                continue
+            if m > 0:
+                found[e["image_id"]].add(int(m))
+            else:
+                false_positives[e["image_id"]].append(list(dt.anns[d]["bbox"]))
+    return found, false_positives
+
+
+def _unmatched(boxes: list[list[float]], others: list[list[float]]) -> list[list[float]]:
+    """The boxes of `boxes` that overlap none of `others` by IoU 0.5 or more."""
+    return [b for b in boxes if all(_iou_xywh(b, o) < IOU for o in others)]
+
+
+def object_changes(gt: COCO, baseline: list[dict[str, Any]], other: list[dict[str, Any]],
+                   thresholds: dict[str, float]) -> dict[int, list[ObjectChange]]:
+    """Per image, every object or false positive whose outcome differs between the baseline and
+    the method, each at its threshold (see the module's docstring)."""
+    kept = {}
+    for name, results in (("baseline", baseline), ("other", other)):
+        evaluator, dt = _evaluate_images(gt, results)
+        kept[name] = kept_matches(gt, evaluator, dt, thresholds[name])
+    (base_found, base_fp), (new_found, new_fp) = kept["baseline"], kept["other"]
+    out = {}
+    for image_id in gt.getImgIds():
+        changes = [ObjectChange("found by the method only", gt.anns[g]["bbox"]) for g in sorted(new_found[image_id] - base_found[image_id])]
+        changes += [ObjectChange("found by the baseline only", gt.anns[g]["bbox"]) for g in sorted(base_found[image_id] - new_found[image_id])]
+        changes += [ObjectChange("false positive removed", b) for b in _unmatched(base_fp[image_id], new_fp[image_id])]
+        changes += [ObjectChange("false positive added", b) for b in _unmatched(new_fp[image_id], base_fp[image_id])]
+        out[image_id] = changes
+    return out
+
+
 def change_kind(base: ImageOutcome, other: ImageOutcome) -> str:
     if other.small_tp > base.small_tp:
         return "small found"
@@ -171,44 +240,67 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     atomic.write_text(path, buffer.getvalue())
 
 
-def _draw(ax: Any, image_path: Path, boxes: list[tuple[list[float], str, str, float]]) -> None:
-    with Image.open(image_path) as im:
-        ax.imshow(im.convert("RGB"))
-    for (x, y, w, h), color, style, lw in boxes:
-        ax.add_patch(plt.Rectangle((x, y), w, h, fill=False, edgecolor=color, linestyle=style, linewidth=lw))
-    ax.axis("off")
+INSETS = 4  # zoomed insets of small changed objects under each picture
+
+
+def _inset_window(box: list[float], width: int, height: int) -> tuple[int, int, int, int]:
+    """A square window around a small box: three times its longer side, at least 24 px, in the image."""
+    x, y, w, h = box
+    side = max(24.0, 3 * max(w, h))
+    x0 = int(max(0, min(width - side, x + w / 2 - side / 2)))
+    y0 = int(max(0, min(height - side, y + h / 2 - side / 2)))
+    return x0, y0, int(min(width, x0 + side)), int(min(height, y0 + side))
+
+
+def _draw_changes(ax: Any, changes: list[ObjectChange], method: str, offset: tuple[float, float] = (0, 0), lw: float = 2.0) -> None:
+    for change in changes:
+        role, style, _ = CHANGES[change.kind]
+        x, y, w, h = change.bbox
+        ax.add_patch(plt.Rectangle((x - offset[0], y - offset[1]), w, h, fill=False, linestyle=style, linewidth=lw,
+                                   edgecolor=method_color(method) if role == "method" else method_color("baseline")))
 
 
 def plot_examples(rows: list[dict[str, Any]], gt: COCO, image_root: Path, baseline: list[dict[str, Any]],
                   other: list[dict[str, Any]], method: str, thresholds: dict[str, float], out_png: Path, title: str,
                   n: int = 6) -> None:
-    """The images of `rows` (at most `n`): ground truth, baseline and `method` boxes kept at each one's threshold."""
-    by_image: dict[str, dict[int, list[dict[str, Any]]]] = {"baseline": {}, "other": {}}
-    for name, results in (("baseline", baseline), ("other", other)):
-        for r in results:
-            if r["score"] >= thresholds[name]:
-                by_image[name].setdefault(r["image_id"], []).append(r)
+    """The images of `rows` (at most `n`), each with only what changed between the baseline and
+    `method` at their thresholds, and zoomed insets of the small changes under it."""
+    changes = object_changes(gt, baseline, other, thresholds)
     shown = rows[:n]
     cols = min(3, max(1, len(shown)))
     n_rows = max(1, -(-len(shown) // cols))
-    fig, axes = plt.subplots(n_rows, cols, figsize=(5 * cols, 5.4 * n_rows + 0.6), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, row in zip(axes.flat, shown):
-        image_id = row["image_id"]
-        boxes = [(a["bbox"], GROUND_TRUTH_COLOR, "-", 2.2) for a in gt.imgToAnns[image_id] if not a.get("iscrowd", 0)]
-        boxes += [(d["bbox"], method_color("baseline"), "--", 1.3) for d in by_image["baseline"].get(image_id, [])]
-        boxes += [(d["bbox"], method_color(method), "-", 1.3) for d in by_image["other"].get(image_id, [])]
-        _draw(ax, Path(image_root) / row["file_name"], boxes)
-        ax.set_title(
-            f"{row['file_name']} ({row['change']})\nsmall found {row['baseline_small_tp']} -> {row['method_small_tp']}, "
-            f"TP {row['baseline_tp']} -> {row['method_tp']}, FP {row['baseline_fp']} -> {row['method_fp']}", fontsize=8)
+    fig = plt.figure(figsize=(5 * cols, 6.0 * n_rows + 0.9))
+    grid = fig.add_gridspec(2 * n_rows, cols * INSETS, height_ratios=[4, 1] * n_rows, hspace=0.3, wspace=0.08, top=0.92,
+                            bottom=0.07)
     if not shown:
-        axes[0, 0].text(0.5, 0.5, "no such image in the test split", ha="center", va="center", transform=axes[0, 0].transAxes)
-    handles = [plt.Line2D([], [], color=GROUND_TRUTH_COLOR, lw=2.2, label="ground truth"),
-               plt.Line2D([], [], color=method_color("baseline"), ls="--", label=f"baseline (score >= {thresholds['baseline']:.2f})"),
-               plt.Line2D([], [], color=method_color(method), label=f"{label(method)} (score >= {thresholds['other']:.2f})")]
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=9)
+        ax = fig.add_subplot(grid[0, :])
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no such image in the test split", ha="center", va="center", transform=ax.transAxes)
+    for k, row in enumerate(shown):
+        r, c = divmod(k, cols)
+        ax = fig.add_subplot(grid[2 * r, c * INSETS:(c + 1) * INSETS])
+        with Image.open(Path(image_root) / row["file_name"]) as im:
+            image = np.asarray(im.convert("RGB"))
+        ax.imshow(image)
+        ax.axis("off")
+        here = changes[row["image_id"]]
+        _draw_changes(ax, here, method)
+        counts = {kind: sum(ch.kind == kind for ch in here) for kind in CHANGES}
+        ax.set_title(f"{row['file_name']} ({row['change']})\n" + ", ".join(
+            f"{CHANGES[kind][2]} {count}" for kind, count in counts.items() if count), fontsize=8)
+        small = sorted((ch for ch in here if ch.small), key=lambda ch: list(CHANGES).index(ch.kind))[:INSETS]
+        for j in range(INSETS):
+            inset = fig.add_subplot(grid[2 * r + 1, c * INSETS + j])
+            inset.axis("off")
+            if j < len(small):
+                x0, y0, x1, y1 = _inset_window(small[j].bbox, image.shape[1], image.shape[0])
+                inset.imshow(image[y0:y1, x0:x1], interpolation="nearest")
+                _draw_changes(inset, [small[j]], method, offset=(x0, y0), lw=1.5)
+                inset.set_title(CHANGES[small[j].kind][2], fontsize=7)
+    handles = [plt.Line2D([], [], color=method_color(method) if role == "method" else method_color("baseline"), ls=style, lw=2,
+                          label=kind.replace("the method", label(method))) for kind, (role, style, _) in CHANGES.items()]
+    handles.append(plt.Line2D([], [], color="none", label=f"at the scores of best F1: baseline >= {thresholds['baseline']:.2f}, "
+                                                          f"method >= {thresholds['other']:.2f}; under each image: small changes, zoomed"))
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     save(fig, out_png, dpi=90)

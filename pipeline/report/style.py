@@ -14,9 +14,8 @@ from matplotlib.figure import Figure
 from pipeline.io import atomic
 from pipeline.methods import display_name, method_color, method_key
 
-__all__ = ["GROUND_TRUTH_COLOR", "SIZE_TITLES", "label", "method_color", "ordered", "plt", "save"]
+__all__ = ["SIZE_TITLES", "label", "method_color", "ordered", "plt", "save"]
 
-GROUND_TRUTH_COLOR = "#2ca02c"
 SIZE_TITLES = {"all": "all objects", "small": "small objects (area < 32²)", "medium": "medium objects (32² to 96²)",
                "large": "large objects (area > 96²)"}
 
