@@ -28,12 +28,6 @@ class Method:
     rule: str = PAPER_RULE
     ensemble: bool = False
 
-    @property
-    def name(self) -> str:
-        if self.variant is None:
-            return BASELINE
-        return method_name(self.variant, self.rule, self.ensemble)
-
 
 def method_name(variant: str, rule: str = PAPER_RULE, ensemble: bool = False) -> str:
     return (variant if rule == PAPER_RULE else f"{variant}-{rule}") + (ENSEMBLE if ensemble else "")
