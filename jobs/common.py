@@ -7,7 +7,10 @@ Checkpoints are plain dicts of tensors and Python values, written atomically and
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,25 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise PipelineError(f"device {name!r} asked for, but CUDA is not available here")
     return torch.device(name)
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether bf16 autocast runs natively on `device`: CUDA, or a CPU whose oneDNN has bf16 kernels
+    (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return True
+    try:
+        return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
+
+
+def autocast_factory(device: torch.device, enabled: bool) -> Callable[[], AbstractContextManager]:
+    """A callable giving the bf16 autocast context on `device` when `enabled` and native there, a
+    no-op context otherwise (fp32)."""
+    if enabled and bf16_native(device):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

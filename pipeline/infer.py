@@ -5,14 +5,14 @@ regression head), computed on what D sees for that ROI under one test-time rule
 (`jobs/mtgan/roi_input.py`; an inference setting, so changing it never retrains): on the paper's
 path the up-sampled LR image of every ROI (G(LR) for MTGAN and its loss ablations, bilinear for
 SBU; the HR crop for Table 3's `d_no_adv`); under our `by_size` rule G(LR) for a small ROI and the
-HR crop for the others. Batched, under `torch.inference_mode`, on the GPU when present (bf16 autocast there).
+HR crop for the others. Batched, under `torch.inference_mode`, on the GPU when present, with the
+model's precision and memory layout (bf16 autocast where native and `preset.amp`; model_file.py).
 Also D's classification accuracy on the positive, negative and all (non-ignored) test ROIs, and
 on positives by size: the paper's Table 9.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,40 +23,20 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from jobs.common import pick_device
+from jobs.common import autocast_factory, pick_device
 from jobs.mtgan.data import ShardBatches
-from jobs.mtgan.engine import build_networks, to_model
+from jobs.mtgan.engine import to_model
+from jobs.mtgan.model_file import LoadedModel, load_model
 from jobs.mtgan.roi_input import discriminator_images, through_generator
-from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE, RULES, Preset, Variant, applies
-from jobs.mtgan.train import MODEL_FORMAT
-from jobs.weights import load_torch_mapping
+from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE, RULES, applies
 from pipeline.config import section_fields
-from pipeline.errors import CheckpointError, EmptyInputError, InputError
+from pipeline.errors import EmptyInputError, InputError
 from pipeline.io import atomic
 from pipeline.io.shards import SIZE_CODES, read_manifest, verify_shards
 from pipeline.io.tables import INFERENCE_SCHEMA, make_table, write_table
 from pipeline.methods import method_name
 
 log = logging.getLogger(__name__)
-
-
-def load_variant(model_path: Path, device: torch.device) -> tuple[Variant, torch.nn.Module | None, torch.nn.Module, dict[str, Any]]:
-    state = load_torch_mapping(model_path, "MTGAN model", ("format_version", "variant", "preset", "d", "num_labels", "scale"))
-    if state["format_version"] != MODEL_FORMAT:
-        raise CheckpointError(f"{model_path}: an MTGAN model of format {state['format_version']!r}, not {MODEL_FORMAT} (made by "
-                              "another version of train_mtgan); retrain it")
-    try:
-        variant = Variant(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["variant"].items()})
-        preset = Preset(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["preset"].items()})
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"{model_path}: not a model.pt of this version of train_mtgan ({e}); retrain it") from None
-    preset = Preset(**{**preset.__dict__, "d_weights": "none"})  # the weights come from the checkpoint
-    g, d = build_networks(variant, preset, state["num_labels"], state["scale"])
-    d.load_state_dict(state["d"])
-    if "g" in state:
-        g.load_state_dict(state["g"])
-    g = g.to(device).eval() if g is not None else None
-    return variant, g, d.to(device).eval(), state
 
 
 @dataclass(frozen=True)
@@ -82,17 +62,16 @@ def write_inference(settings: InferSettings, rule: str, model_path: Path, manife
 
 
 @torch.inference_mode()
-def predict(g: torch.nn.Module | None, d: torch.nn.Module, manifest: Path, use_g: Any, device: torch.device,
-            batch_size: int = 256) -> dict[str, np.ndarray]:
+def predict(model: LoadedModel, manifest: Path, use_g: Any, device: torch.device, batch_size: int = 256) -> dict[str, np.ndarray]:
     """D's class probabilities and offsets for every ROI of the shards, in shard order. `use_g(batch)`
     says per ROI whether D sees G(LR) (True) or the HR crop (False)."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    g, d, autocast = model.g, model.d, autocast_factory(device, model.preset.amp)
     loader = ShardBatches(manifest, batch_size=batch_size, shuffle=False, drop_ignored=False,
                           fields=("lr", "hr", "label", "roi_id", "box", "image_size", "size_class"))
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("roi_id", "probs", "offsets", "label", "size_class", "through_g")}
     for batch in tqdm(loader, desc="infer", unit="batch"):
         through = torch.from_numpy(np.asarray(use_g(batch), bool))
-        with autocast:
+        with autocast():
             images = discriminator_images(g, to_model(batch["lr"], device), to_model(batch["hr"], device), through.to(device))
             result = d(images)
         out["probs"].append(torch.softmax(result["cls"].float(), dim=1).cpu().numpy())
@@ -120,7 +99,8 @@ def infer(model_path: Path, manifest: Path, device: torch.device, batch_size: in
           g_max_side: float = DEFAULT_G_MAX_SIDE) -> tuple[pa.Table, dict[str, Any]]:
     """The per-ROI table of a variant on the shards of `manifest` under test-time rule `rule`, and
     its Table 9 accuracies."""
-    variant, g, d, state = load_variant(model_path, device)
+    model = load_model(model_path, device)
+    variant, state = model.variant, model.state
     if not applies(rule, variant):
         raise InputError(f"{model_path}: test-time rule {rule!r} does not apply to variant {variant.name!r} "
                          f"(its D trains on {list(variant.d_inputs)}; rules: {list(RULES)})")
@@ -133,7 +113,7 @@ def infer(model_path: Path, manifest: Path, device: torch.device, batch_size: in
     def use_g(batch: dict[str, torch.Tensor]) -> np.ndarray:
         return through_generator(batch["box"].numpy(), batch["image_size"].numpy(), doc["margin"], rule, g_max_side, variant)
 
-    p = predict(g, d, manifest, use_g, device, batch_size)
+    p = predict(model, manifest, use_g, device, batch_size)
     order = np.argsort(p["roi_id"])
     columns = {"roi_id": p["roi_id"][order], "probs": p["probs"][order].astype(np.float32),
                **{k: p["offsets"][order, j].astype(np.float32) for j, k in enumerate(("dx", "dy", "dw", "dh"))},

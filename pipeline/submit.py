@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from jobs.common import pick_device
+from jobs.mtgan.model_file import read_model_state
 from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE
-from jobs.mtgan.train import MODEL_FORMAT
-from jobs.weights import load_torch_mapping
 from pipeline.detect import import_detections
-from pipeline.errors import CheckpointError, InputError, first_few
+from pipeline.errors import InputError, first_few
 from pipeline.infer import infer
 from pipeline.io import atomic
 from pipeline.io.coco import image_list, load_json, read_json, validate_coco
@@ -39,10 +38,6 @@ from pipeline.rois import build_rois
 from pipeline.shards import ShardSettings, gather_manifest, write_chunk
 
 log = logging.getLogger(__name__)
-
-# model.pt keys `rescore` needs to honour a model (train_mtgan writes them from format 2 on).
-MODEL_KEYS = ("format_version", "categories", "category_ids", "hr_size", "scale", "margin", "preset", "variant")
-
 
 def results_problems(records: Any, coco: dict[str, Any], max_per_image: int) -> list[str]:
     """Why `records` is not a valid COCO results file for the images of `coco` (empty: it is)."""
@@ -104,16 +99,6 @@ def submission(method: str, coco: dict[str, Any], settings: MergeSettings, out: 
     return write_submission(records, coco, out, settings.max_per_image)
 
 
-def model_description(model_path: Path) -> dict[str, Any]:
-    """The settings a model records about itself; CheckpointError when it cannot be honoured."""
-    state = load_torch_mapping(model_path, "MTGAN model")
-    missing = [k for k in MODEL_KEYS if k not in state]
-    if missing or state["format_version"] != MODEL_FORMAT:
-        raise CheckpointError(f"{model_path}: a model.pt without {missing or f'format {MODEL_FORMAT}'} (made by an older train_mtgan): "
-                              "rescore cannot tell how it crops ROIs and what its D was trained on; retrain it")
-    return state
-
-
 def image_info(images: Path, model: dict[str, Any]) -> tuple[dict[str, Any], Path]:
     """The image list to re-score and its image root: an image-info or COCO JSON (its images live
     beside it, or under `<json folder>/images`), or a folder of images (ids 1..N in sorted file-name
@@ -157,7 +142,7 @@ def rescore(model_path: Path, images: Path, detections: Path, out: Path, setting
     """Another detector's results on `images`, re-scored by a trained model (MTGAN alone, or the
     ensemble with the detector's own scores) under the test-time rule `rule`: the pipeline's
     stages 3-7 in one call."""
-    model = model_description(model_path)
+    model = read_model_state(model_path)
     coco, root = image_info(images, model)
     root = Path(image_root) if image_root else root
     coco = {k: v for k, v in coco.items() if k != "annotations"}  # re-scoring never uses ground truth

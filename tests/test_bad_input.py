@@ -415,18 +415,13 @@ def test_empty_test_shards_are_an_error_in_infer(tiny_data: Path, tiny_rois: dic
 
 
 def _tiny_model(path: Path, doc: dict[str, Any]) -> None:
-    import dataclasses
-
-    import torch
-
     from jobs.mtgan.engine import build_networks
+    from jobs.mtgan.model_file import save_model
     from jobs.mtgan.settings import VARIANTS, resolve_preset
 
     preset = resolve_preset("tiny")
     g, d = build_networks(VARIANTS["mtgan"], preset, doc["num_labels"], doc["scale"])
-    torch.save({"format_version": 3, "d": d.state_dict(), "g": g.state_dict(), "variant": dataclasses.asdict(VARIANTS["mtgan"]),
-                "preset": dataclasses.asdict(preset), "num_labels": doc["num_labels"], "category_ids": doc["category_ids"],
-                "hr_size": doc["hr_size"], "scale": doc["scale"], "step": 0}, path)
+    save_model(path, g, d, VARIANTS["mtgan"], preset, 0, 0, doc, None)
 
 
 # --- The cases that already worked stay working ---------------------------------------------------

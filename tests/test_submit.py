@@ -149,14 +149,14 @@ def test_rescore_refuses_other_categories_and_old_models(tiny_run: Path, tmp_pat
     torch.save(state, tmp_path / "old.pt")
     base[2] = str(tmp_path / "old.pt")
     result = CliRunner().invoke(cli, [*base, "--images", str(root / "data" / "val.json")])
-    assert result.exit_code == 1 and "older train_mtgan" in result.output and not (tmp_path / "out.json").exists()
+    assert result.exit_code == 1 and "retrain it" in result.output and not (tmp_path / "out.json").exists()
 
 
 def test_a_model_describes_itself(tiny_run: Path) -> None:
     import torch
 
     state = torch.load(tiny_run / "artifacts" / "tiny" / "mtgan" / "mtgan" / "model.pt", weights_only=True)
-    assert state["format_version"] == 3 and [c["name"] for c in state["categories"]][:2] == ["stripes", "checks"]
+    assert state["format_version"] == 4 and [c["name"] for c in state["categories"]][:2] == ["stripes", "checks"]
     assert (state["hr_size"], state["scale"], state["margin"]) == (64, 4, 0.0)
     assert state["variant"]["d_inputs"] == ["sr", "hr"] and state["config"]["mtgan"]["preset"] == "tiny"
     assert "roi_input" not in state["preset"]  # the test-time rule is an inference setting, not the model's

@@ -22,7 +22,6 @@ and takes batch_size / N of the global batch; BatchNorm is synchronised across r
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -38,9 +37,10 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from jobs.common import pick_device, restore_rng_state, resumable_checkpoint, rng_state, save_checkpoint
+from jobs.common import autocast_factory, pick_device, restore_rng_state, resumable_checkpoint, rng_state, save_checkpoint
 from jobs.mtgan.data import ShardBatches, read_holdout
 from jobs.mtgan.engine import build_networks, evaluate_holdout, pretrain_step, to_model, train_step
+from jobs.mtgan.model_file import save_model
 from jobs.mtgan.settings import RULES, Preset, Variant, applies, schedule_in_iterations
 from pipeline.errors import InputError
 from pipeline.io import atomic
@@ -48,10 +48,6 @@ from pipeline.io.shards import read_manifest, verify_shards
 
 log = logging.getLogger(__name__)
 
-# model.pt is self-describing from format 2 on: categories (ids and names), HR size, scale, context
-# margin and resize method of its crops, and its config. Format 3: the test-time rule is no longer
-# part of the model (it is an inference setting), and the variant says what its D trains on.
-MODEL_FORMAT = 3
 
 
 def _unwrap(module: nn.Module | None) -> nn.Module | None:
@@ -167,8 +163,9 @@ def train_mtgan(
         log.info("%g epochs = %d iterations, D lr / 10 every %d", preset.epochs, preset.iterations, preset.d_lr_step)
     torch.manual_seed(seed)
     g, d = build_networks(variant, preset, doc["num_labels"], doc["scale"])
-    g = g.to(device) if g is not None else None
-    d = d.to(device)
+    layout = torch.channels_last if preset.channels_last else torch.contiguous_format
+    g = g.to(device, memory_format=layout) if g is not None else None
+    d = d.to(device, memory_format=layout)
     learned = variant.generator == "learned"
     if world > 1:
         d = nn.parallel.DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(d))
@@ -210,10 +207,7 @@ def train_mtgan(
     batches = _batches(loader)
     for _ in range(start):  # the same batches as an uninterrupted run
         next(batches)
-    use_amp = preset.amp and device.type == "cuda"
-
-    def autocast() -> Any:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+    autocast = autocast_factory(device, preset.amp)
 
     pretrain = preset.pretrain_iterations if learned else 0
     total = pretrain + preset.iterations
@@ -270,16 +264,7 @@ def train_mtgan(
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         if rows:
             _plot(rows, out_dir / "losses.png", f"MTGAN variant {variant.name}")
-        names = doc.get("category_names") or [str(c) for c in doc["category_ids"]]
-        final = {"format_version": MODEL_FORMAT, "d": _unwrap(d).state_dict(), "variant": settings["variant"],
-                 "preset": settings["preset"], "seed": seed, "config": json.loads(json.dumps(config or {})),
-                 "num_labels": doc["num_labels"], "category_ids": doc["category_ids"],
-                 "categories": [{"id": c, "name": n} for c, n in zip(doc["category_ids"], names)],
-                 "hr_size": doc["hr_size"], "scale": doc["scale"], "margin": doc["margin"],
-                 "resize_method": doc["resize_method"], "step": total}
-        if learned:
-            final["g"] = _unwrap(g).state_dict()
-        save_checkpoint(model_path, final)
+        save_model(model_path, _unwrap(g) if learned else None, _unwrap(d), variant, preset, seed, total, doc, config)
         log.info("variant %s: %d steps; model written to %s", variant.name, total, model_path)
     if world > 1:
         dist.barrier()

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from matplotlib.patches import Rectangle
 
 from jobs.mtgan.engine import to_model
+from jobs.mtgan.model_file import load_model
 from jobs.mtgan.roi_input import through_generator
 from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE, RULES
-from pipeline.infer import load_variant
 from pipeline.io.shards import read_manifest, shard_paths
 from pipeline.report.style import plt, save
 
@@ -80,7 +80,8 @@ def plot_roi_grid(model_path: Path, manifest: Path, category_names: dict[int, st
     """Write the Fig 3 grid of the variant in `model_path` on the ROIs of `manifest`, framing what D
     sees under the test-time rule `rule` (the paper's path by default)."""
     device = torch.device("cpu")
-    variant, g, d, state = load_variant(model_path, device)
+    model = load_model(model_path, device)
+    variant, g, d, state = model.variant, model.g, model.d, model.state
     names = {0: "background", **{k + 1: category_names.get(cid, str(cid)) for k, cid in enumerate(state["category_ids"])}}
     samples = sample_rois(manifest, per_group)
     margin = read_manifest(manifest)["margin"]
