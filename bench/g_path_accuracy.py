@@ -22,9 +22,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.crops import crop_sides  # noqa: E402
-from pipeline.io.shards import read_manifest  # noqa: E402
-from pipeline.io.tables import ROIS_SCHEMA, read_table  # noqa: E402
+from core.crops import crop_sides  # noqa: E402
+from core.io.shards import read_manifest  # noqa: E402
+from core.io.tables import ROIS_SCHEMA, read_table  # noqa: E402
 
 RANGES = ((0.0, 16.0), (16.0, 32.0), (32.0, float("inf")))
 

@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from core.crops import crop_hr, make_lr
+from core.io.images import open_rgb
+from core.io.shards import verify_shards
 from jobs.mtgan.data import ShardBatches
-from pipeline.crops import crop_hr, make_lr
 from pipeline.data.index import read_index
-from pipeline.io.images import open_rgb
-from pipeline.io.shards import verify_shards
 
 
 class OnTheFly(Dataset):

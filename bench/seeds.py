@@ -41,11 +41,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from core.io.tables import ROIS_SCHEMA, file_metadata, read_table  # noqa: E402
 from jobs.mtgan.settings import RULES, VARIANTS, applies, resolve_preset  # noqa: E402
 from jobs.mtgan.train import train_mtgan  # noqa: E402
 from pipeline.config import load_config_files, validate_config  # noqa: E402
 from pipeline.infer import infer  # noqa: E402
-from pipeline.io.tables import ROIS_SCHEMA, file_metadata, read_table  # noqa: E402
 from pipeline.merge import MergeSettings, merge_detections  # noqa: E402
 from pipeline.methods import display_name, method_key, method_name  # noqa: E402
 from pipeline.score import coco_bbox_eval  # noqa: E402

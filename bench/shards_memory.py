@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.io.tables import ROIS_SCHEMA, read_table, write_table
+from core.io.tables import ROIS_SCHEMA, read_table, write_table
 
 
 def enlarge(root: Path, split: str, role: str, factor: int, out: Path) -> tuple[Path, Path]:

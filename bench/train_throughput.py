@@ -1,29 +1,36 @@
-"""MTGAN training throughput per preset (pairs/s) and the FLOPs each training pair costs.
+"""MTGAN training throughput per preset and numeric mode (pairs/s), and the FLOPs of a training pair.
 
-For each preset: median time of a stage-2 iteration (one D step + one G step, `train_step`) on
-random 16x16 / 64x64 batches of the preset's batch size, as pairs/s; and the FLOPs of that
-iteration per pair, counted by torch's FlopCounterMode (forward and backward of G and D), so
-throughput on any device can be set against that device's peak FLOP/s. D weights are random
-(no download); the numbers do not depend on them.
+For each preset and each mode: median time of a stage-2 iteration (one D step + one G step,
+`train_step`) on random 16x16 / 64x64 batches of the preset's batch size, as pairs/s, and its ratio
+to fp32 in contiguous memory measured in the same run; and the FLOPs of that iteration per pair,
+counted by torch's FlopCounterMode (forward and backward of G and D), so throughput on any device
+can be set against that device's peak FLOP/s. D weights are random (no download); the numbers do
+not depend on them. Modes: fp32; channels-last; bf16 autocast (only where bf16 is native:
+CUDA, CPUs with AVX512-BF16 or AMX; elsewhere the row says so); both (the presets' default,
+`amp` and `channels_last`); both with `torch.compile` of G and D (`--compile`: its warm-up, which
+compiles, is timed and printed apart).
 
     python bench/train_throughput.py                     # CPU, presets tiny and cpu
-    python bench/train_throughput.py --presets cpu,paper --steps 3
+    python bench/train_throughput.py --presets cpu --steps 15 --compile
     python bench/train_throughput.py --device cuda --presets paper,paper-r101
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from jobs.common import autocast_factory, bf16_native
 from jobs.mtgan.engine import build_networks, train_step
-from jobs.mtgan.settings import VARIANTS, resolve_preset
+from jobs.mtgan.settings import VARIANTS, Preset, Variant, resolve_preset
+
+MODES = {"fp32": (False, False), "channels-last": (False, True), "bf16": (True, False), "bf16 + channels-last": (True, True)}
 
 
 def main() -> None:
@@ -33,46 +40,70 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--classes", type=int, default=8, help="K + 1")
+    parser.add_argument("--compile", action="store_true", help="also bf16 + channels-last with torch.compile of G and D")
     parser.add_argument("--overrides", default="{}", help='preset fields to change, as JSON: \'{"d_width": 32}\'')
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     variant = VARIANTS[args.variant]
-    print(f"variant {variant.name}, device {device}, torch threads {torch.get_num_threads()}")
-    print(f"{'preset':<11} {'G':>14} {'D':>18} {'batch':>5} {'pairs/s':>8} {'GFLOP/pair':>11}")
+    print(f"variant {variant.name}, device {device}, torch threads {torch.get_num_threads()}, bf16 native: {bf16_native(device)}")
+    print(f"{'preset':<7} {'mode':<32} {'G':>14} {'D':>18} {'batch':>5} {'pairs/s':>8} {'x fp32':>6} {'GFLOP/pair':>10}")
+    modes = [(name, amp, last, False) for name, (amp, last) in MODES.items()]
+    if args.compile:
+        modes.append(("bf16 + channels-last + compile", True, True, True))
     for name in args.presets.split(","):
-        preset = resolve_preset(name, {"d_weights": "none", **json.loads(args.overrides)})
-        torch.manual_seed(0)
-        g, d = build_networks(variant, preset, args.classes, 4)
-        g, d = (g.to(device) if g is not None else None), d.to(device)
-        d_opt = (torch.optim.SGD(d.parameters(), lr=preset.d_lr, momentum=preset.d_momentum) if preset.d_optimizer == "sgd"
-                 else torch.optim.AdamW(d.parameters(), lr=preset.d_lr))
-        g_opt = torch.optim.Adam(g.parameters(), lr=preset.g_lr) if variant.generator == "learned" else None
-        n = preset.batch_size
-        lr, hr = torch.rand(n, 3, 16, 16, device=device) * 2 - 1, torch.rand(n, 3, 64, 64, device=device) * 2 - 1
-        labels, targets = torch.randint(0, args.classes, (n,), device=device), torch.randn(n, 4, device=device)
-        amp = preset.amp and device.type == "cuda"
+        fp32 = None
+        for mode, amp, last, compiled in modes:
+            if amp and not bf16_native(device):
+                print(f"{name:<7} {mode:<32} bf16 is not native here: not measured")
+                continue
+            preset = resolve_preset(name, {"d_weights": "none", **json.loads(args.overrides), "amp": amp, "channels_last": last})
+            rate, flops, desc, warmup = measure(variant, preset, device, args.classes, args.steps, compiled, sync)
+            fp32 = rate if fp32 is None else fp32
+            extra = f"  (compiling warm-up {warmup:.0f} s)" if compiled else ""
+            print(f"{name:<7} {mode:<32} {desc} {preset.batch_size:>5} {rate:>8.1f} {rate / fp32:>6.2f} {flops:>10.2f}{extra}", flush=True)
 
-        def autocast() -> contextlib.AbstractContextManager:
-            return torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext()
 
-        def step() -> None:
-            train_step(g, d, d_opt, g_opt, lr, hr, labels, targets, variant, preset, autocast)
+def measure(variant: Variant, preset: Preset, device: torch.device, classes: int, steps: int, compiled: bool,
+            sync: Callable[[], None]) -> tuple[float, float, str, float]:
+    """pairs/s (median over `steps`), GFLOP per pair, a description of G and D, warm-up seconds."""
+    torch.manual_seed(0)
+    g, d = build_networks(variant, preset, classes, 4)
+    layout = torch.channels_last if preset.channels_last else torch.contiguous_format
+    g, d = (g.to(device, memory_format=layout) if g is not None else None), d.to(device, memory_format=layout)
+    d_opt = (torch.optim.SGD(d.parameters(), lr=preset.d_lr, momentum=preset.d_momentum) if preset.d_optimizer == "sgd"
+             else torch.optim.AdamW(d.parameters(), lr=preset.d_lr))
+    g_opt = torch.optim.Adam(g.parameters(), lr=preset.g_lr) if variant.generator == "learned" else None
+    if compiled:
+        g, d = (torch.compile(g) if g is not None else None), torch.compile(d)
+    n = preset.batch_size
+    lr, hr = torch.rand(n, 3, 16, 16, device=device) * 2 - 1, torch.rand(n, 3, 64, 64, device=device) * 2 - 1
+    lr, hr = lr.contiguous(memory_format=layout), hr.contiguous(memory_format=layout)
+    labels, targets = torch.randint(0, classes, (n,), device=device), torch.randn(n, 4, device=device)
+    autocast = autocast_factory(device, preset.amp)
 
-        step()  # warm-up
+    def step() -> None:
+        train_step(g, d, d_opt, g_opt, lr, hr, labels, targets, variant, preset, autocast)
+
+    start = time.perf_counter()
+    step()  # warm-up (compiles, with --compile)
+    step()
+    warmup = time.perf_counter() - start
+    flops = 0.0
+    if not compiled:
         with FlopCounterMode(display=False) as counter:
             step()
-        times = []
-        for _ in range(args.steps):
-            sync()
-            start = time.perf_counter()
-            step()
-            sync()
-            times.append(time.perf_counter() - start)
-        g_desc = f"{preset.g_channels}ch x{preset.g_residual_blocks} /{preset.g_upsample_channels}" if g_opt else variant.generator
-        d_desc = f"{preset.d_backbone} w{preset.d_width} {preset.d_stem}"
-        print(f"{name:<11} {g_desc:>14} {d_desc:>18} {n:>5} {n / statistics.median(times):>8.1f} "
-              f"{counter.get_total_flops() / n / 1e9:>11.2f}")
+        flops = counter.get_total_flops() / n / 1e9
+    times = []
+    for _ in range(steps):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    g_desc = f"{preset.g_channels}ch x{preset.g_residual_blocks} /{preset.g_upsample_channels}" if g_opt else variant.generator
+    d_desc = f"{preset.d_backbone} w{preset.d_width} {preset.d_stem}"
+    return n / statistics.median(times), flops, f"{g_desc:>14} {d_desc:>18}", warmup
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
+from core.errors import PipelineError
+from core.io import atomic
 from jobs.weights import load_torch_mapping
-from pipeline.errors import PipelineError
-from pipeline.io import atomic
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from unittest import mock
 import torch
 import torchvision.models._api as torchvision_api
 
-from pipeline.errors import CheckpointError, PipelineError
+from core.errors import CheckpointError, PipelineError
 
 
 class WeightsUnavailable(PipelineError, FileNotFoundError):

@@ -25,8 +25,8 @@ import h5py
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline.io import atomic
-from pipeline.io.shards import LAYOUT_VERSION, ORIGIN_CODES, SIZE_CODES, layout, read_manifest, sha256_of, shapes
+from core.io import atomic
+from core.io.shards import LAYOUT_VERSION, ORIGIN_CODES, SIZE_CODES, layout, read_manifest, sha256_of, shapes
 from pipeline.shards import ShardSettings, kept_rows
 
 IOU_BINS = np.linspace(0.0, 1.0, 11)

@@ -4,7 +4,7 @@ The Snakefile's rules call these commands; they are as usable by hand. A command
 arguments, resolves its config sections (`--config` files merged in order and validated like the
 Snakefile does, or, as the rules pass them, `--sections` JSON) and calls its stage; the stage's
 settings come from `<Stage>Settings.from_config(section)` in the stage's own module. The project's
-own errors (`pipeline.errors.PipelineError`) print as one line, `Error: ...`, exit status 1; `-v`
+own errors (`core.errors.PipelineError`) print as one line, `Error: ...`, exit status 1; `-v`
 adds the traceback. Anything else is a bug and shows its traceback.
 """
 
@@ -19,10 +19,10 @@ from typing import Any
 import click
 import yaml
 
+from core.errors import PipelineError
 from pipeline import cli_options as opt
 from pipeline import submit_commands
 from pipeline.config import load_config_files, validate_config
-from pipeline.errors import PipelineError
 from pipeline.report import commands as report_commands
 from pipeline.widerface import commands as widerface_commands
 
@@ -127,14 +127,14 @@ def detect_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_i
     Reads section detector. source train needs --model; source import reads
     detector.import_results[split] and validates it against the split.
     """
+    from core.io.tables import write_table
     from pipeline.data.index import split_coco
     from pipeline.detect import detect_split, write_results_json
-    from pipeline.io.tables import write_table
 
     config = opt.resolve_config(config_files, sections_json, need=("detector",))
     opt.set_threads(threads)
     coco, _, image_root = split_coco(data_index, split)
-    table = detect_split(config["detector"], coco, image_root, split, model_path, on_bad_image)
+    table = detect_split(config["detector"], coco, image_root, split, model_path, on_bad_image, config["data"]["source"])
     write_table(table, out_table)
     write_results_json(table, out_results)
     click.echo(f"{split}: {table.num_rows} detections on {len(coco['images'])} images -> {out_table}")

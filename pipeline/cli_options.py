@@ -11,9 +11,9 @@ from typing import Any
 
 import click
 
+from core.errors import PipelineError
 from jobs.mtgan.settings import PAPER_RULE, RULES
 from pipeline.config import load_config_files, validate_config
-from pipeline.errors import PipelineError
 
 
 def resolve_config(config_files: tuple[Path, ...], sections_json: str | None, need: tuple[str, ...]) -> dict[str, Any]:

@@ -9,17 +9,19 @@ way (later files override earlier ones key by key; lists are replaced whole).
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from jobs.mtgan.settings import preset_problems
-from pipeline.schema import SchemaError, validate_document
+from core.schema import SchemaError, validate_document
+from jobs.mtgan.settings import PRESETS, RULES, VARIANTS, preset_problems
+from pipeline.data.sources import DATA_SOURCES
 
 CONFIG_SCHEMA = "config.schema.yaml"
+# The names the schema takes from the code (`x-registry: <name>`): each is defined once, in its registry.
+REGISTRIES = {"data_sources": list(DATA_SOURCES), "presets": list(PRESETS), "variants": list(VARIANTS), "rules": list(RULES)}
 
 
 class ConfigError(SchemaError):
@@ -64,18 +66,11 @@ def validate_config(config: dict[str, Any], what: str = "config", require: tuple
     if missing:
         raise ConfigError(f"{what}: missing section(s) {missing}")
     try:
-        config = validate_document(dict(config), CONFIG_SCHEMA, what, defaults=True)
+        config = validate_document(dict(config), CONFIG_SCHEMA, what, defaults=True, registries=REGISTRIES)
     except SchemaError as e:
         raise ConfigError(str(e)) from None
     _check_cross_keys(config, what)
     return config
-
-
-def section_fields(cls: type, section: dict[str, Any], **given: Any) -> dict[str, Any]:
-    """The fields of settings dataclass `cls` taken from a config section by name (those in `given`
-    from elsewhere): what each stage's `Settings.from_config(section)` passes to its constructor."""
-    return {f.name: given[f.name] if f.name in given else section[f.name] for f in dataclasses.fields(cls) if f.init
-            and (f.name in given or f.name in section)}
 
 
 def dev_split(data: dict[str, Any]) -> str | None:

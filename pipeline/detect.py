@@ -34,6 +34,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from core.boxes import xywh_to_xyxy, xyxy_to_xywh
+from core.errors import EmptyInputError, InputError, MissingFileError, PipelineError, first_few
+from core.io import atomic
+from core.io.coco import CocoFormatError, read_json
+from core.io.images import ImageReadError
+from core.io.tables import DETECTIONS_SCHEMA, make_table
+from core.sections import section_fields
 from jobs.baseline.data import CocoImages, collate
 from jobs.baseline.models import (
     DetectorSettings,
@@ -45,13 +52,7 @@ from jobs.baseline.models import (
 from jobs.baseline.predict import LabelMap, detect_batch
 from jobs.common import pick_device
 from jobs.weights import load_torch_file
-from pipeline.boxes import xywh_to_xyxy, xyxy_to_xywh
-from pipeline.config import section_fields
-from pipeline.errors import EmptyInputError, InputError, MissingFileError, PipelineError, first_few
-from pipeline.io import atomic
-from pipeline.io.coco import CocoFormatError, read_json
-from pipeline.io.images import ImageReadError
-from pipeline.io.tables import DETECTIONS_SCHEMA, make_table
+from pipeline.data.sources import prediction_folder_records
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +76,17 @@ class DetectSettings:
 
 
 def detect_split(detector: dict[str, Any], coco: dict[str, Any], image_root: Path, split: str,
-                 trained: Path | None = None, on_bad_image: str = "error") -> pa.Table:
+                 trained: Path | None = None, on_bad_image: str = "error", data_source: str | None = None) -> pa.Table:
     """The detections table of one split from the configured source (config section `detector`):
     the imported results file of the split, or a detector run over its images. An image that
     cannot be decoded stops the stage naming it (`on_bad_image: error`, the shards stage's setting)
-    or is skipped and counted (`skip`)."""
+    or is skipped and counted (`skip`). `data_source`: the dataset's (`data.source`), whose own
+    layout an imported folder of detections is read in."""
     settings = DetectSettings.from_config(detector)
     if detector["source"] == "import":
         if split not in detector["import_results"]:
             raise PipelineError(f"detector.import_results has no file for split {split!r}")
-        table, _ = import_detections(Path(detector["import_results"][split]), coco, settings.top_k)
+        table, _ = import_detections(Path(detector["import_results"][split]), coco, settings.top_k, data_source)
         return table
     if detector["source"] == "train" and trained is None:
         raise PipelineError("detector.source is train: give the train_baseline job's model.pt (mtgan detect --model)")
@@ -186,25 +188,10 @@ def _bad(path: Path, what: str, items: list[str]) -> CocoFormatError:
     return CocoFormatError(f"{path}: {len(items)} detection(s) {what}: {first_few(items)}")
 
 
-def _widerface_records(folder: Path, coco: dict[str, Any]) -> list[dict[str, Any]]:
-    """COCO results records from the official WIDER FACE prediction layout (`<event>/<image>.txt`)."""
-    from pipeline.widerface.predictions import read_prediction_dir
-    from pipeline.widerface.score import image_keys
-
-    if len(coco["categories"]) != 1:
-        raise CocoFormatError(f"{folder}: the WIDER FACE prediction layout has no classes; the dataset has "
-                              f"{len(coco['categories'])} categories")
-    category_id = coco["categories"][0]["id"]
-    keys = image_keys(coco)
-    predictions = read_prediction_dir(folder, keys.values())
-    return [{"image_id": image_id, "category_id": category_id, "bbox": [float(v) for v in row[:4]], "score": float(row[4])}
-            for image_id, key in keys.items() for row in predictions.get(key, [])]
-
-
-def import_detections(path: Path, coco: dict[str, Any], top_k: int) -> tuple[pa.Table, dict[str, int]]:
-    """Validate a COCO results JSON (or a WIDER FACE prediction folder) against the split; the
-    detections table and the drop counts."""
-    records = _widerface_records(Path(path), coco) if Path(path).is_dir() else read_json(path)
+def import_detections(path: Path, coco: dict[str, Any], top_k: int, data_source: str | None = None) -> tuple[pa.Table, dict[str, int]]:
+    """Validate a COCO results JSON (or a folder of detections in the layout of `data_source`, such
+    as WIDER FACE's) against the split; the detections table and the drop counts."""
+    records = prediction_folder_records(data_source, Path(path), coco) if Path(path).is_dir() else read_json(path)
     if not isinstance(records, list):
         raise CocoFormatError(f"{path}: a COCO results file is a JSON list of detections, got {type(records).__name__}")
     images = {im["id"]: im for im in coco["images"]}

@@ -23,17 +23,17 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
+from core.errors import EmptyInputError, InputError
+from core.io import atomic
+from core.io.shards import SIZE_CODES, read_manifest, verify_shards
+from core.io.tables import INFERENCE_SCHEMA, make_table, write_table
+from core.sections import section_fields
 from jobs.common import autocast_factory, pick_device
 from jobs.mtgan.data import ShardBatches
 from jobs.mtgan.engine import to_model
 from jobs.mtgan.model_file import LoadedModel, load_model
 from jobs.mtgan.roi_input import discriminator_images, through_generator
 from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE, RULES, applies
-from pipeline.config import section_fields
-from pipeline.errors import EmptyInputError, InputError
-from pipeline.io import atomic
-from pipeline.io.shards import SIZE_CODES, read_manifest, verify_shards
-from pipeline.io.tables import INFERENCE_SCHEMA, make_table, write_table
 from pipeline.methods import method_name
 
 log = logging.getLogger(__name__)

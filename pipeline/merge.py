@@ -20,11 +20,11 @@ import pyarrow as pa
 import torch
 from torchvision.ops import batched_nms
 
-from pipeline.boxes import BoxCoder, xyxy_to_xywh
-from pipeline.config import section_fields
-from pipeline.errors import InputError
-from pipeline.io import atomic
-from pipeline.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, file_metadata, read_table
+from core.boxes import BoxCoder, xyxy_to_xywh
+from core.errors import InputError
+from core.io import atomic
+from core.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, file_metadata, read_table
+from core.sections import section_fields
 
 
 @dataclass(frozen=True)

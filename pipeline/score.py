@@ -17,8 +17,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pipeline.io import atomic
-from pipeline.io.coco import read_json
+from core.io import atomic
+from core.io.coco import read_json
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ For each split, from its ROI table and images:
   soon as `rois_per_shard` ROIs are ready, so memory is bounded by one chunk's images in flight
   plus one shard, never by the dataset;
 - each ROI: `crop_hr` (box + context margin, bicubic to `hr_size`) and `make_lr` (bicubic
-  `scale`x down-sampling), see `pipeline.crops`;
+  `scale`x down-sampling), see `core.crops`;
 - a chunk's folder is written under a temporary name and renamed when complete, with `chunk.json`
   listing its shards and their sha256; `manifest.json` of the split is gathered from the chunks
   last. A job killed at any moment leaves no folder or manifest that looks complete.
@@ -36,12 +36,12 @@ import pyarrow.parquet as pq
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
-from pipeline.crops import RESIZE_METHOD, crop_hr, make_lr
-from pipeline.errors import InputError
-from pipeline.io import atomic
-from pipeline.io.images import ImageReadError, open_rgb
-from pipeline.io.shards import ORIGIN_CODES, SIZE_CODES, ShardSpec, sha256_of, write_manifest, write_shard
-from pipeline.io.tables import ROIS_SCHEMA, file_metadata, read_table
+from core.crops import RESIZE_METHOD, crop_hr, make_lr
+from core.errors import InputError
+from core.io import atomic
+from core.io.images import ImageReadError, open_rgb
+from core.io.shards import ORIGIN_CODES, SIZE_CODES, ShardSpec, sha256_of, write_manifest, write_shard
+from core.io.tables import ROIS_SCHEMA, file_metadata, read_table
 
 log = logging.getLogger(__name__)
 

@@ -24,15 +24,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from core.errors import InputError, first_few
+from core.io import atomic
+from core.io.coco import image_list, load_json, read_json, validate_coco
+from core.io.tables import DETECTIONS_SCHEMA, ROIS_SCHEMA, read_table, table_metadata, write_table
 from jobs.common import pick_device
 from jobs.mtgan.model_file import read_model_state
 from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE
 from pipeline.detect import import_detections
-from pipeline.errors import InputError, first_few
 from pipeline.infer import infer
-from pipeline.io import atomic
-from pipeline.io.coco import image_list, load_json, read_json, validate_coco
-from pipeline.io.tables import DETECTIONS_SCHEMA, ROIS_SCHEMA, read_table, table_metadata, write_table
 from pipeline.merge import MergeSettings, merge_detections, merged_records
 from pipeline.rois import build_rois
 from pipeline.shards import ShardSettings, gather_manifest, write_chunk

@@ -22,8 +22,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError
-from pipeline.io import atomic
+from core.errors import PipelineError
+from core.io import atomic
 from pipeline.methods import display_name, method_key
 from pipeline.score import TABLE_COLUMNS
 

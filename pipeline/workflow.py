@@ -6,22 +6,21 @@ Kept in the package (not in the .smk files) so the rules stay declarative and th
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from typing import Any
 
+from core.errors import InputError
+from core.sizes import ERROR_AREAS, SIZE_RANGES
 from jobs.mtgan.settings import PAPER_RULE
 from pipeline.config import data_splits
-from pipeline.errors import InputError
+from pipeline.data.sources import DATA_SOURCES
 from pipeline.methods import all_methods, method_name, parse_method
-from pipeline.sizes import ERROR_AREAS, SIZE_RANGES
-from pipeline.widerface.ground_truth import WIDERFACE_GROUND_TRUTH
 
 __all__ = ["ERROR_AREAS", "SIZE_RANGES", "baseline_model_input", "data_input_files", "data_splits", "detect_inputs",
            "error_methods", "inactive_data_sources", "infer_sections", "inference_files", "inference_input", "inferences",
            "method_pattern", "methods", "out_args", "report_method", "report_variant", "score_results_input", "sections_json",
-           "submission_files", "widerface_ground_truth_files"]
+           "submission_files"]
 
 
 def methods(config: dict[str, Any]) -> list[str]:
@@ -77,9 +76,6 @@ def sections_json(config: dict[str, Any], *names: str, drop: tuple[str, ...] = (
     return shlex.quote(json.dumps(sections, sort_keys=True))
 
 
-DATA_SOURCES = ("builtin", "coco", "widerface")
-
-
 def inactive_data_sources(config: dict[str, Any]) -> tuple[str, ...]:
     """The `data` sub-sections of the sources not in use: a change there reruns nothing."""
     return tuple(s for s in DATA_SOURCES if s != config["data"]["source"])
@@ -101,26 +97,8 @@ def detect_inputs(config: dict[str, Any], split: str) -> list[str]:
 
 
 def data_input_files(config: dict[str, Any]) -> list[str]:
-    """A dataset on disk: its annotation files, so that a changed file reruns the data stage."""
-    source = config["data"]["source"]
-    if source == "builtin":
-        return []
-    return [files["annotations"] for files in config["data"][source]["splits"].values() if "annotations" in files]
-
-
-def widerface_ground_truth_files(config: dict[str, Any]) -> list[str]:
-    """The official evaluation files eval_widerface needs; a clear error where they cannot be."""
-    data = config["data"]
-    if data["source"] != "widerface":
-        raise InputError(
-            f"eval_widerface needs data.source: widerface (this config has {data['source']!r}); "
-            "run: snakemake --cores 8 --configfile config/widerface.yaml eval_widerface"
-        )
-    folder = data["widerface"]["ground_truth"]
-    if not folder:
-        raise InputError("eval_widerface needs data.widerface.ground_truth: the folder of wider_face_val.mat and "
-                         "wider_{easy,medium,hard}_val.mat (eval_tools/ground_truth of the official toolkit)")
-    return [os.path.join(folder, name) for name in WIDERFACE_GROUND_TRUTH]
+    """The files a dataset on disk is read from, so that a changed file reruns the data stage."""
+    return DATA_SOURCES[config["data"]["source"]].input_files(config["data"])
 
 
 def inference_input(infer_dir: str, method: str) -> list[str]:

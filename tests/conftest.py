@@ -86,8 +86,8 @@ def tiny_rois(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 
     import numpy as np
 
+    from core.io.tables import write_table
     from pipeline.detect import import_detections
-    from pipeline.io.tables import write_table
     from pipeline.rois import build_rois
 
     out = tmp_path_factory.mktemp("rois")

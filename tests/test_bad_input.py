@@ -23,14 +23,14 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from core.errors import OutputFolderError
+from core.io import atomic
+from core.io.shards import read_manifest
+from core.io.tables import ROIS_SCHEMA, read_table, write_table
 from pipeline.audit import audit
 from pipeline.cli import cli
 from pipeline.config import ConfigError, load_config_files, validate_config
 from pipeline.detect import import_detections
-from pipeline.errors import OutputFolderError
-from pipeline.io import atomic
-from pipeline.io.shards import read_manifest
-from pipeline.io.tables import ROIS_SCHEMA, read_table, write_table
 from pipeline.rois import build_rois
 from pipeline.shards import ShardSettings, gather_manifest, write_chunk
 
@@ -331,8 +331,8 @@ def test_a_flipped_byte_in_a_shard_stops_training_naming_it(train_shards: Path, 
 
 
 def test_a_truncated_shard_is_named_by_the_loader(train_shards: Path) -> None:
+    from core.errors import ShardReadError
     from jobs.mtgan.data import ShardBatches
-    from pipeline.errors import ShardReadError
 
     shard = _first_shard(train_shards)
     _truncate(shard, 0.6)

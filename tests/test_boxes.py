@@ -10,8 +10,8 @@ import torch
 from pycocotools import mask as mask_utils
 from torchvision.models.detection._utils import BoxCoder as TorchvisionBoxCoder
 
-from pipeline.boxes import BACKGROUND, IGNORE, BoxCoder, crowd_overlap, match_rois, xywh_to_xyxy, xyxy_to_xywh
-from pipeline.sizes import size_class
+from core.boxes import BACKGROUND, IGNORE, BoxCoder, crowd_overlap, match_rois, xywh_to_xyxy, xyxy_to_xywh
+from core.sizes import size_class
 
 
 def random_boxes(n: int, seed: int) -> torch.Tensor:

@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
+from core.sizes import size_class
 from pipeline.config import load_config_files, validate_config
 from pipeline.data import shapes
 from pipeline.data.builtin import BuiltinSpec, generate_image
 from pipeline.data.index import read_index
 from pipeline.data.stage import build_dataset
-from pipeline.sizes import size_class
 
 from conftest import REPO, tiny_config
 

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
+from core.io.coco import CocoCheckPolicy, CocoFormatError, load_json, validate_coco
 from pipeline.data.index import read_index
 from pipeline.data.stage import build_dataset
-from pipeline.io.coco import CocoCheckPolicy, CocoFormatError, load_json, validate_coco
 
 
 def _valid_dataset(root: Path) -> dict[str, Any]:

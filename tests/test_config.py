@@ -101,17 +101,26 @@ def test_snakemake_refuses_a_malformed_config_before_running(tmp_path: Path) -> 
     assert not (tmp_path / "artifacts").exists()
 
 
-def test_the_schemas_enumerations_are_the_registries() -> None:
-    """Variants and test-time rules are defined once (jobs/mtgan/settings.py); the config schema
-    lists the same names, so a new entry cannot be forgotten in one of them."""
-
-    from jobs.mtgan.settings import RULES, VARIANTS
+def test_names_defined_once_reach_the_schema_from_their_registries(tmp_path: Path) -> None:
+    """Data sources, presets, variants and test-time rules are defined once, in their registries;
+    the config schema names none of them (it takes them by `x-registry`), and a name outside a
+    registry is refused naming the key and listing the registry's names."""
+    from jobs.mtgan.settings import PRESETS, RULES, VARIANTS
+    from pipeline.config import ConfigError, validate_config
+    from pipeline.data.sources import DATA_SOURCES
     from pipeline.methods import parse_method
 
-    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml").read_text())
-    sections = schema["properties"]
-    assert sections["mtgan"]["properties"]["variants"]["items"]["enum"] == list(VARIANTS)
-    assert sections["infer"]["properties"]["rules"]["items"]["enum"] == list(RULES)
+    text = (Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml").read_text()
+    for name in ("widerface", "paper-r101", "no_reg_branch", "by_size"):
+        assert name not in text.split("description")[0] and f"enum: [{name}" not in text
+    for key, value, names in [("data.source", {"data": {"source": "kitti"}}, DATA_SOURCES),
+                              ("mtgan.preset", {"mtgan": {"preset": "fast"}}, PRESETS),
+                              ("mtgan.variants", {"mtgan": {"variants": ["mtgan", "sbu2"]}}, VARIANTS),
+                              ("infer.rules", {"infer": {"rules": ["paper", "all_sr"]}}, RULES)]:
+        config = {"data": {"source": "builtin"}} | value
+        with pytest.raises(ConfigError) as err:
+            validate_config(config)
+        assert key in str(err.value) and all(n in str(err.value) for n in names), str(err.value)
     assert all("-" not in name for name in [*VARIANTS, *RULES])  # a method's name splits at its "-"
     from jobs.mtgan.models import ResNetTrunk
     from jobs.mtgan.settings import D_BACKBONES

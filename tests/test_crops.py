@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
-from pipeline.crops import crop_hr, make_lr, roi_region
-from pipeline.io.images import ImageReadError, open_rgb
+from core.crops import crop_hr, make_lr, roi_region
+from core.io.images import ImageReadError, open_rgb
 
 
 def torch_bicubic(pixels: np.ndarray, size: int) -> np.ndarray:

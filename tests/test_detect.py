@@ -12,11 +12,11 @@ import pytest
 import torch
 from pycocotools.coco import COCO
 
+from core.io.coco import CocoFormatError
 from jobs import weights
 from jobs.baseline.models import DetectorSettings, WeightsUnavailable, build_detector, replace_box_predictor
 from jobs.baseline.predict import LabelMap, detect_batch
 from pipeline.detect import DetectSettings, import_detections, load_model, results_json, run_detector
-from pipeline.io.coco import CocoFormatError
 
 SETTINGS = DetectorSettings(min_size=128, max_size=128, score_thresh=0.0, nms_thresh=0.5, detections_per_img=30)
 
@@ -165,8 +165,8 @@ def test_results_json_loads_in_pycocotools(tmp_path: Path, tiny_data: Path, rand
 def test_detect_command_imports_results_for_a_split(tiny_data: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
+    from core.io.tables import read_table
     from pipeline.cli import cli
-    from pipeline.io.tables import read_table
 
     gt = json.loads((tiny_data / "val.json").read_text())
     records = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9} for a in gt["annotations"]]

@@ -19,8 +19,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from core.io import atomic
 from pipeline.cli import cli
-from pipeline.io import atomic
 
 from conftest import SHARD_SETTINGS
 from test_bad_input import CONFIGS, _coco_config, _coco_folder, _config_file, _train_args, _truncate, cli_error, one_line
@@ -111,7 +111,7 @@ def _png_claiming(path: Path, width: int, height: int) -> None:
 
 
 def test_sixteen_bit_images_are_scaled_and_float_images_refused(tmp_path: Path) -> None:
-    from pipeline.io.images import ImageReadError, read_rgb
+    from core.io.images import ImageReadError, read_rgb
 
     grey = (np.arange(40 * 50).reshape(40, 50) * 30).astype(np.uint16)  # 0 .. 59970
     Image.fromarray(grey).save(tmp_path / "grey16.png")
@@ -211,8 +211,8 @@ def test_a_checkpoint_that_is_not_a_checkpoint_is_named(tiny_train_shards: Path,
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_bad_image_in_the_detect_stage_reads_the_same_with_workers(tmp_path: Path, workers: int) -> None:
+    from core.io.images import ImageReadError
     from pipeline.detect import detect_split
-    from pipeline.io.images import ImageReadError
 
     images = tmp_path / "images"
     coco = _coco_folder(images)

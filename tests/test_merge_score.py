@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, make_table
 from pipeline.detect import import_detections
-from pipeline.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, make_table
 from pipeline.merge import MergeSettings, merge_detections
 from pipeline.rois import build_rois
 from pipeline.score import coco_bbox_eval

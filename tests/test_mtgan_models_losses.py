@@ -12,12 +12,12 @@ import torch
 import torchvision
 from torch import nn
 
+from core.crops import crop_sides
 from jobs.mtgan import losses
 from jobs.mtgan.engine import build_networks, discriminator_step, generator_step
 from jobs.mtgan.models import Discriminator, Generator, ResNetTrunk, resnet_backbone
 from jobs.mtgan.roi_input import discriminator_images, through_generator
 from jobs.mtgan.settings import PRESETS, RULES, VARIANTS, PresetError, applies, resolve_preset
-from pipeline.crops import crop_sides
 
 
 def test_generator_layers_follow_table_1() -> None:

@@ -92,8 +92,8 @@ def test_coco_mini_detect_rois_and_score(coco_mini: Path, tmp_path: Path) -> Non
     stats, _ = coco_bbox_eval(coco_mini / "annotations" / "instances_train2017.json", results_json(imported))
     assert stats["AP50"] > 0.8 and stats["images"] == 80
     # ... and their shards, from real JPEGs: greyscale photos come out as 3-channel crops.
+    from core.io.tables import write_table
     from pipeline.audit import audit
-    from pipeline.io.tables import write_table
     from pipeline.shards import ShardSettings, gather_manifest, write_chunk
 
     write_table(rois, tmp_path / "rois.parquet")

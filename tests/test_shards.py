@@ -11,11 +11,11 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.crops import crop_hr, make_lr
-from pipeline.io import shards as shard_io
-from pipeline.io.images import ImageReadError, open_rgb
-from pipeline.io.shards import ORIGIN_CODES, SIZE_CODES, read_manifest, sha256_of
-from pipeline.io.tables import ROIS_SCHEMA, read_table
+from core.crops import crop_hr, make_lr
+from core.io import shards as shard_io
+from core.io.images import ImageReadError, open_rgb
+from core.io.shards import ORIGIN_CODES, SIZE_CODES, read_manifest, sha256_of
+from core.io.tables import ROIS_SCHEMA, read_table
 from pipeline.shards import ShardSettings, gather_manifest, sample_rois, write_chunk
 
 from conftest import SHARD_SETTINGS

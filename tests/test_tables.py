@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.io.tables import TableSchemaError, make_table, read_table, table_metadata, write_table
+from core.io.tables import TableSchemaError, make_table, read_table, table_metadata, write_table
 
 SCHEMA = "detections.schema.yaml"
 

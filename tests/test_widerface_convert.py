@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from core.io.coco import CocoFormatError
 from pipeline.config import validate_config
 from pipeline.data.stage import build_dataset
-from pipeline.io.coco import CocoFormatError
 from pipeline.widerface.convert import WiderImage, read_bbx_gt, to_coco, write_bbx_gt
 
 # The official layout, as in wider_face_train_bbx_gt.txt (lines end with a space there).

@@ -77,7 +77,7 @@ def test_picnic_converts_and_scores_like_the_toolkit(picnic: dict[str, Path], tm
 
     # Detections in the official prediction layout import like a results JSON.
     write_prediction_dir(predictions, tmp_path / "pred", image_keys(coco).values())
-    table, counts = import_detections(tmp_path / "pred", coco, top_k=1000)
+    table, counts = import_detections(tmp_path / "pred", coco, top_k=1000, data_source="widerface")
     assert counts["imported"] == len(results) and table.num_rows == len(results)
     again = score_widerface(coco, results_json(table), picnic["ground_truth"], "val")[0]
     assert again.ap == pytest.approx(result.ap, abs=1e-3)

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from pipeline.io.atomic import OUTPUT_MARKER, atomic_dir, write_json
-from pipeline.io.tables import read_table
+from core.io.atomic import OUTPUT_MARKER, atomic_dir, write_json
+from core.io.tables import read_table
 
 from conftest import REPO, snakemake
 

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline.boxes import xywh_to_xyxy
-from pipeline.io.images import ImageReadError, read_rgb
+from core.boxes import xywh_to_xyxy
+from core.io.images import ImageReadError, read_rgb
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:

@@ -34,8 +34,8 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from core.errors import InputError
 from jobs.weights import WeightsUnavailable, safe_torchvision_weights
-from pipeline.errors import InputError
 
 __all__ = ["SMALL_CPU_ARCH", "DetectorSettings", "WeightsUnavailable", "build_detector", "num_classes_of",
            "replace_box_predictor", "small_cpu_fasterrcnn", "state_dict_of", "torchvision_categories"]

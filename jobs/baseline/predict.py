@@ -20,7 +20,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import boxes as box_ops
 
-from pipeline.errors import InputError
+from core.errors import InputError
 
 
 @dataclass(frozen=True)

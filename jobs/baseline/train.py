@@ -29,12 +29,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from core.errors import InputError
+from core.io import atomic
+from core.sections import section_fields
 from jobs.baseline.data import CocoDetectionTrain, SeededBatches, collate, load_coco
 from jobs.baseline.models import DetectorSettings, build_detector, replace_box_predictor
 from jobs.common import pick_device, restore_rng_state, resumable_checkpoint, rng_state, save_checkpoint
-from pipeline.config import section_fields
-from pipeline.errors import InputError
-from pipeline.io import atomic
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline.errors import InputError, ShardReadError
-from pipeline.io.shards import read_manifest, shard_paths
+from core.errors import InputError, ShardReadError
+from core.io.shards import read_manifest, shard_paths
 
 DEFAULT_FIELDS = ("lr", "hr", "label", "target", "roi_id")
 

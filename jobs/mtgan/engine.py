@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.errors import InputError
+from core.io.shards import SIZE_CODES
 from jobs.mtgan import losses
 from jobs.mtgan.models import BilinearUpsampler, Discriminator, Generator, resnet_backbone
 from jobs.mtgan.roi_input import through_generator
 from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE, RULES, Preset, Variant, applies
-from pipeline.errors import InputError
-from pipeline.io.shards import SIZE_CODES
 
 
 def build_networks(variant: Variant, preset: Preset, num_classes: int, scale: int) -> tuple[nn.Module | None, Discriminator]:

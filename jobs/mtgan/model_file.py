@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.errors import CheckpointError
 from jobs.common import save_checkpoint
 from jobs.mtgan.engine import build_networks
 from jobs.mtgan.settings import Preset, Variant
 from jobs.weights import load_torch_mapping
-from pipeline.errors import CheckpointError
 
 MODEL_FORMAT = 4
 # What every reader needs (rescore honours a model's crops and categories with them).

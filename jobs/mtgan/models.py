@@ -35,8 +35,8 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from core.errors import InputError
 from jobs.weights import torchvision_state_dict
-from pipeline.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

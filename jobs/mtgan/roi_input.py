@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.crops import crop_sides
 from jobs.mtgan.settings import PAPER_RULE, Variant, applies
-from pipeline.crops import crop_sides
 
 
 def through_generator(boxes: np.ndarray, image_sizes: np.ndarray, margin: float, rule: str, g_max_side: float,

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import PipelineError
+from core.errors import PipelineError
 
 
 class PresetError(PipelineError):

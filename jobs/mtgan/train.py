@@ -37,14 +37,14 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from core.errors import InputError
+from core.io import atomic
+from core.io.shards import read_manifest, verify_shards
 from jobs.common import autocast_factory, pick_device, restore_rng_state, resumable_checkpoint, rng_state, save_checkpoint
 from jobs.mtgan.data import ShardBatches, read_holdout
 from jobs.mtgan.engine import build_networks, evaluate_holdout, pretrain_step, to_model, train_step
 from jobs.mtgan.model_file import save_model
 from jobs.mtgan.settings import RULES, Preset, Variant, applies, schedule_in_iterations
-from pipeline.errors import InputError
-from pipeline.io import atomic
-from pipeline.io.shards import read_manifest, verify_shards
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from joblib import Parallel, delayed
 from PIL import Image
 from tqdm import tqdm
 
+from core.sizes import MEDIUM_MAX_AREA, SMALL_MAX_AREA
 from pipeline.data import shapes
-from pipeline.sizes import MEDIUM_MAX_AREA, SMALL_MAX_AREA
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError, PipelineError
-from pipeline.io import atomic
-from pipeline.schema import validate_document
+from core.errors import InputError, PipelineError
+from core.io import atomic
+from core.schema import validate_document
 
 LAYOUT_VERSION = 1
 INDEX_NAME = "index.json"
@@ -59,7 +59,7 @@ def write_index(path: Path, dataset: str, source: str, splits: list[SplitFiles])
 
 def split_coco(index: Path, split: str) -> tuple[dict[str, Any], Path, Path]:
     """The COCO dict of `split`, its JSON path and its image root, from the data stage's index."""
-    from pipeline.io.coco import load_json
+    from core.io.coco import load_json
 
     splits = read_index(index)
     if split not in splits:

@@ -2,8 +2,9 @@
 
 Output folder `artifacts/<dataset>/data/`:
 
-- `<split>.json`   COCO-format annotations of each split (validated; see `pipeline.io.coco`; WIDER FACE
-                   converted from its official files first, see `pipeline.widerface.convert`)
+- `<split>.json`   COCO-format annotations of each split, made by the data source
+                   (`pipeline.data.sources`: generated, read, or converted from a format's own
+                   files) and validated (`core.io.coco`)
 - `images/<split>/` the images (built-in dataset only; a dataset on disk stays where it is)
 - `stats.json`, `stats.md`  objects per class and per COCO size range, per split
 - `preview.png`    a few images of the test split with their boxes
@@ -19,81 +20,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.data import builtin, stats
+from core.errors import InputError
+from core.io import atomic
+from pipeline.data import stats
 from pipeline.data.index import INDEX_NAME, SplitFiles, read_index, write_index
-from pipeline.errors import InputError
-from pipeline.io import atomic
-from pipeline.io.coco import CocoCheckPolicy, image_list, load_json, validate_coco
-from pipeline.widerface import convert as widerface_convert
+from pipeline.data.sources import DATA_SOURCES
 
 log = logging.getLogger(__name__)
 
-
-def _build_builtin(section: dict[str, Any], tmp: Path, n_jobs: int) -> list[tuple[str, dict[str, Any], Path, dict[str, Any]]]:
-    spec = builtin.BuiltinSpec.from_config(section["builtin"])
-    out = []
-    for split in spec.num_images:
-        image_root = tmp / "images" / split
-        coco, dropped = builtin.generate_split(spec, split, image_root, n_jobs=n_jobs)
-        if split in section["builtin"]["unlabelled"]:  # written as an image list, as COCO test-dev is
-            del coco["annotations"]
-        out.append((split, coco, image_root, {"dropped_objects": dropped}))
-    return out
-
-
-def _build_coco(section: dict[str, Any]) -> list[tuple[str, dict[str, Any], Path, dict[str, Any]]]:
-    cfg = section["coco"]
-    if not cfg["splits"]:
-        raise InputError("config data.coco.splits is empty: name each split's annotations and images")
-    policy = CocoCheckPolicy(
-        box_tolerance=cfg["box_tolerance"],
-        invalid_boxes=cfg["invalid_boxes"],
-        check_image_files=cfg["check_image_files"],
-        check_image_sizes=cfg["check_image_sizes"],
-    )
-    out = []
-    for split, files in cfg["splits"].items():
-        image_root = Path(files["images"]).resolve()
-        if "annotations" in files:
-            path = Path(files["annotations"])
-            data = load_json(path)
-        else:  # a folder of images: an image list with the categories of another file
-            path = Path(files.get("categories") or cfg["splits"][section["train_split"]]["annotations"])
-            data = image_list(image_root, load_json(path)["categories"])
-            log.info("split %s: %d images found under %s; categories from %s", split, len(data["images"]), image_root, path)
-        log.info("validating split %s: %s (images under %s)", split, path, image_root)
-        clean, report = validate_coco(data, path, image_root, policy)
-        if not report.labelled:
-            log.info("split %s has no annotations: it can be detected and re-scored (data.submit_split), not scored", split)
-        log.info(
-            "split %s: %d images, %d annotations (%d crowd), %d boxes clipped to their image, %d invalid boxes dropped",
-            split, report.images, report.annotations, report.crowd, report.clipped_boxes, report.dropped_boxes,
-        )
-        for example in report.dropped_examples:
-            log.info("  dropped: %s", example)
-        out.append((split, clean, image_root, {"clipped_boxes": report.clipped_boxes, "dropped_boxes": report.dropped_boxes}))
-    return out
-
-
-def _build_widerface(section: dict[str, Any]) -> list[tuple[str, dict[str, Any], Path, dict[str, Any]]]:
-    cfg = section["widerface"]
-    if not cfg["splits"]:
-        raise InputError("config data.widerface.splits is empty: name each split's bbx_gt.txt and image folder")
-    # Sizes are read from the JPEG headers by the conversion, which also reports missing files.
-    policy = CocoCheckPolicy(box_tolerance=cfg["box_tolerance"], invalid_boxes=cfg["invalid_boxes"],
-                             check_image_files=False, check_image_sizes=False)
-    out = []
-    for split, files in cfg["splits"].items():
-        path, image_root = Path(files["annotations"]), Path(files["images"]).resolve()
-        log.info("converting split %s: %s (images under %s)", split, path, image_root)
-        coco, counts = widerface_convert.to_coco(widerface_convert.read_bbx_gt(path), image_root, path)
-        clean, report = validate_coco(coco, path, image_root, policy)
-        log.info("split %s: %d faces clipped to their image, %d outside it dropped", split, report.clipped_boxes, report.dropped_boxes)
-        for example in report.dropped_examples:
-            log.info("  dropped: %s", example)
-        extra = {k: counts[k] for k in ("zero_size_faces", "invalid_faces", "images_without_faces")}
-        out.append((split, clean, image_root, extra | {"clipped_boxes": report.clipped_boxes, "dropped_boxes": report.dropped_boxes}))
-    return out
 
 
 def build_dataset(section: dict[str, Any], out_dir: Path, n_jobs: int = 1) -> dict[str, SplitFiles]:
@@ -101,10 +35,7 @@ def build_dataset(section: dict[str, Any], out_dir: Path, n_jobs: int = 1) -> di
     out_dir = Path(out_dir)
     name, source = section["name"], section["source"]
     with atomic.atomic_dir(out_dir) as tmp:
-        if source == "builtin":
-            built = _build_builtin(section, tmp, n_jobs)
-        else:
-            built = _build_coco(section) if source == "coco" else _build_widerface(section)
+        built = DATA_SOURCES[source].build(section, tmp, n_jobs)
         splits, all_stats = [], {}
         for split, coco, image_root, extra in built:
             atomic.write_json(tmp / f"{split}.json", coco)

@@ -14,9 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import patches  # noqa: E402
 
-from pipeline.io import atomic  # noqa: E402
-from pipeline.io.images import ImageReadError, open_rgb  # noqa: E402
-from pipeline.sizes import SIZE_CLASSES, size_class  # noqa: E402
+from core.io import atomic  # noqa: E402
+from core.io.images import ImageReadError, open_rgb  # noqa: E402
+from core.sizes import SIZE_CLASSES, size_class  # noqa: E402
 
 log = logging.getLogger(__name__)
 

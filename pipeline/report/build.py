@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import PipelineError
-from pipeline.io import atomic
-from pipeline.io.coco import read_json
+from core.errors import PipelineError
+from core.io import atomic
+from core.io.coco import read_json
+from core.sizes import ERROR_AREAS, SIZE_RANGES
 from pipeline.report import coco_errors, detections, figures
 from pipeline.report.style import label, ordered
-from pipeline.sizes import ERROR_AREAS, SIZE_RANGES
 
 log = logging.getLogger(__name__)
 

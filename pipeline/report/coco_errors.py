@@ -63,7 +63,7 @@ from matplotlib.figure import Figure
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval, Params
 
-from pipeline.errors import InputError, first_few
+from core.errors import InputError, first_few
 from pipeline.report.style import save
 
 log = logging.getLogger(__name__)

@@ -35,8 +35,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_iou
 
-from pipeline.boxes import xywh_to_xyxy
-from pipeline.io import atomic
+from core.boxes import xywh_to_xyxy
+from core.io import atomic
 from pipeline.report.style import label, method_color, plt, save
 
 IOU = 0.5

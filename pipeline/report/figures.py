@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.io import atomic
+from core.io import atomic
+from core.sizes import SIZE_RANGES
 from pipeline.report.style import SIZE_TITLES, label, method_color, ordered, plt, save
-from pipeline.sizes import SIZE_RANGES
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 IOU_INDEX = {0.5: 0, 0.75: 5}  # in pycocotools' iouThrs .50:.05:.95

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from matplotlib.patches import Rectangle
 
+from core.io.shards import read_manifest, shard_paths
 from jobs.mtgan.engine import to_model
 from jobs.mtgan.model_file import load_model
 from jobs.mtgan.roi_input import through_generator
 from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE, RULES
-from pipeline.io.shards import read_manifest, shard_paths
 from pipeline.report.style import plt, save
 
 GROUPS: tuple[tuple[str, str], ...] = (

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: F401 (the report modules draw with this pyplot, set to Agg here)
 from matplotlib.figure import Figure
 
-from pipeline.io import atomic
+from core.io import atomic
 from pipeline.methods import display_name, method_color, method_key
 
 __all__ = ["SIZE_TITLES", "label", "method_color", "ordered", "plt", "save"]

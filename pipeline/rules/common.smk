@@ -6,6 +6,7 @@ import shlex
 from snakemake.exceptions import WorkflowError
 
 from pipeline.config import dev_split, validate_config
+from pipeline.widerface.source import ground_truth_files as widerface_ground_truth_files
 from pipeline.workflow import (
     ERROR_AREAS,
     SIZE_RANGES,
@@ -26,7 +27,6 @@ from pipeline.workflow import (
     score_results_input,
     sections_json,
     submission_files,
-    widerface_ground_truth_files,
 )
 
 # Fail before any job runs if a key is unknown, mistyped or inconsistent (the error names it).

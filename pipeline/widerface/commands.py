@@ -26,8 +26,8 @@ ground_truth_option = click.option(
 def widerface_score_cmd(data_index: Path, split: str, results: Path, method: str, gt_dir: Path, out_json: Path,
                         out_curves: Path, out_predictions: Path) -> None:
     """Stage 8, WIDER FACE: the official Easy / Medium / Hard evaluation (MATLAB toolkit logic)."""
+    from core.io.coco import read_json
     from pipeline.data.index import split_coco
-    from pipeline.io.coco import read_json
     from pipeline.widerface.report import results_markdown
     from pipeline.widerface.score import score_widerface, write_score
 

@@ -16,7 +16,7 @@ Conversion (every count goes to the data stage's log and `stats.json`):
 - faces of zero width or height (a few dozen in the train file) are not regions at all: they are
   dropped and counted (`zero_size_faces`);
 - the images' sizes are read from their JPEG headers; a missing or unreadable image is an error
-  listing them. Boxes that stick out of their image are then handled by `pipeline.io.coco`'s
+  listing them. Boxes that stick out of their image are then handled by `core.io.coco`'s
   validation (clipped within `box_tolerance`, otherwise dropped with a count, per the config).
 """
 
@@ -31,8 +31,8 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.errors import first_few
-from pipeline.io.coco import CocoFormatError
+from core.errors import first_few
+from core.io.coco import CocoFormatError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import InputError, MissingFileError
+from core.errors import InputError, MissingFileError
 
 log = logging.getLogger(__name__)
 

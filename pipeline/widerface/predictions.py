@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import InputError, MissingFileError, first_few
+from core.errors import InputError, MissingFileError, first_few
 
 log = logging.getLogger(__name__)
 

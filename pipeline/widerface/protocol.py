@@ -69,7 +69,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import InputError, first_few
+from core.errors import InputError, first_few
 from pipeline.widerface.ground_truth import SETTINGS, WiderGroundTruth
 from pipeline.widerface.predictions import Predictions, as_detections
 

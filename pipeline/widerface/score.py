@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import InputError, PipelineError, first_few
-from pipeline.io import atomic
-from pipeline.io.coco import load_json, read_json
+from core.errors import InputError, PipelineError, first_few
+from core.io import atomic
+from core.io.coco import load_json, read_json
 from pipeline.methods import display_name
 from pipeline.report.style import method_color, ordered
 from pipeline.widerface.ground_truth import SETTINGS, load_ground_truth

@@ -1,7 +1,7 @@
 """JSON-schema validation of configs and on-disk documents, with messages that name the key.
 
 Schemas live in the repository's top-level `schemas/` folder, which the distribution installs as
-the `pipeline.schemas` package.
+the `core.schemas` package.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from pipeline.errors import PipelineError
+from core.errors import PipelineError
 
 
 class SchemaError(PipelineError, ValueError):
@@ -25,7 +25,7 @@ class SchemaError(PipelineError, ValueError):
 
 def schema_dir() -> Path:
     try:
-        return Path(str(resources.files("pipeline.schemas")))
+        return Path(str(resources.files("core.schemas")))
     except ModuleNotFoundError:  # running from a source tree that is not installed
         return Path(__file__).resolve().parent.parent / "schemas"
 
@@ -81,12 +81,28 @@ def non_finite_numbers(doc: Any, path: tuple[Any, ...] = ()) -> list[str]:
     return []
 
 
-def validate_document(doc: Any, schema_name: str, what: str, defaults: bool = False) -> Any:
+def with_registries(node: Any, registries: dict[str, list[str]]) -> Any:
+    """`node` (a schema) with every `x-registry: <name>` replaced by `enum: registries[<name>]`: the
+    names a registry in the code defines, written nowhere else."""
+    if isinstance(node, dict):
+        out = {k: with_registries(v, registries) for k, v in node.items() if k != "x-registry"}
+        if "x-registry" in node:
+            out["enum"] = list(registries[node["x-registry"]])
+        return out
+    if isinstance(node, list):
+        return [with_registries(v, registries) for v in node]
+    return node
+
+
+def validate_document(doc: Any, schema_name: str, what: str, defaults: bool = False,
+                      registries: dict[str, list[str]] | None = None) -> Any:
     """Validate `doc` against `schemas/<schema_name>`; return it (a copy with defaults if asked).
     Every number must be finite (`non_finite_numbers`). `what` names the document in the error
-    (a file path, "config").
+    (a file path, "config"). `registries`: the names each `x-registry` of the schema allows.
     """
     schema = load_schema(schema_name)
+    if registries is not None:
+        schema = with_registries(schema, registries)
     if defaults:
         doc = copy.deepcopy(doc)
         fill_defaults(schema, doc)

@@ -22,10 +22,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.errors import InputError, MissingFileError, ShardReadError
-from pipeline.io import atomic
-from pipeline.schema import load_schema, validate_document
-from pipeline.sizes import SIZE_CLASSES
+from core.errors import InputError, MissingFileError, ShardReadError
+from core.io import atomic
+from core.schema import load_schema, validate_document
+from core.sizes import SIZE_CLASSES
 
 LAYOUT_VERSION = 1
 MANIFEST_SCHEMA = "shard_manifest.schema.yaml"

@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import MissingFileError, PipelineError
-from pipeline.io import atomic
-from pipeline.schema import load_schema
+from core.errors import MissingFileError, PipelineError
+from core.io import atomic
+from core.schema import load_schema
 
 # The project's tables, by schema file.
 DETECTIONS_SCHEMA = "detections.schema.yaml"

@@ -2,7 +2,7 @@
 
 Inside the project boxes are `xyxy` in original-image pixels; COCO's `xywh` appears only where
 annotations are read and results written (`xywh_to_xyxy`, `xyxy_to_xywh`). Size classes are in
-`pipeline.sizes`. The same `BoxCoder` encodes regression targets in the rois stage and decodes the
+`core.sizes`. The same `BoxCoder` encodes regression targets in the rois stage and decodes the
 discriminator's offsets in the merge stage; `match_rois` labels ROIs against ground truth.
 """
 

@@ -35,8 +35,8 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.boxes import xywh_to_xyxy, xyxy_to_xywh
-from pipeline.errors import FIRST_FEW, MissingFileError, PipelineError, first_few
+from core.boxes import xywh_to_xyxy, xyxy_to_xywh
+from core.errors import FIRST_FEW, MissingFileError, PipelineError, first_few
 
 
 class CocoFormatError(PipelineError, ValueError):

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import OutputFolderError, first_few
+from core.errors import OutputFolderError, first_few
 
 OUTPUT_MARKER = ".mtgan-output"
 _PARTIAL = ".partial-"

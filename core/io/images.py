@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.errors import PipelineError
+from core.errors import PipelineError
 
 
 class ImageReadError(PipelineError, OSError):
