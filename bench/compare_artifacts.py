@@ -2,7 +2,7 @@
 
 Every file under the two `artifacts/<dataset>` folders (logs and benchmarks aside: they hold wall
 times) is compared byte for byte. A file that differs is compared again with the measured
-throughput fields left out (`pairs_per_s` in metrics.jsonl, `images_per_s` in train_log.csv, both
+throughput fields left out (`pairs_per_s` in metrics.jsonl, `images_per_s` in baseline/metrics.jsonl, both
 inside checkpoints): those are timings, not results.
 
     git worktree add ../before <commit>; (cd ../before && snakemake --cores 2 eval_coco --configfile config/tiny.yaml)

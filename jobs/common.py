@@ -23,6 +23,11 @@ from jobs.weights import load_torch_mapping
 log = logging.getLogger(__name__)
 
 
+# Both jobs' checkpoints/last.pt: 2 names the step `step` and the logged rows `metrics` (the same
+# words in both jobs); a checkpoint of another format is not resumed from (training starts over).
+CHECKPOINT_FORMAT = 2
+
+
 def pick_device(name: str) -> torch.device:
     """`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`."""
     if name == "auto":

@@ -160,10 +160,7 @@ def _check_against_table(path: Path, doc: dict[str, Any], columns: list[dict[str
 
 def draw_pairs(shards: list[Path], out_png: Path, count: int = 32, seed: int = 0) -> None:
     """A grid of random LR (nearest-neighbour up-sampled for display) / HR pairs with label and IoU."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from core.plots import plt
 
     rng = np.random.default_rng(seed)
     picks = []

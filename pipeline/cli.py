@@ -20,6 +20,7 @@ import click
 import yaml
 
 from core.errors import PipelineError
+from jobs.mtgan.settings import VARIANTS
 from pipeline import cli_options as opt
 from pipeline import submit_commands
 from pipeline.config import load_config_files, validate_config
@@ -95,7 +96,7 @@ def train_baseline_cmd(config_files: tuple[Path, ...], sections_json: str | None
 
     \b
     Reads sections data, detector, train_baseline. Writes model.pt, checkpoints/last.pt,
-    train_log.csv and loss.png into --out; resumes from checkpoints/last.pt when it was made with
+    metrics.jsonl and losses.png into --out; resumes from checkpoints/last.pt when it was made with
     the same settings.
     """
     from jobs.baseline.train import TrainSettings, train_baseline
@@ -244,7 +245,7 @@ def audit_cmd(target: Path, rois_path: Path | None, grid_png: Path | None, sampl
 @cli.command("train-mtgan")
 @opt.config_option
 @opt.sections_option
-@click.option("--variant", required=True, help="mtgan, sbu, d_no_adv, no_reg_branch, no_adv_loss, no_cls_loss or no_reg_loss.")
+@click.option("--variant", required=True, type=click.Choice(list(VARIANTS)), help="The ablation to train (jobs/mtgan/settings.py, VARIANTS).")
 @click.option("--manifest", required=True, type=opt.existing_files, help="The training split's shard manifest.")
 @click.option("--out", "out_dir", required=True, type=opt.out_folder, help="Output folder, conventionally artifacts/<dataset>/mtgan/<variant>.")
 @opt.threads_option
@@ -257,7 +258,7 @@ def train_mtgan_cmd(config_files: tuple[Path, ...], sections_json: str | None, v
     metrics.jsonl, losses.png and pictures/ into --out; resumes from checkpoints/last.pt when it was
     made with the same settings. Several GPUs: torchrun --nproc_per_node N -m pipeline.cli train-mtgan ...
     """
-    from jobs.mtgan.settings import VARIANTS, resolve_preset
+    from jobs.mtgan.settings import resolve_preset
     from jobs.mtgan.train import train_mtgan
 
     mtgan = opt.resolve_config(config_files, sections_json, need=("mtgan",))["mtgan"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -53,16 +53,16 @@ def test_training_writes_model_log_and_resumes_exactly(tiny_data: Path, tmp_path
     resumed = train_baseline(ann, images, SETTINGS, tmp_path / "resumed", device_name="cpu", threads=1)
 
     a, b = torch.load(straight, weights_only=True), torch.load(resumed, weights_only=True)
-    assert a["iteration"] == b["iteration"] == 4
+    assert a["step"] == b["step"] == 4
     for key, value in a["model"].items():
         torch.testing.assert_close(b["model"][key], value, rtol=0, atol=0, msg=key)
     init = initial_weights(a["num_classes"])
     assert any(not torch.equal(init[k], v) for k, v in a["model"].items() if v.is_floating_point())
 
-    rows = list(csv.DictReader(open(tmp_path / "straight" / "train_log.csv")))
-    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]
+    rows = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg", "lr"} <= set(rows[0])
     assert all(float(r["loss"]) > 0 for r in rows)
-    assert (tmp_path / "straight" / "loss.png").stat().st_size > 1000
-    resumed_rows = list(csv.DictReader(open(tmp_path / "resumed" / "train_log.csv")))
+    assert (tmp_path / "straight" / "losses.png").stat().st_size > 1000
+    resumed_rows = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in resumed_rows] == [r["loss"] for r in rows]

@@ -138,16 +138,16 @@ def test_weighted_generator_and_discriminator_losses() -> None:
     labels, targets = torch.tensor([1, 0]), torch.zeros(2, 4)
     sr, hr = torch.ones(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)
     g = losses.generator_losses(out, sr, hr, labels, targets, ("adv", "cls", "reg"), alpha=0.001, beta=0.01, gamma=0.1)
-    assert float(g["loss_mse"]) == pytest.approx(1.0)
-    assert float(g["loss_adv"]) == pytest.approx(0.001 * math.log(2))
-    assert float(g["loss_cls"]) == pytest.approx(0.01 * math.log(2))
-    assert float(g["loss_reg"]) == pytest.approx(0.1 * 0.5 / 2)
-    assert set(losses.generator_losses(out, sr, hr, labels, targets, ("cls",), 0.001, 0.01, 0.01)) == {"loss_mse", "loss_cls"}
+    assert float(g["g_loss_mse"]) == pytest.approx(1.0)
+    assert float(g["g_loss_adv"]) == pytest.approx(0.001 * math.log(2))
+    assert float(g["g_loss_cls"]) == pytest.approx(0.01 * math.log(2))
+    assert float(g["g_loss_reg"]) == pytest.approx(0.1 * 0.5 / 2)
+    assert set(losses.generator_losses(out, sr, hr, labels, targets, ("cls",), 0.001, 0.01, 0.01)) == {"g_loss_mse", "g_loss_cls"}
     d = losses.discriminator_losses(out, out, labels, targets, alpha=0.001, beta=0.01, gamma=0.1)
-    assert float(d["loss_d_cls"]) == pytest.approx(0.01 * 2 * math.log(2))  # SR and HR
-    assert float(d["loss_d_reg"]) == pytest.approx(0.1 * 2 * 0.25)
-    assert float(d["loss_d_gan"]) == pytest.approx(0.001 * 2 * math.log(2))
-    assert "loss_d_gan" not in losses.discriminator_losses(None, out, labels, targets, 0.001, 0.01, 0.01)
+    assert float(d["d_loss_cls"]) == pytest.approx(0.01 * 2 * math.log(2))  # SR and HR
+    assert float(d["d_loss_reg"]) == pytest.approx(0.1 * 2 * 0.25)
+    assert float(d["d_loss_gan"]) == pytest.approx(0.001 * 2 * math.log(2))
+    assert "d_loss_gan" not in losses.discriminator_losses(None, out, labels, targets, 0.001, 0.01, 0.01)
 
 
 def _tiny(variant: str = "mtgan") -> tuple[nn.Module, nn.Module, torch.optim.Optimizer, torch.optim.Optimizer]:

@@ -53,7 +53,7 @@ def test_a_tiny_run_lowers_the_losses_and_raises_accuracy(tiny_train_shards: Pat
     assert [r["stage"] for r in rows] == ["pretrain"] * 3 + ["gan"] * 4 + ["eval"]  # eval_every > steps: at the end
     assert {"eval_acc_pos", "eval_acc_neg"} <= set(rows[-1]) and all(0 <= v <= 1 for k, v in rows[-1].items() if k.startswith("eval"))
     gan = [r for r in rows if r["stage"] == "gan"]
-    assert gan[-1]["loss_d_cls"] < gan[0]["loss_d_cls"]
+    assert gan[-1]["d_loss_cls"] < gan[0]["d_loss_cls"]
     assert {"d_real", "d_sr", "acc_sr", "acc_hr", "g_loss_adv", "g_loss_cls", "g_loss_reg", "d_lr", "pairs_per_s"} <= set(gan[0])
     assert (tmp_path / "losses.png").stat().st_size > 5000 and list((tmp_path / "pictures").glob("step-*.png"))
 

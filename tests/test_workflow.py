@@ -54,7 +54,7 @@ def test_tiny_pipeline_runs_then_caches(tiny_run: Path, tmp_path: Path) -> None:
     assert (tmp_path / "artifacts" / "tiny" / "logs" / "data.log").read_text().count("builtin train") >= 1
     assert (tmp_path / "artifacts" / "tiny" / "benchmarks" / "data.tsv").is_file()
     root = tmp_path / "artifacts" / "tiny"
-    assert (root / "baseline" / "model.pt").is_file() and (root / "baseline" / "train_log.csv").is_file()
+    assert (root / "baseline" / "model.pt").is_file() and (root / "baseline" / "metrics.jsonl").is_file()
     rois = read_table(root / "rois" / "train.parquet", "rois.schema.yaml").to_pydict()
     assert "gt" in rois["origin"] and "detector" in rois["origin"]  # ground truth added on the training split
     assert set(read_table(root / "rois" / "test.parquet", "rois.schema.yaml").column("origin").to_pylist()) == {"detector"}

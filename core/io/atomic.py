@@ -121,7 +121,7 @@ def write_json(path: Path, obj: Any, indent: int | None = None) -> None:
 
 def write_figure(fig: Any, path: Path, dpi: int = 100, tight: bool = False) -> None:
     """A matplotlib figure as a PNG at `path`, atomically; the figure is closed."""
-    import matplotlib.pyplot as plt
+    from core.plots import plt
 
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png", **({"bbox_inches": "tight"} if tight else {}))

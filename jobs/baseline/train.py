@@ -5,19 +5,19 @@ a checkpoint of the same settings exists; train for a fixed number of iterations
 linear warm-up and a cosine decay; log every loss term; checkpoint; write the final model.
 
 Outputs in `out_dir`: `model.pt` (the final checkpoint, what the detect stage loads),
-`checkpoints/last.pt` (for resuming), `train_log.csv` (every `log_every` iterations: each loss term,
-learning rate, images/s) and `loss.png`. A non-finite loss stops training with a message; the last
+`checkpoints/last.pt` (for resuming), `metrics.jsonl` (every `log_every` steps: each loss term,
+learning rate, images/s) and `losses.png`, named as the MTGAN job names its own. A non-finite loss stops training with a message; the last
 good checkpoint stays.
 
 Checkpoints are plain dicts of tensors and Python values, loadable with
-`torch.load(weights_only=True)`: model and optimiser state, scheduler state, iteration, RNG
+`torch.load(weights_only=True)`: model and optimiser state, scheduler state, step, RNG
 states, the settings and the category ids.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
+import json
 import logging
 import math
 import time
@@ -34,7 +34,7 @@ from core.io import atomic
 from core.sections import section_fields
 from jobs.baseline.data import CocoDetectionTrain, SeededBatches, collate, load_coco
 from jobs.baseline.models import DetectorSettings, build_detector, replace_box_predictor
-from jobs.common import pick_device, restore_rng_state, resumable_checkpoint, rng_state, save_checkpoint
+from jobs.common import CHECKPOINT_FORMAT, pick_device, restore_rng_state, resumable_checkpoint, rng_state, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +74,13 @@ def lr_factor(iteration: int, settings: TrainSettings) -> float:
 
 
 def _plot_losses(rows: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from core.plots import plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    its = [r["iteration"] for r in rows]
+    steps = [r["step"] for r in rows]
     for key in ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"):
-        ax.plot(its, [r[key] for r in rows], label=key)
-    ax.set_xlabel("iteration")
+        ax.plot(steps, [r[key] for r in rows], label=key)
+    ax.set_xlabel("step")
     ax.set_ylabel("loss (mean over the logging interval)")
     ax.set_yscale("log")
     ax.set_title("Baseline detector training")
@@ -123,14 +120,14 @@ def train_baseline(
     settings_dict = dataclasses.asdict(settings)
     last = out_dir / "checkpoints" / "last.pt"
     start, rows = 0, []
-    state = resumable_checkpoint(last, {"settings": settings_dict, "category_ids": category_ids})
+    state = resumable_checkpoint(last, {"format_version": CHECKPOINT_FORMAT, "settings": settings_dict, "category_ids": category_ids})
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         restore_rng_state(state["rng"])
-        start, rows = state["iteration"], state["log"]
-        log.info("resuming from %s at iteration %d", last, start)
+        start, rows = state["step"], state["metrics"]
+        log.info("resuming from %s at step %d", last, start)
 
     batches = SeededBatches(len(dataset), settings.batch_size, settings.seed, settings.hflip, start, settings.iterations)
     # The loader gets its own generator: drawing its workers' base seed must not move the global RNG
@@ -139,18 +136,18 @@ def train_baseline(
                         generator=torch.Generator().manual_seed(settings.seed))
     use_amp = settings.amp and device.type == "cuda"
 
-    def checkpoint(iteration: int) -> dict[str, Any]:
+    def checkpoint(step: int) -> dict[str, Any]:
         return {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "iteration": iteration, "rng": rng_state(), "settings": settings_dict,
-            "arch": settings.arch, "num_classes": len(category_ids) + 1, "category_ids": category_ids, "log": rows,
+            "format_version": CHECKPOINT_FORMAT, "step": step, "rng": rng_state(), "settings": settings_dict,
+            "arch": settings.arch, "num_classes": len(category_ids) + 1, "category_ids": category_ids, "metrics": rows,
         }
 
     model.train()
     window: dict[str, float] = {}
     window_n, window_start = 0, time.perf_counter()
     progress = tqdm(loader, total=len(batches), initial=0, desc=f"train_baseline (from {start})", unit="it")
-    for iteration, (images, targets) in enumerate(progress, start=start):
+    for step, (images, targets) in enumerate(progress, start=start):
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -159,7 +156,7 @@ def train_baseline(
         if not torch.isfinite(loss):
             terms = {k: float(v) for k, v in losses.items()}
             raise FloatingPointError(
-                f"non-finite loss at iteration {iteration}: {terms}. Training stopped; the last good checkpoint "
+                f"non-finite loss at step {step}: {terms}. Training stopped; the last good checkpoint "
                 f"is {last if last.is_file() else 'none (none was written yet)'}. Lower train_baseline.lr?"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -170,10 +167,10 @@ def train_baseline(
         for k, v in {"loss": loss, **losses}.items():
             window[k] = window.get(k, 0.0) + float(v.detach())
         window_n += 1
-        done = iteration + 1
+        done = step + 1
         if done % settings.log_every == 0 or done == settings.iterations:
             elapsed = time.perf_counter() - window_start
-            row = {"iteration": done, **{k: v / window_n for k, v in window.items()},
+            row = {"step": done, **{k: v / window_n for k, v in window.items()},
                    "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_n * settings.batch_size / elapsed}
             rows.append(row)
             progress.set_postfix(loss=f"{row['loss']:.3f}")
@@ -183,14 +180,11 @@ def train_baseline(
 
     final = checkpoint(settings.iterations)
     save_checkpoint(last, final)
-    with atomic.atomic_path(out_dir / "train_log.csv") as tmp, open(tmp, "w", newline="") as f:
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    with atomic.atomic_path(out_dir / "metrics.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     if rows:
-        _plot_losses(rows, out_dir / "loss.png")
+        _plot_losses(rows, out_dir / "losses.png")
     model_path = out_dir / "model.pt"
-    save_checkpoint(model_path, {k: final[k] for k in ("model", "arch", "num_classes", "category_ids", "settings", "iteration")})
+    save_checkpoint(model_path, {k: final[k] for k in ("model", "arch", "num_classes", "category_ids", "settings", "step")})
     log.info("trained %d iterations; model written to %s", settings.iterations, model_path)
     return model_path

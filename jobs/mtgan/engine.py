@@ -71,11 +71,11 @@ def pretrain_step(g: nn.Module, g_opt: torch.optim.Optimizer, lr: torch.Tensor, 
     """Stage 1: the generator as a plain super-resolution network (MSE only)."""
     with autocast():
         loss = losses.mse(g(lr), hr)
-    _finite(loss, {"loss_mse": loss}, "pre-training")
+    _finite(loss, {"g_loss_mse": loss}, "pre-training")
     g_opt.zero_grad(set_to_none=True)
     loss.backward()
     g_opt.step()
-    return {"loss_mse": float(loss.detach())}
+    return {"g_loss_mse": float(loss.detach())}
 
 
 def discriminator_step(
@@ -153,13 +153,13 @@ def generator_step(
     G's gradients are synchronised here."""
     with frozen(d), running_stats_frozen(d, preset.d_batchnorm == "joint"), autocast():
         parts = losses.generator_losses(d(sr), sr, hr, labels, targets, terms, preset.alpha, preset.beta, preset.gamma)
-        parts["loss_mse"] = mse_weight * parts["loss_mse"]
+        parts["g_loss_mse"] = mse_weight * parts["g_loss_mse"]
         total = sum(parts.values())
     _finite(total, parts, "generator")
     g_opt.zero_grad(set_to_none=True)
     total.backward()
     g_opt.step()
-    return {f"g_{k}": float(v.detach()) for k, v in parts.items()}
+    return {k: float(v.detach()) for k, v in parts.items()}
 
 
 def train_step(

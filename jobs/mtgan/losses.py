@@ -51,13 +51,13 @@ def generator_losses(
     terms: tuple[str, ...], alpha: float, beta: float, gamma: float,
 ) -> dict[str, torch.Tensor]:
     """Eq 10: the weighted terms of the generator's loss (the ones in `terms`, plus MSE)."""
-    losses = {"loss_mse": mse(sr, hr)}
+    losses = {"g_loss_mse": mse(sr, hr)}
     if "adv" in terms:
-        losses["loss_adv"] = alpha * adversarial_for_g(out_sr["gan"])
+        losses["g_loss_adv"] = alpha * adversarial_for_g(out_sr["gan"])
     if "cls" in terms:
-        losses["loss_cls"] = beta * classification(out_sr["cls"], labels)
+        losses["g_loss_cls"] = beta * classification(out_sr["cls"], labels)
     if "reg" in terms and "reg" in out_sr:
-        losses["loss_reg"] = gamma * regression(out_sr["reg"], targets, labels)
+        losses["g_loss_reg"] = gamma * regression(out_sr["reg"], targets, labels)
     return losses
 
 
@@ -67,9 +67,9 @@ def discriminator_losses(
 ) -> dict[str, torch.Tensor]:
     """Eq 11 over the images D sees (SR and/or HR; None when D does not see that kind)."""
     outs = [o for o in (out_sr, out_hr) if o is not None]
-    losses = {"loss_d_cls": beta * sum(classification(o["cls"], labels) for o in outs)}
+    losses = {"d_loss_cls": beta * sum(classification(o["cls"], labels) for o in outs)}
     if "reg" in outs[0]:
-        losses["loss_d_reg"] = gamma * sum(regression(o["reg"], targets, labels) for o in outs)
+        losses["d_loss_reg"] = gamma * sum(regression(o["reg"], targets, labels) for o in outs)
     if out_sr is not None and out_hr is not None and "gan" in out_sr:
-        losses["loss_d_gan"] = alpha * gan_for_d(out_hr["gan"], out_sr["gan"])
+        losses["d_loss_gan"] = alpha * gan_for_d(out_hr["gan"], out_sr["gan"])
     return losses

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from core.errors import InputError
 from core.io import atomic
 from core.io.shards import read_manifest, verify_shards
-from jobs.common import autocast_factory, pick_device, restore_rng_state, resumable_checkpoint, rng_state, save_checkpoint
+from jobs.common import CHECKPOINT_FORMAT, autocast_factory, pick_device, restore_rng_state, resumable_checkpoint, rng_state, save_checkpoint
 from jobs.mtgan.data import ShardBatches, read_holdout
 from jobs.mtgan.engine import build_networks, evaluate_holdout, pretrain_step, to_model, train_step
 from jobs.mtgan.model_file import save_model
@@ -69,11 +69,9 @@ def _batches(loader: ShardBatches, start_epoch: int = 0) -> Iterator[dict[str, t
 
 def _pictures(g: nn.Module | None, lr: torch.Tensor, hr: torch.Tensor, path: Path, title: str) -> None:
     """LR (nearest) / bicubic / SR / HR rows for a few samples: the paper's Fig 3."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import torch.nn.functional as F
+
+    from core.plots import plt
 
     n = min(8, len(lr))
     with torch.no_grad():
@@ -99,13 +97,10 @@ def _pictures(g: nn.Module | None, lr: torch.Tensor, hr: torch.Tensor, path: Pat
 
 
 def _plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from core.plots import plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    keys = sorted({k for r in rows for k in r if k.startswith(("loss", "g_loss"))})
+    keys = sorted({k for r in rows for k in r if k.startswith(("g_loss", "d_loss"))})
     right.set_title("train-mode on training batches; eval_*: eval mode on held-out ROIs", fontsize=8)
     for key in keys:
         pts = [(r["step"], r[key]) for r in rows if key in r]
@@ -183,7 +178,7 @@ def train_mtgan(
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as they come back from a checkpoint
     last = out_dir / "checkpoints" / "last.pt"
     start, rows = 0, []
-    state = resumable_checkpoint(last, {"settings": settings})
+    state = resumable_checkpoint(last, {"format_version": CHECKPOINT_FORMAT, "settings": settings})
     if state is not None:
         _unwrap(d).load_state_dict(state["d"])
         d_opt.load_state_dict(state["d_opt"])
@@ -213,7 +208,8 @@ def train_mtgan(
     total = pretrain + preset.iterations
 
     def checkpoint(step: int) -> dict[str, Any]:
-        state = {"d": _unwrap(d).state_dict(), "d_opt": d_opt.state_dict(), "d_sched": d_sched.state_dict(), "step": step,
+        state = {"format_version": CHECKPOINT_FORMAT, "d": _unwrap(d).state_dict(), "d_opt": d_opt.state_dict(),
+                 "d_sched": d_sched.state_dict(), "step": step,
                  "rng": rng_state(), "settings": settings, "metrics": rows}
         if learned:
             state |= {"g": _unwrap(g).state_dict(), "g_opt": g_opt.state_dict()}
@@ -244,7 +240,7 @@ def train_mtgan(
                    "d_lr": d_opt.param_groups[0]["lr"], "g_lr": g_opt.param_groups[0]["lr"] if g_opt else 0.0,
                    "pairs_per_s": pairs / (time.perf_counter() - clock)}
             rows.append(row)
-            progress.set_postfix({k: f"{row[k]:.3f}" for k in ("loss_mse", "loss_d_cls", "acc_sr", "acc_hr") if k in row})
+            progress.set_postfix({k: f"{row[k]:.3f}" for k in ("g_loss_mse", "d_loss_cls", "acc_sr", "acc_hr") if k in row})
             window, clock, pairs = {}, time.perf_counter(), 0
         if holdout and step >= pretrain and (done % preset.eval_every == 0 or done == total):
             started = time.perf_counter()

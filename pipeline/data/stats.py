@@ -7,15 +7,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib import patches  # noqa: E402
+import numpy as np
+from matplotlib import patches
 
 from core.io import atomic  # noqa: E402
 from core.io.images import ImageReadError, open_rgb  # noqa: E402
+from core.plots import plt
 from core.sizes import SIZE_CLASSES, size_class  # noqa: E402
 
 log = logging.getLogger(__name__)

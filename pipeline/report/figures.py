@@ -120,10 +120,10 @@ def per_class_change(scores: list[dict[str, Any]], out_csv: Path, out_png: Path)
 
 
 TRAINING_PANELS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    ("G pre-training: MSE", (("loss_mse", "-"),)),
-    ("D classification loss", (("loss_d_cls", "-"),)),
-    ("D regression loss", (("loss_d_reg", "-"),)),
-    ("G loss: MSE solid, adversarial dotted, cls dashed", (("g_loss_mse", "-"), ("g_loss_adv", ":"), ("g_loss_cls", "--"))),
+    ("G MSE loss: pre-training, then GAN training", (("g_loss_mse", "-"),)),
+    ("D classification loss", (("d_loss_cls", "-"),)),
+    ("D regression loss", (("d_loss_reg", "-"),)),
+    ("G loss from D: adversarial dotted, cls dashed, reg dash-dot", (("g_loss_adv", ":"), ("g_loss_cls", "--"), ("g_loss_reg", "-."))),
     ("D(real HR) solid, D(SR) dashed", (("d_real", "-"), ("d_sr", "--"))),
     ("D train-mode accuracy on training batches: SR solid, HR dashed", (("acc_sr", "-"), ("acc_hr", "--"))),
     ("D eval-mode accuracy on held-out ROIs, paper's path: positives solid, small positives dashed, negatives dotted",
@@ -151,10 +151,10 @@ def plot_training_curves(logs: dict[str, list[dict[str, Any]]], out_png: Path) -
                 if points:
                     steps, values = zip(*points)
                     ax.plot(steps, values, style, color=method_color(variant), lw=1.4,
-                            label=label(variant) if style == "-" or len(series) == 1 else None)
+                            label=label(variant) if key == series[0][0] else None)
                     drawn = True
         ax.set_title(textwrap.fill(title, 48), fontsize=9)
-        ax.set_xlabel("iteration")
+        ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if drawn and (title.endswith("loss") or title.startswith("G")):
             ax.set_yscale("log")

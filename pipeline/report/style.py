@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: F401 (the report modules draw with this pyplot, set to Agg here)
 from matplotlib.figure import Figure
 
 from core.io import atomic
+from core.plots import plt  # noqa: F401 (the report modules draw with this pyplot)
 from pipeline.methods import display_name, method_color, method_key
 
 __all__ = ["SIZE_TITLES", "label", "method_color", "ordered", "plt", "save"]

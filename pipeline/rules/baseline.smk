@@ -7,8 +7,8 @@ rule train_baseline:
         index=rules.data.output.index,
     output:
         model=f"{ROOT}/baseline/model.pt",
-        log_csv=f"{ROOT}/baseline/train_log.csv",
-        curve=f"{ROOT}/baseline/loss.png",
+        metrics=f"{ROOT}/baseline/metrics.jsonl",
+        curves=f"{ROOT}/baseline/losses.png",
     params:
         sections=sections_json(config, "data", "detector", "train_baseline", drop=(*inactive_data_sources(config), "dev_split")),
         out_dir=lambda wildcards, output: os.path.dirname(output.model),

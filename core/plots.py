@@ -1,0 +1,10 @@
+"""Pyplot for drawing into files: the Agg backend is chosen here, once, before pyplot loads.
+Every module that draws imports `plt` from here (`from core.plots import plt`)."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+__all__ = ["plt"]
