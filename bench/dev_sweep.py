@@ -42,19 +42,18 @@ from typing import Any
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from core.io.shards import read_manifest
+from core.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, file_metadata, make_table, read_table
+from jobs.mtgan.model_file import load_model
+from jobs.mtgan.roi_input import through_generator
+from jobs.mtgan.settings import PAPER_RULE, VARIANTS, applies, resolve_preset
+from jobs.mtgan.train import train_mtgan
+from pipeline.config import dev_split, load_config_files, validate_config
+from pipeline.infer import predict, table9_accuracy
+from pipeline.merge import MergeSettings, merge_detections
+from pipeline.score import coco_bbox_eval
 
-from core.io.shards import read_manifest  # noqa: E402
-from core.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, file_metadata, make_table, read_table  # noqa: E402
-from jobs.mtgan.model_file import load_model  # noqa: E402
-from jobs.mtgan.roi_input import through_generator  # noqa: E402
-from jobs.mtgan.settings import PAPER_RULE, VARIANTS, applies, resolve_preset  # noqa: E402
-from jobs.mtgan.train import train_mtgan  # noqa: E402
-from pipeline.config import dev_split, load_config_files, validate_config  # noqa: E402
-from pipeline.infer import predict, table9_accuracy  # noqa: E402
-from pipeline.merge import MergeSettings, merge_detections  # noqa: E402
-from pipeline.score import coco_bbox_eval  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 # name -> (variant, overrides of the configured preset, why it is tried).
 RECIPES: dict[str, tuple[str, dict[str, Any], str]] = {}

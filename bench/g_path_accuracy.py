@@ -14,17 +14,15 @@ LR image holds, so G earns its place only where it beats that column.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from core.crops import crop_sides
+from core.io.shards import read_manifest
+from core.io.tables import ROIS_SCHEMA, read_table
 
-from core.crops import crop_sides  # noqa: E402
-from core.io.shards import read_manifest  # noqa: E402
-from core.io.tables import ROIS_SCHEMA, read_table  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 RANGES = ((0.0, 16.0), (16.0, 32.0), (32.0, float("inf")))
 

@@ -30,7 +30,6 @@ import csv
 import dataclasses
 import io
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -38,17 +37,16 @@ from typing import Any
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from core.io.tables import ROIS_SCHEMA, file_metadata, read_table
+from jobs.mtgan.settings import RULES, VARIANTS, applies, resolve_preset
+from jobs.mtgan.train import train_mtgan
+from pipeline.config import load_config_files, validate_config
+from pipeline.infer import infer
+from pipeline.merge import MergeSettings, merge_detections
+from pipeline.methods import display_name, method_key, method_name
+from pipeline.score import coco_bbox_eval
 
-from core.io.tables import ROIS_SCHEMA, file_metadata, read_table  # noqa: E402
-from jobs.mtgan.settings import RULES, VARIANTS, applies, resolve_preset  # noqa: E402
-from jobs.mtgan.train import train_mtgan  # noqa: E402
-from pipeline.config import load_config_files, validate_config  # noqa: E402
-from pipeline.infer import infer  # noqa: E402
-from pipeline.merge import MergeSettings, merge_detections  # noqa: E402
-from pipeline.methods import display_name, method_key, method_name  # noqa: E402
-from pipeline.score import coco_bbox_eval  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 COLUMNS = ("AP", "AP75", "APS", "APM", "APL")
 ACCURACY = ("positive", "negative", "positive_small")

@@ -8,23 +8,21 @@ tensors and plain containers only; anything else is refused with an error naming
 
 - `torchvision_state_dict(url)`: the cached file for `url` (downloaded first when online), loaded
   safely;
-- `safe_torchvision_weights()`: a context in which torchvision's builders get their weights from
-  `torchvision_state_dict` (so `get_model(arch, weights=...)` builds exactly the pretrained model,
-  frozen batch norm and all, without unpickling code).
+- `pretrained_torchvision_model(arch)`: torchvision's builder with its default weights (exactly
+  the pretrained model, frozen batch norm and all), after its cached file has been read safely:
+  the builder then reads the same bytes, which are known to hold tensors only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
-import torchvision.models._api as torchvision_api
+import torchvision
+from torch import nn
 
 from core.errors import CheckpointError, PipelineError
 
@@ -104,12 +102,10 @@ def torchvision_state_dict(url: str) -> dict[str, Any]:
     return load_torch_file(path, "torchvision weights file")
 
 
-@contextlib.contextmanager
-def safe_torchvision_weights() -> Iterator[None]:
-    """Inside the block, torchvision's builders read their weights with `torchvision_state_dict`."""
-
-    def load(url: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return torchvision_state_dict(url)
-
-    with mock.patch.object(torchvision_api, "load_state_dict_from_url", load):
-        yield
+def pretrained_torchvision_model(arch: str, **kwargs: Any) -> nn.Module:
+    """torchvision's builder `arch` with its default weights. Their cached file is first read with
+    `torch.load(weights_only=True)` (fetched when absent and online; WeightsUnavailable offline,
+    UnsafeWeights when it holds more than tensors); the builder then loads those same bytes."""
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    torchvision_state_dict(weights.url)
+    return torchvision.models.get_model(arch, weights=weights, **kwargs)

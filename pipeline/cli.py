@@ -20,9 +20,8 @@ import click
 import yaml
 
 from core.errors import PipelineError
-from jobs.mtgan.settings import VARIANTS
 from pipeline import cli_options as opt
-from pipeline import submit_commands
+from pipeline import evaluate_commands, submit_commands, train_commands
 from pipeline.config import load_config_files, validate_config
 from pipeline.report import commands as report_commands
 from pipeline.widerface import commands as widerface_commands
@@ -84,30 +83,6 @@ def data_cmd(config_files: tuple[Path, ...], sections_json: str | None, out_dir:
         click.echo(f"{s.name}: {s.num_images} images, {s.num_annotations} annotations -> {s.annotations}")
 
 
-@cli.command("train-baseline")
-@opt.config_option
-@opt.sections_option
-@opt.index_option
-@click.option("--out", "out_dir", required=True, type=opt.out_folder, help="Output folder, conventionally artifacts/<dataset>/baseline.")
-@opt.threads_option
-def train_baseline_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, out_dir: Path,
-                       threads: int | None) -> None:
-    """Train the baseline detector (detector.arch) on the training split (data.train_split).
-
-    \b
-    Reads sections data, detector, train_baseline. Writes model.pt, checkpoints/last.pt,
-    metrics.jsonl and losses.png into --out; resumes from checkpoints/last.pt when it was made with
-    the same settings.
-    """
-    from jobs.baseline.train import TrainSettings, train_baseline
-    from pipeline.data.index import split_coco
-
-    config = opt.resolve_config(config_files, sections_json, need=("data", "detector", "train_baseline"))
-    _, coco_json, image_root = split_coco(data_index, config["data"]["train_split"])
-    settings = TrainSettings.from_config(config["detector"], config["train_baseline"])
-    train_baseline(coco_json, image_root, settings, out_dir, device_name=config["detector"]["device"], threads=threads)
-
-
 @cli.command("detect")
 @opt.config_option
 @opt.sections_option
@@ -129,13 +104,13 @@ def detect_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_i
     detector.import_results[split] and validates it against the split.
     """
     from core.io.tables import write_table
-    from pipeline.data.index import split_coco
+    from pipeline.data.index import data_source, split_coco
     from pipeline.detect import detect_split, write_results_json
 
     config = opt.resolve_config(config_files, sections_json, need=("detector",))
     opt.set_threads(threads)
     coco, _, image_root = split_coco(data_index, split)
-    table = detect_split(config["detector"], coco, image_root, split, model_path, on_bad_image, config["data"]["source"])
+    table = detect_split(config["detector"], coco, image_root, split, model_path, on_bad_image, data_source(data_index))
     write_table(table, out_table)
     write_results_json(table, out_results)
     click.echo(f"{split}: {table.num_rows} detections on {len(coco['images'])} images -> {out_table}")
@@ -242,102 +217,9 @@ def audit_cmd(target: Path, rois_path: Path | None, grid_png: Path | None, sampl
     click.echo("OK: every shard matches its manifest and the ROI table")
 
 
-@cli.command("train-mtgan")
-@opt.config_option
-@opt.sections_option
-@click.option("--variant", required=True, type=click.Choice(list(VARIANTS)), help="The ablation to train (jobs/mtgan/settings.py, VARIANTS).")
-@click.option("--manifest", required=True, type=opt.existing_files, help="The training split's shard manifest.")
-@click.option("--out", "out_dir", required=True, type=opt.out_folder, help="Output folder, conventionally artifacts/<dataset>/mtgan/<variant>.")
-@opt.threads_option
-def train_mtgan_cmd(config_files: tuple[Path, ...], sections_json: str | None, variant: str, manifest: Path, out_dir: Path,
-                    threads: int | None) -> None:
-    """Stage 5: train one MTGAN variant (MSE pre-training of G, then alternating D / G steps).
-
-    \b
-    Reads section mtgan (preset, overrides, seed, device). Writes model.pt, checkpoints/last.pt,
-    metrics.jsonl, losses.png and pictures/ into --out; resumes from checkpoints/last.pt when it was
-    made with the same settings. Several GPUs: torchrun --nproc_per_node N -m pipeline.cli train-mtgan ...
-    """
-    from jobs.mtgan.settings import resolve_preset
-    from jobs.mtgan.train import train_mtgan
-
-    mtgan = opt.resolve_config(config_files, sections_json, need=("mtgan",))["mtgan"]
-    if variant not in VARIANTS:
-        raise click.UsageError(f"unknown variant {variant!r}: one of {sorted(VARIANTS)}")
-    preset = resolve_preset(mtgan["preset"], mtgan["overrides"])
-    train_mtgan(manifest, VARIANTS[variant], preset, out_dir, device_name=mtgan["device"], threads=threads, seed=mtgan["seed"],
-                config={"mtgan": {k: v for k, v in mtgan.items() if k != "variants"}})
-
-
-@cli.command("infer")
-@opt.config_option
-@opt.sections_option
-@click.option("--model", "model_path", required=True, type=opt.existing_files, help="A trained variant's model.pt.")
-@click.option("--manifest", required=True, type=opt.existing_files, help="The test split's shard manifest.")
-@opt.rule_option
-@click.option("--out", "out_table", required=True, type=opt.out_file, help="Per-ROI predictions (.parquet).")
-@click.option("--out-accuracy", required=True, type=opt.out_file,
-              help="D's classification accuracy on positive / negative / all ROIs, positives by size (.json).")
-@opt.threads_option
-def infer_cmd(config_files: tuple[Path, ...], sections_json: str | None, model_path: Path, manifest: Path, rule: str,
-              out_table: Path, out_accuracy: Path, threads: int | None) -> None:
-    """Stage 6: a trained variant's G and D over the test shards under one test-time rule: K+1
-    probabilities and box offsets per ROI."""
-    from pipeline.infer import InferSettings, write_inference
-
-    config = opt.resolve_config(config_files, sections_json, need=("infer",))
-    opt.set_threads(threads)
-    accuracy = write_inference(InferSettings.from_config(config["infer"]), rule, model_path, manifest, out_table, out_accuracy)
-    click.echo(f"{accuracy['method']}: accuracy {accuracy['accuracy']}")
-
-
-@cli.command("merge")
-@opt.config_option
-@opt.sections_option
-@click.option("--rois", "rois_path", required=True, type=opt.existing_files, help="The test split's ROI table.")
-@click.option("--inference", type=opt.existing_files, help="A variant's per-ROI predictions (without it: the baseline's own scores).")
-@click.option("--ensemble", is_flag=True, help="Score p[c] x p_base[c] (the ensemble with the baseline).")
-@click.option("--out", "out_json", required=True, type=opt.out_file, help="COCO results JSON.")
-def merge_cmd(config_files: tuple[Path, ...], sections_json: str | None, rois_path: Path, inference: Path | None, ensemble: bool,
-              out_json: Path) -> None:
-    """Stage 7: per-ROI predictions -> detections (decode, class scores, per-class NMS, top-k per image)."""
-    from pipeline.merge import MergeSettings, merge_file
-
-    config = opt.resolve_config(config_files, sections_json, need=("merge",))
-    count = merge_file(MergeSettings.from_config(config["merge"]), rois_path, inference, ensemble, out_json)
-    click.echo(f"{count} detections -> {out_json}")
-
-
-@cli.command("score")
-@opt.index_option
-@opt.split_option
-@click.option("--results", required=True, type=opt.existing_files, help="COCO results JSON.")
-@click.option("--method", required=True, help="Name of the method in the table (baseline, mtgan, mtgan_ensemble, mtgan-by_size, ...; pipeline/methods.py).")
-@click.option("--out-json", required=True, type=opt.out_file)
-@click.option("--out-md", required=True, type=opt.out_file)
-@click.option("--out-eval", type=opt.out_file, help="Also keep COCOeval's accumulated precision / recall / scores arrays here (.npz).")
-def score_cmd(data_index: Path, split: str, results: Path, method: str, out_json: Path, out_md: Path, out_eval: Path | None) -> None:
-    """Stage 8: pycocotools COCOeval (bbox) of --results on --split: AP, AP50, AP75, APS, APM, APL, AR."""
-    from pipeline.data.index import split_coco
-    from pipeline.score import write_score
-
-    coco, coco_json, _ = split_coco(data_index, split)
-    click.echo(write_score(coco_json, coco, results, method, split, out_json, out_md, out_eval))
-
-
-@cli.command("table")
-@opt.outputs_option
-@click.option("--accuracy", "accuracy_files", multiple=True, type=opt.existing_files, help="infer's accuracy JSON of each variant (repeatable).")
-@click.argument("score_files", nargs=-1, required=True, type=opt.existing_files)
-def table_cmd(outputs: tuple[str, ...], accuracy_files: tuple[Path, ...], score_files: tuple[Path, ...]) -> None:
-    """Gather the score files of every method into the table (--out csv=, markdown=, per_class=, accuracy=)."""
-    from pipeline.table import read_json_files, write_tables
-
-    tables = opt.named_paths(outputs, "--out", must_exist=False)
-    click.echo(write_tables(read_json_files(list(score_files)), read_json_files(list(accuracy_files)), tables))
-
-
-for _command in (report_commands.report_charts_cmd, report_commands.report_errors_cmd, report_commands.report_rois_cmd,
+for _command in (train_commands.train_baseline_cmd, train_commands.train_mtgan_cmd, evaluate_commands.infer_cmd,
+                 evaluate_commands.merge_cmd, evaluate_commands.score_cmd, evaluate_commands.table_cmd,
+                 report_commands.report_charts_cmd, report_commands.report_errors_cmd, report_commands.report_rois_cmd,
                  report_commands.report_detections_cmd, widerface_commands.widerface_score_cmd,
                  widerface_commands.widerface_table_cmd, widerface_commands.widerface_eval_cmd, submit_commands.submission_cmd,
                  submit_commands.rescore_cmd):

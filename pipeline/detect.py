@@ -23,7 +23,6 @@ Imported detections are validated; what is wrong is either an error or a counted
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from tqdm import tqdm
 from core.boxes import xywh_to_xyxy, xyxy_to_xywh
 from core.errors import EmptyInputError, InputError, MissingFileError, PipelineError, first_few
 from core.io import atomic
-from core.io.coco import CocoFormatError, read_json
+from core.io.coco import CocoFormatError, read_json, results_problems
 from core.io.images import ImageReadError
 from core.io.tables import DETECTIONS_SCHEMA, make_table
 from core.sections import section_fields
@@ -184,41 +183,16 @@ def run_detector(
     return _table(rows, list(label_map.category_ids), source, len(skipped))
 
 
-def _bad(path: Path, what: str, items: list[str]) -> CocoFormatError:
-    return CocoFormatError(f"{path}: {len(items)} detection(s) {what}: {first_few(items)}")
-
-
 def import_detections(path: Path, coco: dict[str, Any], top_k: int, data_source: str | None = None) -> tuple[pa.Table, dict[str, int]]:
     """Validate a COCO results JSON (or a folder of detections in the layout of `data_source`, such
     as WIDER FACE's) against the split; the detections table and the drop counts."""
     records = prediction_folder_records(data_source, Path(path), coco) if Path(path).is_dir() else read_json(path)
-    if not isinstance(records, list):
-        raise CocoFormatError(f"{path}: a COCO results file is a JSON list of detections, got {type(records).__name__}")
+    problems = results_problems(records, coco)
+    if problems:
+        raise CocoFormatError(f"{path}: {problems[0]}")
     images = {im["id"]: im for im in coco["images"]}
     category_ids = _categories(coco)
     label_of = {cid: k + 1 for k, cid in enumerate(category_ids)}
-
-    def number(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-    malformed = [
-        str(i) for i, r in enumerate(records)
-        if not (isinstance(r, dict) and isinstance(r.get("image_id"), int) and isinstance(r.get("category_id"), int)
-                and isinstance(r.get("bbox"), list) and len(r["bbox"]) == 4 and all(number(v) for v in r["bbox"])
-                and number(r.get("score")))
-    ]
-    if malformed:
-        raise _bad(path, "are not {image_id, category_id, bbox: [x, y, w, h], score} records (index)", malformed)
-    checks = [
-        ("name an unknown image_id", lambda r: r["image_id"] not in images, lambda i, r: f"#{i} image {r['image_id']}"),
-        ("name an unknown category_id", lambda r: r["category_id"] not in label_of, lambda i, r: f"#{i} category {r['category_id']}"),
-        ("have a non-finite box or score", lambda r: not all(math.isfinite(v) for v in [*r["bbox"], r["score"]]), lambda i, r: f"#{i}"),
-        ("have a score outside [0, 1]", lambda r: not 0.0 <= r["score"] <= 1.0, lambda i, r: f"#{i} score {r['score']}"),
-    ]
-    for what, failed, describe in checks:
-        bad = [describe(i, r) for i, r in enumerate(records) if failed(r)]
-        if bad:
-            raise _bad(path, what, bad)
 
     counts = {"imported": len(records), "non_positive_size": 0, "outside_image": 0, "clipped": 0, "over_top_k": 0}
     per_image: dict[int, list[tuple[float, list[float], int]]] = {}

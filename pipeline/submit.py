@@ -4,7 +4,7 @@
   file COCO's evaluation server takes: `detections_<split>_<method>_results.json`, a JSON list of
   `{image_id, category_id, bbox: [x, y, w, h], score}`. The baseline's are the detect stage's
   own; a variant's come from the merge code over its inference on the split's shards. Before it is
-  written, `results_problems` checks it against the split's image list: every image id and
+  written, `core.io.coco.results_problems` checks it against the split's image list: every image id and
   category id known, at most `max_per_image` detections per image, four finite numbers per box with
   positive width and height, finite scores in [0, 1].
 - `rescore`: a trained model over another detector's results on any images, in one call: the
@@ -18,15 +18,13 @@
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from core.errors import InputError, first_few
 from core.io import atomic
-from core.io.coco import image_list, load_json, read_json, validate_coco
+from core.io.coco import image_list, load_json, read_json, results_problems, validate_coco
 from core.io.tables import DETECTIONS_SCHEMA, ROIS_SCHEMA, read_table, table_metadata, write_table
 from jobs.common import pick_device
 from jobs.mtgan.model_file import read_model_state
@@ -38,39 +36,6 @@ from pipeline.rois import build_rois
 from pipeline.shards import ShardSettings, gather_manifest, write_chunk
 
 log = logging.getLogger(__name__)
-
-def results_problems(records: Any, coco: dict[str, Any], max_per_image: int) -> list[str]:
-    """Why `records` is not a valid COCO results file for the images of `coco` (empty: it is)."""
-    if not isinstance(records, list):
-        return [f"a results file is a JSON list of detections, got {type(records).__name__}"]
-    images = {im["id"] for im in coco["images"]}
-    categories = {c["id"] for c in coco["categories"]}
-
-    def number(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-    checks = {
-        "not {image_id, category_id, bbox, score} records": lambda r: not (
-            isinstance(r, dict) and {"image_id", "category_id", "bbox", "score"} <= set(r)),
-        "an unknown image_id": lambda r: r["image_id"] not in images,
-        "an unknown category_id": lambda r: r["category_id"] not in categories,
-        "a bbox that is not 4 finite numbers [x, y, w, h] with w, h > 0": lambda r: not (
-            isinstance(r["bbox"], list) and len(r["bbox"]) == 4 and all(number(v) for v in r["bbox"])
-            and r["bbox"][2] > 0 and r["bbox"][3] > 0),
-        "a score that is not a finite number in [0, 1]": lambda r: not (number(r["score"]) and 0 <= r["score"] <= 1),
-    }
-    problems = []
-    for what, bad in checks.items():
-        found = [i for i, r in enumerate(records) if bad(r)]
-        if found:
-            problems.append(f"{len(found)} detection(s) with {what} (index {first_few(found)})")
-            return problems  # later checks assume the earlier ones hold
-    per_image = Counter(r["image_id"] for r in records)
-    crowded = sorted(i for i, n in per_image.items() if n > max_per_image)
-    if crowded:
-        problems.append(f"{len(crowded)} image(s) with more than {max_per_image} detections (image ids {first_few(crowded)})")
-    return problems
-
 
 def write_submission(records: list[dict[str, Any]], coco: dict[str, Any], out: Path, max_per_image: int = 100) -> dict[str, int]:
     """Check `records` against the image list `coco` and write them to `out`; the counts."""

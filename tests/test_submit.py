@@ -15,10 +15,10 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from core.io.coco import results_problems
 from pipeline.cli import cli
 from pipeline.data.index import read_index
 from pipeline.data.stage import build_dataset
-from pipeline.submit import results_problems
 
 from conftest import REPO, tiny_config
 
@@ -32,11 +32,11 @@ GOOD = {"image_id": 1, "category_id": 3, "bbox": [1.0, 2.0, 10.0, 5.0], "score":
     ({"detections": []}, "JSON list"),
     ([GOOD | {"image_id": 9}], "unknown image_id"),
     ([GOOD | {"category_id": 1}], "unknown category_id"),
-    ([GOOD | {"bbox": [1, 2, 3]}], "4 finite numbers"),
-    ([GOOD | {"bbox": [1, 2, 0, 5]}], "w, h > 0"),
-    ([GOOD | {"bbox": [1, 2, float("nan"), 5]}], "4 finite numbers"),
-    ([GOOD | {"score": float("inf")}], "finite number in [0, 1]"),
-    ([GOOD | {"score": 1.5}], "finite number in [0, 1]"),
+    ([GOOD | {"bbox": [1, 2, 3]}], "are not {image_id, category_id, bbox: [x, y, w, h], score} records (index): #0"),
+    ([GOOD | {"bbox": [1, 2, 0, 5]}], "w or h <= 0"),
+    ([GOOD | {"bbox": [1, 2, float("nan"), 5]}], "non-finite box or score"),
+    ([GOOD | {"score": float("inf")}], "non-finite box or score"),
+    ([GOOD | {"score": 1.5}], "score outside [0, 1]: #0 score 1.5"),
     ([{"image_id": 1, "bbox": [0, 0, 1, 1], "score": 0.1}], "not {image_id"),
     ([GOOD] * 4, "more than 3 detections"),
 ])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -83,8 +84,45 @@ def load_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+def is_number(x: Any) -> bool:
+    """A JSON number (an int or a float, numpy's too; not a bool)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def is_id(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def results_problems(records: Any, coco: dict[str, Any], max_per_image: int | None = None) -> list[str]:
+    """Why `records` is not a COCO results file for the images and categories of `coco` (empty: it
+    is), one line per kind of problem with the first few records: each record {image_id,
+    category_id, bbox: 4 numbers, score}, known image and category ids, a finite box and score, a
+    score in [0, 1]. With `max_per_image` (a file to submit, as an evaluation server takes it):
+    also boxes with w, h > 0 and at most that many detections per image (an import drops and
+    counts such boxes instead)."""
+    if not isinstance(records, list):
+        return [f"a COCO results file is a JSON list of detections, got {type(records).__name__}"]
+    images, categories = {im["id"] for im in coco["images"]}, {c["id"] for c in coco["categories"]}
+    checks = [
+        ("are not {image_id, category_id, bbox: [x, y, w, h], score} records (index)", lambda r: not (
+            isinstance(r, dict) and is_id(r.get("image_id")) and is_id(r.get("category_id")) and isinstance(r.get("bbox"), list)
+            and len(r["bbox"]) == 4 and all(is_number(v) for v in r["bbox"]) and is_number(r.get("score"))), lambda i, r: f"#{i}"),
+        ("name an unknown image_id", lambda r: r["image_id"] not in images, lambda i, r: f"#{i} image {r['image_id']}"),
+        ("name an unknown category_id", lambda r: r["category_id"] not in categories, lambda i, r: f"#{i} category {r['category_id']}"),
+        ("have a non-finite box or score", lambda r: not all(math.isfinite(v) for v in [*r["bbox"], r["score"]]), lambda i, r: f"#{i}"),
+        ("have a score outside [0, 1]", lambda r: not 0.0 <= r["score"] <= 1.0, lambda i, r: f"#{i} score {r['score']}"),
+    ]
+    if max_per_image is not None:
+        checks.append(("have a box with w or h <= 0", lambda r: not (r["bbox"][2] > 0 and r["bbox"][3] > 0), lambda i, r: f"#{i}"))
+    for what, failed, describe in checks:
+        bad = [describe(i, r) for i, r in enumerate(records) if failed(r)]
+        if bad:
+            return [f"{len(bad)} detection(s) {what}: {first_few(bad)}"]  # later checks assume the earlier ones hold
+    per_image = Counter(r["image_id"] for r in records)
+    crowded = sorted(i for i, n in per_image.items() if max_per_image is not None and n > max_per_image)
+    if crowded:
+        return [f"{len(crowded)} image(s) with more than {max_per_image} detections (image ids {first_few(crowded)})"]
+    return []
 
 
 _REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {
@@ -145,7 +183,7 @@ def _check_references(data: dict[str, Any], path: Path) -> None:
 def _clean_box(ann: dict[str, Any], image: dict[str, Any], tolerance: float) -> tuple[list[float] | None, bool, str]:
     """Return (clipped xywh or None if invalid, whether it was clipped, reason if invalid)."""
     bbox = ann["bbox"]
-    if len(bbox) != 4 or not all(_is_number(v) and math.isfinite(v) for v in bbox):
+    if len(bbox) != 4 or not all(is_number(v) and math.isfinite(v) for v in bbox):
         return None, False, f"bbox {bbox!r} is not 4 finite numbers"
     x, y, w, h = (float(v) for v in bbox)
     if w <= 0 or h <= 0:
@@ -221,7 +259,7 @@ def validate_coco(
         clean["bbox"] = box
         clean["iscrowd"] = int(ann.get("iscrowd", 0))
         area = ann.get("area")
-        clean["area"] = float(area) if _is_number(area) and math.isfinite(area) and area > 0 else box[2] * box[3]
+        clean["area"] = float(area) if is_number(area) and math.isfinite(area) and area > 0 else box[2] * box[3]
         report.crowd += clean["iscrowd"]
         annotations.append(clean)
     if invalid and policy.invalid_boxes == "error":

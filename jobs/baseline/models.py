@@ -35,7 +35,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from core.errors import InputError
-from jobs.weights import WeightsUnavailable, safe_torchvision_weights
+from jobs.weights import WeightsUnavailable, pretrained_torchvision_model
 
 __all__ = ["SMALL_CPU_ARCH", "DetectorSettings", "WeightsUnavailable", "build_detector", "num_classes_of",
            "replace_box_predictor", "small_cpu_fasterrcnn", "state_dict_of", "torchvision_categories"]
@@ -109,8 +109,7 @@ def build_detector(arch: str, num_classes: int, settings: DetectorSettings, pret
     if arch not in torchvision.models.list_models(module=torchvision.models.detection):
         raise InputError(f"unknown detector architecture {arch!r}: use {SMALL_CPU_ARCH} or a torchvision detection builder")
     if pretrained:
-        with safe_torchvision_weights():
-            model = torchvision.models.get_model(arch, weights=torchvision.models.get_model_weights(arch).DEFAULT, **kwargs)
+        model = pretrained_torchvision_model(arch, **kwargs)
     else:
         model = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
     if not isinstance(model, GeneralizedRCNN) or not hasattr(model, "roi_heads"):

@@ -67,12 +67,21 @@ def split_coco(index: Path, split: str) -> tuple[dict[str, Any], Path, Path]:
     return load_json(splits[split].annotations), splits[split].annotations, splits[split].image_root
 
 
+def _read(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    return validate_document(doc, "dataset_index.schema.yaml", str(path))
+
+
+def data_source(path: Path) -> str:
+    """The data source (`data.source`) a finished data stage was built from."""
+    return _read(Path(path))["source"]
+
+
 def read_index(path: Path) -> dict[str, SplitFiles]:
     """The splits of a finished data stage, with absolute paths."""
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        doc = json.load(f)
-    validate_document(doc, "dataset_index.schema.yaml", str(path))
+    doc = _read(path)
     if doc["layout_version"] != LAYOUT_VERSION:
         raise InputError(f"{path}: layout_version {doc['layout_version']}, this code reads {LAYOUT_VERSION}; rerun the data stage")
     base = path.parent.resolve()

@@ -18,11 +18,11 @@ from pipeline.widerface.protocol import WiderResult
 def result_to_json(result: WiderResult) -> dict[str, Any]:
     """AP per setting, face and image counts (no curves); NaN becomes null."""
 
-    def number(v: float) -> float | None:
+    def nan_to_none(v: float) -> float | None:
         return None if math.isnan(v) else v
 
     return {
-        "ap": {s: number(r.ap) for s, r in result.settings.items()},
+        "ap": {s: nan_to_none(r.ap) for s, r in result.settings.items()},
         "faces": {s: r.faces for s, r in result.settings.items()},
         "images_evaluated": result.images_evaluated,
         "images_total": result.images_total,
