@@ -45,6 +45,7 @@ def same_but_timings(a: Path, b: Path) -> bool:
     if a.suffix == ".jsonl":
         read = lambda p: [_without_timings(json.loads(line)) for line in p.read_text().splitlines()]  # noqa: E731
     elif a.suffix == ".csv":
+
         def read(p: Path) -> Any:
             rows = list(csv.DictReader(p.open()))
             return [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows]
@@ -70,8 +71,7 @@ def main() -> None:
             timing_only.append(name)
         else:
             different.append(name)
-    print(f"{len(identical)} files byte-identical, {len(timing_only)} differ only in measured timings, "
-          f"{len(different)} differ, {len(only)} in one run only")
+    print(f"{len(identical)} files byte-identical, {len(timing_only)} differ only in measured timings, {len(different)} differ, {len(only)} in one run only")
     for name in timing_only:
         print(f"  timings only: {name}")
     for name in different:

@@ -70,30 +70,64 @@ def recipe(name: str, variant: str, why: str, **overrides: Any) -> None:
 recipe("mtgan", "mtgan", "the default: the configured preset (cpu) as it is")
 recipe("sbu", "sbu", "the paper's SBU (D on bilinear up-sampled ROIs only) with the same D recipe: Table 4's ablation")
 recipe("d_no_adv", "d_no_adv", "Table 3's control (D w/o adversarial branch on the HR crops) with the same D recipe")
-recipe("sbu_hr", "sbu_hr", "our SBU (D on up-sampled and HR crops, as MTGAN's D): the SBU of the table until the "
-       "paper's SBU replaced it")
+recipe("sbu_hr", "sbu_hr", "our SBU (D on up-sampled and HR crops, as MTGAN's D): the SBU of the table until the paper's SBU replaced it")
 # How the default was reached, in order. The first candidate had a half-width D (layer1 32
 # channels, 700 iterations) whose regression head started as Fast R-CNN's box head, N(0, 0.001);
 # each recipe below changed one thing of the candidate of its time.
 W32 = {"d_width": 32, "iterations": 700, "d_lr_step": 560}
 FAST_RCNN_INIT = {"reg_init_std": 0.001}
-recipe("mtgan-w32-reg-0.001", "mtgan", "the first candidate: half-width D (layer1 32 channels, 700 iterations), "
-       "regression head N(0, 0.001) as Fast R-CNN's box head (the paper: N(0, 0.1))", **W32, **FAST_RCNN_INIT)
-recipe("sbu-w32-reg-0.001", "sbu_hr", "SBU (D on up-sampled and HR crops) with the first candidate's recipe", **W32,
-       **FAST_RCNN_INIT)
-recipe("mtgan-w32-reg-0.001-bn-separate", "mtgan", "the first candidate with D's batch norm as before: SR and HR in "
-       "separate passes, the G step updating the running statistics", **W32, **FAST_RCNN_INIT, d_batchnorm="separate")
+recipe(
+    "mtgan-w32-reg-0.001",
+    "mtgan",
+    "the first candidate: half-width D (layer1 32 channels, 700 iterations), regression head N(0, 0.001) as Fast R-CNN's box head (the paper: N(0, 0.1))",
+    **W32,
+    **FAST_RCNN_INIT,
+)
+recipe("sbu-w32-reg-0.001", "sbu_hr", "SBU (D on up-sampled and HR crops) with the first candidate's recipe", **W32, **FAST_RCNN_INIT)
+recipe(
+    "mtgan-w32-reg-0.001-bn-separate",
+    "mtgan",
+    "the first candidate with D's batch norm as before: SR and HR in separate passes, the G step updating the running statistics",
+    **W32,
+    **FAST_RCNN_INIT,
+    d_batchnorm="separate",
+)
 recipe("mtgan-w32", "mtgan", "the first candidate with the paper's N(0, 0.1) regression-head init", **W32)
-recipe("mtgan-w32-reg-0.001-sgd", "mtgan", "the first candidate with the paper's optimiser for D: SGD (momentum 0.9, "
-       "lr 1.0 on the 0.01-weighted terms, as the old cpu preset)", **W32, **FAST_RCNN_INIT, d_optimizer="sgd", d_lr=1.0,
-       d_weight_decay=1e-4)
-recipe("mtgan-w32-reg-0.001-positives-as-sampled", "mtgan", "the first candidate with batches as the shards hold them "
-       "(25% positives)", **W32, **FAST_RCNN_INIT, positive_fraction=None)
+recipe(
+    "mtgan-w32-reg-0.001-sgd",
+    "mtgan",
+    "the first candidate with the paper's optimiser for D: SGD (momentum 0.9, lr 1.0 on the 0.01-weighted terms, as the old cpu preset)",
+    **W32,
+    **FAST_RCNN_INIT,
+    d_optimizer="sgd",
+    d_lr=1.0,
+    d_weight_decay=1e-4,
+)
+recipe(
+    "mtgan-w32-reg-0.001-positives-as-sampled",
+    "mtgan",
+    "the first candidate with batches as the shards hold them (25% positives)",
+    **W32,
+    **FAST_RCNN_INIT,
+    positive_fraction=None,
+)
 SHORT = {"iterations": 1000, "d_lr_step": 800}
-recipe("mtgan-reg-0.001", "mtgan", "the first candidate with a quarter-width D (layer1 16 channels), 1000 iterations "
-       "in about the same time", **FAST_RCNN_INIT, **SHORT)
-recipe("mtgan-w64-reg-0.001", "mtgan", "the first candidate with a full-width D (layer1 64 channels), 350 iterations in "
-       "about the same time", **FAST_RCNN_INIT, d_width=64, iterations=350, d_lr_step=280)
+recipe(
+    "mtgan-reg-0.001",
+    "mtgan",
+    "the first candidate with a quarter-width D (layer1 16 channels), 1000 iterations in about the same time",
+    **FAST_RCNN_INIT,
+    **SHORT,
+)
+recipe(
+    "mtgan-w64-reg-0.001",
+    "mtgan",
+    "the first candidate with a full-width D (layer1 64 channels), 350 iterations in about the same time",
+    **FAST_RCNN_INIT,
+    d_width=64,
+    iterations=350,
+    d_lr_step=280,
+)
 
 # The default until the seed benchmark, whose D was still learning at its last step; the default
 # now runs 1500 iterations with D's lr /10 at 1200 (chosen on dev over seeds 0, 1, 2).
@@ -106,6 +140,7 @@ recipe("sbu-1000", "sbu_hr", "SBU (D on up-sampled and HR crops) with that budge
 FP32 = {"amp": False, "channels_last": False}
 for _name in ("mtgan", "sbu", "d_no_adv"):
     recipe(f"{_name}-fp32", _name, "fp32 in contiguous memory: training and inference as before bf16 autocast", **FP32)
+
 
 def _run_snakemake(config_files: list[Path], targets: list[str], cores: int) -> None:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *targets, "--cores", str(cores)]
@@ -122,8 +157,7 @@ def _trained(model: Path, variant: Any, preset: Any, seed: int) -> bool:
     state = torch.load(model, map_location="cpu", weights_only=True)
     settings = json.loads(json.dumps({"variant": dataclasses.asdict(variant), "preset": dataclasses.asdict(preset)}))
     last = torch.load(model.parent / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
-    same_variant = {k: v for k, v in state["variant"].items() if k != "description"} == {
-        k: v for k, v in settings["variant"].items() if k != "description"}
+    same_variant = {k: v for k, v in state["variant"].items() if k != "description"} == {k: v for k, v in settings["variant"].items() if k != "description"}
     knobs = [{k: v for k, v in p.items() if k != "departures"} for p in (state["preset"], settings["preset"])]
     return same_variant and knobs[0] == knobs[1] and last["settings"]["seed"] == seed
 
@@ -148,11 +182,15 @@ def _predictions(model: Path, manifest: Path, cache: Path) -> dict[str, np.ndarr
     return out
 
 
-def _score(rois: Any, coco_json: Path, probs: np.ndarray, offsets: np.ndarray, ensemble: bool, settings: MergeSettings,
-           category_ids: list[int], roi_id: np.ndarray) -> dict[str, float]:
-    columns = {"roi_id": roi_id, "probs": probs.astype(np.float32),
-               **{k: offsets[:, j].astype(np.float32) for j, k in enumerate(("dx", "dy", "dw", "dh"))},
-               "through_g": np.zeros(len(roi_id), np.int32)}
+def _score(
+    rois: Any, coco_json: Path, probs: np.ndarray, offsets: np.ndarray, ensemble: bool, settings: MergeSettings, category_ids: list[int], roi_id: np.ndarray
+) -> dict[str, float]:
+    columns = {
+        "roi_id": roi_id,
+        "probs": probs.astype(np.float32),
+        **{k: offsets[:, j].astype(np.float32) for j, k in enumerate(("dx", "dy", "dw", "dh"))},
+        "through_g": np.zeros(len(roi_id), np.int32),
+    }
     table = make_table(columns, INFERENCE_SCHEMA, {"variant": "sweep", "category_ids": category_ids})
     stats, _ = coco_bbox_eval(coco_json, merge_detections(rois, table, settings, ensemble, category_ids))
     return stats
@@ -164,8 +202,7 @@ def main() -> None:
     parser.add_argument("--recipes", default="all", help="comma-separated recipe names, or all")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training and inference")
-    parser.add_argument("--no-snakemake", action="store_true",
-                        help="use the train and dev shards as they are (default: snakemake makes or updates them first)")
+    parser.add_argument("--no-snakemake", action="store_true", help="use the train and dev shards as they are (default: snakemake makes or updates them first)")
     parser.add_argument("--seeds", default="", help="comma-separated training seeds (default: the configured seed)")
     parser.add_argument("--own-rules", action="store_true", help="score only the configured rules (infer.rules, g_max_side)")
     args = parser.parse_args()
@@ -177,8 +214,7 @@ def main() -> None:
         raise SystemExit("the dataset has no development split (data.dev_split): choices are made on one")
     root = Path("artifacts") / data["name"]
     if not args.no_snakemake:
-        _run_snakemake(args.config, [f"{root}/shards/train/manifest.json", f"{root}/shards/dev/manifest.json",
-                                     f"{root}/detect/{dev}_results.json"], args.cores)
+        _run_snakemake(args.config, [f"{root}/shards/train/manifest.json", f"{root}/shards/dev/manifest.json", f"{root}/detect/{dev}_results.json"], args.cores)
     train_manifest, dev_manifest = root / "shards/train/manifest.json", root / "shards/dev/manifest.json"
     rois = read_table(root / "rois/dev.parquet", ROIS_SCHEMA)
     category_ids = list(file_metadata(root / "rois/dev.parquet")["category_ids"])
@@ -219,12 +255,20 @@ def main() -> None:
             alone = _score(rois, coco_json, probs, offsets, False, merge, category_ids, p["roi_id"])
             plain = _score(rois, coco_json, probs, np.zeros_like(offsets), False, merge, category_ids, p["roi_id"])
             ens = _score(rois, coco_json, probs, offsets, True, merge, category_ids, p["roi_id"])
-            row = {"recipe": name, "seed": seed, "rule": rule if rule != "by_size" else f"by_size {threshold:g}",
-                   "own rule": (rule, threshold) in own_rules,
-                   **{c: alone[c] for c in COLUMNS}, **{f"{c} no offsets": plain[c] for c in ("AP", "AP75", "APS")},
-                   **{f"{c} ensemble": ens[c] for c in ("AP", "APS")},
-                   **{f"acc {k}": acc[k] for k in ("positive", "negative", "positive_small")},
-                   "through G": float(use_g.mean()), "train s": train_s, "pairs/s": pairs_s, "why": why}
+            row = {
+                "recipe": name,
+                "seed": seed,
+                "rule": rule if rule != "by_size" else f"by_size {threshold:g}",
+                "own rule": (rule, threshold) in own_rules,
+                **{c: alone[c] for c in COLUMNS},
+                **{f"{c} no offsets": plain[c] for c in ("AP", "AP75", "APS")},
+                **{f"{c} ensemble": ens[c] for c in ("AP", "APS")},
+                **{f"acc {k}": acc[k] for k in ("positive", "negative", "positive_small")},
+                "through G": float(use_g.mean()),
+                "train s": train_s,
+                "pairs/s": pairs_s,
+                "why": why,
+            }
             rows.append(row)
             print(" | ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "why"), flush=True)
     _write(rows, root / "dev_sweep", "results")

@@ -90,8 +90,7 @@ def main() -> None:
     verify = statistics.median(_seconds(lambda: verify_shards(manifest)) for _ in range(args.repeats))
     num_rois = json.loads(manifest.read_text())["num_rois"]
     epoch = num_rois / results["HDF5 blocks, 0 workers"]
-    print(f"\nsha256 check of every shard, once per job: {verify:.2f} s = {100 * verify / epoch:.0f}% of one epoch of "
-          f"the block loader alone ({epoch:.2f} s)")
+    print(f"\nsha256 check of every shard, once per job: {verify:.2f} s = {100 * verify / epoch:.0f}% of one epoch of the block loader alone ({epoch:.2f} s)")
     # Against the job it guards: the train_mtgan job of the last pipeline run, as Snakemake measured it.
     job = args.root / "benchmarks" / "train_mtgan_mtgan.tsv"
     if job.is_file():

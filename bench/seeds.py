@@ -107,16 +107,20 @@ def main() -> None:
             start = time.perf_counter()
             model = _model(root, variant, preset, seed, mtgan["seed"], args.threads)
             for rule in (r for r in rules if applies(r, VARIANTS[variant])):
-                table, accuracy = infer(model, root / "shards/test/manifest.json", torch.device("cpu"),
-                                        config["infer"]["batch_size"], rule, config["infer"]["g_max_side"])
+                table, accuracy = infer(
+                    model, root / "shards/test/manifest.json", torch.device("cpu"), config["infer"]["batch_size"], rule, config["infer"]["g_max_side"]
+                )
                 for ensemble in (False, True):
                     stats, _ = coco_bbox_eval(coco_json, merge_detections(rois, table, merge, ensemble, category_ids))
                     row = {"method": method_name(variant, rule, ensemble), "seed": seed, **{c: stats[c] for c in COLUMNS}}
                     if not ensemble:
                         row |= {f"acc_{k}": accuracy["accuracy"][k] for k in ACCURACY}
                     rows.append(row)
-                print(f"seed {seed} {variant} {rule}: {time.perf_counter() - start:.0f} s; "
-                      + "; ".join(f"{r['method']} AP {100 * r['AP']:.1f} APS {100 * r['APS']:.1f}" for r in rows[-2:]), flush=True)
+                print(
+                    f"seed {seed} {variant} {rule}: {time.perf_counter() - start:.0f} s; "
+                    + "; ".join(f"{r['method']} AP {100 * r['AP']:.1f} APS {100 * r['APS']:.1f}" for r in rows[-2:]),
+                    flush=True,
+                )
     print(_write(rows, seeds, root / "seeds"))
 
 
@@ -145,11 +149,22 @@ def orderings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if not seeds:
                 continue
             lo, hi = [a[s] for s in seeds], [b[s] for s in seeds]
-            out.append({"ordering": what, "metric": key, "lower": low, "higher": high,
-                        "lower_mean": np.mean(lo), "lower_std": np.std(lo, ddof=1) if len(lo) > 1 else 0.0,
-                        "higher_mean": np.mean(hi), "higher_std": np.std(hi, ddof=1) if len(hi) > 1 else 0.0,
-                        "difference": np.mean(hi) - np.mean(lo), "seeds_held": sum(h > x for x, h in zip(lo, hi)),
-                        "seeds": len(seeds), "verdict": verdict(lo, hi)})
+            out.append(
+                {
+                    "ordering": what,
+                    "metric": key,
+                    "lower": low,
+                    "higher": high,
+                    "lower_mean": np.mean(lo),
+                    "lower_std": np.std(lo, ddof=1) if len(lo) > 1 else 0.0,
+                    "higher_mean": np.mean(hi),
+                    "higher_std": np.std(hi, ddof=1) if len(hi) > 1 else 0.0,
+                    "difference": np.mean(hi) - np.mean(lo),
+                    "seeds_held": sum(h > x for x, h in zip(lo, hi)),
+                    "seeds": len(seeds),
+                    "verdict": verdict(lo, hi),
+                }
+            )
     return out
 
 
@@ -167,20 +182,32 @@ def _write(rows: list[dict[str, Any]], seeds: list[int], out: Path) -> str:
     (out / "seeds.csv").write_text(_csv(rows))
     methods = sorted(dict.fromkeys(r["method"] for r in rows), key=method_key)
     metrics = [*COLUMNS, *(f"acc_{k}" for k in ACCURACY)]
-    lines = [f"Mean +- std over seeds {', '.join(map(str, seeds))} (x100; acc_*: D's Table 9 accuracy on test ROIs)", "",
-             "| method | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+    lines = [
+        f"Mean +- std over seeds {', '.join(map(str, seeds))} (x100; acc_*: D's Table 9 accuracy on test ROIs)",
+        "",
+        "| method | " + " | ".join(metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
+    ]
     for method in methods:
         values = [list(_stats(rows, method, k).values()) for k in metrics]
         cells = [f"{np.mean(v):.1f} +- {np.std(v, ddof=1) if len(v) > 1 else 0:.1f}" if v else "" for v in values]
         lines.append(f"| {display_name(method)} | " + " | ".join(cells) + " |")
     found = orderings(rows)
     (out / "orderings.csv").write_text(_csv(found))
-    lines += ["", "The paper's orderings (and ours against the paper's path): d = difference of the means, s = the larger "
-              "std; held beyond the spread: d > s; held within the spread: 0 < d <= s.", "",
-              "| ordering | metric | lower | higher | d | seeds where it holds | verdict |", "|---|---|---:|---:|---:|---:|---|"]
-    lines += [f"| {o['ordering']} | {o['metric']} | {o['lower_mean']:.1f} +- {o['lower_std']:.1f} | "
-              f"{o['higher_mean']:.1f} +- {o['higher_std']:.1f} | {o['difference']:+.1f} | {o['seeds_held']} of {o['seeds']} | "
-              f"{o['verdict']} |" for o in found]
+    lines += [
+        "",
+        "The paper's orderings (and ours against the paper's path): d = difference of the means, s = the larger "
+        "std; held beyond the spread: d > s; held within the spread: 0 < d <= s.",
+        "",
+        "| ordering | metric | lower | higher | d | seeds where it holds | verdict |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    lines += [
+        f"| {o['ordering']} | {o['metric']} | {o['lower_mean']:.1f} +- {o['lower_std']:.1f} | "
+        f"{o['higher_mean']:.1f} +- {o['higher_std']:.1f} | {o['difference']:+.1f} | {o['seeds_held']} of {o['seeds']} | "
+        f"{o['verdict']} |"
+        for o in found
+    ]
     lines += ["", "Rules: " + "; ".join(f"{k}: {r.description}" for k, r in RULES.items())]
     text = "\n".join(lines) + "\n"
     (out / "seeds.md").write_text(text)

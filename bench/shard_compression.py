@@ -28,8 +28,12 @@ def main() -> None:
     with h5py.File(args.manifest.parent / doc["shards"][0]["path"], "r") as f:
         arrays = {"hr": f["hr"][:], "lr": f["lr"][:]}
     n = len(arrays["hr"])
-    options = {"none": {}, "lzf": {"compression": "lzf"}, "gzip-1": {"compression": "gzip", "compression_opts": 1},
-               "gzip-4": {"compression": "gzip", "compression_opts": 4}}
+    options = {
+        "none": {},
+        "lzf": {"compression": "lzf"},
+        "gzip-1": {"compression": "gzip", "compression_opts": 1},
+        "gzip-4": {"compression": "gzip", "compression_opts": 4},
+    }
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, opts in options.items():

@@ -30,11 +30,11 @@ def enlarge(root: Path, split: str, role: str, factor: int, out: Path) -> tuple[
     coco = json.loads((root / "data" / entry["annotations"]).read_text())
     step = max(im["id"] for im in coco["images"]) + 1
     coco["images"] = [{**im, "id": im["id"] + k * step} for k in range(factor) for im in coco["images"]]
-    coco["annotations"] = [{**a, "id": a["id"] + k * 10**9, "image_id": a["image_id"] + k * step}
-                           for k in range(factor) for a in coco["annotations"]]
+    coco["annotations"] = [{**a, "id": a["id"] + k * 10**9, "image_id": a["image_id"] + k * step} for k in range(factor) for a in coco["annotations"]]
     (out / f"{split}.json").write_text(json.dumps(coco))
-    index["splits"] = {split: {**entry, "annotations": f"{split}.json", "image_root": str((root / "data" / entry["image_root"]).resolve()),
-                               "num_images": len(coco["images"])}}
+    index["splits"] = {
+        split: {**entry, "annotations": f"{split}.json", "image_root": str((root / "data" / entry["image_root"]).resolve()), "num_images": len(coco["images"])}
+    }
     (out / "index.json").write_text(json.dumps(index))
     table = read_table(root / "rois" / f"{role}.parquet", ROIS_SCHEMA)
     copies = []
@@ -53,8 +53,31 @@ def run_chunk(index: Path, rois: Path, split: str, role: str, out: Path) -> tupl
         "p = subprocess.run(sys.argv[1:]); "
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(p.returncode)"
     )
-    cmd = [sys.executable, "-c", code, sys.executable, "-m", "pipeline.cli", "shards", "--config", "config/default.yaml",
-           "--data-index", str(index), "--split", split, "--role", role, "--rois", str(rois), "--chunk", "0", "--out", str(out), "--jobs", "1"]
+    cmd = [
+        sys.executable,
+        "-c",
+        code,
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "shards",
+        "--config",
+        "config/default.yaml",
+        "--data-index",
+        str(index),
+        "--split",
+        split,
+        "--role",
+        role,
+        "--rois",
+        str(rois),
+        "--chunk",
+        "0",
+        "--out",
+        str(out),
+        "--jobs",
+        "1",
+    ]
     start = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return int(result.stdout.strip().splitlines()[-1]) / 1024, time.perf_counter() - start
@@ -73,12 +96,12 @@ def main() -> None:
         big.mkdir()
         big_index, big_rois = enlarge(args.root, args.split, args.role, args.factor, big)
         runs = {
-            "built-in dataset": run_chunk(args.root / "data" / "index.json", args.root / "rois" / f"{args.role}.parquet",
-                                          args.split, args.role, tmp_path / "a"),
+            "built-in dataset": run_chunk(
+                args.root / "data" / "index.json", args.root / "rois" / f"{args.role}.parquet", args.split, args.role, tmp_path / "a"
+            ),
             f"{args.factor}x larger": run_chunk(big_index, big_rois, args.split, args.role, tmp_path / "b"),
         }
-        counts = {name: sum(s["num_rois"] for s in json.loads((tmp_path / d / "chunk.json").read_text())["shards"])
-                  for name, d in zip(runs, ("a", "b"))}
+        counts = {name: sum(s["num_rois"] for s in json.loads((tmp_path / d / "chunk.json").read_text())["shards"]) for name, d in zip(runs, ("a", "b"))}
     base = runs["built-in dataset"][0]
     print(f"one shards job (chunk 0 of split {args.split}, 1 worker)")
     print(f"{'dataset':<20} {'ROIs in chunk':>14} {'peak RSS MB':>12} {'x built-in':>11} {'seconds':>8}")

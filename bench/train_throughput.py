@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--classes", type=int, default=8, help="K + 1")
     parser.add_argument("--compile", action="store_true", help="also bf16 + channels-last with torch.compile of G and D")
-    parser.add_argument("--overrides", default="{}", help='preset fields to change, as JSON: \'{"d_width": 32}\'')
+    parser.add_argument("--overrides", default="{}", help="preset fields to change, as JSON: '{\"d_width\": 32}'")
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -64,15 +64,19 @@ def main() -> None:
             print(f"{name:<7} {mode:<32} {desc} {preset.batch_size:>5} {rate:>8.1f} {rate / fp32:>6.2f} {flops:>10.2f}{extra}", flush=True)
 
 
-def measure(variant: Variant, preset: Preset, device: torch.device, classes: int, steps: int, compiled: bool,
-            sync: Callable[[], None]) -> tuple[float, float, str, float]:
+def measure(
+    variant: Variant, preset: Preset, device: torch.device, classes: int, steps: int, compiled: bool, sync: Callable[[], None]
+) -> tuple[float, float, str, float]:
     """pairs/s (median over `steps`), GFLOP per pair, a description of G and D, warm-up seconds."""
     torch.manual_seed(0)
     g, d = build_networks(variant, preset, classes, 4)
     layout = torch.channels_last if preset.channels_last else torch.contiguous_format
     g, d = (g.to(device, memory_format=layout) if g is not None else None), d.to(device, memory_format=layout)
-    d_opt = (torch.optim.SGD(d.parameters(), lr=preset.d_lr, momentum=preset.d_momentum) if preset.d_optimizer == "sgd"
-             else torch.optim.AdamW(d.parameters(), lr=preset.d_lr))
+    d_opt = (
+        torch.optim.SGD(d.parameters(), lr=preset.d_lr, momentum=preset.d_momentum)
+        if preset.d_optimizer == "sgd"
+        else torch.optim.AdamW(d.parameters(), lr=preset.d_lr)
+    )
     g_opt = torch.optim.Adam(g.parameters(), lr=preset.g_lr) if variant.generator == "learned" else None
     if compiled:
         g, d = (torch.compile(g) if g is not None else None), torch.compile(d)

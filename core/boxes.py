@@ -75,9 +75,7 @@ class BoxCoder:
         rx, ry = rois[:, 0] + 0.5 * rw, rois[:, 1] + 0.5 * rh
         gw, gh = targets[:, 2] - targets[:, 0], targets[:, 3] - targets[:, 1]
         gx, gy = targets[:, 0] + 0.5 * gw, targets[:, 1] + 0.5 * gh
-        return torch.stack(
-            (wx * (gx - rx) / rw, wy * (gy - ry) / rh, ww * torch.log(gw / rw), wh * torch.log(gh / rh)), dim=1
-        )
+        return torch.stack((wx * (gx - rx) / rw, wy * (gy - ry) / rh, ww * torch.log(gw / rw), wh * torch.log(gh / rh)), dim=1)
 
     def decode(self, offsets: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         """Boxes (N, 4, xyxy) obtained by applying `offsets` (N, 4) to `rois` (N, 4, xyxy)."""

@@ -94,8 +94,7 @@ def with_registries(node: Any, registries: dict[str, list[str]]) -> Any:
     return node
 
 
-def validate_document(doc: Any, schema_name: str, what: str, defaults: bool = False,
-                      registries: dict[str, list[str]] | None = None) -> Any:
+def validate_document(doc: Any, schema_name: str, what: str, defaults: bool = False, registries: dict[str, list[str]] | None = None) -> Any:
     """Validate `doc` against `schemas/<schema_name>`; return it (a copy with defaults if asked).
     Every number must be finite (`non_finite_numbers`). `what` names the document in the error
     (a file path, "config"). `registries`: the names each `x-registry` of the schema allows.

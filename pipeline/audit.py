@@ -53,8 +53,7 @@ class AuditReport:
         lines += ["", "| IoU | ROIs |", "|---|---:|"]
         lines += [f"| {lo:.1f}-{hi:.1f} | {n} |" for lo, hi, n in zip(IOU_BINS[:-1], IOU_BINS[1:], self.iou_hist)]
         if self.leftovers:
-            lines += ["", f"Leftovers of interrupted runs (not damage; the next run of their stage removes them): "
-                          f"{', '.join(self.leftovers)}"]
+            lines += ["", f"Leftovers of interrupted runs (not damage; the next run of their stage removes them): {', '.join(self.leftovers)}"]
         return "\n".join(lines) + "\n"
 
 
@@ -124,8 +123,7 @@ def audit(target: Path, rois_table: Path | None = None) -> tuple[AuditReport, li
         report.origins.update(ORIGIN_CODES[i] for i in c["origin"])
         report.iou_hist += np.histogram(np.clip(c["iou"], 0, 1), IOU_BINS)[0]
     if len(columns) == len(doc["shards"]):
-        found = {"label": {str(k): v for k, v in sorted(report.labels.items())}, "size_class": dict(report.sizes),
-                 "origin": dict(report.origins)}
+        found = {"label": {str(k): v for k, v in sorted(report.labels.items())}, "size_class": dict(report.sizes), "origin": dict(report.origins)}
         for key, counts in found.items():
             if {k: v for k, v in counts.items() if v} != {k: v for k, v in doc["histograms"][key].items() if v}:
                 report.problems.append(f"{key} counts of the shards {counts} differ from the manifest's {doc['histograms'][key]}")
@@ -145,8 +143,9 @@ def _check_against_table(path: Path, doc: dict[str, Any], columns: list[dict[str
     settings = ShardSettings(doc["hr_size"], doc["scale"], doc["margin"], 1, doc["block_size"], 1, "error", doc["sampling"])
     expected = len(kept_rows(label, image_id, settings))
     if doc["num_rois"] + doc["skipped_rois"] != expected:
-        report.problems.append(f"the manifest lists {doc['num_rois']} ROIs and {doc['skipped_rois']} skipped; the ROI table "
-                               f"and sampling settings give {expected}")
+        report.problems.append(
+            f"the manifest lists {doc['num_rois']} ROIs and {doc['skipped_rois']} skipped; the ROI table and sampling settings give {expected}"
+        )
     for entry, c in zip(doc["shards"], columns):
         ids = c["roi_id"]
         if ids.size and (ids.min() < 0 or ids.max() >= len(label)):

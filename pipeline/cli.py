@@ -50,8 +50,7 @@ def cli(verbose: bool) -> None:
         snakemake --cores 8 eval_coco
     Each command also runs on its own; `mtgan COMMAND --help` says what it reads and writes.
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 @cli.command("config")
@@ -88,15 +87,28 @@ def data_cmd(config_files: tuple[Path, ...], sections_json: str | None, out_dir:
 @opt.sections_option
 @opt.index_option
 @opt.split_option
-@click.option("--model", "model_path", type=opt.existing_files,
-              help="The trained detector (detector.source train): artifacts/<dataset>/baseline/model.pt.")
+@click.option("--model", "model_path", type=opt.existing_files, help="The trained detector (detector.source train): artifacts/<dataset>/baseline/model.pt.")
 @click.option("--out-table", required=True, type=opt.out_file, help="Detections table (.parquet).")
 @click.option("--out-results", required=True, type=opt.out_file, help="The same as a COCO results JSON.")
-@click.option("--on-bad-image", type=click.Choice(["error", "skip"]), default="error", show_default=True,
-              help="An image that cannot be decoded: stop naming it, or skip it with a count (shards.on_bad_image).")
+@click.option(
+    "--on-bad-image",
+    type=click.Choice(["error", "skip"]),
+    default="error",
+    show_default=True,
+    help="An image that cannot be decoded: stop naming it, or skip it with a count (shards.on_bad_image).",
+)
 @opt.threads_option
-def detect_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str,
-               model_path: Path | None, out_table: Path, out_results: Path, on_bad_image: str, threads: int | None) -> None:
+def detect_cmd(
+    config_files: tuple[Path, ...],
+    sections_json: str | None,
+    data_index: Path,
+    split: str,
+    model_path: Path | None,
+    out_table: Path,
+    out_results: Path,
+    on_bad_image: str,
+    threads: int | None,
+) -> None:
     """Stage 2: the baseline's top-K detections per image of --split, with class-probability vectors.
 
     \b
@@ -125,8 +137,9 @@ def detect_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_i
 @click.option("--detections", required=True, type=opt.existing_files, help="The detect stage's table of this split.")
 @click.option("--out", "out_table", required=True, type=opt.out_file, help="ROI table (.parquet).")
 @click.option("--out-counts", required=True, type=opt.out_file, help="Counts of positive / negative / ignored ROIs per size class (.md).")
-def rois_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str, role: str,
-             detections: Path, out_table: Path, out_counts: Path) -> None:
+def rois_cmd(
+    config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str, role: str, detections: Path, out_table: Path, out_counts: Path
+) -> None:
     """Stage 3: label every detection of --split against the ground truth (IoU, class, regression target).
 
     \b
@@ -149,11 +162,11 @@ def rois_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_ind
 @opt.role_option
 @click.option("--rois", "rois_path", required=True, type=opt.existing_files, help="The rois stage's table of this split.")
 @click.option("--chunk", required=True, type=int, help="Which image chunk of the split (0 .. shards.num_chunks - 1).")
-@click.option("--out", "out_dir", required=True, type=opt.out_folder,
-              help="Chunk folder, conventionally artifacts/<dataset>/shards/<role>/chunk-<chunk>.")
+@click.option("--out", "out_dir", required=True, type=opt.out_folder, help="Chunk folder, conventionally artifacts/<dataset>/shards/<role>/chunk-<chunk>.")
 @click.option("-j", "--jobs", default=1, show_default=True, help="Worker processes decoding and cropping images.")
-def shards_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str, role: str,
-               rois_path: Path, chunk: int, out_dir: Path, jobs: int) -> None:
+def shards_cmd(
+    config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str, role: str, rois_path: Path, chunk: int, out_dir: Path, jobs: int
+) -> None:
     """Stage 4: crop the ROIs of one image chunk of --split to HR and bicubic LR images, in HDF5 shards.
 
     \b
@@ -180,8 +193,9 @@ def shards_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_i
 @click.option("--rois", "rois_path", required=True, type=opt.existing_files)
 @click.option("--out", "out_path", required=True, type=opt.out_file, help="manifest.json of the split.")
 @click.argument("chunk_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-def shards_manifest_cmd(config_files: tuple[Path, ...], sections_json: str | None, split: str, role: str, rois_path: Path,
-                        out_path: Path, chunk_dirs: tuple[Path, ...]) -> None:
+def shards_manifest_cmd(
+    config_files: tuple[Path, ...], sections_json: str | None, split: str, role: str, rois_path: Path, out_path: Path, chunk_dirs: tuple[Path, ...]
+) -> None:
     """Gather the chunk folders of --split into its manifest (shards, counts, histograms, sha256s)."""
     from pipeline.shards import ShardSettings, gather_manifest
 
@@ -193,8 +207,7 @@ def shards_manifest_cmd(config_files: tuple[Path, ...], sections_json: str | Non
 @cli.command("audit")
 @click.argument("target", type=click.Path(exists=True, path_type=Path))
 @click.option("--rois", "rois_path", type=opt.out_file, help="ROI table to check against (default: the one named in the manifest).")
-@click.option("--grid", "grid_png", type=opt.out_file,
-              help="Write a PNG grid of random LR / HR pairs here (default: audit.png beside the manifest).")
+@click.option("--grid", "grid_png", type=opt.out_file, help="Write a PNG grid of random LR / HR pairs here (default: audit.png beside the manifest).")
 @click.option("--samples", default=32, show_default=True, help="Pairs in the grid.")
 def audit_cmd(target: Path, rois_path: Path | None, grid_png: Path | None, samples: int) -> None:
     """Check the ROI shards of a split (TARGET: its folder or manifest.json).
@@ -217,12 +230,23 @@ def audit_cmd(target: Path, rois_path: Path | None, grid_png: Path | None, sampl
     click.echo("OK: every shard matches its manifest and the ROI table")
 
 
-for _command in (train_commands.train_baseline_cmd, train_commands.train_mtgan_cmd, evaluate_commands.infer_cmd,
-                 evaluate_commands.merge_cmd, evaluate_commands.score_cmd, evaluate_commands.table_cmd,
-                 report_commands.report_charts_cmd, report_commands.report_errors_cmd, report_commands.report_rois_cmd,
-                 report_commands.report_detections_cmd, widerface_commands.widerface_score_cmd,
-                 widerface_commands.widerface_table_cmd, widerface_commands.widerface_eval_cmd, submit_commands.submission_cmd,
-                 submit_commands.rescore_cmd):
+for _command in (
+    train_commands.train_baseline_cmd,
+    train_commands.train_mtgan_cmd,
+    evaluate_commands.infer_cmd,
+    evaluate_commands.merge_cmd,
+    evaluate_commands.score_cmd,
+    evaluate_commands.table_cmd,
+    report_commands.report_charts_cmd,
+    report_commands.report_errors_cmd,
+    report_commands.report_rois_cmd,
+    report_commands.report_detections_cmd,
+    widerface_commands.widerface_score_cmd,
+    widerface_commands.widerface_table_cmd,
+    widerface_commands.widerface_eval_cmd,
+    submit_commands.submission_cmd,
+    submit_commands.rescore_cmd,
+):
     cli.add_command(_command)
 
 

@@ -59,26 +59,36 @@ def named_paths(values: tuple[str, ...], option: str, must_exist: bool = True) -
 existing_files = click.Path(exists=True, dir_okay=False, path_type=Path)
 out_file = click.Path(dir_okay=False, path_type=Path)
 out_folder = click.Path(file_okay=False, path_type=Path)
-config_option = click.option("--config", "config_files", type=existing_files, multiple=True,
-                             help="Config YAML file; repeat to merge several (later ones override earlier ones).")
-sections_option = click.option("--sections", "sections_json",
-                               help="The config sections this stage reads, as one JSON object (what the Snakefile passes).")
-index_option = click.option("--data-index", "data_index", required=True, type=existing_files,
-                            help="The data stage's index.json (artifacts/<dataset>/data/index.json).")
+config_option = click.option(
+    "--config", "config_files", type=existing_files, multiple=True, help="Config YAML file; repeat to merge several (later ones override earlier ones)."
+)
+sections_option = click.option("--sections", "sections_json", help="The config sections this stage reads, as one JSON object (what the Snakefile passes).")
+index_option = click.option(
+    "--data-index", "data_index", required=True, type=existing_files, help="The data stage's index.json (artifacts/<dataset>/data/index.json)."
+)
 split_option = click.option("--split", required=True, help="Split name, as in the data index.")
 role_option = click.option(
-    "--role", required=True, type=click.Choice(["train", "test", "dev", "submit"]),
+    "--role",
+    required=True,
+    type=click.Choice(["train", "test", "dev", "submit"]),
     help="What the ROIs are for: train (ground truth added, sampled), test, dev or submit (the detections as they are). "
-         "The same split can serve train and test.")
+    "The same split can serve train and test.",
+)
 threads_option = click.option(
-    "--threads", type=int, default=None,
+    "--threads",
+    type=int,
+    default=None,
     callback=lambda ctx, param, value: None if value is None else max(1, min(value, os.cpu_count() or 1)),
-    help="CPU threads for torch, at most the machine's CPU count (default: torch's choice).")
+    help="CPU threads for torch, at most the machine's CPU count (default: torch's choice).",
+)
 device_option = click.option(
-    "--device", default="auto", show_default=True,
-    callback=lambda ctx, param, value: _device(value), help="auto (CUDA when present), cpu, cuda or cuda:N.")
+    "--device", default="auto", show_default=True, callback=lambda ctx, param, value: _device(value), help="auto (CUDA when present), cpu, cuda or cuda:N."
+)
 rule_option = click.option(
-    "--rule", type=click.Choice(list(RULES)), default=PAPER_RULE, show_default=True,
-    help="Test-time rule: what D sees for each ROI (" + "; ".join(f"{k}: {r.description}" for k, r in RULES.items()) + ").")
-outputs_option = click.option("--out", "outputs", multiple=True, required=True,
-                              help="NAME=PATH of each output file (repeatable; the rule names them).")
+    "--rule",
+    type=click.Choice(list(RULES)),
+    default=PAPER_RULE,
+    show_default=True,
+    help="Test-time rule: what D sees for each ROI (" + "; ".join(f"{k}: {r.description}" for k, r in RULES.items()) + ").",
+)
+outputs_option = click.option("--out", "outputs", multiple=True, required=True, help="NAME=PATH of each output file (repeatable; the rule names them).")

@@ -121,8 +121,7 @@ def _data_problems(data: dict[str, Any], detector: dict[str, Any]) -> list[str]:
     if data["source"] == "builtin" and dev_split(data) in data["builtin"]["unlabelled"]:
         problems.append("key 'data.builtin.unlabelled': the development split must keep its annotations")
     if dev_split(data) in roles:
-        problems.append(f"key 'data.dev_split': '{dev_split(data)}' is also the train or test split; choices are "
-                        "made on a split of their own")
+        problems.append(f"key 'data.dev_split': '{dev_split(data)}' is also the train or test split; choices are made on a split of their own")
     if data["source"] == "builtin":
         b = data["builtin"]
         if b["objects_per_image"][0] > b["objects_per_image"][1]:

@@ -74,8 +74,15 @@ class DetectSettings:
         return cls(**section_fields(cls, detector))
 
 
-def detect_split(detector: dict[str, Any], coco: dict[str, Any], image_root: Path, split: str,
-                 trained: Path | None = None, on_bad_image: str = "error", data_source: str | None = None) -> pa.Table:
+def detect_split(
+    detector: dict[str, Any],
+    coco: dict[str, Any],
+    image_root: Path,
+    split: str,
+    trained: Path | None = None,
+    on_bad_image: str = "error",
+    data_source: str | None = None,
+) -> pa.Table:
     """The detections table of one split from the configured source (config section `detector`):
     the imported results file of the split, or a detector run over its images. An image that
     cannot be decoded stops the stage naming it (`on_bad_image: error`, the shards stage's setting)
@@ -90,8 +97,7 @@ def detect_split(detector: dict[str, Any], coco: dict[str, Any], image_root: Pat
     if detector["source"] == "train" and trained is None:
         raise PipelineError("detector.source is train: give the train_baseline job's model.pt (mtgan detect --model)")
     model, label_map = load_model(detector["source"], detector["arch"], detector["weights"], coco, settings, trained)
-    return run_detector(model, label_map, coco, image_root, settings, pick_device(detector["device"]), detector["source"],
-                        on_bad_image)
+    return run_detector(model, label_map, coco, image_root, settings, pick_device(detector["device"]), detector["source"], on_bad_image)
 
 
 def _categories(coco: dict[str, Any]) -> list[int]:
@@ -149,14 +155,19 @@ def _empty_rows() -> dict[str, list[Any]]:
 
 
 def run_detector(
-    model: torch.nn.Module, label_map: LabelMap, coco: dict[str, Any], image_root: Path, settings: DetectSettings,
-    device: torch.device, source: str, on_bad_image: str = "error",
+    model: torch.nn.Module,
+    label_map: LabelMap,
+    coco: dict[str, Any],
+    image_root: Path,
+    settings: DetectSettings,
+    device: torch.device,
+    source: str,
+    on_bad_image: str = "error",
 ) -> pa.Table:
     """Run `model` over every image of the split; the detections table (with the images skipped
     under `on_bad_image: skip` counted in its metadata)."""
     model = model.to(device).eval()
-    loader = DataLoader(CocoImages(coco, image_root), batch_size=settings.batch_size, num_workers=settings.num_workers,
-                        collate_fn=collate)
+    loader = DataLoader(CocoImages(coco, image_root), batch_size=settings.batch_size, num_workers=settings.num_workers, collate_fn=collate)
     rows, skipped = _empty_rows(), []
     for images, image_ids, errors in tqdm(loader, desc="detect", unit="batch"):
         bad = [e for e in errors if e is not None]
@@ -178,8 +189,7 @@ def run_detector(
             rows["score"] += det["scores"].float().cpu().tolist()
             rows["probs"] += list(det["probs"].float().cpu().numpy())
     if skipped:
-        log.warning("detect: %d image(s) could not be decoded and were skipped (shards.on_bad_image: skip): %s", len(skipped),
-                    first_few(skipped))
+        log.warning("detect: %d image(s) could not be decoded and were skipped (shards.on_bad_image: skip): %s", len(skipped), first_few(skipped))
     return _table(rows, list(label_map.category_ids), source, len(skipped))
 
 
@@ -218,13 +228,14 @@ def import_detections(path: Path, coco: dict[str, Any], top_k: int, data_source:
         for rank, (score, box, label) in enumerate(dets[:top_k]):
             probs = np.zeros(k1, np.float32)
             probs[0], probs[label] = 1.0 - score, score
-            for key, value in zip(("image_id", "rank", "x1", "y1", "x2", "y2", "label", "score", "probs"),
-                                  (image_id, rank, *box, label, score, probs)):
+            for key, value in zip(("image_id", "rank", "x1", "y1", "x2", "y2", "label", "score", "probs"), (image_id, rank, *box, label, score, probs)):
                 rows[key].append(value)
     dropped = {k: v for k, v in counts.items() if k != "imported" and v}
     if not rows["image_id"]:
-        raise EmptyInputError(f"{path}: no usable detections for the {len(images)} images of this split "
-                              f"({counts['imported']} records; dropped: {dropped or 'none'}): MTGAN would have nothing to re-score")
+        raise EmptyInputError(
+            f"{path}: no usable detections for the {len(images)} images of this split "
+            f"({counts['imported']} records; dropped: {dropped or 'none'}): MTGAN would have nothing to re-score"
+        )
     log.info("imported %d detections from %s; dropped or changed: %s", counts["imported"], path, dropped or "none")
     return _table(rows, category_ids, "import"), counts
 

@@ -18,11 +18,20 @@ from pipeline import cli_options as opt
 @click.option("--manifest", required=True, type=opt.existing_files, help="The test split's shard manifest.")
 @opt.rule_option
 @click.option("--out", "out_table", required=True, type=opt.out_file, help="Per-ROI predictions (.parquet).")
-@click.option("--out-accuracy", required=True, type=opt.out_file,
-              help="D's classification accuracy on positive / negative / all ROIs, positives by size (.json).")
+@click.option(
+    "--out-accuracy", required=True, type=opt.out_file, help="D's classification accuracy on positive / negative / all ROIs, positives by size (.json)."
+)
 @opt.threads_option
-def infer_cmd(config_files: tuple[Path, ...], sections_json: str | None, model_path: Path, manifest: Path, rule: str,
-              out_table: Path, out_accuracy: Path, threads: int | None) -> None:
+def infer_cmd(
+    config_files: tuple[Path, ...],
+    sections_json: str | None,
+    model_path: Path,
+    manifest: Path,
+    rule: str,
+    out_table: Path,
+    out_accuracy: Path,
+    threads: int | None,
+) -> None:
     """Stage 6: a trained variant's G and D over the test shards under one test-time rule: K+1
     probabilities and box offsets per ROI."""
     from pipeline.infer import InferSettings, write_inference
@@ -40,8 +49,7 @@ def infer_cmd(config_files: tuple[Path, ...], sections_json: str | None, model_p
 @click.option("--inference", type=opt.existing_files, help="A variant's per-ROI predictions (without it: the baseline's own scores).")
 @click.option("--ensemble", is_flag=True, help="Score p[c] x p_base[c] (the ensemble with the baseline).")
 @click.option("--out", "out_json", required=True, type=opt.out_file, help="COCO results JSON.")
-def merge_cmd(config_files: tuple[Path, ...], sections_json: str | None, rois_path: Path, inference: Path | None, ensemble: bool,
-              out_json: Path) -> None:
+def merge_cmd(config_files: tuple[Path, ...], sections_json: str | None, rois_path: Path, inference: Path | None, ensemble: bool, out_json: Path) -> None:
     """Stage 7: per-ROI predictions -> detections (decode, class scores, per-class NMS, top-k per image)."""
     from pipeline.merge import MergeSettings, merge_file
 

@@ -51,8 +51,7 @@ class InferSettings:
         return cls(**section_fields(cls, infer))
 
 
-def write_inference(settings: InferSettings, rule: str, model_path: Path, manifest: Path, out_table: Path,
-                    out_accuracy: Path) -> dict[str, Any]:
+def write_inference(settings: InferSettings, rule: str, model_path: Path, manifest: Path, out_table: Path, out_accuracy: Path) -> dict[str, Any]:
     """Stage 6 for one variant under one test-time rule: the per-ROI table and the Table 9
     accuracies (returned too)."""
     table, accuracy = infer(model_path, manifest, pick_device(settings.device), settings.batch_size, rule, settings.g_max_side)
@@ -66,8 +65,9 @@ def predict(model: LoadedModel, manifest: Path, use_g: Any, device: torch.device
     """D's class probabilities and offsets for every ROI of the shards, in shard order. `use_g(batch)`
     says per ROI whether D sees G(LR) (True) or the HR crop (False)."""
     g, d, autocast = model.g, model.d, autocast_factory(device, model.preset.amp)
-    loader = ShardBatches(manifest, batch_size=batch_size, shuffle=False, drop_ignored=False,
-                          fields=("lr", "hr", "label", "roi_id", "box", "image_size", "size_class"))
+    loader = ShardBatches(
+        manifest, batch_size=batch_size, shuffle=False, drop_ignored=False, fields=("lr", "hr", "label", "roi_id", "box", "image_size", "size_class")
+    )
     out: dict[str, list[np.ndarray]] = {k: [] for k in ("roi_id", "probs", "offsets", "label", "size_class", "through_g")}
     for batch in tqdm(loader, desc="infer", unit="batch"):
         through = torch.from_numpy(np.asarray(use_g(batch), bool))
@@ -95,15 +95,17 @@ def table9_accuracy(probs: np.ndarray, label: np.ndarray, size_class: np.ndarray
     return accuracy
 
 
-def infer(model_path: Path, manifest: Path, device: torch.device, batch_size: int = 256, rule: str = PAPER_RULE,
-          g_max_side: float = DEFAULT_G_MAX_SIDE) -> tuple[pa.Table, dict[str, Any]]:
+def infer(
+    model_path: Path, manifest: Path, device: torch.device, batch_size: int = 256, rule: str = PAPER_RULE, g_max_side: float = DEFAULT_G_MAX_SIDE
+) -> tuple[pa.Table, dict[str, Any]]:
     """The per-ROI table of a variant on the shards of `manifest` under test-time rule `rule`, and
     its Table 9 accuracies."""
     model = load_model(model_path, device)
     variant, state = model.variant, model.state
     if not applies(rule, variant):
-        raise InputError(f"{model_path}: test-time rule {rule!r} does not apply to variant {variant.name!r} "
-                         f"(its D trains on {list(variant.d_inputs)}; rules: {list(RULES)})")
+        raise InputError(
+            f"{model_path}: test-time rule {rule!r} does not apply to variant {variant.name!r} (its D trains on {list(variant.d_inputs)}; rules: {list(RULES)})"
+        )
     doc = read_manifest(manifest)
     if doc["num_rois"] == 0:
         raise EmptyInputError(f"{manifest}: the test shards hold no ROIs: nothing to infer (did the detector find nothing?)")
@@ -115,16 +117,32 @@ def infer(model_path: Path, manifest: Path, device: torch.device, batch_size: in
 
     p = predict(model, manifest, use_g, device, batch_size)
     order = np.argsort(p["roi_id"])
-    columns = {"roi_id": p["roi_id"][order], "probs": p["probs"][order].astype(np.float32),
-               **{k: p["offsets"][order, j].astype(np.float32) for j, k in enumerate(("dx", "dy", "dw", "dh"))},
-               "through_g": p["through_g"][order].astype(np.int32)}
+    columns = {
+        "roi_id": p["roi_id"][order],
+        "probs": p["probs"][order].astype(np.float32),
+        **{k: p["offsets"][order, j].astype(np.float32) for j, k in enumerate(("dx", "dy", "dw", "dh"))},
+        "through_g": p["through_g"][order].astype(np.int32),
+    }
     table = make_table(columns, INFERENCE_SCHEMA, {"variant": variant.name, "rule": rule, "category_ids": state["category_ids"]})
     accuracy = table9_accuracy(p["probs"], p["label"], p["size_class"])
     threshold = g_max_side if rule == "by_size" else None
-    log.info("variant %s, rule %s: %d ROIs, %d seen through the up-sampler (g_max_side %s); classification accuracy %s",
-             variant.name, rule, len(order), int(p["through_g"].sum()), threshold, accuracy)
-    return table, {"variant": variant.name, "rule": rule, "method": method_name(variant.name, rule), "g_max_side": threshold,
-                   "through_g": int(p["through_g"].sum()), "accuracy": accuracy}
+    log.info(
+        "variant %s, rule %s: %d ROIs, %d seen through the up-sampler (g_max_side %s); classification accuracy %s",
+        variant.name,
+        rule,
+        len(order),
+        int(p["through_g"].sum()),
+        threshold,
+        accuracy,
+    )
+    return table, {
+        "variant": variant.name,
+        "rule": rule,
+        "method": method_name(variant.name, rule),
+        "g_max_side": threshold,
+        "through_g": int(p["through_g"].sum()),
+        "accuracy": accuracy,
+    }
 
 
 def check_compatible(state: dict[str, Any], doc: dict[str, Any], model_path: Path, manifest: Path) -> None:

@@ -43,8 +43,7 @@ def merged_records(settings: MergeSettings, rois_path: Path, inference: Path | N
     """One method's detections from the files of stages 3 and 6: the ROI table and a variant's
     predictions (None: the baseline's own scores)."""
     predictions = read_table(inference, INFERENCE_SCHEMA) if inference else None
-    return merge_detections(read_table(rois_path, ROIS_SCHEMA), predictions, settings, ensemble,
-                            list(file_metadata(rois_path)["category_ids"]))
+    return merge_detections(read_table(rois_path, ROIS_SCHEMA), predictions, settings, ensemble, list(file_metadata(rois_path)["category_ids"]))
 
 
 def merge_file(settings: MergeSettings, rois_path: Path, inference: Path | None, ensemble: bool, out_json: Path) -> int:
@@ -54,8 +53,7 @@ def merge_file(settings: MergeSettings, rois_path: Path, inference: Path | None,
     return len(records)
 
 
-def merge_detections(rois: pa.Table, inference: pa.Table | None, settings: MergeSettings, ensemble: bool,
-                     category_ids: list[int]) -> list[dict[str, Any]]:
+def merge_detections(rois: pa.Table, inference: pa.Table | None, settings: MergeSettings, ensemble: bool, category_ids: list[int]) -> list[dict[str, Any]]:
     """COCO results records from the test split's ROI table and a variant's per-ROI predictions
     (None: the baseline's own probabilities and boxes)."""
     r = rois.to_pydict()
@@ -75,8 +73,15 @@ def merge_detections(rois: pa.Table, inference: pa.Table | None, settings: Merge
     image_id = torch.tensor(r["image_id"], dtype=torch.long)
     width = torch.tensor(r["image_width"], dtype=torch.float32)
     height = torch.tensor(r["image_height"], dtype=torch.float32)
-    boxes = torch.stack([boxes[:, 0].clamp(min=0), boxes[:, 1].clamp(min=0),  # clipped to each ROI's own image
-                         torch.minimum(boxes[:, 2], width), torch.minimum(boxes[:, 3], height)], dim=1)
+    boxes = torch.stack(
+        [
+            boxes[:, 0].clamp(min=0),
+            boxes[:, 1].clamp(min=0),  # clipped to each ROI's own image
+            torch.minimum(boxes[:, 2], width),
+            torch.minimum(boxes[:, 3], height),
+        ],
+        dim=1,
+    )
 
     # Every (ROI, class >= 1) pair with a score above the floor is a candidate detection.
     roi_idx, cls = torch.nonzero(scores[:, 1:] > settings.score_floor, as_tuple=True)

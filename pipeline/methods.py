@@ -41,8 +41,10 @@ def parse_method(name: str) -> Method:
     variant, _, rule = name.removesuffix(ENSEMBLE).partition("-")
     rule = rule or PAPER_RULE
     if variant not in VARIANTS or rule not in RULES or not applies(rule, VARIANTS[variant]):
-        raise ValueError(f"unknown method {name!r}: baseline, or <variant>[-<rule>][_ensemble] with a variant of "
-                         f"{list(VARIANTS)} and a test-time rule of {list(RULES)} that applies to it")
+        raise ValueError(
+            f"unknown method {name!r}: baseline, or <variant>[-<rule>][_ensemble] with a variant of "
+            f"{list(VARIANTS)} and a test-time rule of {list(RULES)} that applies to it"
+        )
     return Method(variant, rule, ensemble)
 
 
@@ -59,8 +61,7 @@ def method_key(name: str) -> tuple[int, int, int]:
 
 def all_methods(variants: list[str], rules: list[str], ensemble: bool) -> list[str]:
     """Every method of these variants and rules, in the table's order."""
-    names = [BASELINE] + [method_name(v, r, e) for v in variants for r in rules if applies(r, VARIANTS[v])
-                          for e in ((False, True) if ensemble else (False,))]
+    names = [BASELINE] + [method_name(v, r, e) for v in variants for r in rules if applies(r, VARIANTS[v]) for e in ((False, True) if ensemble else (False,))]
     return sorted(names, key=method_key)
 
 

@@ -34,7 +34,6 @@ from core.sizes import SIZE_CLASSES, size_class
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class RoiSettings:
     """How detections are labelled (config section `rois`)."""
@@ -48,22 +47,18 @@ class RoiSettings:
         return cls(**section_fields(cls, rois))
 
 
-def write_rois(settings: RoiSettings, detections: Path, coco: dict[str, Any], split: str, role: str, out_table: Path,
-               out_counts: Path) -> str:
+def write_rois(settings: RoiSettings, detections: Path, coco: dict[str, Any], split: str, role: str, out_table: Path, out_counts: Path) -> str:
     """Stage 3 for one split and role: the ROI table and its counts (Markdown, returned too).
     Ground truth is added to the training role only."""
     add_gt = settings.add_gt_to_train and role == "train"
-    table, summary = build_rois(read_table(detections, DETECTIONS_SCHEMA), coco, add_gt, settings.positive_iou,
-                                settings.negative_iou)
+    table, summary = build_rois(read_table(detections, DETECTIONS_SCHEMA), coco, add_gt, settings.positive_iou, settings.negative_iou)
     write_table(table, out_table)
     markdown = counts_markdown(f"{split} ({role})", summary)
     atomic.write_text(out_counts, markdown)
     return markdown
 
 
-def build_rois(
-    detections: pa.Table, coco: dict[str, Any], add_gt: bool, positive_iou: float, negative_iou: float
-) -> tuple[pa.Table, dict[str, Any]]:
+def build_rois(detections: pa.Table, coco: dict[str, Any], add_gt: bool, positive_iou: float, negative_iou: float) -> tuple[pa.Table, dict[str, Any]]:
     """The ROI table of a split and its label counts per size class. A split without annotations
     (an image list) gives ROIs labelled IGNORE (-1: unknown), with no IoU and no regression target."""
     labelled = "annotations" in coco
@@ -85,9 +80,10 @@ def build_rois(
     for a in coco.get("annotations", []):
         gt_by_image.setdefault(a["image_id"], []).append(a)
 
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "image_id", "image_width", "image_height", "box", "iou", "gt_ann_id", "label", "target",
-        "base_label", "base_score", "base_probs", "origin")}
+    parts: dict[str, list[np.ndarray]] = {
+        k: []
+        for k in ("image_id", "image_width", "image_height", "box", "iou", "gt_ann_id", "label", "target", "base_label", "base_score", "base_probs", "origin")
+    }
     for im in coco["images"]:
         rows = by_image.get(im["id"], [])
         anns = gt_by_image.get(im["id"], [])
@@ -118,10 +114,18 @@ def build_rois(
         if matched.any():
             gt_ann[matched.numpy()] = np.asarray([a["id"] for a in anns], np.int64)[match.gt_index[matched].numpy()]
         for key, value in (
-            ("image_id", np.full(n, im["id"], np.int64)), ("image_width", np.full(n, im["width"], np.int32)),
-            ("image_height", np.full(n, im["height"], np.int32)), ("box", boxes), ("iou", match.iou.numpy()),
-            ("gt_ann_id", gt_ann), ("label", match.labels.numpy() if labelled else np.full(n, IGNORE)), ("target", target.numpy()),
-            ("base_label", base_label), ("base_score", base_score), ("base_probs", base_probs), ("origin", origin),
+            ("image_id", np.full(n, im["id"], np.int64)),
+            ("image_width", np.full(n, im["width"], np.int32)),
+            ("image_height", np.full(n, im["height"], np.int32)),
+            ("box", boxes),
+            ("iou", match.iou.numpy()),
+            ("gt_ann_id", gt_ann),
+            ("label", match.labels.numpy() if labelled else np.full(n, IGNORE)),
+            ("target", target.numpy()),
+            ("base_label", base_label),
+            ("base_score", base_score),
+            ("base_probs", base_probs),
+            ("origin", origin),
         ):
             parts[key].append(value)
 
@@ -131,22 +135,39 @@ def build_rois(
     sizes = [size_class(float(a)) for a in areas]
     target = cat["target"].reshape(-1, 4)
     columns = {
-        "roi_id": np.arange(len(boxes), dtype=np.int64), "image_id": cat["image_id"].astype(np.int64),
-        "image_width": cat["image_width"].astype(np.int32), "image_height": cat["image_height"].astype(np.int32),
-        "x1": boxes[:, 0], "y1": boxes[:, 1], "x2": boxes[:, 2], "y2": boxes[:, 3],
-        "iou": cat["iou"].astype(np.float32), "gt_ann_id": cat["gt_ann_id"].astype(np.int64),
+        "roi_id": np.arange(len(boxes), dtype=np.int64),
+        "image_id": cat["image_id"].astype(np.int64),
+        "image_width": cat["image_width"].astype(np.int32),
+        "image_height": cat["image_height"].astype(np.int32),
+        "x1": boxes[:, 0],
+        "y1": boxes[:, 1],
+        "x2": boxes[:, 2],
+        "y2": boxes[:, 3],
+        "iou": cat["iou"].astype(np.float32),
+        "gt_ann_id": cat["gt_ann_id"].astype(np.int64),
         "label": cat["label"].astype(np.int32),
-        "dx": target[:, 0].astype(np.float32), "dy": target[:, 1].astype(np.float32),
-        "dw": target[:, 2].astype(np.float32), "dh": target[:, 3].astype(np.float32),
-        "base_label": cat["base_label"].astype(np.int32), "base_score": cat["base_score"].astype(np.float32),
+        "dx": target[:, 0].astype(np.float32),
+        "dy": target[:, 1].astype(np.float32),
+        "dw": target[:, 2].astype(np.float32),
+        "dh": target[:, 3].astype(np.float32),
+        "base_label": cat["base_label"].astype(np.int32),
+        "base_score": cat["base_score"].astype(np.float32),
         "base_probs": cat["base_probs"].reshape(-1, k1).astype(np.float32),
-        "size_class": sizes, "origin": [str(o) for o in cat["origin"]],
+        "size_class": sizes,
+        "origin": [str(o) for o in cat["origin"]],
     }
     summary = label_counts(columns["label"], sizes, columns["origin"])
     names = {c["id"]: c["name"] for c in coco["categories"]}
-    metadata = {"category_ids": category_ids, "category_names": [names[c] for c in category_ids], "labelled": labelled,
-                "positive_iou": positive_iou, "negative_iou": negative_iou,
-                "box_coder_weights": list(coder.weights), "add_gt": add_gt, "counts": summary}
+    metadata = {
+        "category_ids": category_ids,
+        "category_names": [names[c] for c in category_ids],
+        "labelled": labelled,
+        "positive_iou": positive_iou,
+        "negative_iou": negative_iou,
+        "box_coder_weights": list(coder.weights),
+        "add_gt": add_gt,
+        "counts": summary,
+    }
     return make_table(columns, ROIS_SCHEMA, metadata), summary
 
 
@@ -159,8 +180,12 @@ def label_counts(labels: np.ndarray, sizes: list[str], origins: list[str]) -> di
 
 
 def counts_markdown(split: str, summary: dict[str, Any]) -> str:
-    lines = [f"### ROIs of split `{split}` ({summary['total']} in all; by origin: {summary['by_origin']})", "",
-             "| | " + " | ".join(SIZE_CLASSES) + " | all |", "|---|" + "---:|" * (len(SIZE_CLASSES) + 1)]
+    lines = [
+        f"### ROIs of split `{split}` ({summary['total']} in all; by origin: {summary['by_origin']})",
+        "",
+        "| | " + " | ".join(SIZE_CLASSES) + " | all |",
+        "|---|" + "---:|" * (len(SIZE_CLASSES) + 1),
+    ]
     for kind, row in summary["by_kind_and_size"].items():
         lines.append(f"| {kind} | " + " | ".join(str(row[s]) for s in SIZE_CLASSES) + f" | {sum(row.values())} |")
     return "\n".join(lines) + "\n"

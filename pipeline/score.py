@@ -46,17 +46,25 @@ def coco_bbox_eval(gt_json: Path, results: list[dict[str, Any]]) -> tuple[dict[s
     return stats, evaluator
 
 
-def write_score(coco_json: Path, coco: dict[str, Any], results: Path, method: str, split: str, out_json: Path, out_md: Path,
-                out_eval: Path | None = None) -> str:
+def write_score(
+    coco_json: Path, coco: dict[str, Any], results: Path, method: str, split: str, out_json: Path, out_md: Path, out_eval: Path | None = None
+) -> str:
     """Stage 8 for one method: its metrics and per-class AP (JSON), its table row (Markdown,
     returned too) and, optionally, COCOeval's accumulated precision / recall / scores (.npz)."""
     stats, evaluator = coco_bbox_eval(coco_json, read_json(results))
     category_ids = sorted(c["id"] for c in coco["categories"])
-    atomic.write_json(out_json, {
-        "method": method, "split": split, "results": str(results), "metrics": stats,
-        "per_class_ap": per_class_ap(evaluator, category_ids),
-        "category_names": {str(c["id"]): c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])},
-    }, indent=2)
+    atomic.write_json(
+        out_json,
+        {
+            "method": method,
+            "split": split,
+            "results": str(results),
+            "metrics": stats,
+            "per_class_ap": per_class_ap(evaluator, category_ids),
+            "category_names": {str(c["id"]): c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])},
+        },
+        indent=2,
+    )
     if out_eval is not None:
         arrays = {k: evaluator.eval[k] for k in ("precision", "recall", "scores")} if evaluator else {}
         with atomic.atomic_path(out_eval) as tmp, open(tmp, "wb") as f:
@@ -74,7 +82,6 @@ def metrics_markdown(rows: dict[str, dict[str, float]]) -> str:
         values = " | ".join(f"{100 * stats[c]:.1f}" for c in TABLE_COLUMNS)
         lines.append(f"| {method} | {values} | {int(stats['images'])} |")
     return "\n".join(lines) + "\n"
-
 
 
 def per_class_ap(evaluator: COCOeval | None, category_ids: list[int]) -> dict[str, float]:

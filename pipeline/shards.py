@@ -64,11 +64,14 @@ class ShardSettings:
         """From the config's `shards` section; only the training role is sampled."""
         sampling = shards["train_sampling"]
         return cls(
-            hr_size=shards["hr_size"], scale=shards["scale"], context_margin=shards["context_margin"],
-            rois_per_shard=shards["rois_per_shard"], block_size=shards["block_size"], num_chunks=shards["num_chunks"],
+            hr_size=shards["hr_size"],
+            scale=shards["scale"],
+            context_margin=shards["context_margin"],
+            rois_per_shard=shards["rois_per_shard"],
+            block_size=shards["block_size"],
+            num_chunks=shards["num_chunks"],
             on_bad_image=shards["on_bad_image"],
-            sampling={k: sampling[k] for k in ("rois_per_image", "positive_fraction", "seed")}
-            if sampling["enabled"] and role == "train" else None,
+            sampling={k: sampling[k] for k in ("rois_per_image", "positive_fraction", "seed")} if sampling["enabled"] and role == "train" else None,
         )
 
     @property
@@ -116,12 +119,15 @@ def _columns(table: Any, rows: np.ndarray, num_labels: int) -> dict[str, np.ndar
         return np.asarray(t[name], dtype=dtype)
 
     return {
-        "roi_id": col("roi_id", np.int64), "image_id": col("image_id", np.int64),
+        "roi_id": col("roi_id", np.int64),
+        "image_id": col("image_id", np.int64),
         "image_size": np.stack([col("image_width", np.int32), col("image_height", np.int32)], axis=1).reshape(-1, 2),
         "box": np.stack([col(k, np.float32) for k in ("x1", "y1", "x2", "y2")], axis=1).reshape(-1, 4),
-        "label": col("label", np.int32), "iou": col("iou", np.float32),
+        "label": col("label", np.int32),
+        "iou": col("iou", np.float32),
         "target": np.stack([col(k, np.float32) for k in ("dx", "dy", "dw", "dh")], axis=1).reshape(-1, 4),
-        "base_label": col("base_label", np.int32), "base_score": col("base_score", np.float32),
+        "base_label": col("base_label", np.int32),
+        "base_score": col("base_score", np.float32),
         "base_probs": np.asarray(t["base_probs"], np.float32).reshape(-1, num_labels),
         "size_class": np.asarray([SIZE_CODES.index(s) for s in t["size_class"]], np.uint8),
         "origin": np.asarray([ORIGIN_CODES.index(o) for o in t["origin"]], np.uint8),
@@ -143,8 +149,14 @@ def _label_columns(rois_path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_chunk(
-    rois_path: Path, coco: dict[str, Any], image_root: Path, split: str, chunk: int, settings: ShardSettings,
-    out_dir: Path, n_jobs: int = 1,
+    rois_path: Path,
+    coco: dict[str, Any],
+    image_root: Path,
+    split: str,
+    chunk: int,
+    settings: ShardSettings,
+    out_dir: Path,
+    n_jobs: int = 1,
 ) -> dict[str, Any]:
     """Write the shards of one image chunk of a split into `out_dir` (replaced whole when done).
 
@@ -160,8 +172,9 @@ def write_chunk(
     table = read_table(rois_path, ROIS_SCHEMA, filters=[("image_id", "in", chunk_ids.tolist())])
     category_ids = tuple(file_metadata(rois_path)["category_ids"])
     num_labels = len(category_ids) + 1
-    spec = ShardSpec(settings.hr_size, settings.scale, settings.context_margin, settings.block_size, num_labels,
-                     category_ids, split, sha256_of(rois_path), RESIZE_METHOD)
+    spec = ShardSpec(
+        settings.hr_size, settings.scale, settings.context_margin, settings.block_size, num_labels, category_ids, split, sha256_of(rois_path), RESIZE_METHOD
+    )
     # Rows of the whole table -> rows of the chunk's sub-table (roi_id is the row number).
     local = np.searchsorted(table.column("roi_id").to_numpy(), rows)
     image_of_row = image_ids[rows]
@@ -169,8 +182,9 @@ def write_chunk(
     per_image = {int(i): local[image_of_row == i] for i in chunk_ids}
     boxes = np.stack([table.column(k).to_numpy() for k in ("x1", "y1", "x2", "y2")], axis=1)
 
-    jobs = (delayed(_crop_image)(image_root / files[int(i)], boxes[per_image[int(i)]], settings.hr_size, settings.scale,
-                                 settings.context_margin) for i in chunk_ids)
+    jobs = (
+        delayed(_crop_image)(image_root / files[int(i)], boxes[per_image[int(i)]], settings.hr_size, settings.scale, settings.context_margin) for i in chunk_ids
+    )
     results = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=4)(jobs)
     shards: list[dict[str, Any]] = []
     skipped: list[str] = []
@@ -206,23 +220,35 @@ def write_chunk(
             flush(final=False)
         flush(final=True)
         rows_written = np.concatenate(written) if written else np.zeros(0, np.int64)
-        info = {"chunk": chunk, "split": split, "shards": shards, "skipped_images": skipped, "skipped_rois": skipped_rois,
-                "num_rois": sum(s["num_rois"] for s in shards), "source_table_sha256": spec.source_table_sha256,
-                "histograms": _histograms(table.take(rows_written) if len(rows_written) else table.slice(0, 0))}
+        info = {
+            "chunk": chunk,
+            "split": split,
+            "shards": shards,
+            "skipped_images": skipped,
+            "skipped_rois": skipped_rois,
+            "num_rois": sum(s["num_rois"] for s in shards),
+            "source_table_sha256": spec.source_table_sha256,
+            "histograms": _histograms(table.take(rows_written) if len(rows_written) else table.slice(0, 0)),
+        }
         if info["num_rois"] != len(rows_written):
             raise AssertionError(f"chunk {chunk}: {info['num_rois']} ROIs in shards, {len(rows_written)} written")
         atomic.write_json(tmp / CHUNK_MANIFEST, info, indent=1)
     if skipped:
-        log.warning("split %s chunk %d: %d image(s) could not be decoded; their %d ROIs are left out: %s", split, chunk,
-                    len(skipped), skipped_rois, "; ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
+        log.warning(
+            "split %s chunk %d: %d image(s) could not be decoded; their %d ROIs are left out: %s",
+            split,
+            chunk,
+            len(skipped),
+            skipped_rois,
+            "; ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else ""),
+        )
     log.info("split %s chunk %d: %d ROIs in %d shard(s)", split, chunk, info["num_rois"], len(shards))
     return info
 
 
 def _histograms(rows: Any) -> dict[str, dict[str, int]]:
     """Label / size-class / origin counts of ROI table rows (the ROIs a chunk wrote)."""
-    return {key: {str(k): int(v) for k, v in sorted(Counter(rows.column(key).to_pylist()).items())}
-            for key in ("label", "size_class", "origin")}
+    return {key: {str(k): int(v) for k, v in sorted(Counter(rows.column(key).to_pylist()).items())} for key in ("label", "size_class", "origin")}
 
 
 def _count_order(key: str) -> tuple[int, int, str]:
@@ -261,21 +287,41 @@ def gather_manifest(rois_path: Path, chunk_dirs: list[Path], split: str, setting
     num_rois = sum(s["num_rois"] for s in shards)
     planned = len(kept_rows(table.column("label").to_numpy(), table.column("image_id").to_numpy(), settings))
     if num_rois + skipped_rois != planned:
-        raise InputError(f"split {split}: the chunks hold {num_rois} ROIs and skipped {skipped_rois}; the table and "
-                         f"sampling settings give {planned}: are the chunk folders {[str(d) for d in chunk_dirs]} all of them?")
+        raise InputError(
+            f"split {split}: the chunks hold {num_rois} ROIs and skipped {skipped_rois}; the table and "
+            f"sampling settings give {planned}: are the chunk folders {[str(d) for d in chunk_dirs]} all of them?"
+        )
     histograms = {key: dict(sorted(counts.items(), key=lambda kv: _count_order(kv[0]))) for key, counts in histograms.items()}
     doc = {
-        "layout_version": 1, "split": split, "hr_size": settings.hr_size, "lr_size": settings.hr_size // settings.scale,
-        "scale": settings.scale, "margin": settings.context_margin, "block_size": settings.block_size,
-        "num_labels": len(meta["category_ids"]) + 1, "category_ids": list(meta["category_ids"]),
-        **({"category_names": list(meta["category_names"])} if "category_names" in meta else {}), "resize_method": RESIZE_METHOD,
+        "layout_version": 1,
+        "split": split,
+        "hr_size": settings.hr_size,
+        "lr_size": settings.hr_size // settings.scale,
+        "scale": settings.scale,
+        "margin": settings.context_margin,
+        "block_size": settings.block_size,
+        "num_labels": len(meta["category_ids"]) + 1,
+        "category_ids": list(meta["category_ids"]),
+        **({"category_names": list(meta["category_names"])} if "category_names" in meta else {}),
+        "resize_method": RESIZE_METHOD,
         # Relative to the manifest's folder, so the manifest reads the same from anywhere.
         "source_table": {"path": os.path.relpath(Path(rois_path).resolve(), base), "sha256": table_sha, "num_rows": table.num_rows},
-        "sampling": settings.sampling, "num_rois": num_rois, "skipped_images": skipped, "skipped_rois": skipped_rois,
-        "shards": shards, "histograms": histograms,
+        "sampling": settings.sampling,
+        "num_rois": num_rois,
+        "skipped_images": skipped,
+        "skipped_rois": skipped_rois,
+        "shards": shards,
+        "histograms": histograms,
     }
     write_manifest(out_path, doc)
-    log.info("split %s: %d ROIs in %d shards (%.2f GB); labels %s; %d image(s) skipped with %d ROIs", split, num_rois,
-             len(shards), sum((base / s["path"]).stat().st_size for s in shards) / 1e9, histograms["label"], len(skipped),
-             skipped_rois)
+    log.info(
+        "split %s: %d ROIs in %d shards (%.2f GB); labels %s; %d image(s) skipped with %d ROIs",
+        split,
+        num_rois,
+        len(shards),
+        sum((base / s["path"]).stat().st_size for s in shards) / 1e9,
+        histograms["label"],
+        len(skipped),
+        skipped_rois,
+    )
     return doc

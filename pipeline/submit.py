@@ -37,20 +37,28 @@ from pipeline.shards import ShardSettings, gather_manifest, write_chunk
 
 log = logging.getLogger(__name__)
 
+
 def write_submission(records: list[dict[str, Any]], coco: dict[str, Any], out: Path, max_per_image: int = 100) -> dict[str, int]:
     """Check `records` against the image list `coco` and write them to `out`; the counts."""
     problems = results_problems(records, coco, max_per_image)
     if problems:
         raise InputError(f"{out}: not a valid COCO results file for these {len(coco['images'])} images: " + "; ".join(problems))
     atomic.write_json(out, records)
-    counts = {"detections": len(records), "images": len(coco["images"]),
-              "images_with_detections": len({r["image_id"] for r in records})}
+    counts = {"detections": len(records), "images": len(coco["images"]), "images_with_detections": len({r["image_id"] for r in records})}
     log.info("%s: %s", out, counts)
     return counts
 
 
-def submission(method: str, coco: dict[str, Any], settings: MergeSettings, out: Path, detections: Path | None = None,
-               rois: Path | None = None, inference: Path | None = None, ensemble: bool = False) -> dict[str, int]:
+def submission(
+    method: str,
+    coco: dict[str, Any],
+    settings: MergeSettings,
+    out: Path,
+    detections: Path | None = None,
+    rois: Path | None = None,
+    inference: Path | None = None,
+    ensemble: bool = False,
+) -> dict[str, int]:
     """One method's results file of an unlabelled split: the baseline's own detections (`detections`,
     the detect stage's COCO results) or a variant's merged ones (`rois` and its `inference`)."""
     if method == "baseline":
@@ -76,8 +84,9 @@ def image_info(images: Path, model: dict[str, Any]) -> tuple[dict[str, Any], Pat
     data.setdefault("categories", model["categories"])
     ours, theirs = [c["id"] for c in model["categories"]], sorted(c["id"] for c in data["categories"])
     if ours != theirs:
-        raise InputError(f"{images}: categories {first_few(theirs)} are not the model's {first_few(ours)}: the model "
-                         "re-scores only the categories it was trained on")
+        raise InputError(
+            f"{images}: categories {first_few(theirs)} are not the model's {first_few(ours)}: the model re-scores only the categories it was trained on"
+        )
     return data, root
 
 
@@ -88,8 +97,9 @@ def _detections(path: Path, coco: dict[str, Any], top_k: int, model: dict[str, A
     if path.suffix == ".parquet":
         table = read_table(path, DETECTIONS_SCHEMA)
         if list(table_metadata(table)["category_ids"]) != list(model["category_ids"]):
-            raise InputError(f"{path}: detections for categories {first_few(table_metadata(table)['category_ids'])}, not the "
-                             f"model's {first_few(model['category_ids'])}")
+            raise InputError(
+                f"{path}: detections for categories {first_few(table_metadata(table)['category_ids'])}, not the model's {first_few(model['category_ids'])}"
+            )
         unknown = sorted(set(table.column("image_id").to_pylist()) - {im["id"] for im in coco["images"]})
         if unknown:
             raise InputError(f"{path}: {len(unknown)} image id(s) not among the images: {first_few(unknown)}")
@@ -101,9 +111,20 @@ def _detections(path: Path, coco: dict[str, Any], top_k: int, model: dict[str, A
     return table
 
 
-def rescore(model_path: Path, images: Path, detections: Path, out: Path, settings: MergeSettings, ensemble: bool = False,
-            top_k: int = 100, image_root: Path | None = None, batch_size: int = 256, device: str = "auto",
-            rule: str = PAPER_RULE, g_max_side: float = DEFAULT_G_MAX_SIDE) -> dict[str, int]:
+def rescore(
+    model_path: Path,
+    images: Path,
+    detections: Path,
+    out: Path,
+    settings: MergeSettings,
+    ensemble: bool = False,
+    top_k: int = 100,
+    image_root: Path | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    rule: str = PAPER_RULE,
+    g_max_side: float = DEFAULT_G_MAX_SIDE,
+) -> dict[str, int]:
     """Another detector's results on `images`, re-scored by a trained model (MTGAN alone, or the
     ensemble with the detector's own scores) under the test-time rule `rule`: the pipeline's
     stages 3-7 in one call."""
@@ -114,14 +135,20 @@ def rescore(model_path: Path, images: Path, detections: Path, out: Path, setting
     coco, _ = validate_coco(coco, Path(images), root)
     table = _detections(Path(detections), coco, top_k, model, model_path)
     rois, _ = build_rois(table, coco, add_gt=False, positive_iou=0.5, negative_iou=0.35)
-    shard_settings = ShardSettings(hr_size=model["hr_size"], scale=model["scale"], context_margin=model["margin"],
-                                   rois_per_shard=4096, block_size=256, num_chunks=1, on_bad_image="error", sampling=None)
+    shard_settings = ShardSettings(
+        hr_size=model["hr_size"],
+        scale=model["scale"],
+        context_margin=model["margin"],
+        rois_per_shard=4096,
+        block_size=256,
+        num_chunks=1,
+        on_bad_image="error",
+        sampling=None,
+    )
     with tempfile.TemporaryDirectory(prefix="mtgan-rescore-") as tmp:
         write_table(rois, Path(tmp) / "rois.parquet")
         write_chunk(Path(tmp) / "rois.parquet", coco, root, "rescore", 0, shard_settings, Path(tmp) / "chunk-0")
         gather_manifest(Path(tmp) / "rois.parquet", [Path(tmp) / "chunk-0"], "rescore", shard_settings, Path(tmp) / "manifest.json")
         predictions, _ = infer(model_path, Path(tmp) / "manifest.json", pick_device(device), batch_size, rule, g_max_side)
-        records = merge_detections(read_table(Path(tmp) / "rois.parquet", ROIS_SCHEMA), predictions, settings, ensemble,
-                                   list(model["category_ids"]))
+        records = merge_detections(read_table(Path(tmp) / "rois.parquet", ROIS_SCHEMA), predictions, settings, ensemble, list(model["category_ids"]))
     return write_submission(records, coco, out, settings.max_per_image)
-

@@ -22,8 +22,18 @@ from pipeline import cli_options as opt
 @click.option("--inference", type=opt.existing_files, help="... and the variant's per-ROI predictions on it.")
 @click.option("--ensemble", is_flag=True, help="Score p[c] x p_base[c] (the ensemble with the baseline).")
 @click.option("--out", "out_json", required=True, type=opt.out_file, help="detections_<split>_<method>_results.json")
-def submission_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str, method: str,
-                   detections: Path | None, rois_path: Path | None, inference: Path | None, ensemble: bool, out_json: Path) -> None:
+def submission_cmd(
+    config_files: tuple[Path, ...],
+    sections_json: str | None,
+    data_index: Path,
+    split: str,
+    method: str,
+    detections: Path | None,
+    rois_path: Path | None,
+    inference: Path | None,
+    ensemble: bool,
+    out_json: Path,
+) -> None:
     """One method's detections on an unlabelled split (data.submit_split), checked as a COCO results
     file for the split's image list (ids, categories, at most max_per_image per image, xywh, scores)."""
     from pipeline.data.index import split_coco
@@ -32,32 +42,53 @@ def submission_cmd(config_files: tuple[Path, ...], sections_json: str | None, da
 
     config = opt.resolve_config(config_files, sections_json, need=("merge",))
     coco, _, _ = split_coco(data_index, split)
-    counts = submission(method, coco, MergeSettings.from_config(config["merge"]), out_json, detections, rois_path, inference,
-                        ensemble)
-    click.echo(f"{method}: {counts['detections']} detections on {counts['images_with_detections']} of {counts['images']} "
-               f"images -> {out_json}")
+    counts = submission(method, coco, MergeSettings.from_config(config["merge"]), out_json, detections, rois_path, inference, ensemble)
+    click.echo(f"{method}: {counts['detections']} detections on {counts['images_with_detections']} of {counts['images']} images -> {out_json}")
 
 
 @click.command("rescore")
-@click.option("--model", "model_path", required=True, type=opt.existing_files,
-              help="A trained variant's model.pt (artifacts/<dataset>/mtgan/<variant>/model.pt).")
-@click.option("--images", required=True, type=click.Path(exists=True, path_type=Path),
-              help="A folder of images (ids 1..N in sorted file-name order), or an image-info / COCO JSON.")
-@click.option("--image-root", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Where a JSON's file_name entries are (default: <json folder>/images, else the JSON's folder).")
-@click.option("--detections", required=True, type=opt.existing_files,
-              help="Any detector's COCO results JSON on these images, or the detect stage's table (detect/<split>.parquet).")
+@click.option(
+    "--model", "model_path", required=True, type=opt.existing_files, help="A trained variant's model.pt (artifacts/<dataset>/mtgan/<variant>/model.pt)."
+)
+@click.option(
+    "--images",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A folder of images (ids 1..N in sorted file-name order), or an image-info / COCO JSON.",
+)
+@click.option(
+    "--image-root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Where a JSON's file_name entries are (default: <json folder>/images, else the JSON's folder).",
+)
+@click.option(
+    "--detections",
+    required=True,
+    type=opt.existing_files,
+    help="Any detector's COCO results JSON on these images, or the detect stage's table (detect/<split>.parquet).",
+)
 @click.option("--out", "out_json", required=True, type=opt.out_file, help="The re-scored detections (COCO results JSON).")
 @click.option("--ensemble", is_flag=True, help="Score p[c] x p_base[c]: MTGAN times the detector's own scores.")
-@click.option("--top-k", default=100, show_default=True, type=click.IntRange(min=1),
-              help="Detections per image taken from the detector, best first.")
+@click.option("--top-k", default=100, show_default=True, type=click.IntRange(min=1), help="Detections per image taken from the detector, best first.")
 @opt.config_option
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="ROIs per inference batch.")
 @opt.device_option
 @opt.rule_option
 @opt.threads_option
-def rescore_cmd(model_path: Path, images: Path, image_root: Path | None, detections: Path, out_json: Path, ensemble: bool,
-                top_k: int, config_files: tuple[Path, ...], batch_size: int, device: str, rule: str, threads: int | None) -> None:
+def rescore_cmd(
+    model_path: Path,
+    images: Path,
+    image_root: Path | None,
+    detections: Path,
+    out_json: Path,
+    ensemble: bool,
+    top_k: int,
+    config_files: tuple[Path, ...],
+    batch_size: int,
+    device: str,
+    rule: str,
+    threads: int | None,
+) -> None:
     """Re-score another detector's results with a trained MTGAN: the pipeline's crop / infer / merge
     code in one command (merge settings and infer.g_max_side from --config, default
     config/default.yaml's)."""
@@ -68,6 +99,5 @@ def rescore_cmd(model_path: Path, images: Path, image_root: Path | None, detecti
     opt.set_threads(threads)
     config = validate_config(load_config_files(config_files), require=())
     settings = MergeSettings.from_config(config["merge"])
-    counts = rescore(model_path, images, detections, out_json, settings, ensemble, top_k, image_root, batch_size, device, rule,
-                     config["infer"]["g_max_side"])
+    counts = rescore(model_path, images, detections, out_json, settings, ensemble, top_k, image_root, batch_size, device, rule, config["infer"]["g_max_side"])
     click.echo(f"{counts['detections']} detections on {counts['images_with_detections']} of {counts['images']} images -> {out_json}")

@@ -41,18 +41,21 @@ def write_tables(scores: list[dict[str, Any]], accuracies: list[dict[str, Any]],
         raise PipelineError(f"the table needs outputs {missing}")
     scores = sorted(scores, key=lambda s: method_key(s["method"]))
     header = ["method", "name", *TABLE_COLUMNS, "images"]
-    rows = [[s["method"], display_name(s["method"]), *(f"{100 * s['metrics'][c]:.1f}" for c in TABLE_COLUMNS),
-             int(s["metrics"]["images"])] for s in scores]
+    rows = [[s["method"], display_name(s["method"]), *(f"{100 * s['metrics'][c]:.1f}" for c in TABLE_COLUMNS), int(s["metrics"]["images"])] for s in scores]
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows([header, *rows])
     atomic.write_text(outputs["csv"], buffer.getvalue())
     lines = ["| method | " + " | ".join(TABLE_COLUMNS) + " | images |", "|---|" + "---:|" * (len(TABLE_COLUMNS) + 1)]
     lines += [f"| {r[1]} | " + " | ".join(str(v) for v in r[2:]) + " |" for r in rows]
     if accuracies:
-        lines += ["", "Discriminator classification accuracy (%) on the test ROIs (paper Table 9), eval mode, each ROI "
-                  "as its row's path feeds it to D; positives also by size:", "",
-                  "| method | positive | negative | all | small positive | medium positive | large positive |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "Discriminator classification accuracy (%) on the test ROIs (paper Table 9), eval mode, each ROI "
+            "as its row's path feeds it to D; positives also by size:",
+            "",
+            "| method | positive | negative | all | small positive | medium positive | large positive |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for a in sorted(accuracies, key=lambda a: method_key(a["method"])):
             acc = a["accuracy"]
             cells = " | ".join("n/a" if acc.get(k) is None else f"{100 * acc[k]:.1f}" for k in ACCURACY_COLUMNS)
@@ -62,8 +65,7 @@ def write_tables(scores: list[dict[str, Any]], accuracies: list[dict[str, Any]],
         writer.writerow(["method", "variant", "rule", *ACCURACY_COLUMNS, *(f"{k}_rois" for k in ACCURACY_COLUMNS)])
         for a in sorted(accuracies, key=lambda a: method_key(a["method"])):
             acc = a["accuracy"]
-            writer.writerow([a["method"], a["variant"], a["rule"], *(acc.get(k) for k in ACCURACY_COLUMNS),
-                             *(acc.get(f"{k}_rois") for k in ACCURACY_COLUMNS)])
+            writer.writerow([a["method"], a["variant"], a["rule"], *(acc.get(k) for k in ACCURACY_COLUMNS), *(acc.get(f"{k}_rois") for k in ACCURACY_COLUMNS)])
         atomic.write_text(outputs["accuracy"], buffer.getvalue())
     markdown = "\n".join(lines) + "\n"
     atomic.write_text(outputs["markdown"], markdown)

@@ -17,8 +17,7 @@ from pipeline import cli_options as opt
 @opt.index_option
 @click.option("--out", "out_dir", required=True, type=opt.out_folder, help="Output folder, conventionally artifacts/<dataset>/baseline.")
 @opt.threads_option
-def train_baseline_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, out_dir: Path,
-                       threads: int | None) -> None:
+def train_baseline_cmd(config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, out_dir: Path, threads: int | None) -> None:
     """Train the baseline detector (detector.arch) on the training split (data.train_split).
 
     \b
@@ -42,8 +41,7 @@ def train_baseline_cmd(config_files: tuple[Path, ...], sections_json: str | None
 @click.option("--manifest", required=True, type=opt.existing_files, help="The training split's shard manifest.")
 @click.option("--out", "out_dir", required=True, type=opt.out_folder, help="Output folder, conventionally artifacts/<dataset>/mtgan/<variant>.")
 @opt.threads_option
-def train_mtgan_cmd(config_files: tuple[Path, ...], sections_json: str | None, variant: str, manifest: Path, out_dir: Path,
-                    threads: int | None) -> None:
+def train_mtgan_cmd(config_files: tuple[Path, ...], sections_json: str | None, variant: str, manifest: Path, out_dir: Path, threads: int | None) -> None:
     """Stage 5: train one MTGAN variant (MSE pre-training of G, then alternating D / G steps).
 
     \b
@@ -56,5 +54,13 @@ def train_mtgan_cmd(config_files: tuple[Path, ...], sections_json: str | None, v
 
     mtgan = opt.resolve_config(config_files, sections_json, need=("mtgan",))["mtgan"]
     preset = resolve_preset(mtgan["preset"], mtgan["overrides"])
-    train_mtgan(manifest, VARIANTS[variant], preset, out_dir, device_name=mtgan["device"], threads=threads, seed=mtgan["seed"],
-                config={"mtgan": {k: v for k, v in mtgan.items() if k != "variants"}})
+    train_mtgan(
+        manifest,
+        VARIANTS[variant],
+        preset,
+        out_dir,
+        device_name=mtgan["device"],
+        threads=threads,
+        seed=mtgan["seed"],
+        config={"mtgan": {k: v for k, v in mtgan.items() if k != "variants"}},
+    )

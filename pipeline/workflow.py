@@ -17,10 +17,28 @@ from pipeline.config import data_splits
 from pipeline.data.sources import DATA_SOURCES
 from pipeline.methods import all_methods, method_name, parse_method
 
-__all__ = ["ERROR_AREAS", "SIZE_RANGES", "baseline_model_input", "data_input_files", "data_splits", "detect_inputs",
-           "error_methods", "inactive_data_sources", "infer_sections", "inference_files", "inference_input", "inferences",
-           "method_pattern", "methods", "out_args", "report_method", "report_variant", "score_results_input", "sections_json",
-           "submission_files"]
+__all__ = [
+    "ERROR_AREAS",
+    "SIZE_RANGES",
+    "baseline_model_input",
+    "data_input_files",
+    "data_splits",
+    "detect_inputs",
+    "error_methods",
+    "inactive_data_sources",
+    "infer_sections",
+    "inference_files",
+    "inference_input",
+    "inferences",
+    "method_pattern",
+    "methods",
+    "out_args",
+    "report_method",
+    "report_variant",
+    "score_results_input",
+    "sections_json",
+    "submission_files",
+]
 
 
 def methods(config: dict[str, Any]) -> list[str]:
@@ -117,8 +135,10 @@ def submission_files(config: dict[str, Any], root: str) -> list[str]:
     """Every method's results file of the unlabelled split; a clear error where there is none."""
     split = config["data"]["submit_split"]
     if not split:
-        raise InputError("submit_coco needs data.submit_split: an unlabelled split (images without annotations), e.g. "
-                         "snakemake --cores 8 submit_coco --configfile config/coco.yaml config/coco-testdev.yaml")
+        raise InputError(
+            "submit_coco needs data.submit_split: an unlabelled split (images without annotations), e.g. "
+            "snakemake --cores 8 submit_coco --configfile config/coco.yaml config/coco-testdev.yaml"
+        )
     return [f"{root}/submit/detections_{split}_{method}_results.json" for method in methods(config)]
 
 

@@ -20,7 +20,10 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
     """The repository's Snakefile run in `workdir` (a test's own folder), output captured."""
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -74,8 +77,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-SHARD_SETTINGS = {"hr_size": 64, "scale": 4, "context_margin": 0.0, "rois_per_shard": 50, "block_size": 16,
-                  "num_chunks": 2, "on_bad_image": "error"}
+SHARD_SETTINGS = {"hr_size": 64, "scale": 4, "context_margin": 0.0, "rois_per_shard": 50, "block_size": 16, "num_chunks": 2, "on_bad_image": "error"}
 
 
 @pytest.fixture(scope="session")
@@ -95,9 +97,15 @@ def tiny_rois(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
     for split in ("train", "val"):
         coco = json.loads((tiny_data / f"{split}.json").read_text())
         rng = np.random.default_rng(0)
-        records = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": float(rng.uniform(0.2, 1)),
-                    "bbox": [a["bbox"][0] + float(rng.normal(0, 2)), a["bbox"][1] + float(rng.normal(0, 2)), a["bbox"][2], a["bbox"][3]]}
-                   for a in coco["annotations"]]
+        records = [
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "score": float(rng.uniform(0.2, 1)),
+                "bbox": [a["bbox"][0] + float(rng.normal(0, 2)), a["bbox"][1] + float(rng.normal(0, 2)), a["bbox"][2], a["bbox"][3]],
+            }
+            for a in coco["annotations"]
+        ]
         for im in coco["images"]:
             for _ in range(8):
                 x, y = rng.uniform(0, im["width"] - 20, 2)

@@ -46,7 +46,7 @@ def cli_error(*args: Any, verbose: bool = False) -> str:
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, SystemExit), f"unhandled {result.exception!r}\n{result.output}"
     assert ("Traceback" in result.output) == verbose, result.output
-    return result.output[result.output.index("Error:"):].strip()
+    return result.output[result.output.index("Error:") :].strip()
 
 
 def one_line(text: str) -> str:
@@ -70,8 +70,11 @@ def _coco_folder(root: Path, modes: dict[int, str] | None = None) -> dict[str, A
         Image.fromarray(pixels).convert(modes.get(i, "RGB")).save(root / f"{i}.jpg", quality=90)
     return {
         "images": [{"id": i, "file_name": f"{i}.jpg", "width": 96, "height": 80} for i in (1, 2, 3)],
-        "annotations": [{"id": 10 * i + k, "image_id": i, "category_id": 1 + k, "bbox": [5 + 30 * k, 10, 24, 30],
-                         "area": 720.0, "iscrowd": 0} for i in (1, 2) for k in (0, 1)],
+        "annotations": [
+            {"id": 10 * i + k, "image_id": i, "category_id": 1 + k, "bbox": [5 + 30 * k, 10, 24, 30], "area": 720.0, "iscrowd": 0}
+            for i in (1, 2)
+            for k in (0, 1)
+        ],
         "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
     }
 
@@ -79,8 +82,16 @@ def _coco_folder(root: Path, modes: dict[int, str] | None = None) -> dict[str, A
 def _coco_config(tmp_path: Path, coco: dict[str, Any], images: Path, **coco_options: Any) -> Path:
     (tmp_path / "instances.json").write_text(json.dumps(coco))
     split = {"annotations": str(tmp_path / "instances.json"), "images": str(images)}
-    return _config_file(tmp_path, data={"name": "mine", "source": "coco", "train_split": "train", "test_split": "val",
-                                        "coco": {"splits": {"train": split, "val": split}, **coco_options}})
+    return _config_file(
+        tmp_path,
+        data={
+            "name": "mine",
+            "source": "coco",
+            "train_split": "train",
+            "test_split": "val",
+            "coco": {"splits": {"train": split, "val": split}, **coco_options},
+        },
+    )
 
 
 def _truncate(path: Path, keep: float = 0.5) -> None:
@@ -143,8 +154,7 @@ def _shards(data: Path, rois: Path, split: str, out: Path, **changes: Any) -> di
     return read_manifest(out / "manifest.json")
 
 
-def test_a_skipped_corrupt_jpeg_is_counted_and_the_shards_pass_audit(tiny_data: Path, tiny_rois: dict[str, Path],
-                                                                      tmp_path: Path) -> None:
+def test_a_skipped_corrupt_jpeg_is_counted_and_the_shards_pass_audit(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     _truncate(data / "images" / "val" / "000003.jpg")
@@ -165,25 +175,45 @@ def test_a_truncated_jpeg_stops_the_shards_stage_naming_it(tiny_data: Path, tiny
     shutil.copytree(tiny_data, data)
     _truncate(data / "images" / "val" / "000003.jpg")
     sections = json.dumps({"shards": {**SHARD_SETTINGS, "on_bad_image": "error"}})
-    message = one_line(cli_error("shards", "--sections", sections, "--data-index", data / "index.json", "--split", "val",
-                                 "--role", "test", "--rois", tiny_rois["val"], "--chunk", 0, "--out", tmp_path / "chunk-0"))
+    message = one_line(
+        cli_error(
+            "shards",
+            "--sections",
+            sections,
+            "--data-index",
+            data / "index.json",
+            "--split",
+            "val",
+            "--role",
+            "test",
+            "--rois",
+            tiny_rois["val"],
+            "--chunk",
+            0,
+            "--out",
+            tmp_path / "chunk-0",
+        )
+    )
     assert "000003.jpg: cannot decode" in message and "on_bad_image: skip" in message
 
 
 # --- Every knob checked before work starts --------------------------------------------------------
 
 
-@pytest.mark.parametrize(("overrides", "words"), [
-    ({"iterations": -5}, ["mtgan.overrides.iterations", ">= 1"]),
-    ({"iterations": 0}, ["mtgan.overrides.iterations", ">= 1"]),
-    ({"batch_size": "big"}, ["mtgan.overrides.batch_size", "must be int", "str"]),
-    ({"batch_size": True}, ["mtgan.overrides.batch_size", "must be int", "bool"]),
-    ({"iteratons": 500}, ["mtgan.overrides.iteratons", "unknown preset field", "iterations"]),
-    ({"d_lr": 0}, ["mtgan.overrides.d_lr", "> 0"]),
-    ({"positive_fraction": 1.5}, ["mtgan.overrides.positive_fraction", "<= 1"]),
-    ({"d_backbone": "vgg16"}, ["mtgan.overrides.d_backbone", "resnet50"]),
-    ({"departures": ["none"]}, ["mtgan.overrides.departures", "unknown"]),
-])
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"iterations": -5}, ["mtgan.overrides.iterations", ">= 1"]),
+        ({"iterations": 0}, ["mtgan.overrides.iterations", ">= 1"]),
+        ({"batch_size": "big"}, ["mtgan.overrides.batch_size", "must be int", "str"]),
+        ({"batch_size": True}, ["mtgan.overrides.batch_size", "must be int", "bool"]),
+        ({"iteratons": 500}, ["mtgan.overrides.iteratons", "unknown preset field", "iterations"]),
+        ({"d_lr": 0}, ["mtgan.overrides.d_lr", "> 0"]),
+        ({"positive_fraction": 1.5}, ["mtgan.overrides.positive_fraction", "<= 1"]),
+        ({"d_backbone": "vgg16"}, ["mtgan.overrides.d_backbone", "resnet50"]),
+        ({"departures": ["none"]}, ["mtgan.overrides.departures", "unknown"]),
+    ],
+)
 def test_overrides_are_checked_at_config_validation(tmp_path: Path, overrides: dict[str, Any], words: list[str]) -> None:
     path = _config_file(tmp_path, mtgan={"overrides": overrides})
     message = cli_error("config", *CONFIGS, path)
@@ -230,12 +260,16 @@ write_chunk(rois, coco, data / "images" / "val", "val", 0, ShardSettings(**setti
 """
 
 
-def test_a_killed_shards_job_leaves_a_leftover_that_the_rerun_removes(tiny_data: Path, tiny_rois: dict[str, Path],
-                                                                      tmp_path: Path) -> None:
+def test_a_killed_shards_job_leaves_a_leftover_that_the_rerun_removes(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "shards"
     settings = {**SHARD_SETTINGS, "rois_per_shard": 10}
-    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(tiny_rois["val"]), str(tiny_data), str(out / "chunk-0"),
-                             json.dumps(settings)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(tiny_rois["val"]), str(tiny_data), str(out / "chunk-0"), json.dumps(settings)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert killed.returncode == -9, killed.stderr
     leftovers = atomic.leftovers_of(out / "chunk-0")
     assert len(leftovers) == 1 and list(leftovers[0].glob("*.h5")) and not (out / "chunk-0").exists()
@@ -274,8 +308,7 @@ class _Planted:
 
 
 @pytest.mark.parametrize("how", ["plain pickle", "torch.save"])
-def test_a_planted_pickle_in_the_torch_hub_cache_does_not_execute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                  how: str) -> None:
+def test_a_planted_pickle_in_the_torch_hub_cache_does_not_execute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     import torch
     import torchvision
 
@@ -305,8 +338,7 @@ def test_a_planted_pickle_in_the_torch_hub_cache_does_not_execute(tmp_path: Path
 
 
 def _train_args(manifest: Path, out: Path) -> list[Any]:
-    return ["train-mtgan", *sum((["--config", c] for c in CONFIGS), []), "--variant", "mtgan", "--manifest", manifest,
-            "--out", out, "--threads", 1]
+    return ["train-mtgan", *sum((["--config", c] for c in CONFIGS), []), "--variant", "mtgan", "--manifest", manifest, "--out", out, "--threads", 1]
 
 
 @pytest.fixture
@@ -388,8 +420,21 @@ def test_an_empty_detections_file_is_an_error(tiny_data: Path, tmp_path: Path) -
     empty = tmp_path / "none.json"
     empty.write_text("[]")
     sections = json.dumps({"detector": {"source": "import", "import_results": {"val": str(empty)}}})
-    message = one_line(cli_error("detect", "--sections", sections, "--data-index", tiny_data / "index.json", "--split", "val",
-                                 "--out-table", tmp_path / "d.parquet", "--out-results", tmp_path / "d.json"))
+    message = one_line(
+        cli_error(
+            "detect",
+            "--sections",
+            sections,
+            "--data-index",
+            tiny_data / "index.json",
+            "--split",
+            "val",
+            "--out-table",
+            tmp_path / "d.parquet",
+            "--out-results",
+            tmp_path / "d.json",
+        )
+    )
     assert str(empty) in message and "no usable detections" in message
 
 
@@ -408,9 +453,21 @@ def test_empty_test_shards_are_an_error_in_infer(tiny_data: Path, tiny_rois: dic
     model = tmp_path / "model.pt"
     _tiny_model(model, read_manifest(tmp_path / "shards" / "manifest.json"))
     sections = json.dumps({"infer": {"batch_size": 8, "device": "cpu"}})
-    message = one_line(cli_error("infer", "--sections", sections, "--model", model, "--manifest",
-                                 tmp_path / "shards" / "manifest.json", "--out", tmp_path / "i.parquet", "--out-accuracy",
-                                 tmp_path / "a.json"))
+    message = one_line(
+        cli_error(
+            "infer",
+            "--sections",
+            sections,
+            "--model",
+            model,
+            "--manifest",
+            tmp_path / "shards" / "manifest.json",
+            "--out",
+            tmp_path / "i.parquet",
+            "--out-accuracy",
+            tmp_path / "a.json",
+        )
+    )
     assert "hold no ROIs" in message and "manifest.json" in message
 
 
@@ -439,27 +496,33 @@ def _import_error(tmp_path: Path, coco: dict[str, Any], records: Any) -> str:
 GOOD = {"image_id": 1, "category_id": 1, "bbox": [1.0, 2.0, 10.0, 10.0], "score": 0.5}
 
 
-@pytest.mark.parametrize(("records", "words"), [
-    ([GOOD | {"category_id": 99}], "unknown category_id"),
-    ([GOOD | {"image_id": 12345}], "unknown image_id"),
-    ([GOOD | {"score": float("nan")}], "non-finite"),
-    ([GOOD | {"score": 1.5}], "outside [0, 1]"),
-    ([GOOD | {"bbox": [1.0, 2.0, 3.0]}], "are not {image_id"),
-    ({"annotations": []}, "JSON list of detections"),
-    ("{not json", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("records", "words"),
+    [
+        ([GOOD | {"category_id": 99}], "unknown category_id"),
+        ([GOOD | {"image_id": 12345}], "unknown image_id"),
+        ([GOOD | {"score": float("nan")}], "non-finite"),
+        ([GOOD | {"score": 1.5}], "outside [0, 1]"),
+        ([GOOD | {"bbox": [1.0, 2.0, 3.0]}], "are not {image_id"),
+        ({"annotations": []}, "JSON list of detections"),
+        ("{not json", "not valid JSON"),
+    ],
+)
 def test_bad_detection_files_are_named(tiny_data: Path, tmp_path: Path, records: Any, words: str) -> None:
     coco = json.loads((tiny_data / "val.json").read_text())
     assert words in _import_error(tmp_path, coco, records)
 
 
-@pytest.mark.parametrize(("change", "words"), [
-    (lambda c: c["annotations"][0].update(category_id=7), "unknown"),
-    (lambda c: c["annotations"][0].update(bbox=[float("nan"), 1, 2, 3]), "bbox"),
-    (lambda c: c["annotations"][1].update(id=c["annotations"][0]["id"]), "duplicate"),
-    (lambda c: c["images"].append({"id": 9, "file_name": "missing.jpg", "width": 96, "height": 80}), "missing.jpg"),
-    (lambda c: c.pop("images"), "images"),
-])
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda c: c["annotations"][0].update(category_id=7), "unknown"),
+        (lambda c: c["annotations"][0].update(bbox=[float("nan"), 1, 2, 3]), "bbox"),
+        (lambda c: c["annotations"][1].update(id=c["annotations"][0]["id"]), "duplicate"),
+        (lambda c: c["images"].append({"id": 9, "file_name": "missing.jpg", "width": 96, "height": 80}), "missing.jpg"),
+        (lambda c: c.pop("images"), "images"),
+    ],
+)
 def test_bad_coco_datasets_are_named(tmp_path: Path, change: Any, words: str) -> None:
     images = tmp_path / "images"
     coco = _coco_folder(images)
@@ -486,8 +549,7 @@ def test_greyscale_cmyk_and_object_free_images_work(tmp_path: Path) -> None:
     write_table(rois, tmp_path / "rois.parquet")
     settings = ShardSettings(**{**SHARD_SETTINGS, "num_chunks": 1}, sampling=None)
     write_chunk(tmp_path / "rois.parquet", clean, images, "val", 0, settings, tmp_path / "shards" / "chunk-0")
-    gather_manifest(tmp_path / "rois.parquet", [tmp_path / "shards" / "chunk-0"], "val", settings,
-                    tmp_path / "shards" / "manifest.json")
+    gather_manifest(tmp_path / "rois.parquet", [tmp_path / "shards" / "chunk-0"], "val", settings, tmp_path / "shards" / "manifest.json")
     doc = read_manifest(tmp_path / "shards" / "manifest.json")
     assert doc["num_rois"] == 3 and doc["skipped_rois"] == 0
     assert audit(tmp_path / "shards")[0].problems == []
@@ -500,4 +562,3 @@ def test_snakemake_error_message_is_not_a_traceback(tmp_path: Path) -> None:
     path = _config_file(tmp_path, data={"name": ".."})
     run = snakemake(tmp_path, "eval_coco", "--cores", "1", "-n", "--configfile", str(path))
     assert run.returncode != 0 and "data.name" in run.stdout + run.stderr
-

@@ -13,9 +13,21 @@ from jobs.baseline.models import DetectorSettings, build_detector
 from jobs.baseline.train import TrainSettings, train_baseline
 
 SETTINGS = TrainSettings(
-    arch="fasterrcnn_small_cpu", iterations=4, batch_size=2, lr=1e-3, weight_decay=1e-4, warmup_iterations=2,
-    final_lr_fraction=0.1, checkpoint_every=2, log_every=1, seed=0, hflip=True, num_workers=0, min_size=128,
-    max_size=128, amp=False,
+    arch="fasterrcnn_small_cpu",
+    iterations=4,
+    batch_size=2,
+    lr=1e-3,
+    weight_decay=1e-4,
+    warmup_iterations=2,
+    final_lr_fraction=0.1,
+    checkpoint_every=2,
+    log_every=1,
+    seed=0,
+    hflip=True,
+    num_workers=0,
+    min_size=128,
+    max_size=128,
+    amp=False,
 )
 
 

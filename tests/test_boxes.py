@@ -57,8 +57,7 @@ def test_xywh_conversions() -> None:
 
 
 def test_size_classes_follow_coco_ranges() -> None:
-    assert [size_class(a) for a in (0, 32**2 - 1, 32**2, 96**2 - 1, 96**2, 1e6)] == [
-        "small", "small", "medium", "medium", "large", "large"]
+    assert [size_class(a) for a in (0, 32**2 - 1, 32**2, 96**2 - 1, 96**2, 1e6)] == ["small", "small", "medium", "medium", "large", "large"]
 
 
 def box(x0: float, y0: float, x1: float, y1: float) -> list[float]:
@@ -67,14 +66,16 @@ def box(x0: float, y0: float, x1: float, y1: float) -> list[float]:
 
 def test_labels_by_iou_thresholds() -> None:
     gt = torch.tensor([box(0, 0, 10, 10)])
-    rois = torch.tensor([
-        box(0, 0, 10, 10),  # IoU 1
-        box(0, 0, 10, 5),  # IoU 0.5 exactly: positive
-        box(0, 0, 10, 4),  # IoU 0.4: ignored
-        box(0, 0, 10, 3.5),  # IoU 0.35 exactly: ignored (negative is < 0.35)
-        box(0, 0, 10, 3),  # IoU 0.3: negative
-        box(50, 50, 60, 60),  # no overlap: negative
-    ])
+    rois = torch.tensor(
+        [
+            box(0, 0, 10, 10),  # IoU 1
+            box(0, 0, 10, 5),  # IoU 0.5 exactly: positive
+            box(0, 0, 10, 4),  # IoU 0.4: ignored
+            box(0, 0, 10, 3.5),  # IoU 0.35 exactly: ignored (negative is < 0.35)
+            box(0, 0, 10, 3),  # IoU 0.3: negative
+            box(50, 50, 60, 60),  # no overlap: negative
+        ]
+    )
     m = match_rois(rois, gt, torch.tensor([3]), torch.tensor([False]))
     torch.testing.assert_close(m.iou, torch.tensor([1.0, 0.5, 0.4, 0.35, 0.3, 0.0]))
     assert m.labels.tolist() == [3, 3, IGNORE, IGNORE, BACKGROUND, BACKGROUND]
@@ -89,21 +90,22 @@ def test_ties_go_to_the_first_ground_truth_box() -> None:
 
 
 def test_image_without_ground_truth_makes_every_roi_negative() -> None:
-    m = match_rois(torch.tensor([box(0, 0, 5, 5), box(1, 1, 9, 9)]), torch.zeros((0, 4)), torch.zeros(0, dtype=torch.long),
-                   torch.zeros(0, dtype=torch.bool))
+    m = match_rois(torch.tensor([box(0, 0, 5, 5), box(1, 1, 9, 9)]), torch.zeros((0, 4)), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool))
     assert m.labels.tolist() == [BACKGROUND, BACKGROUND] and m.gt_index.tolist() == [-1, -1] and m.iou.tolist() == [0.0, 0.0]
 
 
 def test_crowd_regions_make_rois_ignored_not_negative() -> None:
     gt = torch.tensor([box(0, 0, 100, 100), box(200, 200, 210, 210)])
     labels, crowd = torch.tensor([1, 2]), torch.tensor([True, False])
-    rois = torch.tensor([
-        box(10, 10, 20, 20),  # inside the crowd, far from the object: ignored
-        box(200, 200, 210, 210),  # the object itself: positive
-        box(300, 300, 310, 310),  # nowhere: negative
-        box(90, 90, 110, 110),  # a quarter inside the crowd, no object: best overlap is the crowd, ignored
-        box(98, 195, 208, 205),  # IoU 0.03 with the object, nothing in the crowd: negative
-    ])
+    rois = torch.tensor(
+        [
+            box(10, 10, 20, 20),  # inside the crowd, far from the object: ignored
+            box(200, 200, 210, 210),  # the object itself: positive
+            box(300, 300, 310, 310),  # nowhere: negative
+            box(90, 90, 110, 110),  # a quarter inside the crowd, no object: best overlap is the crowd, ignored
+            box(98, 195, 208, 205),  # IoU 0.03 with the object, nothing in the crowd: negative
+        ]
+    )
     m = match_rois(rois, gt, labels, crowd)
     assert m.labels.tolist() == [IGNORE, 2, BACKGROUND, IGNORE, BACKGROUND]
     assert m.gt_index.tolist() == [1] * 5  # crowd regions are never the match

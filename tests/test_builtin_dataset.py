@@ -128,9 +128,7 @@ def test_classes_differ_in_fine_detail_that_vanishes_when_small() -> None:
 
 def test_shapes_are_anti_aliased() -> None:
     """Edges carry intermediate alpha values, not just 0 and 255."""
-    sprite = shapes.fit_sprite(
-        shapes.render_object("stripes", np.random.default_rng(0), render_size=96, aspect=1.3, angle=30.0), 20
-    )
+    sprite = shapes.fit_sprite(shapes.render_object("stripes", np.random.default_rng(0), render_size=96, aspect=1.3, angle=30.0), 20)
     alpha = np.asarray(sprite.getchannel("A"))
     partial = np.count_nonzero((alpha > 20) & (alpha < 235))
     assert partial >= 0.5 * math.sqrt(alpha.size)

@@ -44,8 +44,7 @@ def make_gt(objects: list[tuple[int, int, list[float]]], n_images: int, categori
     """Ground truth from (image_id, category_id, [x, y, w, h]) triples; images 1..n_images."""
     images = [{"id": i, "width": 640, "height": 480, "file_name": f"{i}.jpg"} for i in range(1, n_images + 1)]
     annotations = [
-        {"id": j + 1, "image_id": img, "category_id": c, "bbox": list(b), "area": b[2] * b[3], "iscrowd": 0}
-        for j, (img, c, b) in enumerate(objects)
+        {"id": j + 1, "image_id": img, "category_id": c, "bbox": list(b), "area": b[2] * b[3], "iscrowd": 0} for j, (img, c, b) in enumerate(objects)
     ]
     coco = COCO()
     coco.dataset = {"images": images, "categories": copy.deepcopy(categories), "annotations": annotations}

@@ -29,8 +29,7 @@ def _valid_dataset(root: Path) -> dict[str, Any]:
     return {
         "images": [{"id": i, "file_name": f"{i:03d}.jpg", "width": w, "height": h} for i, (w, h) in sizes.items()],
         "annotations": [
-            {"id": 10, "image_id": 1, "category_id": 1, "bbox": [2, 3, 20, 10], "area": 150.0, "iscrowd": 0,
-             "segmentation": [[2, 3, 22, 3, 22, 13]]},
+            {"id": 10, "image_id": 1, "category_id": 1, "bbox": [2, 3, 20, 10], "area": 150.0, "iscrowd": 0, "segmentation": [[2, 3, 22, 3, 22, 13]]},
             {"id": 11, "image_id": 1, "category_id": 2, "bbox": [30, 20, 34, 28], "iscrowd": 1},
             {"id": 12, "image_id": 2, "category_id": 2, "bbox": [0, 0, 80, 60], "area": 4800.0},
         ],
@@ -154,9 +153,17 @@ def _coco_section(data: dict[str, Any], root: Path, tmp_path: Path) -> dict[str,
     ann = tmp_path / "instances.json"
     ann.write_text(json.dumps(data))
     return {
-        "name": "mine", "source": "coco", "train_split": "train", "test_split": "train",
-        "coco": {"splits": {"train": {"annotations": str(ann), "images": str(root)}}, "box_tolerance": 1.0,
-                 "invalid_boxes": "error", "check_image_files": True, "check_image_sizes": True},
+        "name": "mine",
+        "source": "coco",
+        "train_split": "train",
+        "test_split": "train",
+        "coco": {
+            "splits": {"train": {"annotations": str(ann), "images": str(root)}},
+            "box_tolerance": 1.0,
+            "invalid_boxes": "error",
+            "check_image_files": True,
+            "check_image_sizes": True,
+        },
     }
 
 

@@ -91,9 +91,10 @@ def test_snakemake_refuses_a_malformed_config_before_running(tmp_path: Path) -> 
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"data": {"builtin": {"jpeg_quality": 101, "colour": "red"}}}))
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-         "-n", "--cores", "1", "--configfile", str(bad)],
-        capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "-n", "--cores", "1", "--configfile", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0
     assert "data.builtin.jpeg_quality" in result.stderr + result.stdout
@@ -113,10 +114,12 @@ def test_names_defined_once_reach_the_schema_from_their_registries(tmp_path: Pat
     text = (Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml").read_text()
     for name in ("widerface", "paper-r101", "no_reg_branch", "by_size"):
         assert name not in text.split("description")[0] and f"enum: [{name}" not in text
-    for key, value, names in [("data.source", {"data": {"source": "kitti"}}, DATA_SOURCES),
-                              ("mtgan.preset", {"mtgan": {"preset": "fast"}}, PRESETS),
-                              ("mtgan.variants", {"mtgan": {"variants": ["mtgan", "sbu2"]}}, VARIANTS),
-                              ("infer.rules", {"infer": {"rules": ["paper", "all_sr"]}}, RULES)]:
+    for key, value, names in [
+        ("data.source", {"data": {"source": "kitti"}}, DATA_SOURCES),
+        ("mtgan.preset", {"mtgan": {"preset": "fast"}}, PRESETS),
+        ("mtgan.variants", {"mtgan": {"variants": ["mtgan", "sbu2"]}}, VARIANTS),
+        ("infer.rules", {"infer": {"rules": ["paper", "all_sr"]}}, RULES),
+    ]:
         config = {"data": {"source": "builtin"}} | value
         with pytest.raises(ConfigError) as err:
             validate_config(config)

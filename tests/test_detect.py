@@ -85,7 +85,8 @@ def test_unknown_architecture_is_an_error() -> None:
 def _coco(n_images: int = 2) -> dict[str, Any]:
     return {
         "images": [{"id": i + 1, "file_name": f"{i + 1}.jpg", "width": 100, "height": 80} for i in range(n_images)],
-        "annotations": [], "categories": [{"id": 3, "name": "a"}, {"id": 8, "name": "b"}],
+        "annotations": [],
+        "categories": [{"id": 3, "name": "a"}, {"id": 8, "name": "b"}],
     }
 
 
@@ -126,14 +127,17 @@ def test_imported_detections_become_the_same_table(tmp_path: Path) -> None:
     assert [t["x2"][2], t["y2"][2]] == [100.0, 80.0] and counts["clipped"] == 1  # clipped to the image
 
 
-@pytest.mark.parametrize(("records", "words"), [
-    ({"not": "a list"}, "JSON list"),
-    ([det(), {"image_id": 1, "bbox": [1, 1, 2, 2], "score": 0.5}], "1 detection(s) are not {image_id"),
-    ([det(image_id=99), det(image_id=98)], "2 detection(s) name an unknown image_id: #0 image 99, #1 image 98"),
-    ([det(category_id=5)], "unknown category_id: #0 category 5"),
-    ([det(score=float("nan"))], "non-finite"),
-    ([det(score=1.5)], "score outside [0, 1]: #0 score 1.5"),
-])
+@pytest.mark.parametrize(
+    ("records", "words"),
+    [
+        ({"not": "a list"}, "JSON list"),
+        ([det(), {"image_id": 1, "bbox": [1, 1, 2, 2], "score": 0.5}], "1 detection(s) are not {image_id"),
+        ([det(image_id=99), det(image_id=98)], "2 detection(s) name an unknown image_id: #0 image 99, #1 image 98"),
+        ([det(category_id=5)], "unknown category_id: #0 category 5"),
+        ([det(score=float("nan"))], "non-finite"),
+        ([det(score=1.5)], "score outside [0, 1]: #0 score 1.5"),
+    ],
+)
 def test_malformed_imports_are_errors_naming_the_file(tmp_path: Path, records: Any, words: str) -> None:
     path = tmp_path / "results.json"
     path.write_text(json.dumps(records).replace("NaN", "NaN"))
@@ -175,13 +179,41 @@ def test_detect_command_imports_results_for_a_split(tiny_data: Path, tmp_path: P
     path.write_text(json.dumps(records))
     sections = json.dumps({"detector": {"source": "import", "import_results": {"val": str(path)}}})
     out = tmp_path / "val.parquet"
-    result = CliRunner().invoke(cli, ["detect", "--sections", sections, "--data-index", str(tiny_data / "index.json"), "--split", "val",
-                                      "--out-table", str(out), "--out-results", str(tmp_path / "r.json")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "detect",
+            "--sections",
+            sections,
+            "--data-index",
+            str(tiny_data / "index.json"),
+            "--split",
+            "val",
+            "--out-table",
+            str(out),
+            "--out-results",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     table = read_table(out, "detections.schema.yaml")
     assert table.num_rows == len(gt["annotations"])
-    wrong = CliRunner().invoke(cli, ["detect", "--sections", sections, "--data-index", str(tiny_data / "index.json"), "--split", "train",
-                                     "--out-table", str(out), "--out-results", str(tmp_path / "r.json")])
+    wrong = CliRunner().invoke(
+        cli,
+        [
+            "detect",
+            "--sections",
+            sections,
+            "--data-index",
+            str(tiny_data / "index.json"),
+            "--split",
+            "train",
+            "--out-table",
+            str(out),
+            "--out-results",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert wrong.exit_code == 1 and "no file for split 'train'" in wrong.output
 
 

@@ -37,8 +37,7 @@ def test_a_training_job_refuses_a_users_out_folder(job: str, tiny_train_shards: 
     if job == "train-mtgan":
         args = _train_args(tiny_train_shards, out)
     else:
-        args = ["train-baseline", *sum((["--config", c] for c in CONFIGS), []), "--data-index", tiny_data / "index.json",
-                "--out", out]
+        args = ["train-baseline", *sum((["--config", c] for c in CONFIGS), []), "--data-index", tiny_data / "index.json", "--out", out]
     message = one_line(cli_error(*args))
     assert str(out) in message and "model.pt" in message and "did not write" in message
     assert sorted(os.listdir(out)) == ["losses.png", "model.pt"] and (out / "model.pt").read_bytes() == b"my own model"
@@ -79,21 +78,24 @@ def test_a_live_writers_temporary_folder_is_never_removed(tmp_path: Path) -> Non
 # --- Silent wrong results ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("yaml_text", "key"), [
-    ("merge: {nms_iou: .nan}", "merge.nms_iou"),
-    ("merge: {score_floor: .nan}", "merge.score_floor"),
-    ("data: {coco: {box_tolerance: .nan}}", "data.coco.box_tolerance"),
-    ("mtgan: {overrides: {d_lr: .nan}}", "mtgan.overrides.d_lr"),
-    ("train_baseline: {lr: .inf}", "train_baseline.lr"),
-    ("shards: {context_margin: .inf}", "shards.context_margin"),
-    ("rois: {positive_iou: .nan}", "rois.positive_iou"),
-    ("infer: {g_max_side: -.inf}", "infer.g_max_side"),
-    ("data: {name: \"tiny\\n\"}", "data.name"),
-    (f"data: {{name: {'x' * 300}}}", "data.name"),
-    ("mtgan: {device: \"cpu\\n\"}", "mtgan.device"),
-    ("shards: {scale: 1}", "shards.scale"),
-    ("shards: {scale: 3}", "shards.scale"),
-])
+@pytest.mark.parametrize(
+    ("yaml_text", "key"),
+    [
+        ("merge: {nms_iou: .nan}", "merge.nms_iou"),
+        ("merge: {score_floor: .nan}", "merge.score_floor"),
+        ("data: {coco: {box_tolerance: .nan}}", "data.coco.box_tolerance"),
+        ("mtgan: {overrides: {d_lr: .nan}}", "mtgan.overrides.d_lr"),
+        ("train_baseline: {lr: .inf}", "train_baseline.lr"),
+        ("shards: {context_margin: .inf}", "shards.context_margin"),
+        ("rois: {positive_iou: .nan}", "rois.positive_iou"),
+        ("infer: {g_max_side: -.inf}", "infer.g_max_side"),
+        ('data: {name: "tiny\\n"}', "data.name"),
+        (f"data: {{name: {'x' * 300}}}", "data.name"),
+        ('mtgan: {device: "cpu\\n"}', "mtgan.device"),
+        ("shards: {scale: 1}", "shards.scale"),
+        ("shards: {scale: 3}", "shards.scale"),
+    ],
+)
 def test_non_finite_numbers_and_unanchored_strings_are_refused_by_key(tmp_path: Path, yaml_text: str, key: str) -> None:
     (tmp_path / "bad.yaml").write_text(yaml_text + "\n")
     result = CliRunner().invoke(cli, ["config", *map(str, CONFIGS), str(tmp_path / "bad.yaml")])
@@ -124,8 +126,7 @@ def test_sixteen_bit_images_are_scaled_and_float_images_refused(tmp_path: Path) 
         read_rgb(tmp_path / "float.tif")
 
 
-def test_audit_works_from_any_folder(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_audit_works_from_any_folder(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.shards import ShardSettings, gather_manifest, write_chunk
 
     coco = json.loads((tiny_data / "val.json").read_text())
@@ -147,18 +148,32 @@ def test_rescore_options_are_ranged(tmp_path: Path, option: str, value: str) -> 
     for name in ("model.pt", "dets.json"):
         (tmp_path / name).write_text("x")
     (tmp_path / "images").mkdir()
-    args = ["rescore", "--model", tmp_path / "model.pt", "--images", tmp_path / "images", "--detections", tmp_path / "dets.json",
-            "--out", tmp_path / "out.json", option, value]
+    args = [
+        "rescore",
+        "--model",
+        tmp_path / "model.pt",
+        "--images",
+        tmp_path / "images",
+        "--detections",
+        tmp_path / "dets.json",
+        "--out",
+        tmp_path / "out.json",
+        option,
+        value,
+    ]
     result = CliRunner().invoke(cli, list(map(str, args)))
     assert result.exit_code == 2 and option in result.output, result.output
     assert not (tmp_path / "out.json").exists()
 
 
-@pytest.mark.parametrize(("change", "words"), [
-    (lambda c: c.update(categories=[]), "'categories' is empty"),
-    (lambda c: c["annotations"][0].update(iscrowd="yes"), "iscrowd is not 0 or 1"),
-    (lambda c: c["annotations"][0].update(iscrowd=None), "iscrowd is not 0 or 1"),
-])
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda c: c.update(categories=[]), "'categories' is empty"),
+        (lambda c: c["annotations"][0].update(iscrowd="yes"), "iscrowd is not 0 or 1"),
+        (lambda c: c["annotations"][0].update(iscrowd=None), "iscrowd is not 0 or 1"),
+    ],
+)
 def test_more_bad_coco_files_are_named_in_one_line(tmp_path: Path, change: Any, words: str) -> None:
     images = tmp_path / "images"
     coco = _coco_folder(images)
@@ -186,13 +201,24 @@ def test_a_model_that_is_not_a_model_is_named(tiny_train_shards: Path, tmp_path:
         from jobs.mtgan.settings import VARIANTS, resolve_preset
         from jobs.mtgan.train import train_mtgan
 
-        state = torch.load(train_mtgan(tiny_train_shards, VARIANTS["sbu"], resolve_preset("tiny"), tmp_path / "m", "cpu", 1),
-                           weights_only=True)
+        state = torch.load(train_mtgan(tiny_train_shards, VARIANTS["sbu"], resolve_preset("tiny"), tmp_path / "m", "cpu", 1), weights_only=True)
         torch.save(state | {"format_version": "3"}, model)
     else:
         torch.save(content, model)
-    message = one_line(cli_error("infer", *sum((["--config", c] for c in CONFIGS), []), "--model", model, "--manifest",
-                                 tiny_train_shards, "--out", tmp_path / "t.parquet", "--out-accuracy", tmp_path / "a.json"))
+    message = one_line(
+        cli_error(
+            "infer",
+            *sum((["--config", c] for c in CONFIGS), []),
+            "--model",
+            model,
+            "--manifest",
+            tiny_train_shards,
+            "--out",
+            tmp_path / "t.parquet",
+            "--out-accuracy",
+            tmp_path / "a.json",
+        )
+    )
     assert str(model) in message and ("not a MTGAN model" in message or "format '3'" in message), message
     assert not (tmp_path / "t.parquet").exists()
 
@@ -217,9 +243,20 @@ def test_a_bad_image_in_the_detect_stage_reads_the_same_with_workers(tmp_path: P
     images = tmp_path / "images"
     coco = _coco_folder(images)
     _truncate(images / "2.jpg", 0.3)
-    detector = {"source": "torchvision", "arch": "fasterrcnn_small_cpu", "weights": "none", "top_k": 5, "score_thresh": 0.0,
-                "nms_thresh": 0.5, "min_size": 64, "max_size": 96, "batch_size": 2, "num_workers": workers, "device": "cpu",
-                "import_results": {}}
+    detector = {
+        "source": "torchvision",
+        "arch": "fasterrcnn_small_cpu",
+        "weights": "none",
+        "top_k": 5,
+        "score_thresh": 0.0,
+        "nms_thresh": 0.5,
+        "min_size": 64,
+        "max_size": 96,
+        "batch_size": 2,
+        "num_workers": workers,
+        "device": "cpu",
+        "import_results": {},
+    }
     with pytest.raises(ImageReadError) as error:
         detect_split(detector, coco, images, "val")
     assert "2.jpg" in str(error.value) and "\n" not in str(error.value) and "on_bad_image" in str(error.value)
@@ -232,8 +269,24 @@ def test_gathering_a_folder_without_chunks_is_named(tiny_rois: dict[str, Path], 
     empty = tmp_path / "chunk-0"
     empty.mkdir()
     config = _config_file(tmp_path, shards=SHARD_SETTINGS)
-    message = one_line(cli_error("shards-manifest", "--config", CONFIGS[0], "--config", config, "--split", "val", "--role", "test",
-                                 "--rois", tiny_rois["val"], "--out", tmp_path / "manifest.json", empty))
+    message = one_line(
+        cli_error(
+            "shards-manifest",
+            "--config",
+            CONFIGS[0],
+            "--config",
+            config,
+            "--split",
+            "val",
+            "--role",
+            "test",
+            "--rois",
+            tiny_rois["val"],
+            "--out",
+            tmp_path / "manifest.json",
+            empty,
+        )
+    )
     assert str(empty) in message and "chunk.json" in message
     assert not (tmp_path / "manifest.json").exists()
 
@@ -246,8 +299,7 @@ def test_the_preview_never_allocates_from_an_unchecked_size(tmp_path: Path, capl
     from pipeline.data.stats import draw_preview
 
     _png_claiming(tmp_path / "huge.png", 32000, 32000)
-    coco = {"images": [{"id": 1, "file_name": "huge.png", "width": 32000, "height": 32000}], "annotations": [],
-            "categories": [{"id": 1, "name": "a"}]}
+    coco = {"images": [{"id": 1, "file_name": "huge.png", "width": 32000, "height": 32000}], "annotations": [], "categories": [{"id": 1, "name": "a"}]}
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert draw_preview(coco, tmp_path, tmp_path / "preview.png", "t") == 1
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1_000_000  # KB: far below the 3 GB of the claim

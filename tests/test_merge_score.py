@@ -21,28 +21,52 @@ def roi_table(boxes: list[list[float]], image_ids: list[int], sizes: list[tuple[
     n = len(boxes)
     b = np.asarray(boxes, np.float32)
     columns = {
-        "roi_id": np.arange(n), "image_id": np.asarray(image_ids), "image_width": np.asarray([s[0] for s in sizes], np.int32),
-        "image_height": np.asarray([s[1] for s in sizes], np.int32), "x1": b[:, 0], "y1": b[:, 1], "x2": b[:, 2], "y2": b[:, 3],
-        "iou": np.zeros(n, np.float32), "gt_ann_id": np.full(n, -1), "label": np.zeros(n, np.int32),
-        "dx": np.zeros(n, np.float32), "dy": np.zeros(n, np.float32), "dw": np.zeros(n, np.float32), "dh": np.zeros(n, np.float32),
-        "base_label": np.ones(n, np.int32), "base_score": np.full(n, 0.5, np.float32), "base_probs": np.asarray(base, np.float32),
-        "size_class": ["small"] * n, "origin": ["detector"] * n,
+        "roi_id": np.arange(n),
+        "image_id": np.asarray(image_ids),
+        "image_width": np.asarray([s[0] for s in sizes], np.int32),
+        "image_height": np.asarray([s[1] for s in sizes], np.int32),
+        "x1": b[:, 0],
+        "y1": b[:, 1],
+        "x2": b[:, 2],
+        "y2": b[:, 3],
+        "iou": np.zeros(n, np.float32),
+        "gt_ann_id": np.full(n, -1),
+        "label": np.zeros(n, np.int32),
+        "dx": np.zeros(n, np.float32),
+        "dy": np.zeros(n, np.float32),
+        "dw": np.zeros(n, np.float32),
+        "dh": np.zeros(n, np.float32),
+        "base_label": np.ones(n, np.int32),
+        "base_score": np.full(n, 0.5, np.float32),
+        "base_probs": np.asarray(base, np.float32),
+        "size_class": ["small"] * n,
+        "origin": ["detector"] * n,
     }
     return make_table(columns, ROIS_SCHEMA, {"category_ids": CATEGORIES})
 
 
 def inference_table(probs: list[list[float]], offsets: list[list[float]]) -> object:
     o = np.asarray(offsets, np.float32)
-    return make_table({"roi_id": np.arange(len(probs)), "probs": np.asarray(probs, np.float32),
-                       "dx": o[:, 0], "dy": o[:, 1], "dw": o[:, 2], "dh": o[:, 3],
-                       "through_g": np.zeros(len(probs), np.int32)}, INFERENCE_SCHEMA)
+    return make_table(
+        {
+            "roi_id": np.arange(len(probs)),
+            "probs": np.asarray(probs, np.float32),
+            "dx": o[:, 0],
+            "dy": o[:, 1],
+            "dw": o[:, 2],
+            "dh": o[:, 3],
+            "through_g": np.zeros(len(probs), np.int32),
+        },
+        INFERENCE_SCHEMA,
+    )
 
 
 @pytest.fixture
 def case() -> tuple[object, object]:
     rois = roi_table(
         boxes=[[10, 10, 30, 30], [12, 10, 32, 30], [50, 50, 70, 70], [30, 30, 40, 40]],
-        image_ids=[1, 1, 1, 2], sizes=[(100, 100)] * 3 + [(40, 40)],
+        image_ids=[1, 1, 1, 2],
+        sizes=[(100, 100)] * 3 + [(40, 40)],
         base=[[0.5, 0.25, 0.25], [0.5, 0.4, 0.1], [0.2, 0.0, 0.8], [0.1, 0.9, 0.0]],
     )
     inference = inference_table(
@@ -95,8 +119,15 @@ def test_perfect_scores_give_ap_1(tiny_data: Path, tmp_path: Path) -> None:
     rois, _ = build_rois(detections, coco, add_gt=False, positive_iou=0.5, negative_iou=0.35)
     labels = np.asarray(rois.column("label").to_pylist())
     probs = np.eye(len(coco["categories"]) + 1, dtype=np.float32)[labels]
-    inference = make_table({"roi_id": np.arange(len(labels)), "probs": probs, **{k: np.zeros(len(labels), np.float32)
-                            for k in ("dx", "dy", "dw", "dh")}, "through_g": np.zeros(len(labels), np.int32)}, INFERENCE_SCHEMA)
+    inference = make_table(
+        {
+            "roi_id": np.arange(len(labels)),
+            "probs": probs,
+            **{k: np.zeros(len(labels), np.float32) for k in ("dx", "dy", "dw", "dh")},
+            "through_g": np.zeros(len(labels), np.int32),
+        },
+        INFERENCE_SCHEMA,
+    )
     categories = sorted(c["id"] for c in coco["categories"])
     results = merge_detections(rois, inference, MergeSettings(0.5, 0.001, 100), ensemble=False, category_ids=categories)
     stats, _ = coco_bbox_eval(tiny_data / "val.json", results)

@@ -173,8 +173,7 @@ def test_detection_losses_alone_move_the_generator() -> None:
     g, d, _, g_opt = _tiny()
     lr, hr, labels, targets = _batch()
     before_g, before_d = _params(g), _params(d)
-    metrics = generator_step(d, g_opt, g(lr), hr, labels, targets, ("cls", "reg"), PRESETS["tiny"], contextlib.nullcontext,
-                             mse_weight=0.0)
+    metrics = generator_step(d, g_opt, g(lr), hr, labels, targets, ("cls", "reg"), PRESETS["tiny"], contextlib.nullcontext, mse_weight=0.0)
     assert metrics["g_loss_mse"] == 0 and metrics["g_loss_cls"] > 0 and metrics["g_loss_reg"] > 0
     assert all(not torch.equal(before_g[k], v) for k, v in _params(g).items()), "every G parameter should move"
     assert all(torch.equal(before_d[k], v) for k, v in _params(d).items()), "a G step must not move D"

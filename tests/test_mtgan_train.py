@@ -39,8 +39,7 @@ def evaluate(model_path: Path | None, manifest: Path, variant: str = "mtgan") ->
     return {"mse": mse / n, "accuracy": correct / n}
 
 
-LEARNING = {"pretrain_iterations": 30, "iterations": 40, "d_lr": 1.0, "d_lr_step": 1000, "log_every": 10, "picture_every": 35,
-            "checkpoint_every": 1000}
+LEARNING = {"pretrain_iterations": 30, "iterations": 40, "d_lr": 1.0, "d_lr_step": 1000, "log_every": 10, "picture_every": 35, "checkpoint_every": 1000}
 
 
 def test_a_tiny_run_lowers_the_losses_and_raises_accuracy(tiny_train_shards: Path, tmp_path: Path) -> None:
@@ -110,8 +109,7 @@ def test_ddp_with_two_gloo_processes_matches_one_process(tmp_path: Path) -> None
         assert len(moved) > len(single[net]) // 3, f"training should move most of {net}'s weights"
 
 
-def test_a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tiny_train_shards: Path, tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tiny_train_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import jobs.mtgan.losses as losses
 
     original, calls = losses.mse, []
@@ -130,8 +128,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tiny_tra
 
 
 @pytest.mark.parametrize("rule", ["paper", "by_size"])
-def test_held_out_eval_and_infer_see_a_roi_identically(tiny_train_shards: Path, tmp_path_factory: pytest.TempPathFactory,
-                                                      rule: str) -> None:
+def test_held_out_eval_and_infer_see_a_roi_identically(tiny_train_shards: Path, tmp_path_factory: pytest.TempPathFactory, rule: str) -> None:
     """The training job's held-out accuracy under each test-time rule is what infer gets on the
     same ROIs under that rule: the same routing (the paper's path: every ROI through G; by_size:
     small ROIs through G, large ones as HR crops), the same eval-mode networks."""
@@ -144,8 +141,7 @@ def test_held_out_eval_and_infer_see_a_roi_identically(tiny_train_shards: Path, 
 
     out = tmp_path_factory.getbasetemp() / "held_out_model"  # one model for both rules
     preset = resolve_preset("tiny", {"holdout_blocks": 3})
-    model = out / "model.pt" if (out / "model.pt").is_file() else train_mtgan(tiny_train_shards, VARIANTS["mtgan"], preset, out,
-                                                                               "cpu", threads=1)
+    model = out / "model.pt" if (out / "model.pt").is_file() else train_mtgan(tiny_train_shards, VARIANTS["mtgan"], preset, out, "cpu", threads=1)
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
     table, _ = infer(model, tiny_train_shards, torch.device("cpu"), 16, rule, DEFAULT_G_MAX_SIDE)
     holdout = read_holdout(tiny_train_shards, 3, ("roi_id", "label", "size_class"))

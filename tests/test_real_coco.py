@@ -26,13 +26,26 @@ def _is_greyscale(path: Path) -> bool:
 
 def test_coco_mini_passes_the_data_stage(coco_mini: Path, tmp_path: Path) -> None:
     config = tmp_path / "coco-mini.yaml"
-    config.write_text(yaml.safe_dump({"data": {
-        "name": "coco-mini", "source": "coco", "train_split": "train", "test_split": "train",
-        "coco": {"splits": {"train": {
-            "annotations": str(coco_mini / "annotations" / "instances_train2017.json"),
-            "images": str(coco_mini / "train2017"),
-        }}},
-    }}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "name": "coco-mini",
+                    "source": "coco",
+                    "train_split": "train",
+                    "test_split": "train",
+                    "coco": {
+                        "splits": {
+                            "train": {
+                                "annotations": str(coco_mini / "annotations" / "instances_train2017.json"),
+                                "images": str(coco_mini / "train2017"),
+                            }
+                        }
+                    },
+                }
+            }
+        )
+    )
     out = tmp_path / "data"
     result = CliRunner().invoke(cli, ["data", "--config", str(REPO / "config" / "default.yaml"), "--config", str(config), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -78,9 +91,14 @@ def test_coco_mini_detect_rois_and_score(coco_mini: Path, tmp_path: Path) -> Non
 
     rng = np.random.default_rng(0)
     records = [
-        {"image_id": a["image_id"], "category_id": a["category_id"], "score": float(rng.uniform(0.3, 1.0)),
-         "bbox": [a["bbox"][0] + rng.normal(0, 1), a["bbox"][1] + rng.normal(0, 1), a["bbox"][2], a["bbox"][3]]}
-        for a in coco["annotations"] if not a["iscrowd"]
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "score": float(rng.uniform(0.3, 1.0)),
+            "bbox": [a["bbox"][0] + rng.normal(0, 1), a["bbox"][1] + rng.normal(0, 1), a["bbox"][2], a["bbox"][3]],
+        }
+        for a in coco["annotations"]
+        if not a["iscrowd"]
     ]
     path = tmp_path / "jittered.json"
     path.write_text(json.dumps(records))
@@ -116,8 +134,16 @@ def test_coco_mini_end_to_end_through_snakemake(coco_mini: Path, tmp_path: Path)
     split = {"annotations": str(coco_mini / "annotations" / "instances_train2017.json"), "images": str(coco_mini / "train2017")}
     config["data"].update({"name": "coco-mini", "train_split": "train", "test_split": "train"})
     config["data"]["coco"]["splits"] = {"train": split}
-    config["detector"] = {"source": "train", "arch": "fasterrcnn_small_cpu", "weights": "none", "top_k": 20, "min_size": 256,
-                          "max_size": 320, "batch_size": 4, "num_workers": 0}
+    config["detector"] = {
+        "source": "train",
+        "arch": "fasterrcnn_small_cpu",
+        "weights": "none",
+        "top_k": 20,
+        "min_size": 256,
+        "max_size": 320,
+        "batch_size": 4,
+        "num_workers": 0,
+    }
     config["train_baseline"] = {"iterations": 4, "batch_size": 2, "warmup_iterations": 1, "num_workers": 0}
     config["shards"] = {"rois_per_shard": 200, "block_size": 32, "num_chunks": 2}
     config["mtgan"] = {"preset": "tiny", "variants": ["mtgan", "sbu"]}

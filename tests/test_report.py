@@ -18,11 +18,14 @@ CATEGORIES = [{"id": 1, "name": "cat", "supercategory": "animal"}]
 
 def _gt(path: Path) -> Path:
     images = [{"id": i, "file_name": f"{i}.jpg", "width": 200, "height": 200} for i in (1, 2, 3)]
-    boxes = {1: [[10, 10, 60, 60], [150, 150, 20, 20]],  # a large and a small cat
-             2: [[20, 20, 80, 80]],
-             3: [[30, 30, 50, 50]]}
-    anns = [{"id": 10 * i + k, "image_id": i, "category_id": 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
-            for i, bs in boxes.items() for k, b in enumerate(bs)]
+    boxes = {
+        1: [[10, 10, 60, 60], [150, 150, 20, 20]],  # a large and a small cat
+        2: [[20, 20, 80, 80]],
+        3: [[30, 30, 50, 50]],
+    }
+    anns = [
+        {"id": 10 * i + k, "image_id": i, "category_id": 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0} for i, bs in boxes.items() for k, b in enumerate(bs)
+    ]
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": CATEGORIES}))
     return path
 
@@ -33,11 +36,13 @@ def _det(image_id: int, box: list[float], score: float) -> dict:
 
 def test_changed_images_are_found_and_named(tmp_path: Path) -> None:
     gt = _gt(tmp_path / "gt.json")
-    baseline = [_det(1, [10, 10, 60, 60], 0.9), _det(2, [20, 20, 80, 80], 0.9), _det(2, [120, 120, 40, 40], 0.95),
-                _det(3, [30, 30, 50, 50], 0.9)]
-    method = [_det(1, [10, 10, 60, 60], 0.9), _det(1, [151, 151, 20, 20], 0.85),  # the small cat found
-              _det(2, [20, 20, 80, 80], 0.9),  # the false positive gone
-              _det(3, [100, 100, 50, 50], 0.9)]  # the cat lost, a false positive instead
+    baseline = [_det(1, [10, 10, 60, 60], 0.9), _det(2, [20, 20, 80, 80], 0.9), _det(2, [120, 120, 40, 40], 0.95), _det(3, [30, 30, 50, 50], 0.9)]
+    method = [
+        _det(1, [10, 10, 60, 60], 0.9),
+        _det(1, [151, 151, 20, 20], 0.85),  # the small cat found
+        _det(2, [20, 20, 80, 80], 0.9),  # the false positive gone
+        _det(3, [100, 100, 50, 50], 0.9),
+    ]  # the cat lost, a false positive instead
     rows, thresholds = detections.compare(detections.load_gt(gt), baseline, method)
     by_image = {r["image_id"]: r for r in rows}
     assert by_image[1]["change"] == "small found"
@@ -53,8 +58,7 @@ def test_changed_images_are_found_and_named(tmp_path: Path) -> None:
     changes = detections.object_changes(detections.load_gt(gt), baseline, method, thresholds)  # what the pictures draw
     assert [(c.kind, c.bbox, c.small) for c in changes[1]] == [("found by the method only", [150, 150, 20, 20], True)]
     assert [(c.kind, c.bbox) for c in changes[2]] == [("false positive removed", [120, 120, 40, 40])]
-    assert [(c.kind, c.bbox) for c in changes[3]] == [("found by the baseline only", [30, 30, 50, 50]),
-                                                      ("false positive added", [100, 100, 50, 50])]
+    assert [(c.kind, c.bbox) for c in changes[3]] == [("found by the baseline only", [30, 30, 50, 50]), ("false positive added", [100, 100, 50, 50])]
     for name in ("1.jpg", "2.jpg", "3.jpg"):
         Image.new("RGB", (200, 200), "white").save(tmp_path / name)
     better = [r for r in rows if r["change"] not in ("worse", "same")]

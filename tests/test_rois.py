@@ -17,8 +17,7 @@ from pipeline.rois import build_rois
 
 def _coco() -> dict[str, Any]:
     return {
-        "images": [{"id": 1, "file_name": "1.jpg", "width": 200, "height": 100},
-                   {"id": 2, "file_name": "2.jpg", "width": 50, "height": 50}],
+        "images": [{"id": 1, "file_name": "1.jpg", "width": 200, "height": 100}, {"id": 2, "file_name": "2.jpg", "width": 50, "height": 50}],
         "annotations": [
             {"id": 11, "image_id": 1, "category_id": 7, "bbox": [0, 0, 10, 10], "iscrowd": 0, "area": 100},
             {"id": 12, "image_id": 1, "category_id": 4, "bbox": [100, 0, 100, 100], "iscrowd": 0, "area": 10000},

@@ -20,8 +20,9 @@ def test_verdicts_follow_the_stated_rule() -> None:
     assert seeds.verdict([10.0, 11.0, 12.0], [10.5, 11.5, 12.5]) == "held within the spread"  # 0 < d 0.5 <= s 1
     assert seeds.verdict([10.0, 11.0, 12.0], [9.5, 10.5, 11.5]) == "not held (within the spread)"
     assert seeds.verdict([10.0, 11.0, 12.0], [6.0, 7.0, 8.0]) == "reversed beyond the spread"
-    rows = [{"method": m, "seed": s, "AP": v / 100, "APS": v / 100} for m, vals in (("sbu", (10, 11, 12)), ("mtgan", (14, 10, 16)))
-            for s, v in zip((0, 1, 2), vals)]
+    rows = [
+        {"method": m, "seed": s, "AP": v / 100, "APS": v / 100} for m, vals in (("sbu", (10, 11, 12)), ("mtgan", (14, 10, 16))) for s, v in zip((0, 1, 2), vals)
+    ]
     (ap, aps) = [o for o in seeds.orderings(rows) if o["ordering"].startswith("Table 4")]
     assert (ap["metric"], ap["seeds_held"], ap["seeds"], round(ap["difference"], 6)) == ("AP", 2, 3, round(40 / 3 - 11, 6))
     assert ap["verdict"] == "held within the spread"  # d 2.33 <= s 3.06 (mtgan's std)
@@ -29,8 +30,13 @@ def test_verdicts_follow_the_stated_rule() -> None:
 
 def test_seeds_cover_every_row_and_seed_0_is_the_pipelines(tiny_run: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_run / "artifacts", tmp_path / "artifacts")  # a copy: the script writes beside the run
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "seeds.py"), "--config", str(REPO / "config" / "tiny.yaml"),
-                             "--seeds", "0,1", "--threads", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "seeds.py"), "--config", str(REPO / "config" / "tiny.yaml"), "--seeds", "0,1", "--threads", "1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     root = tmp_path / "artifacts" / "tiny"
     with open(root / "eval" / "metrics.csv") as f:
@@ -43,11 +49,16 @@ def test_seeds_cover_every_row_and_seed_0_is_the_pipelines(tiny_run: Path, tmp_p
         assert f"{100 * float(r['APS']):.1f}" == table[r["method"]]["APS"], r["method"]
     assert (root / "seeds" / "mtgan-seed1" / "model.pt").is_file() and (root / "seeds" / "d_no_adv-seed1" / "model.pt").is_file()
     text = (root / "seeds" / "seeds.md").read_text()
-    for ordering in ("Table 3: D w/o adv < MTGAN", "Table 4: SBU < MTGAN", "Table 6: MTGAN < MTGAN x baseline",
-                     "ours: paper's path < by-size path, MTGAN"):  # (Table 9 needs positives: the tiny test split has none)
+    for ordering in (
+        "Table 3: D w/o adv < MTGAN",
+        "Table 4: SBU < MTGAN",
+        "Table 6: MTGAN < MTGAN x baseline",
+        "ours: paper's path < by-size path, MTGAN",
+    ):  # (Table 9 needs positives: the tiny test split has none)
         assert f"| {ordering} |" in text
     with open(root / "seeds" / "orderings.csv") as f:
         judged = list(csv.DictReader(f))
     assert len(judged) == 10 and all(o["seeds"] == "2" for o in judged)  # AP and APS of 5 orderings, over both seeds
-    assert all(o["verdict"] == seeds.verdict(*(
-        [100 * float(r[o["metric"]]) for r in runs if r["method"] == o[side]] for side in ("lower", "higher"))) for o in judged)
+    assert all(
+        o["verdict"] == seeds.verdict(*([100 * float(r[o["metric"]]) for r in runs if r["method"] == o[side]] for side in ("lower", "higher"))) for o in judged
+    )

@@ -89,8 +89,7 @@ def test_training_split_is_sampled_and_rerun_is_byte_identical(tiny_data: Path, 
     assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in again["shards"]]
 
 
-def test_killed_writer_leaves_nothing_that_looks_complete(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_killed_writer_leaves_nothing_that_looks_complete(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     original, calls = shard_io.write_shard, []
 
     def dies_on_second(path: Path, *args: Any) -> None:

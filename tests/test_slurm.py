@@ -52,12 +52,10 @@ def _cluster_problem() -> str | None:
         name = re.search(r"^ClusterName\s*=\s*(\S+)", config.stdout, re.MULTILINE)
         if not name or name.group(1) != CLUSTER:
             return f"the Slurm cluster here is {name.group(1) if name else '?'}, not the test cluster {CLUSTER}"
-        nodes = subprocess.run(["sinfo", "-h", "-p", "cpu", "-o", "%a %T"], capture_output=True, text=True, timeout=30,
-                               check=False)
+        nodes = subprocess.run(["sinfo", "-h", "-p", "cpu", "-o", "%a %T"], capture_output=True, text=True, timeout=30, check=False)
         if nodes.returncode != 0 or not re.search(r"^up (idle|mixed|allocated|completing)", nodes.stdout, re.MULTILINE):
             return f"partition `cpu` has no usable node ({(nodes.stdout + nodes.stderr).strip()})"
-        accounting = subprocess.run(["sacct", "-n", "-X", "-o", "JobID"], capture_output=True, text=True, timeout=30,
-                                    check=False)
+        accounting = subprocess.run(["sacct", "-n", "-X", "-o", "JobID"], capture_output=True, text=True, timeout=30, check=False)
         if accounting.returncode != 0:
             return f"`sacct` does not answer ({accounting.stderr.strip()})"
     except subprocess.TimeoutExpired as err:
@@ -87,7 +85,9 @@ def _start(workdir: Path, log: Path, *args: str) -> subprocess.Popen[str]:
     with open(log, "w") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args],
-            stdout=out, stderr=subprocess.STDOUT, text=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
 
 
@@ -168,7 +168,10 @@ def _sacct(run_id: str, since: str) -> dict[str, dict[str, Any]]:
     """Slurm's accounting of one run's jobs: Slurm job id -> state, comment, CPUs, memory, exit."""
     out = subprocess.run(
         ["sacct", "-X", "-P", "-n", "--name", run_id, "-S", since, "-o", "JobIDRaw,State,Comment,AllocCPUS,ReqMem,ExitCode"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     rows = {}
     for line in out.splitlines():
@@ -273,8 +276,12 @@ def test_the_metrics_equal_a_local_run(tiny_runs: TinyRuns) -> None:
     slurm, local = tiny_runs.slurm.workdir / "artifacts" / "tiny", tiny_runs.local / "artifacts" / "tiny"
     assert (local / "eval" / "metrics.csv").read_bytes() == (slurm / "eval" / "metrics.csv").read_bytes()
     # The tiny preset's APs are mostly 0; these depend on every number upstream of them too.
-    compared = ["eval/accuracy.csv", "eval/per_class_ap.csv", "detect/val_results.json",
-                *(str(p.relative_to(local)) for p in sorted((local / "merge").glob("*.json")))]
+    compared = [
+        "eval/accuracy.csv",
+        "eval/per_class_ap.csv",
+        "detect/val_results.json",
+        *(str(p.relative_to(local)) for p in sorted((local / "merge").glob("*.json"))),
+    ]
     assert len(compared) == 3 + 8  # the detections of every method but the baseline (pipeline/methods.py)
     for name in compared:
         assert (local / name).read_bytes() == (slurm / name).read_bytes(), name
@@ -305,8 +312,7 @@ def test_a_train_job_cancelled_by_slurm_is_resubmitted_and_resumes(tiny_runs: Ti
         time.sleep(0.2)
         submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", log.read_text())
         if submitted and checkpoint.is_file() and checkpoint.stat().st_mtime > started:
-            state = subprocess.run(["squeue", "-h", "-j", submitted[0], "-o", "%T"], capture_output=True, text=True,
-                                   timeout=60, check=False).stdout
+            state = subprocess.run(["squeue", "-h", "-j", submitted[0], "-o", "%T"], capture_output=True, text=True, timeout=60, check=False).stdout
             if state.strip() == "RUNNING":
                 subprocess.run(["scancel", submitted[0]], check=True, timeout=60)
                 cancelled = submitted[0]
@@ -338,11 +344,34 @@ def test_a_failing_job_names_its_slurm_log(cluster: None, tmp_path: Path) -> Non
     (tmp_path / "instances.json").write_text("{not json")
     split = {"annotations": str(tmp_path / "instances.json"), "images": str(tmp_path / "images")}
     broken = tmp_path / "broken.yaml"
-    broken.write_text(yaml.safe_dump({"data": {"name": "broken", "source": "coco", "train_split": "train", "test_split": "val",
-                                               "submit_split": None, "coco": {"splits": {"train": split, "val": split}}}}))
+    broken.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "name": "broken",
+                    "source": "coco",
+                    "train_split": "train",
+                    "test_split": "val",
+                    "submit_split": None,
+                    "coco": {"splits": {"train": split, "val": split}},
+                }
+            }
+        )
+    )
     since = _now_minus(2)
-    run = _snakemake(tmp_path, tmp_path / "snakemake.log", *PROFILES, "--retries", "0", "--configfile", TINY, str(broken),
-                     "--", "artifacts/broken/data/index.json", timeout=300)
+    run = _snakemake(
+        tmp_path,
+        tmp_path / "snakemake.log",
+        *PROFILES,
+        "--retries",
+        "0",
+        "--configfile",
+        TINY,
+        str(broken),
+        "--",
+        "artifacts/broken/data/index.json",
+        timeout=300,
+    )
     assert run.returncode != 0
     jobs, _ = _jobs(run.output)
     (job,) = jobs.values()
@@ -384,9 +413,21 @@ def test_the_production_profile_asks_slurm_for_a_gpu(tiny_runs: TinyRuns, tmp_pa
     """profiles/slurm alone, on this GPU-free cluster: its GPU rule reaches sbatch asking for a GPU
     and 8 CPUs (the plugin accepts the request; Slurm here cannot give it)."""
     shutil.copytree(tiny_runs.slurm.workdir / "artifacts" / "tiny" / "data", tmp_path / "artifacts" / "tiny" / "data")
-    run = _snakemake(tmp_path, tmp_path / "snakemake.log", "--profile", str(PRODUCTION), "--retries", "0",
-                     "--slurm-init-seconds-before-status-checks", "3",  # else Snakemake exits 40 s after the error
-                     "--configfile", TINY, "--", "artifacts/tiny/baseline/model.pt", timeout=300)
+    run = _snakemake(
+        tmp_path,
+        tmp_path / "snakemake.log",
+        "--profile",
+        str(PRODUCTION),
+        "--retries",
+        "0",
+        "--slurm-init-seconds-before-status-checks",
+        "3",  # else Snakemake exits 40 s after the error
+        "--configfile",
+        TINY,
+        "--",
+        "artifacts/tiny/baseline/model.pt",
+        timeout=300,
+    )
     assert run.returncode != 0
     assert "Error in rule train_baseline:" in run.output and "SLURM sbatch failed" in run.output, run.output[-3000:]
     call = run.output.split("sbatch call:")[1].split("\n")[1]

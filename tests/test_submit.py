@@ -27,19 +27,22 @@ CATEGORIES = [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}]
 GOOD = {"image_id": 1, "category_id": 3, "bbox": [1.0, 2.0, 10.0, 5.0], "score": 0.5}
 
 
-@pytest.mark.parametrize(("records", "words"), [
-    ([GOOD, GOOD | {"image_id": 3, "category_id": 7}], None),
-    ({"detections": []}, "JSON list"),
-    ([GOOD | {"image_id": 9}], "unknown image_id"),
-    ([GOOD | {"category_id": 1}], "unknown category_id"),
-    ([GOOD | {"bbox": [1, 2, 3]}], "are not {image_id, category_id, bbox: [x, y, w, h], score} records (index): #0"),
-    ([GOOD | {"bbox": [1, 2, 0, 5]}], "w or h <= 0"),
-    ([GOOD | {"bbox": [1, 2, float("nan"), 5]}], "non-finite box or score"),
-    ([GOOD | {"score": float("inf")}], "non-finite box or score"),
-    ([GOOD | {"score": 1.5}], "score outside [0, 1]: #0 score 1.5"),
-    ([{"image_id": 1, "bbox": [0, 0, 1, 1], "score": 0.1}], "not {image_id"),
-    ([GOOD] * 4, "more than 3 detections"),
-])
+@pytest.mark.parametrize(
+    ("records", "words"),
+    [
+        ([GOOD, GOOD | {"image_id": 3, "category_id": 7}], None),
+        ({"detections": []}, "JSON list"),
+        ([GOOD | {"image_id": 9}], "unknown image_id"),
+        ([GOOD | {"category_id": 1}], "unknown category_id"),
+        ([GOOD | {"bbox": [1, 2, 3]}], "are not {image_id, category_id, bbox: [x, y, w, h], score} records (index): #0"),
+        ([GOOD | {"bbox": [1, 2, 0, 5]}], "w or h <= 0"),
+        ([GOOD | {"bbox": [1, 2, float("nan"), 5]}], "non-finite box or score"),
+        ([GOOD | {"score": float("inf")}], "non-finite box or score"),
+        ([GOOD | {"score": 1.5}], "score outside [0, 1]: #0 score 1.5"),
+        ([{"image_id": 1, "bbox": [0, 0, 1, 1], "score": 0.1}], "not {image_id"),
+        ([GOOD] * 4, "more than 3 detections"),
+    ],
+)
 def test_results_files_are_checked_against_the_image_list(records: Any, words: str | None) -> None:
     problems = results_problems(records, {"images": IMAGES, "categories": CATEGORIES}, max_per_image=3)
     assert (problems == []) if words is None else any(words in p for p in problems), problems
@@ -64,27 +67,41 @@ def _image_folder(root: Path, names: list[str]) -> None:
 
 def test_coco_image_info_and_image_folders_are_unlabelled_splits(tmp_path: Path) -> None:
     _image_folder(tmp_path / "train", ["a.jpg"])
-    (tmp_path / "train.json").write_text(json.dumps({
-        "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5]}], "categories": CATEGORIES}))
+    (tmp_path / "train.json").write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
+                "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5]}],
+                "categories": CATEGORIES,
+            }
+        )
+    )
     _image_folder(tmp_path / "info", ["x.jpg"])
-    (tmp_path / "info.json").write_text(json.dumps({  # COCO test-dev's image_info layout: no annotations
-        "images": [{"id": 7, "file_name": "x.jpg", "width": 40, "height": 30}], "categories": CATEGORIES}))
+    (tmp_path / "info.json").write_text(
+        json.dumps(
+            {  # COCO test-dev's image_info layout: no annotations
+                "images": [{"id": 7, "file_name": "x.jpg", "width": 40, "height": 30}],
+                "categories": CATEGORIES,
+            }
+        )
+    )
     _image_folder(tmp_path / "mine", ["b.png", "a.jpg", "sub/c.jpg"])
-    splits = {"train": {"annotations": str(tmp_path / "train.json"), "images": str(tmp_path / "train")},
-              "val": {"annotations": str(tmp_path / "train.json"), "images": str(tmp_path / "train")},
-              "info": {"annotations": str(tmp_path / "info.json"), "images": str(tmp_path / "info")},
-              "mine": {"images": str(tmp_path / "mine")}}
+    splits = {
+        "train": {"annotations": str(tmp_path / "train.json"), "images": str(tmp_path / "train")},
+        "val": {"annotations": str(tmp_path / "train.json"), "images": str(tmp_path / "train")},
+        "info": {"annotations": str(tmp_path / "info.json"), "images": str(tmp_path / "info")},
+        "mine": {"images": str(tmp_path / "mine")},
+    }
     config = yaml.safe_dump({"data": {"name": "x", "source": "coco", "coco": {"splits": splits}}})
     (tmp_path / "config.yaml").write_text(config)
-    result = CliRunner().invoke(cli, ["data", "--config", str(REPO / "config" / "default.yaml"), "--config",
-                                      str(tmp_path / "config.yaml"), "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        cli, ["data", "--config", str(REPO / "config" / "default.yaml"), "--config", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "out")]
+    )
     assert result.exit_code == 0, result.output
     index = read_index(tmp_path / "out" / "index.json")
     assert [index[s].labelled for s in ("train", "info", "mine")] == [True, False, False]
     mine = json.loads(index["mine"].annotations.read_text())
-    assert [(im["id"], im["file_name"], im["height"]) for im in mine["images"]] == [(1, "a.jpg", 31), (2, "b.png", 30),
-                                                                                  (3, "sub/c.jpg", 32)]
+    assert [(im["id"], im["file_name"], im["height"]) for im in mine["images"]] == [(1, "a.jpg", 31), (2, "b.png", 30), (3, "sub/c.jpg", 32)]
     assert mine["categories"] == CATEGORIES and "annotations" not in mine
 
 
@@ -108,9 +125,21 @@ def test_rescore_reproduces_the_pipelines_merge(tiny_run: Path, method: str) -> 
     exactly the detections of its merge stage, on the paper's path and under our by_size rule."""
     root = tiny_run / "artifacts" / "tiny"
     out = tiny_run.parent / f"rescored_{method}.json"
-    args = ["rescore", "--model", str(root / "mtgan" / "mtgan" / "model.pt"), "--images", str(root / "data" / "val.json"),
-            "--image-root", str(root / "data" / "images" / "val"), "--detections", str(root / "detect" / "val.parquet"),
-            "--out", str(out), "--device", "cpu"] + (["--ensemble"] if method.endswith("_ensemble") else [])
+    args = [
+        "rescore",
+        "--model",
+        str(root / "mtgan" / "mtgan" / "model.pt"),
+        "--images",
+        str(root / "data" / "val.json"),
+        "--image-root",
+        str(root / "data" / "images" / "val"),
+        "--detections",
+        str(root / "detect" / "val.parquet"),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ] + (["--ensemble"] if method.endswith("_ensemble") else [])
     args += ["--rule", "by_size"] if "-by_size" in method else []
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
@@ -122,12 +151,26 @@ def test_rescore_takes_any_detectors_results_json_on_an_image_folder(tiny_run: P
     root = tiny_run / "artifacts" / "tiny"
     shutil.copytree(root / "data" / "images" / "test", tmp_path / "images")
     test = json.loads((root / "data" / "test.json").read_text())  # ids 1..N in file-name order, as the folder gives
-    records = [{"image_id": im["id"], "category_id": 1 + k % 7, "bbox": [10.0 + 20 * k, 12.0, 24.0, 20.0], "score": 0.5}
-               for im in test["images"] for k in range(5)]
+    records = [
+        {"image_id": im["id"], "category_id": 1 + k % 7, "bbox": [10.0 + 20 * k, 12.0, 24.0, 20.0], "score": 0.5} for im in test["images"] for k in range(5)
+    ]
     (tmp_path / "dets.json").write_text(json.dumps(records))
-    result = CliRunner().invoke(cli, ["rescore", "--model", str(root / "mtgan" / "mtgan" / "model.pt"), "--images",
-                                      str(tmp_path / "images"), "--detections", str(tmp_path / "dets.json"),
-                                      "--out", str(tmp_path / "out.json"), "--device", "cpu"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "rescore",
+            "--model",
+            str(root / "mtgan" / "mtgan" / "model.pt"),
+            "--images",
+            str(tmp_path / "images"),
+            "--detections",
+            str(tmp_path / "dets.json"),
+            "--out",
+            str(tmp_path / "out.json"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = json.loads((tmp_path / "out.json").read_text())
     assert out and results_problems(out, {"images": test["images"], "categories": test["categories"]}, 100) == []
@@ -140,8 +183,17 @@ def test_rescore_refuses_other_categories_and_old_models(tiny_run: Path, tmp_pat
     val = json.loads((root / "data" / "val.json").read_text())
     other = {**val, "categories": [{"id": 100 + c["id"], "name": c["name"]} for c in val["categories"]]}
     (tmp_path / "other.json").write_text(json.dumps(other))
-    base = ["rescore", "--model", str(root / "mtgan" / "mtgan" / "model.pt"), "--image-root", str(root / "data" / "images" / "val"),
-            "--detections", str(root / "detect" / "val_results.json"), "--out", str(tmp_path / "out.json")]
+    base = [
+        "rescore",
+        "--model",
+        str(root / "mtgan" / "mtgan" / "model.pt"),
+        "--image-root",
+        str(root / "data" / "images" / "val"),
+        "--detections",
+        str(root / "detect" / "val_results.json"),
+        "--out",
+        str(tmp_path / "out.json"),
+    ]
     result = CliRunner().invoke(cli, [*base, "--images", str(tmp_path / "other.json")])
     assert result.exit_code == 1 and "are not the model's" in result.output
     state = torch.load(root / "mtgan" / "mtgan" / "model.pt", weights_only=True)

@@ -16,9 +16,16 @@ SCHEMA = "detections.schema.yaml"
 
 def columns(n: int = 3) -> dict:
     return {
-        "image_id": np.arange(n), "rank": np.zeros(n, np.int32), "x1": np.zeros(n), "y1": np.zeros(n),
-        "x2": np.ones(n), "y2": np.ones(n), "label": np.ones(n, np.int32), "category_id": np.full(n, 7),
-        "score": np.full(n, 0.5), "probs": np.full((n, 3), 1 / 3),
+        "image_id": np.arange(n),
+        "rank": np.zeros(n, np.int32),
+        "x1": np.zeros(n),
+        "y1": np.zeros(n),
+        "x2": np.ones(n),
+        "y2": np.ones(n),
+        "label": np.ones(n, np.int32),
+        "category_id": np.full(n, 7),
+        "score": np.full(n, 0.5),
+        "probs": np.full((n, 3), 1 / 3),
     }
 
 
@@ -31,11 +38,14 @@ def test_round_trip_keeps_types_values_and_metadata(tmp_path: Path) -> None:
     assert table_metadata(back) == {"category_ids": [7, 9]}
 
 
-@pytest.mark.parametrize(("change", "words"), [
-    ({"score": np.array([0.5, 1.5, 0.1])}, "'score' has values above 1"),
-    ({"label": np.array([1, 0, 1], np.int32)}, "'label' has values below 1"),
-    ({"x1": np.array([0.0, np.nan, 0.0])}, "'x1' has non-finite values"),
-])
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"score": np.array([0.5, 1.5, 0.1])}, "'score' has values above 1"),
+        ({"label": np.array([1, 0, 1], np.int32)}, "'label' has values below 1"),
+        ({"x1": np.array([0.0, np.nan, 0.0])}, "'x1' has non-finite values"),
+    ],
+)
 def test_bad_values_are_named(change: dict, words: str) -> None:
     with pytest.raises(TableSchemaError, match=words):
         make_table({**columns(), **change}, SCHEMA)

@@ -40,7 +40,10 @@ def test_parse_the_official_layout(tmp_path: Path) -> None:
     path.write_text(OFFICIAL)
     images = read_bbx_gt(path)
     assert [im.file_name for im in images] == [
-        "0--Parade/0_Parade_marchingband_1_849.jpg", "0--Parade/0_Parade_Parade_0_904.jpg", "1--Handshaking/1_Handshaking_1_1.jpg"]
+        "0--Parade/0_Parade_marchingband_1_849.jpg",
+        "0--Parade/0_Parade_Parade_0_904.jpg",
+        "1--Handshaking/1_Handshaking_1_1.jpg",
+    ]
     assert images[0].faces == [(449, 330, 122, 149, 0, 0, 0, 0, 0, 0)]
     assert images[1].faces == []  # count 0: the all-zero line is not a face
     assert len(images[2].faces) == 4 and images[2].faces[0] == (10, 20, 30, 40, 2, 1, 1, 0, 2, 1)
@@ -65,13 +68,16 @@ def test_conversion_keeps_attributes_flags_invalid_and_counts_zero_size(tmp_path
     assert anns[2]["area"] == 72
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("a.jpg\nx\n", r"gt.txt:2: face count of a.jpg is not an integer"),
-    ("a.jpg\n2\n1 2 3 4 0 0 0 0 0 0\n", r"gt.txt:3: the file ends inside the 2 face line\(s\) of a.jpg"),
-    ("a.jpg\n1\n1 2 3 4 0 0\n", r"gt.txt:3: a face line is 'x y w h blur"),
-    ("a.jpg\n1\n1 2 3 four 0 0 0 0 0 0\n", r"gt.txt:3: a face line holds numbers only"),
-    ("1\na.jpg\n", r"gt.txt:1: expected an image path"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a.jpg\nx\n", r"gt.txt:2: face count of a.jpg is not an integer"),
+        ("a.jpg\n2\n1 2 3 4 0 0 0 0 0 0\n", r"gt.txt:3: the file ends inside the 2 face line\(s\) of a.jpg"),
+        ("a.jpg\n1\n1 2 3 4 0 0\n", r"gt.txt:3: a face line is 'x y w h blur"),
+        ("a.jpg\n1\n1 2 3 four 0 0 0 0 0 0\n", r"gt.txt:3: a face line holds numbers only"),
+        ("1\na.jpg\n", r"gt.txt:1: expected an image path"),
+    ],
+)
 def test_malformed_files_name_the_line(tmp_path: Path, text: str, message: str) -> None:
     (tmp_path / "gt.txt").write_text(text)
     with pytest.raises(CocoFormatError, match=message):
@@ -86,13 +92,23 @@ def test_missing_images_are_listed_in_one_error(tmp_path: Path) -> None:
 
 
 def test_data_stage_converts_and_clips_or_drops_faces_outside_the_image(tmp_path: Path) -> None:
-    faces = [(90, 10, 15, 10, 0, 0, 0, 0, 0, 0),  # 5 px out on the right: clipped to 10 wide
-             (150, 10, 10, 10, 0, 0, 0, 0, 0, 0)]  # wholly outside: dropped and counted
+    faces = [
+        (90, 10, 15, 10, 0, 0, 0, 0, 0, 0),  # 5 px out on the right: clipped to 10 wide
+        (150, 10, 10, 10, 0, 0, 0, 0, 0, 0),
+    ]  # wholly outside: dropped and counted
     images = [WiderImage("3--Riot/a.jpg", faces), WiderImage("3--Riot/b.jpg", [(1, 1, 5, 5, 0, 0, 0, 1, 0, 0)])]
     write_bbx_gt(images, tmp_path / "val.txt")
     _images(tmp_path / "WIDER_val" / "images", [im.file_name for im in images])
-    config = validate_config({"data": {"name": "wf", "source": "widerface", "train_split": "val", "widerface": {
-        "splits": {"val": {"annotations": str(tmp_path / "val.txt"), "images": str(tmp_path / "WIDER_val" / "images")}}}}})
+    config = validate_config(
+        {
+            "data": {
+                "name": "wf",
+                "source": "widerface",
+                "train_split": "val",
+                "widerface": {"splits": {"val": {"annotations": str(tmp_path / "val.txt"), "images": str(tmp_path / "WIDER_val" / "images")}}},
+            }
+        }
+    )
     splits = build_dataset(config["data"], tmp_path / "out")
     coco = json.loads(splits["val"].annotations.read_text())
     assert [a["bbox"] for a in coco["annotations"]] == [[90.0, 10.0, 10.0, 10.0], [1.0, 1.0, 5.0, 5.0]]

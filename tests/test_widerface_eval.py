@@ -33,16 +33,18 @@ WIDER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "widerf
 GT_DIR = WIDER / "ground_truth"
 
 
-def make_gt(boxes: list[list[list[float]]], keep: dict[str, list[list[int]]] | list[list[int]] | None = None,
-            int32_boxes: bool = False) -> WiderGroundTruth:
+def make_gt(boxes: list[list[list[float]]], keep: dict[str, list[list[int]]] | list[list[int]] | None = None, int32_boxes: bool = False) -> WiderGroundTruth:
     """A ground truth of images "e/0", "e/1", ...; `keep` 0-based, one list for all settings or per setting."""
     arrays = [np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in boxes]
     if keep is None:
         keep = [list(range(len(a))) for a in arrays]
     per_setting = keep if isinstance(keep, dict) else dict.fromkeys(SETTINGS, keep)
-    return WiderGroundTruth(images=[f"e/{i}" for i in range(len(arrays))], boxes=arrays,
-                            keep={s: [np.asarray(k, dtype=np.int64) for k in per_setting[s]] for s in SETTINGS},
-                            int32_boxes=int32_boxes)
+    return WiderGroundTruth(
+        images=[f"e/{i}" for i in range(len(arrays))],
+        boxes=arrays,
+        keep={s: [np.asarray(k, dtype=np.int64) for k in per_setting[s]] for s in SETTINGS},
+        int32_boxes=int32_boxes,
+    )
 
 
 def det(*rows: list[float]) -> np.ndarray:
@@ -365,8 +367,7 @@ def write_ground_truth(gt_dir: Path, events: Events) -> None:
     }
     scipy.io.savemat(gt_dir / "wider_face_val.mat", base)
     for s in SETTINGS:
-        gt_list = cells([cells([np.asarray(k[s], dtype=np.float64).reshape(-1, 1) + 1 for _, _, k in images])
-                         for images in events.values()])
+        gt_list = cells([cells([np.asarray(k[s], dtype=np.float64).reshape(-1, 1) + 1 for _, _, k in images]) for images in events.values()])
         scipy.io.savemat(gt_dir / f"wider_{s}_val.mat", base | {"gt_list": gt_list})
 
 
@@ -419,15 +420,18 @@ def test_read_prediction_dir_tolerates_whitespace(tmp_path: Path, caplog: pytest
     assert "1 prediction files of images outside the evaluated set" in caplog.text
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("a.jpg\ntwo\n", r"a.txt: line 2: .*'two' is not an integer"),
-    ("a.jpg\n3\n1 2 3 4 0.5\n1 2 3 4 0.5\n", r"a.txt: line 2 announces 3 detections .* 2 detection lines"),
-    ("a.jpg\n2\n1 2 3 4 0.5\n1 2 3 4\n", r"a.txt: line 4: expected 5 numbers"),
-    ("a.jpg\n1\n1 2 x 4 0.5\n", r"a.txt: line 3: not a number"),
-    ("a.jpg\n1\n1 2 3 4 nan\n", r"a.txt: line 3: a value is not finite"),
-    ("a.jpg\n", r"a.txt: line 2: missing"),
-    ("", r"a.txt: empty file"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a.jpg\ntwo\n", r"a.txt: line 2: .*'two' is not an integer"),
+        ("a.jpg\n3\n1 2 3 4 0.5\n1 2 3 4 0.5\n", r"a.txt: line 2 announces 3 detections .* 2 detection lines"),
+        ("a.jpg\n2\n1 2 3 4 0.5\n1 2 3 4\n", r"a.txt: line 4: expected 5 numbers"),
+        ("a.jpg\n1\n1 2 x 4 0.5\n", r"a.txt: line 3: not a number"),
+        ("a.jpg\n1\n1 2 3 4 nan\n", r"a.txt: line 3: a value is not finite"),
+        ("a.jpg\n", r"a.txt: line 2: missing"),
+        ("", r"a.txt: empty file"),
+    ],
+)
 def test_read_prediction_dir_errors(tmp_path: Path, text: str, message: str) -> None:
     write_text(tmp_path / "ev" / "a.txt", text)
     with pytest.raises(ValueError, match=message):
@@ -452,9 +456,11 @@ def test_write_read_round_trip_exact(tmp_path: Path) -> None:
 
 
 def test_predictions_from_coco_results() -> None:
-    results = [{"image_id": 2, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5},
-               {"image_id": 2, "category_id": 1, "bbox": [5, 6, 7, 8], "score": 0.9},
-               {"image_id": 2, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.1}]
+    results = [
+        {"image_id": 2, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5},
+        {"image_id": 2, "category_id": 1, "bbox": [5, 6, 7, 8], "score": 0.9},
+        {"image_id": 2, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.1},
+    ]
     preds = predictions_from_coco_results(results, {1: "e/a", 2: "e/b"}, category_id=1)
     assert preds["e/b"].tolist() == [[1, 2, 3, 4, 0.5], [5, 6, 7, 8, 0.9]] and preds["e/a"].shape == (0, 5)
     assert len(predictions_from_coco_results(results, {1: "e/a", 2: "e/b"})["e/b"]) == 3
@@ -468,7 +474,8 @@ def test_reports(tmp_path: Path) -> None:
     results: dict[str, WiderResult] = {"ours": evaluate(gt, preds), "half": evaluate(gt, preds, image_keys=["e/1"])}
     assert results_markdown(results) == (
         "| method | Easy | Medium | Hard | images |\n|---|---:|---:|---:|---:|\n"
-        "| ours | 0.667 | 0.667 | 0.667 | 2 |\n| half | 1.000 | 1.000 | 1.000 | 1 of 2 |\n")
+        "| ours | 0.667 | 0.667 | 0.667 | 2 |\n| half | 1.000 | 1.000 | 1.000 | 1 of 2 |\n"
+    )
     data = result_to_json(results["ours"])
     assert data["ap"]["easy"] == pytest.approx(2 / 3) and data["faces"]["hard"] == 3 and data["images_total"] == 2
     json.dumps(data, allow_nan=False)
@@ -515,6 +522,5 @@ def test_real_perfect_and_jittered_predictors(real_gt: WiderGroundTruth) -> None
     full = evaluate(real_gt, everything)
     assert full.official and all(ap > 0.99 for ap in full.ap.values())
     rs = np.random.RandomState(0)
-    jittered = {k: np.column_stack([v[:, :4] + rs.normal(0, 0.15, (len(v), 4)) * v[:, [2, 3, 2, 3]], v[:, 4]])
-                for k, v in everything.items()}
+    jittered = {k: np.column_stack([v[:, :4] + rs.normal(0, 0.15, (len(v), 4)) * v[:, [2, 3, 2, 3]], v[:, 4]]) for k, v in everything.items()}
     assert all(ap < 1 for ap in evaluate(real_gt, jittered).ap.values())

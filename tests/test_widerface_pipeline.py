@@ -43,14 +43,22 @@ def picnic(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         images.append(WiderImage(f"{EVENT}/{path.name}", faces))
     (root / "wider_face_split").mkdir()
     write_bbx_gt(images, root / "wider_face_split" / "wider_face_val_bbx_gt.txt")
-    return {"root": root, "txt": root / "wider_face_split" / "wider_face_val_bbx_gt.txt",
-            "images": WIDER / "WIDER_val" / "images", "ground_truth": WIDER / "ground_truth"}
+    return {
+        "root": root,
+        "txt": root / "wider_face_split" / "wider_face_val_bbx_gt.txt",
+        "images": WIDER / "WIDER_val" / "images",
+        "ground_truth": WIDER / "ground_truth",
+    }
 
 
 def _data_config(picnic: dict[str, Path]) -> dict:
-    return {"name": "picnic", "source": "widerface", "train_split": "val", "test_split": "val", "widerface": {
-        "splits": {"val": {"annotations": str(picnic["txt"]), "images": str(picnic["images"])}},
-        "ground_truth": str(picnic["ground_truth"])}}
+    return {
+        "name": "picnic",
+        "source": "widerface",
+        "train_split": "val",
+        "test_split": "val",
+        "widerface": {"splits": {"val": {"annotations": str(picnic["txt"]), "images": str(picnic["images"])}}, "ground_truth": str(picnic["ground_truth"])},
+    }
 
 
 def test_picnic_converts_and_scores_like_the_toolkit(picnic: dict[str, Path], tmp_path: Path) -> None:
@@ -68,8 +76,7 @@ def test_picnic_converts_and_scores_like_the_toolkit(picnic: dict[str, Path], tm
 
     # The ground truth itself, as detections, is perfect on every setting of these 24 images.
     scores = np.linspace(1.0, 0.5, len(coco["annotations"]))
-    results = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": float(s)}
-               for a, s in zip(coco["annotations"], scores)]
+    results = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": float(s)} for a, s in zip(coco["annotations"], scores)]
     result, predictions = score_widerface(coco, results, picnic["ground_truth"], "val")
     assert result.images_evaluated == 24 and result.images_total == 3226 and not result.official
     assert all(result.settings[s].ap > 0.99 for s in ("easy", "medium", "hard"))
@@ -95,8 +102,16 @@ def test_eval_widerface_end_to_end_through_snakemake(picnic: dict[str, Path], tm
     """config/widerface.yaml with tiny presets on the Picnic images (one split as train and test)."""
     config = yaml.safe_load((REPO / "config" / "widerface.yaml").read_text())
     config["data"] = _data_config(picnic)
-    config["detector"] = {"source": "train", "arch": "fasterrcnn_small_cpu", "weights": "none", "top_k": 60, "min_size": 320,
-                          "max_size": 320, "batch_size": 4, "num_workers": 0}
+    config["detector"] = {
+        "source": "train",
+        "arch": "fasterrcnn_small_cpu",
+        "weights": "none",
+        "top_k": 60,
+        "min_size": 320,
+        "max_size": 320,
+        "batch_size": 4,
+        "num_workers": 0,
+    }
     config["train_baseline"] = {"iterations": 4, "batch_size": 2, "warmup_iterations": 1, "num_workers": 0}
     config["shards"] = {"rois_per_shard": 300, "block_size": 32, "num_chunks": 2}
     config["mtgan"] = {"preset": "tiny", "variants": ["mtgan"]}
@@ -126,20 +141,30 @@ def test_standalone_evaluation_of_another_detectors_output(picnic: dict[str, Pat
     config = validate_config({"data": _data_config(picnic)})
     coco_path = build_dataset(config["data"], tmp_path / "data")["val"].annotations
     coco = json.loads(coco_path.read_text())
-    results = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9 - 0.001 * k}
-               for k, a in enumerate(coco["annotations"])]
+    results = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 0.9 - 0.001 * k} for k, a in enumerate(coco["annotations"])]
     (tmp_path / "results.json").write_text(json.dumps(results))
     runner = CliRunner()
-    out = runner.invoke(cli, ["widerface-eval", "--ground-truth", str(picnic["ground_truth"]), "--coco", str(coco_path),
-                              "--out-json", str(tmp_path / "ap.json"), "--out-png", str(tmp_path / "pr.png"),
-                              str(tmp_path / "results.json")])
+    out = runner.invoke(
+        cli,
+        [
+            "widerface-eval",
+            "--ground-truth",
+            str(picnic["ground_truth"]),
+            "--coco",
+            str(coco_path),
+            "--out-json",
+            str(tmp_path / "ap.json"),
+            "--out-png",
+            str(tmp_path / "pr.png"),
+            str(tmp_path / "results.json"),
+        ],
+    )
     assert out.exit_code == 0, out.output
     doc = json.loads((tmp_path / "ap.json").read_text())
     assert doc["images_evaluated"] == 24 and not doc["official"] and min(doc["ap"].values()) > 0.99
     assert "| results.json | 1.000 | 1.000 | 1.000 | 24 of 3226 |" in out.output
     assert (tmp_path / "pr.png").stat().st_size > 10_000
 
-    write_prediction_dir(score_widerface(coco, results, picnic["ground_truth"], "val")[1], tmp_path / "pred",
-                         image_keys(coco).values())
+    write_prediction_dir(score_widerface(coco, results, picnic["ground_truth"], "val")[1], tmp_path / "pred", image_keys(coco).values())
     out = runner.invoke(cli, ["widerface-eval", "--ground-truth", str(picnic["ground_truth"]), str(tmp_path / "pred")])
     assert out.exit_code == 1 and "3202 of 3226 prediction files are missing" in out.output

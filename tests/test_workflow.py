@@ -64,23 +64,31 @@ def test_tiny_pipeline_runs_then_caches(tiny_run: Path, tmp_path: Path) -> None:
     with open(root / "eval" / "metrics.csv") as f:
         methods = [row["method"] for row in csv.DictReader(f)]
     # the paper's experiment on its path (Tables 3, 4, 6), then our by-size path beside it
-    assert methods == ["baseline", "d_no_adv", "sbu", "mtgan", "d_no_adv_ensemble", "sbu_ensemble", "mtgan_ensemble",
-                       "mtgan-by_size", "mtgan-by_size_ensemble"]
+    assert methods == ["baseline", "d_no_adv", "sbu", "mtgan", "d_no_adv_ensemble", "sbu_ensemble", "mtgan_ensemble", "mtgan-by_size", "mtgan-by_size_ensemble"]
     table = (root / "eval" / "metrics.md").read_text()
     assert "| MTGAN x baseline: every ROI through G (paper's path) |" in table
     assert "| MTGAN: G for small crops, HR crop above (ours) |" in table
     with open(root / "eval" / "accuracy.csv") as f:  # Table 9 of each variant on its paths
-        assert [(r["method"], r["rule"]) for r in csv.DictReader(f)] == [("d_no_adv", "paper"), ("sbu", "paper"),
-                                                                        ("mtgan", "paper"), ("mtgan-by_size", "by_size")]
-    for variant, rule, through in (("mtgan", "paper", "all"), ("sbu", "paper", "all"), ("d_no_adv", "paper", "none"),
-                                   ("mtgan", "by_size", "some")):
+        assert [(r["method"], r["rule"]) for r in csv.DictReader(f)] == [
+            ("d_no_adv", "paper"),
+            ("sbu", "paper"),
+            ("mtgan", "paper"),
+            ("mtgan-by_size", "by_size"),
+        ]
+    for variant, rule, through in (("mtgan", "paper", "all"), ("sbu", "paper", "all"), ("d_no_adv", "paper", "none"), ("mtgan", "by_size", "some")):
         seen = read_table(root / "infer" / rule / f"{variant}.parquet", "inference.schema.yaml").column("through_g").to_pylist()
         assert {"all": all(seen), "none": not any(seen), "some": 0 < sum(seen) < len(seen)}[through], (variant, rule)
     assert (root / "eval" / "per_class_ap.csv").read_text().count("\n") == 1 + 7
     figures = [f"pr_{a}.png" for a in ("all", "small", "medium", "large")] + [
-        "metrics_bars.png", "per_class_ap_change.png", "training_curves.png", "accuracy.png", "roi_grid.png",
-        "detections/better.png", "detections/worse.png",
-        *(f"errors/{m}_{a}.png" for m in ("baseline", "mtgan", "mtgan_ensemble") for a in ("all", "small"))]
+        "metrics_bars.png",
+        "per_class_ap_change.png",
+        "training_curves.png",
+        "accuracy.png",
+        "roi_grid.png",
+        "detections/better.png",
+        "detections/worse.png",
+        *(f"errors/{m}_{a}.png" for m in ("baseline", "mtgan", "mtgan_ensemble") for a in ("all", "small")),
+    ]
     for name in figures:
         with Image.open(root / "report" / name) as im:  # a real, decodable picture
             assert im.format == "PNG" and min(im.size) > 200, name
@@ -103,8 +111,15 @@ def test_tiny_pipeline_runs_then_caches(tiny_run: Path, tmp_path: Path) -> None:
     more = tmp_path / "more.yaml"
     more.write_text("mtgan:\n  variants: [mtgan, sbu, d_no_adv, sbu_hr]\n")
     added = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, str(more))
-    assert jobs_of(added.stdout) == {"train_mtgan": 1, "infer": 2, "merge": 4, "score": 4, "table": 1, "eval_coco": 1,
-                                     "report_charts": 1}  # sbu_hr on the paper's path and by size
+    assert jobs_of(added.stdout) == {
+        "train_mtgan": 1,
+        "infer": 2,
+        "merge": 4,
+        "score": 4,
+        "table": 1,
+        "eval_coco": 1,
+        "report_charts": 1,
+    }  # sbu_hr on the paper's path and by size
 
     # The test-time rules are an inference setting: changing them retrains nothing.
     rules = tmp_path / "rules.yaml"
@@ -142,8 +157,7 @@ def test_atomic_dir_leaves_nothing_when_interrupted(tmp_path: Path) -> None:
 def test_slurm_profile_dry_run(tmp_path: Path) -> None:
     """The SLURM profile's DAG: GPU rules ask for a GPU, data rules for cores and memory, and the
     shards stage scatters per image chunk."""
-    result = snakemake(tmp_path, "eval_coco", "-n", "--profile", str(REPO / "profiles" / "slurm"),
-                       "--configfile", str(REPO / "config" / "tiny.yaml"))
+    result = snakemake(tmp_path, "eval_coco", "-n", "--profile", str(REPO / "profiles" / "slurm"), "--configfile", str(REPO / "config" / "tiny.yaml"))
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     assert jobs_of(result.stdout)["shards"] == 4  # 2 splits x 2 chunks

@@ -74,8 +74,9 @@ def leftovers_of(final: Path) -> list[Path]:
     if not final.parent.is_dir():
         return []
     prefix = f".tmp-{final.name}{_PARTIAL}"
-    return sorted(p for p in final.parent.iterdir() if p.name.startswith(prefix) and is_leftover(p)
-                  and _SUFFIX.fullmatch(p.name[len(prefix):]) and not writer_alive(p))
+    return sorted(
+        p for p in final.parent.iterdir() if p.name.startswith(prefix) and is_leftover(p) and _SUFFIX.fullmatch(p.name[len(prefix) :]) and not writer_alive(p)
+    )
 
 
 def remove_leftovers(final: Path) -> int:
@@ -134,8 +135,12 @@ _SNAKEMAKE_FILES = (".snakemake_timestamp",)
 
 def _files(folder: Path) -> list[str]:
     """Every file and link under `folder` (relative, sorted), the marker and Snakemake's own left out."""
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir() or p.is_symlink()
-                  if p.parent != folder or p.name not in (OUTPUT_MARKER, *_SNAKEMAKE_FILES))
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if not p.is_dir() or p.is_symlink()
+        if p.parent != folder or p.name not in (OUTPUT_MARKER, *_SNAKEMAKE_FILES)
+    )
 
 
 def _marked_files(folder: Path) -> list[str] | None:
@@ -149,8 +154,12 @@ def _marked_files(folder: Path) -> list[str] | None:
 
 
 def _write_marker(folder: Path, final: Path, files: list[str] | None) -> None:
-    doc = {"written_by": "the mtgan pipeline", "output": final.name,
-           "files": files, "note": "replaced whole on rerun, unless files were added that this list does not name"}
+    doc = {
+        "written_by": "the mtgan pipeline",
+        "output": final.name,
+        "files": files,
+        "note": "replaced whole on rerun, unless files were added that this list does not name",
+    }
     (folder / OUTPUT_MARKER).write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
 
 

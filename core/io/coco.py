@@ -104,9 +104,21 @@ def results_problems(records: Any, coco: dict[str, Any], max_per_image: int | No
         return [f"a COCO results file is a JSON list of detections, got {type(records).__name__}"]
     images, categories = {im["id"] for im in coco["images"]}, {c["id"] for c in coco["categories"]}
     checks = [
-        ("are not {image_id, category_id, bbox: [x, y, w, h], score} records (index)", lambda r: not (
-            isinstance(r, dict) and is_id(r.get("image_id")) and is_id(r.get("category_id")) and isinstance(r.get("bbox"), list)
-            and len(r["bbox"]) == 4 and all(is_number(v) for v in r["bbox"]) and is_number(r.get("score"))), lambda i, r: f"#{i}"),
+        (
+            "are not {image_id, category_id, bbox: [x, y, w, h], score} records (index)",
+            lambda r: (
+                not (
+                    isinstance(r, dict)
+                    and is_id(r.get("image_id"))
+                    and is_id(r.get("category_id"))
+                    and isinstance(r.get("bbox"), list)
+                    and len(r["bbox"]) == 4
+                    and all(is_number(v) for v in r["bbox"])
+                    and is_number(r.get("score"))
+                )
+            ),
+            lambda i, r: f"#{i}",
+        ),
         ("name an unknown image_id", lambda r: r["image_id"] not in images, lambda i, r: f"#{i} image {r['image_id']}"),
         ("name an unknown category_id", lambda r: r["category_id"] not in categories, lambda i, r: f"#{i} category {r['category_id']}"),
         ("have a non-finite box or score", lambda r: not all(math.isfinite(v) for v in [*r["bbox"], r["score"]]), lambda i, r: f"#{i}"),
@@ -221,17 +233,13 @@ def _check_image_headers(data: dict[str, Any], image_root: Path, path: Path) -> 
     if unreadable:
         raise CocoFormatError(f"{path}: {len(unreadable)} image file(s) under {image_root} cannot be read: {first_few(unreadable)}")
     wrong = [
-        f"{im['file_name']} is {s[0]}x{s[1]}, JSON says {im['width']}x{im['height']}"
-        for im, s in zip(images, sizes)
-        if tuple(s) != (im["width"], im["height"])
+        f"{im['file_name']} is {s[0]}x{s[1]}, JSON says {im['width']}x{im['height']}" for im, s in zip(images, sizes) if tuple(s) != (im["width"], im["height"])
     ]
     if wrong:
         raise CocoFormatError(f"{path}: {len(wrong)} image(s) whose size differs from the JSON: {first_few(wrong)}")
 
 
-def validate_coco(
-    data: dict[str, Any], path: Path, image_root: Path, policy: CocoCheckPolicy = CocoCheckPolicy()
-) -> tuple[dict[str, Any], CocoReport]:
+def validate_coco(data: dict[str, Any], path: Path, image_root: Path, policy: CocoCheckPolicy = CocoCheckPolicy()) -> tuple[dict[str, Any], CocoReport]:
     """Check a loaded COCO dict (read from `path`, images under `image_root`); return a cleaned copy.
 
     A file without `annotations` (an image list such as COCO test-dev's `image_info_*.json`) is an
@@ -263,10 +271,7 @@ def validate_coco(
         report.crowd += clean["iscrowd"]
         annotations.append(clean)
     if invalid and policy.invalid_boxes == "error":
-        raise CocoFormatError(
-            f"{path}: {len(invalid)} invalid box(es): {first_few(invalid)} "
-            "(set invalid_boxes: drop to drop them with a count instead)"
-        )
+        raise CocoFormatError(f"{path}: {len(invalid)} invalid box(es): {first_few(invalid)} (set invalid_boxes: drop to drop them with a count instead)")
     report.dropped_boxes = len(invalid)
     report.dropped_examples = invalid[:FIRST_FEW]
     report.annotations = len(annotations)
@@ -274,18 +279,14 @@ def validate_coco(
     if policy.check_image_files:
         missing = _missing_files(data, image_root)
         if missing:
-            raise CocoFormatError(
-                f"{path}: {len(missing)} of {len(images)} image file(s) missing under {image_root}: {first_few(missing)}"
-            )
+            raise CocoFormatError(f"{path}: {len(missing)} of {len(images)} image file(s) missing under {image_root}: {first_few(missing)}")
         if policy.check_image_sizes:
             _check_image_headers(data, image_root, path)
 
     clean_data = {
         "info": data.get("info", {}),
         "licenses": data.get("licenses", []),
-        "images": [
-            {k: im[k] for k in ("id", "file_name", "width", "height") if k in im} for im in data["images"]
-        ],
+        "images": [{k: im[k] for k in ("id", "file_name", "width", "height") if k in im} for im in data["images"]],
         "annotations": annotations,
         "categories": data["categories"],
     }

@@ -27,8 +27,7 @@ def open_rgb(path: Path) -> Image.Image:
             if im.mode.startswith("I;16") or im.mode == "I":
                 return _sixteen_bit_grey(im, path).convert("RGB")
             if im.mode == "F":
-                raise ImageReadError(f"{path}: a floating-point image (mode F) has no known range of values; convert it to "
-                                     "8-bit RGB first")
+                raise ImageReadError(f"{path}: a floating-point image (mode F) has no known range of values; convert it to 8-bit RGB first")
             return im.convert("RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         if isinstance(e, ImageReadError):

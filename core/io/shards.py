@@ -75,13 +75,24 @@ def write_shard(path: Path, arrays: dict[str, np.ndarray], spec: ShardSpec, inde
                 a = arrays[name]
                 chunks = (min(spec.block_size, n), *a.shape[1:]) if n else None
                 f.create_dataset(name, data=a, chunks=chunks, track_times=False)
-            f.attrs.update({
-                "layout_version": LAYOUT_VERSION, "split": spec.split, "shard_index": index, "num_rois": n,
-                "hr_size": spec.hr_size, "lr_size": spec.lr_size, "scale": spec.scale, "margin": spec.margin,
-                "block_size": spec.block_size, "resize_method": spec.resize_method,
-                "category_ids": json.dumps(list(spec.category_ids)), "source_table_sha256": spec.source_table_sha256,
-                "size_classes": json.dumps(SIZE_CODES), "origins": json.dumps(ORIGIN_CODES),
-            })
+            f.attrs.update(
+                {
+                    "layout_version": LAYOUT_VERSION,
+                    "split": spec.split,
+                    "shard_index": index,
+                    "num_rois": n,
+                    "hr_size": spec.hr_size,
+                    "lr_size": spec.lr_size,
+                    "scale": spec.scale,
+                    "margin": spec.margin,
+                    "block_size": spec.block_size,
+                    "resize_method": spec.resize_method,
+                    "category_ids": json.dumps(list(spec.category_ids)),
+                    "source_table_sha256": spec.source_table_sha256,
+                    "size_classes": json.dumps(SIZE_CODES),
+                    "origins": json.dumps(ORIGIN_CODES),
+                }
+            )
 
 
 def sha256_of(path: Path, block: int = 1 << 20) -> str:
@@ -127,5 +138,6 @@ def verify_shards(manifest_path: Path, manifest: dict[str, Any] | None = None) -
         if not path.is_file():
             raise ShardReadError(f"{path}: listed in {manifest_path} but missing; rerun the shards stage")
         if sha256_of(path) != entry["sha256"]:
-            raise ShardReadError(f"{path}: its sha256 differs from {manifest_path} (the file changed or is damaged); "
-                                 "rerun the shards stage (mtgan audit lists every problem)")
+            raise ShardReadError(
+                f"{path}: its sha256 differs from {manifest_path} (the file changed or is damaged); rerun the shards stage (mtgan audit lists every problem)"
+            )

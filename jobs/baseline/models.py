@@ -37,8 +37,17 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from core.errors import InputError
 from jobs.weights import WeightsUnavailable, pretrained_torchvision_model
 
-__all__ = ["SMALL_CPU_ARCH", "DetectorSettings", "WeightsUnavailable", "build_detector", "num_classes_of",
-           "replace_box_predictor", "small_cpu_fasterrcnn", "state_dict_of", "torchvision_categories"]
+__all__ = [
+    "SMALL_CPU_ARCH",
+    "DetectorSettings",
+    "WeightsUnavailable",
+    "build_detector",
+    "num_classes_of",
+    "replace_box_predictor",
+    "small_cpu_fasterrcnn",
+    "state_dict_of",
+    "torchvision_categories",
+]
 
 SMALL_CPU_ARCH = "fasterrcnn_small_cpu"
 
@@ -75,9 +84,14 @@ def small_cpu_fasterrcnn(num_classes: int, min_size: int, max_size: int, **kwarg
     anchors = AnchorGenerator(sizes=((12,), (24,), (48,), (96,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
     roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=7, sampling_ratio=2)
     return FasterRCNN(
-        backbone, rpn_anchor_generator=anchors, box_roi_pool=roi_pool,
-        box_head=TwoMLPHead(64 * 7 * 7, 256), box_predictor=FastRCNNPredictor(256, num_classes),
-        min_size=min_size, max_size=max_size, **kwargs,
+        backbone,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=roi_pool,
+        box_head=TwoMLPHead(64 * 7 * 7, 256),
+        box_predictor=FastRCNNPredictor(256, num_classes),
+        min_size=min_size,
+        max_size=max_size,
+        **kwargs,
     )
 
 

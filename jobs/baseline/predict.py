@@ -97,10 +97,12 @@ def detect_batch(model: GeneralizedRCNN, images: list[torch.Tensor], label_map: 
         boxes, scores, classes, proposal = boxes[keep], scores[keep], classes[keep], proposal[keep]
         keep = box_ops.batched_nms(boxes, scores, classes, heads.nms_thresh)[: heads.detections_per_img]
         boxes, scores, classes, proposal = boxes[keep], scores[keep], classes[keep], proposal[keep]
-        results.append({
-            "boxes": resize_boxes(boxes, size, original),
-            "labels": model_to_label[classes],
-            "scores": scores,
-            "probs": probs[proposal][:, label_to_model],
-        })
+        results.append(
+            {
+                "boxes": resize_boxes(boxes, size, original),
+                "labels": model_to_label[classes],
+                "scores": scores,
+                "probs": probs[proposal][:, label_to_model],
+            }
+        )
     return results

@@ -89,9 +89,7 @@ def _plot_losses(rows: list[dict[str, float]], path: Path) -> None:
     atomic.write_figure(fig, path, dpi=100)
 
 
-def train_baseline(
-    coco_json: Path, image_root: Path, settings: TrainSettings, out_dir: Path, device_name: str = "auto", threads: int | None = None
-) -> Path:
+def train_baseline(coco_json: Path, image_root: Path, settings: TrainSettings, out_dir: Path, device_name: str = "auto", threads: int | None = None) -> Path:
     """Train; return the path of `model.pt`."""
     out_dir = Path(out_dir)
     atomic.claim_dir(out_dir)  # a user's folder is refused before anything is written
@@ -132,15 +130,24 @@ def train_baseline(
     batches = SeededBatches(len(dataset), settings.batch_size, settings.seed, settings.hflip, start, settings.iterations)
     # The loader gets its own generator: drawing its workers' base seed must not move the global RNG
     # (the detector's proposal sampling uses it), or a resumed run would diverge from a straight one.
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate, num_workers=settings.num_workers,
-                        generator=torch.Generator().manual_seed(settings.seed))
+    loader = DataLoader(
+        dataset, batch_sampler=batches, collate_fn=collate, num_workers=settings.num_workers, generator=torch.Generator().manual_seed(settings.seed)
+    )
     use_amp = settings.amp and device.type == "cuda"
 
     def checkpoint(step: int) -> dict[str, Any]:
         return {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "format_version": CHECKPOINT_FORMAT, "step": step, "rng": rng_state(), "settings": settings_dict,
-            "arch": settings.arch, "num_classes": len(category_ids) + 1, "category_ids": category_ids, "metrics": rows,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "format_version": CHECKPOINT_FORMAT,
+            "step": step,
+            "rng": rng_state(),
+            "settings": settings_dict,
+            "arch": settings.arch,
+            "num_classes": len(category_ids) + 1,
+            "category_ids": category_ids,
+            "metrics": rows,
         }
 
     model.train()
@@ -170,8 +177,12 @@ def train_baseline(
         done = step + 1
         if done % settings.log_every == 0 or done == settings.iterations:
             elapsed = time.perf_counter() - window_start
-            row = {"step": done, **{k: v / window_n for k, v in window.items()},
-                   "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_n * settings.batch_size / elapsed}
+            row = {
+                "step": done,
+                **{k: v / window_n for k, v in window.items()},
+                "lr": optimizer.param_groups[0]["lr"],
+                "images_per_s": window_n * settings.batch_size / elapsed,
+            }
             rows.append(row)
             progress.set_postfix(loss=f"{row['loss']:.3f}")
             window, window_n, window_start = {}, 0, time.perf_counter()

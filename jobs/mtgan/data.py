@@ -41,8 +41,7 @@ DEFAULT_FIELDS = ("lr", "hr", "label", "target", "roi_id")
 def all_blocks(doc: dict[str, Any]) -> list[tuple[int, int, int]]:
     """(shard index, start row, stop row) of every block of a manifest, in shard order."""
     size = doc["block_size"]
-    return [(i, start, min(start + size, s["num_rois"])) for i, s in enumerate(doc["shards"])
-            for start in range(0, s["num_rois"], size)]
+    return [(i, start, min(start + size, s["num_rois"])) for i, s in enumerate(doc["shards"]) for start in range(0, s["num_rois"], size)]
 
 
 def read_holdout(manifest: Path, holdout_blocks: int, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -124,8 +123,10 @@ class ShardBatches(IterableDataset):
             for k in self.fields:
                 f[k].read_direct(buffer[k], np.s_[start:stop], np.s_[at : at + stop - start])
         except (OSError, KeyError, TypeError, ValueError) as e:
-            raise ShardReadError(f"{self.paths[shard]}: cannot read rows {start}-{stop} ({type(e).__name__}: {e}); "
-                                 "the shard is damaged: run mtgan audit on its folder, rerun the shards stage") from None
+            raise ShardReadError(
+                f"{self.paths[shard]}: cannot read rows {start}-{stop} ({type(e).__name__}: {e}); "
+                "the shard is damaged: run mtgan audit on its folder, rerun the shards stage"
+            ) from None
 
     def _stream(self, blocks: list[tuple[int, int, int]], keep: Any, rng: np.random.Generator, size: int) -> Iterator[dict[str, np.ndarray]]:
         """Batches of `size` samples (those with keep(labels) true; the last batch may be short).
@@ -184,8 +185,9 @@ class ShardBatches(IterableDataset):
             yield {k: torch.from_numpy(v) for k, v in batch.items()}
 
 
-def _zip_batches(pos: Iterator[dict[str, np.ndarray]] | None, neg: Iterator[dict[str, np.ndarray]] | None,
-                 n_pos: int, n_neg: int) -> Iterator[dict[str, np.ndarray]]:
+def _zip_batches(
+    pos: Iterator[dict[str, np.ndarray]] | None, neg: Iterator[dict[str, np.ndarray]] | None, n_pos: int, n_neg: int
+) -> Iterator[dict[str, np.ndarray]]:
     """Join a positive and a negative part into each batch, until either stream runs short."""
     while True:
         parts = []

@@ -60,7 +60,7 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
 def _finite(total: torch.Tensor, terms: dict[str, torch.Tensor], where: str) -> None:
     if not torch.isfinite(total):
-        raise FloatingPointError(f"non-finite {where} loss: {({k: float(v.detach()) for k, v in terms.items()})}")
+        raise FloatingPointError(f"non-finite {where} loss: { ({k: float(v.detach()) for k, v in terms.items()}) }")
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -79,8 +79,15 @@ def pretrain_step(g: nn.Module, g_opt: torch.optim.Optimizer, lr: torch.Tensor, 
 
 
 def discriminator_step(
-    d: nn.Module, d_opt: torch.optim.Optimizer, sr: torch.Tensor | None, hr: torch.Tensor, labels: torch.Tensor,
-    targets: torch.Tensor, variant: Variant, preset: Preset, autocast: Any,
+    d: nn.Module,
+    d_opt: torch.optim.Optimizer,
+    sr: torch.Tensor | None,
+    hr: torch.Tensor,
+    labels: torch.Tensor,
+    targets: torch.Tensor,
+    variant: Variant,
+    preset: Preset,
+    autocast: Any,
 ) -> dict[str, float]:
     """Eq 11 with G fixed: D on the super-resolved images (detached: nothing here reaches G) and on
     the real HR images, each where the variant's D trains on it (`variant.d_inputs`: the paper's
@@ -142,8 +149,16 @@ def eval_mode(module: nn.Module, enabled: bool = True) -> Iterator[None]:
 
 
 def generator_step(
-    d: nn.Module, g_opt: torch.optim.Optimizer, sr: torch.Tensor, hr: torch.Tensor, labels: torch.Tensor,
-    targets: torch.Tensor, terms: tuple[str, ...], preset: Preset, autocast: Any, mse_weight: float = 1.0,
+    d: nn.Module,
+    g_opt: torch.optim.Optimizer,
+    sr: torch.Tensor,
+    hr: torch.Tensor,
+    labels: torch.Tensor,
+    targets: torch.Tensor,
+    terms: tuple[str, ...],
+    preset: Preset,
+    autocast: Any,
+    mse_weight: float = 1.0,
 ) -> dict[str, float]:
     """Eq 10 with D fixed: `sr` = G(LR) with its graph; D's (frozen) losses on it flow back into G,
     and G's optimiser steps. With `d_batchnorm: joint`, D's batch norm normalises with the batch's
@@ -163,13 +178,22 @@ def generator_step(
 
 
 def train_step(
-    g: nn.Module | None, d: nn.Module, d_opt: torch.optim.Optimizer, g_opt: torch.optim.Optimizer | None,
-    lr: torch.Tensor, hr: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor, variant: Variant, preset: Preset,
-    autocast: Any, d_plain: nn.Module | None = None,
+    g: nn.Module | None,
+    d: nn.Module,
+    d_opt: torch.optim.Optimizer,
+    g_opt: torch.optim.Optimizer | None,
+    lr: torch.Tensor,
+    hr: torch.Tensor,
+    labels: torch.Tensor,
+    targets: torch.Tensor,
+    variant: Variant,
+    preset: Preset,
+    autocast: Any,
+    d_plain: nn.Module | None = None,
 ) -> dict[str, float]:
     """One stage-2 iteration: G super-resolves the batch once; one D step; one G step."""
     learned = variant.generator == "learned"
-    with autocast(), (contextlib.nullcontext() if learned else torch.no_grad()):
+    with autocast(), contextlib.nullcontext() if learned else torch.no_grad():
         sr = g(lr) if g is not None else None  # SBU: bilinear up-sampling; plain R-CNN style D: none
     metrics = discriminator_step(d, d_opt, sr, hr, labels, targets, variant, preset, autocast)
     if learned:
@@ -183,8 +207,9 @@ def rule_key(key: str, rule: str) -> str:
 
 
 @torch.inference_mode()
-def evaluate_holdout(g: nn.Module | None, d: nn.Module, holdout: dict[str, Any], variant: Variant, margin: float,
-                     device: torch.device, autocast: Any, batch_size: int = 256) -> dict[str, float]:
+def evaluate_holdout(
+    g: nn.Module | None, d: nn.Module, holdout: dict[str, Any], variant: Variant, margin: float, device: torch.device, autocast: Any, batch_size: int = 256
+) -> dict[str, float]:
     """D's eval-mode classification accuracy on held-out ROIs under every test-time rule that
     applies to `variant` (`by_size` at DEFAULT_G_MAX_SIDE): on positives and negatives, and on
     positives by size class; keys `eval_acc_*` for the paper's path, `eval_acc_*-<rule>` for the
@@ -195,7 +220,7 @@ def evaluate_holdout(g: nn.Module | None, d: nn.Module, holdout: dict[str, Any],
     use_g = {r: through_generator(holdout["box"], holdout["image_size"], margin, r, DEFAULT_G_MAX_SIDE, variant) for r in rules}
     needs_sr, needs_hr = any(u.any() for u in use_g.values()), any((~u).any() for u in use_g.values())
     predicted: dict[bool, list[torch.Tensor]] = {True: [], False: []}
-    with eval_mode(d), (eval_mode(g) if g is not None else contextlib.nullcontext()):
+    with eval_mode(d), eval_mode(g) if g is not None else contextlib.nullcontext():
         for start in range(0, len(holdout["label"]), batch_size):
             rows = slice(start, start + batch_size)
             hr = to_model(torch.from_numpy(holdout["hr"][rows]), device)

@@ -31,9 +31,7 @@ def adversarial_for_g(logit_sr: torch.Tensor) -> torch.Tensor:
 
 
 def gan_for_d(logit_hr: torch.Tensor, logit_sr: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logit_hr, torch.ones_like(logit_hr)) + F.binary_cross_entropy_with_logits(
-        logit_sr, torch.zeros_like(logit_sr)
-    )
+    return F.binary_cross_entropy_with_logits(logit_hr, torch.ones_like(logit_hr)) + F.binary_cross_entropy_with_logits(logit_sr, torch.zeros_like(logit_sr))
 
 
 def classification(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -47,8 +45,15 @@ def regression(offsets: torch.Tensor, targets: torch.Tensor, labels: torch.Tenso
 
 
 def generator_losses(
-    out_sr: dict[str, torch.Tensor], sr: torch.Tensor, hr: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor,
-    terms: tuple[str, ...], alpha: float, beta: float, gamma: float,
+    out_sr: dict[str, torch.Tensor],
+    sr: torch.Tensor,
+    hr: torch.Tensor,
+    labels: torch.Tensor,
+    targets: torch.Tensor,
+    terms: tuple[str, ...],
+    alpha: float,
+    beta: float,
+    gamma: float,
 ) -> dict[str, torch.Tensor]:
     """Eq 10: the weighted terms of the generator's loss (the ones in `terms`, plus MSE)."""
     losses = {"g_loss_mse": mse(sr, hr)}
@@ -62,8 +67,13 @@ def generator_losses(
 
 
 def discriminator_losses(
-    out_sr: dict[str, torch.Tensor] | None, out_hr: dict[str, torch.Tensor] | None, labels: torch.Tensor,
-    targets: torch.Tensor, alpha: float, beta: float, gamma: float,
+    out_sr: dict[str, torch.Tensor] | None,
+    out_hr: dict[str, torch.Tensor] | None,
+    labels: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float,
+    beta: float,
+    gamma: float,
 ) -> dict[str, torch.Tensor]:
     """Eq 11 over the images D sees (SR and/or HR; None when D does not see that kind)."""
     outs = [o for o in (out_sr, out_hr) if o is not None]

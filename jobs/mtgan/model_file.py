@@ -26,8 +26,7 @@ from jobs.weights import load_torch_mapping
 
 MODEL_FORMAT = 4
 # What every reader needs (rescore honours a model's crops and categories with them).
-MODEL_KEYS = ("format_version", "variant", "preset", "d", "num_labels", "category_ids", "categories", "hr_size", "scale",
-              "margin", "resize_method")
+MODEL_KEYS = ("format_version", "variant", "preset", "d", "num_labels", "category_ids", "categories", "hr_size", "scale", "margin", "resize_method")
 
 
 @dataclass
@@ -42,16 +41,23 @@ class LoadedModel:
     state: dict[str, Any]
 
 
-def save_model(path: Path, g: nn.Module | None, d: nn.Module, variant: Variant, preset: Preset, seed: int, step: int,
-               shards: dict[str, Any], config: dict[str, Any] | None) -> None:
+def save_model(
+    path: Path, g: nn.Module | None, d: nn.Module, variant: Variant, preset: Preset, seed: int, step: int, shards: dict[str, Any], config: dict[str, Any] | None
+) -> None:
     """Write `path` atomically; `shards`: the training shards' manifest (categories, crop geometry)."""
     names = shards.get("category_names") or [str(c) for c in shards["category_ids"]]
-    state = {"format_version": MODEL_FORMAT, "d": d.state_dict(),
-             **json.loads(json.dumps({"variant": dataclasses.asdict(variant), "preset": dataclasses.asdict(preset)})),
-             "seed": seed, "config": json.loads(json.dumps(config or {})), "num_labels": shards["num_labels"],
-             "category_ids": shards["category_ids"],
-             "categories": [{"id": c, "name": n} for c, n in zip(shards["category_ids"], names)],
-             **{k: shards[k] for k in ("hr_size", "scale", "margin", "resize_method")}, "step": step}
+    state = {
+        "format_version": MODEL_FORMAT,
+        "d": d.state_dict(),
+        **json.loads(json.dumps({"variant": dataclasses.asdict(variant), "preset": dataclasses.asdict(preset)})),
+        "seed": seed,
+        "config": json.loads(json.dumps(config or {})),
+        "num_labels": shards["num_labels"],
+        "category_ids": shards["category_ids"],
+        "categories": [{"id": c, "name": n} for c, n in zip(shards["category_ids"], names)],
+        **{k: shards[k] for k in ("hr_size", "scale", "margin", "resize_method")},
+        "step": step,
+    }
     if g is not None and any(True for _ in g.parameters()):
         state["g"] = g.state_dict()
     save_checkpoint(path, state)
@@ -63,8 +69,9 @@ def read_model_state(path: Path) -> dict[str, Any]:
     if "format_version" not in state:
         raise CheckpointError(f"{path}: a model.pt without a format_version (made by an older train_mtgan); retrain it")
     if state["format_version"] != MODEL_FORMAT:
-        raise CheckpointError(f"{path}: an MTGAN model of format {state['format_version']!r}, not {MODEL_FORMAT} (made by "
-                              "another version of train_mtgan); retrain it")
+        raise CheckpointError(
+            f"{path}: an MTGAN model of format {state['format_version']!r}, not {MODEL_FORMAT} (made by another version of train_mtgan); retrain it"
+        )
     missing = [k for k in MODEL_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path}: a model.pt without {missing}; retrain it")

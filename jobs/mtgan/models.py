@@ -46,8 +46,11 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels), nn.PReLU(channels),
-            nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.PReLU(channels),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,8 +102,12 @@ class ResNetTrunk(nn.Module):
     into the 7x7-stem, width-64 trunk unchanged. `width` scales every layer's channels (64 in
     torchvision: 64-128-256-512 planes)."""
 
-    LAYERS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet34": (BasicBlock, (3, 4, 6, 3)),
-              "resnet50": (Bottleneck, (3, 4, 6, 3)), "resnet101": (Bottleneck, (3, 4, 23, 3))}
+    LAYERS = {
+        "resnet18": (BasicBlock, (2, 2, 2, 2)),
+        "resnet34": (BasicBlock, (3, 4, 6, 3)),
+        "resnet50": (Bottleneck, (3, 4, 6, 3)),
+        "resnet101": (Bottleneck, (3, 4, 23, 3)),
+    }
 
     def __init__(self, arch: str = "resnet50", width: int = 64, stem: str = "7x7") -> None:
         super().__init__()
@@ -129,8 +136,9 @@ class ResNetTrunk(nn.Module):
     def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
-                                       nn.BatchNorm2d(planes * block.expansion))
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False), nn.BatchNorm2d(planes * block.expansion)
+            )
         layers = [block(self.inplanes, planes, stride, downsample)]
         self.inplanes = planes * block.expansion
         layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
@@ -148,8 +156,7 @@ class ResNetTrunk(nn.Module):
 class Discriminator(nn.Module):
     """Image (N, 3, 64, 64) in [-1, 1] -> {"gan": (N,), "cls": (N, K+1), "reg": (N, 4)} (heads present)."""
 
-    def __init__(self, backbone: nn.Module, features: int, num_classes: int, heads: tuple[str, ...] = ("gan", "cls", "reg"),
-                 reg_init_std: float = 0.1) -> None:
+    def __init__(self, backbone: nn.Module, features: int, num_classes: int, heads: tuple[str, ...] = ("gan", "cls", "reg"), reg_init_std: float = 0.1) -> None:
         super().__init__()
         unknown = set(heads) - {"gan", "cls", "reg"}
         if unknown or "cls" not in heads:

@@ -33,8 +33,7 @@ from core.crops import crop_sides
 from jobs.mtgan.settings import PAPER_RULE, Variant, applies
 
 
-def through_generator(boxes: np.ndarray, image_sizes: np.ndarray, margin: float, rule: str, g_max_side: float,
-                      variant: Variant) -> np.ndarray:
+def through_generator(boxes: np.ndarray, image_sizes: np.ndarray, margin: float, rule: str, g_max_side: float, variant: Variant) -> np.ndarray:
     """Per ROI: True where D sees the up-sampled LR image, False where it sees the HR crop."""
     n = len(boxes)
     if not applies(rule, variant):

@@ -25,8 +25,7 @@ class PresetError(PipelineError):
     """A preset name or override that is not allowed; names the key."""
 
 
-def _knob(default: Any, minimum: float | None = None, maximum: float | None = None, above: float | None = None,
-          choices: tuple[str, ...] | None = None) -> Any:
+def _knob(default: Any, minimum: float | None = None, maximum: float | None = None, above: float | None = None, choices: tuple[str, ...] | None = None) -> Any:
     """A preset field with its allowed values (checked by `preset_problems`, at config validation)."""
     limits = {"min": minimum, "max": maximum, "above": above, "choices": choices}
     return field(default=default, metadata={k: v for k, v in limits.items() if v is not None})
@@ -137,8 +136,9 @@ def preset_problems(name: str, overrides: dict[str, Any] | None) -> list[str]:
     if not problems:
         preset = dataclasses.replace(PRESETS[name], **overrides)
         if preset.d_weights == "torchvision" and (preset.d_stem, preset.d_width) != ("7x7", 64):
-            problems.append(f"key 'mtgan.overrides': ImageNet weights (d_weights torchvision) need d_stem 7x7 and d_width 64, "
-                            f"not {preset.d_stem} and {preset.d_width}")
+            problems.append(
+                f"key 'mtgan.overrides': ImageNet weights (d_weights torchvision) need d_stem 7x7 and d_width 64, not {preset.d_stem} and {preset.d_width}"
+            )
     return problems
 
 
@@ -150,27 +150,52 @@ PRESETS: dict[str, Preset] = {
     # 2 CPU cores: about 100 pairs/s pre-training G, 35 pairs/s in GAN training (about 5 minutes for
     # the mtgan variant, 2 for sbu); every departure from the paper is named.
     "cpu": Preset(
-        g_channels=32, g_residual_blocks=2, g_upsample_channels=64,
-        d_backbone="resnet18", d_weights="none", d_stem="3x3", d_width=16,
-        batch_size=32, positive_fraction=0.5, pretrain_iterations=150, iterations=1500,
-        d_optimizer="adamw", d_lr=2e-3, d_weight_decay=0.01, d_lr_step=1200, g_lr=1e-3,
-        holdout_blocks=4, eval_every=100, log_every=20, checkpoint_every=100, picture_every=350,
+        g_channels=32,
+        g_residual_blocks=2,
+        g_upsample_channels=64,
+        d_backbone="resnet18",
+        d_weights="none",
+        d_stem="3x3",
+        d_width=16,
+        batch_size=32,
+        positive_fraction=0.5,
+        pretrain_iterations=150,
+        iterations=1500,
+        d_optimizer="adamw",
+        d_lr=2e-3,
+        d_weight_decay=0.01,
+        d_lr_step=1200,
+        g_lr=1e-3,
+        holdout_blocks=4,
+        eval_every=100,
+        log_every=20,
+        checkpoint_every=100,
+        picture_every=350,
         departures=(
             "G: 32 channels, 2 residual blocks, de-convs of 64 channels (Table 1: 64, 5, 256)",
             "D: ResNet-18 at a quarter of its width (layer1 16 channels; Table 1: ResNet-50/101 at 64, "
             "ImageNet-pretrained; no weights offline), from scratch, with Table 1's 3x3 stride-2 stem and output stride 16",
             "batch 32 with half positives (ours; the shards hold 25%), 150 MSE pre-training and 1500 GAN iterations, "
             "D lr /10 at 1200 (paper: 80k, /10 every 40k)",
-            "D AdamW lr 2e-3, weight decay 0.01 (paper: SGD lr 0.01): SGD from scratch learned little in the "
-            "CPU budget (bench/dev_sweep.py)",
+            "D AdamW lr 2e-3, weight decay 0.01 (paper: SGD lr 0.01): SGD from scratch learned little in the CPU budget (bench/dev_sweep.py)",
             "G Adam lr 1e-3 (ours: 1e-4 for the paper presets)",
         ),
     ),
     # Tests: seconds on a CPU.
     "tiny": Preset(
-        g_channels=8, g_residual_blocks=1, g_upsample_channels=8, d_backbone="resnet18", d_weights="none",
-        batch_size=8, pretrain_iterations=4, iterations=8, d_lr_step=6, g_lr=1e-3,
-        log_every=2, checkpoint_every=4, picture_every=4,
+        g_channels=8,
+        g_residual_blocks=1,
+        g_upsample_channels=8,
+        d_backbone="resnet18",
+        d_weights="none",
+        batch_size=8,
+        pretrain_iterations=4,
+        iterations=8,
+        d_lr_step=6,
+        g_lr=1e-3,
+        log_every=2,
+        checkpoint_every=4,
+        picture_every=4,
         departures=("tiny G and D, a handful of iterations: for tests only",),
     ),
 }
@@ -214,30 +239,87 @@ class Variant:
     description: str
 
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    # Table 3's control, "our discriminator network without adversarial branch": the paper feeds it
-    # "the resized proposals (e.g. 224 x 224)" (paper lines 1037-1039); ours is the 64x64 HR crop.
-    Variant("d_no_adv", "none", ("cls", "reg"), (), ("hr",), "D w/o adv branch",
-            "#2ca02c", "Table 3's control: D without the adversarial branch, trained on and fed the resized proposal "
-            "(our 64x64 HR crop; the paper's is 224x224)"),
-    # Table 4's SBU: "We upsample the training ROIs 4 times (i.e. to 64x64) and train a detector with
-    # both classification and regression branches" (paper lines 1056-1058): D sees up-sampled ROIs only.
-    Variant("sbu", "bilinear", ("cls", "reg"), (), ("sr",), "SBU (bilinear up-sampler as G)", "#1f77b4",
-            "Table 4's SBU: G replaced by bilinear 4x up-sampling of the LR image; D with cls + reg heads, trained on and "
-            "fed the up-sampled images only"),
-    Variant("sbu_hr", "bilinear", ("cls", "reg"), (), ("sr", "hr"), "SBU, D also trained on HR crops (ours)", "#6baed6",
-            "ours: SBU whose D trains on the up-sampled and the HR images, as MTGAN's D does"),
-    Variant("mtgan", "learned", ("gan", "cls", "reg"), ("adv", "cls", "reg"), ("sr", "hr"), "MTGAN", "#d62728",
-            "the full method"),
-    Variant("no_reg_branch", "learned", ("gan", "cls"), ("adv", "cls"), ("sr", "hr"), "MTGAN w/o regression branch",
-            "#9467bd", "D without the regression branch (Table 5)"),
-    Variant("no_adv_loss", "learned", ("gan", "cls", "reg"), ("cls", "reg"), ("sr", "hr"), "MTGAN w/o adversarial loss in G",
-            "#ff7f0e", "no adversarial term in G's loss (Table 5)"),
-    Variant("no_cls_loss", "learned", ("gan", "cls", "reg"), ("adv", "reg"), ("sr", "hr"),
-            "MTGAN w/o classification loss in G", "#e377c2", "no classification term in G's loss (Table 5)"),
-    Variant("no_reg_loss", "learned", ("gan", "cls", "reg"), ("adv", "cls"), ("sr", "hr"), "MTGAN w/o regression loss in G",
-            "#17becf", "no regression term in G's loss (Table 5)"),
-)}
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        # Table 3's control, "our discriminator network without adversarial branch": the paper feeds it
+        # "the resized proposals (e.g. 224 x 224)" (paper lines 1037-1039); ours is the 64x64 HR crop.
+        Variant(
+            "d_no_adv",
+            "none",
+            ("cls", "reg"),
+            (),
+            ("hr",),
+            "D w/o adv branch",
+            "#2ca02c",
+            "Table 3's control: D without the adversarial branch, trained on and fed the resized proposal (our 64x64 HR crop; the paper's is 224x224)",
+        ),
+        # Table 4's SBU: "We upsample the training ROIs 4 times (i.e. to 64x64) and train a detector with
+        # both classification and regression branches" (paper lines 1056-1058): D sees up-sampled ROIs only.
+        Variant(
+            "sbu",
+            "bilinear",
+            ("cls", "reg"),
+            (),
+            ("sr",),
+            "SBU (bilinear up-sampler as G)",
+            "#1f77b4",
+            "Table 4's SBU: G replaced by bilinear 4x up-sampling of the LR image; D with cls + reg heads, trained on and fed the up-sampled images only",
+        ),
+        Variant(
+            "sbu_hr",
+            "bilinear",
+            ("cls", "reg"),
+            (),
+            ("sr", "hr"),
+            "SBU, D also trained on HR crops (ours)",
+            "#6baed6",
+            "ours: SBU whose D trains on the up-sampled and the HR images, as MTGAN's D does",
+        ),
+        Variant("mtgan", "learned", ("gan", "cls", "reg"), ("adv", "cls", "reg"), ("sr", "hr"), "MTGAN", "#d62728", "the full method"),
+        Variant(
+            "no_reg_branch",
+            "learned",
+            ("gan", "cls"),
+            ("adv", "cls"),
+            ("sr", "hr"),
+            "MTGAN w/o regression branch",
+            "#9467bd",
+            "D without the regression branch (Table 5)",
+        ),
+        Variant(
+            "no_adv_loss",
+            "learned",
+            ("gan", "cls", "reg"),
+            ("cls", "reg"),
+            ("sr", "hr"),
+            "MTGAN w/o adversarial loss in G",
+            "#ff7f0e",
+            "no adversarial term in G's loss (Table 5)",
+        ),
+        Variant(
+            "no_cls_loss",
+            "learned",
+            ("gan", "cls", "reg"),
+            ("adv", "reg"),
+            ("sr", "hr"),
+            "MTGAN w/o classification loss in G",
+            "#e377c2",
+            "no classification term in G's loss (Table 5)",
+        ),
+        Variant(
+            "no_reg_loss",
+            "learned",
+            ("gan", "cls", "reg"),
+            ("adv", "cls"),
+            ("sr", "hr"),
+            "MTGAN w/o regression loss in G",
+            "#17becf",
+            "no regression term in G's loss (Table 5)",
+        ),
+    )
+}
+
 
 @dataclass(frozen=True)
 class TestTimeRule:
@@ -248,8 +330,7 @@ class TestTimeRule:
 PAPER_RULE = "paper"
 RULES: dict[str, TestTimeRule] = {
     PAPER_RULE: TestTimeRule("paper's path", "every ROI's LR image up-sampled 4x (the paper's path)"),
-    "by_size": TestTimeRule("G for small crops, HR crop above (ours)",
-                            "G(LR) for crops up to g_max_side px, the HR crop above (ours)"),
+    "by_size": TestTimeRule("G for small crops, HR crop above (ours)", "G(LR) for crops up to g_max_side px, the HR crop above (ours)"),
     "all_hr": TestTimeRule("HR crop for every ROI (ours)", "the HR crop for every ROI (ours)"),
 }
 # The by_size threshold of the training job's held-out check (infer has its own setting,

@@ -49,7 +49,6 @@ from jobs.mtgan.settings import RULES, Preset, Variant, applies, schedule_in_ite
 log = logging.getLogger(__name__)
 
 
-
 def _unwrap(module: nn.Module | None) -> nn.Module | None:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
@@ -77,8 +76,10 @@ def _pictures(g: nn.Module | None, lr: torch.Tensor, hr: torch.Tensor, path: Pat
     with torch.no_grad():
         x = lr[:n]
         scale = hr.shape[-1] // x.shape[-1]
-        rows = {"LR (nearest)": F.interpolate(x, scale_factor=scale, mode="nearest"),
-                "bicubic": F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1, 1)}
+        rows = {
+            "LR (nearest)": F.interpolate(x, scale_factor=scale, mode="nearest"),
+            "bicubic": F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1, 1),
+        }
         if g is not None:
             was_training = g.training
             g.eval()
@@ -137,8 +138,14 @@ def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
 
 
 def train_mtgan(
-    manifest: Path, variant: Variant, preset: Preset, out_dir: Path, device_name: str = "auto", threads: int | None = None,
-    seed: int = 0, config: dict[str, Any] | None = None,
+    manifest: Path,
+    variant: Variant,
+    preset: Preset,
+    out_dir: Path,
+    device_name: str = "auto",
+    threads: int | None = None,
+    seed: int = 0,
+    config: dict[str, Any] | None = None,
 ) -> Path:
     """Train one variant on the shards of `manifest`; return the path of `model.pt`. `config`: the
     config section the run was asked with, recorded in the model as it is."""
@@ -173,8 +180,14 @@ def train_mtgan(
     d_sched = torch.optim.lr_scheduler.StepLR(d_opt, step_size=preset.d_lr_step, gamma=0.1)
     g_opt = torch.optim.Adam(g.parameters(), lr=preset.g_lr) if learned else None
 
-    settings = {"variant": dataclasses.asdict(variant), "preset": dataclasses.asdict(preset), "seed": seed,
-                "world_size": world, "category_ids": doc["category_ids"], "shards_sha256": [s["sha256"] for s in doc["shards"]]}
+    settings = {
+        "variant": dataclasses.asdict(variant),
+        "preset": dataclasses.asdict(preset),
+        "seed": seed,
+        "world_size": world,
+        "category_ids": doc["category_ids"],
+        "shards_sha256": [s["sha256"] for s in doc["shards"]],
+    }
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as they come back from a checkpoint
     last = out_dir / "checkpoints" / "last.pt"
     start, rows = 0, []
@@ -192,13 +205,25 @@ def train_mtgan(
     for line in preset.departures:
         log.info("departure from the paper: %s", line)
 
-    loader = ShardBatches(manifest, batch_size=preset.batch_size // world, seed=seed, fields=("lr", "hr", "label", "target"),
-                          positive_fraction=preset.positive_fraction, drop_last=True, rank=rank, world_size=world,
-                          holdout_blocks=preset.holdout_blocks)
+    loader = ShardBatches(
+        manifest,
+        batch_size=preset.batch_size // world,
+        seed=seed,
+        fields=("lr", "hr", "label", "target"),
+        positive_fraction=preset.positive_fraction,
+        drop_last=True,
+        rank=rank,
+        world_size=world,
+        holdout_blocks=preset.holdout_blocks,
+    )
     holdout = read_holdout(manifest, preset.holdout_blocks, ("lr", "hr", "label", "size_class", "box", "image_size"))
     if holdout:
-        log.info("held out for eval-mode accuracy: %d ROIs (%d positive), under the test-time rules %s",
-                 len(holdout["label"]), int((holdout["label"] > 0).sum()), [r for r in RULES if applies(r, variant)])
+        log.info(
+            "held out for eval-mode accuracy: %d ROIs (%d positive), under the test-time rules %s",
+            len(holdout["label"]),
+            int((holdout["label"] > 0).sum()),
+            [r for r in RULES if applies(r, variant)],
+        )
     batches = _batches(loader)
     for _ in range(start):  # the same batches as an uninterrupted run
         next(batches)
@@ -208,9 +233,16 @@ def train_mtgan(
     total = pretrain + preset.iterations
 
     def checkpoint(step: int) -> dict[str, Any]:
-        state = {"format_version": CHECKPOINT_FORMAT, "d": _unwrap(d).state_dict(), "d_opt": d_opt.state_dict(),
-                 "d_sched": d_sched.state_dict(), "step": step,
-                 "rng": rng_state(), "settings": settings, "metrics": rows}
+        state = {
+            "format_version": CHECKPOINT_FORMAT,
+            "d": _unwrap(d).state_dict(),
+            "d_opt": d_opt.state_dict(),
+            "d_sched": d_sched.state_dict(),
+            "step": step,
+            "rng": rng_state(),
+            "settings": settings,
+            "metrics": rows,
+        }
         if learned:
             state |= {"g": _unwrap(g).state_dict(), "g_opt": g_opt.state_dict()}
         return state
@@ -235,10 +267,14 @@ def train_mtgan(
             window.setdefault(k, []).append(v)
         done = step + 1
         if done % preset.log_every == 0 or done == total:
-            row = {"step": done, "stage": "pretrain" if step < pretrain else "gan",
-                   **{k: float(np.mean(v)) for k, v in window.items()},
-                   "d_lr": d_opt.param_groups[0]["lr"], "g_lr": g_opt.param_groups[0]["lr"] if g_opt else 0.0,
-                   "pairs_per_s": pairs / (time.perf_counter() - clock)}
+            row = {
+                "step": done,
+                "stage": "pretrain" if step < pretrain else "gan",
+                **{k: float(np.mean(v)) for k, v in window.items()},
+                "d_lr": d_opt.param_groups[0]["lr"],
+                "g_lr": g_opt.param_groups[0]["lr"] if g_opt else 0.0,
+                "pairs_per_s": pairs / (time.perf_counter() - clock),
+            }
             rows.append(row)
             progress.set_postfix({k: f"{row[k]:.3f}" for k in ("g_loss_mse", "d_loss_cls", "acc_sr", "acc_hr") if k in row})
             window, clock, pairs = {}, time.perf_counter(), 0

@@ -82,10 +82,7 @@ class BuiltinSpec:
 
 
 def categories() -> list[dict[str, Any]]:
-    return [
-        {"id": i + 1, "name": name, "supercategory": shapes.SUPERCATEGORIES[name]}
-        for i, name in enumerate(shapes.CLASS_NAMES)
-    ]
+    return [{"id": i + 1, "name": name, "supercategory": shapes.SUPERCATEGORIES[name]} for i, name in enumerate(shapes.CLASS_NAMES)]
 
 
 def _sample_side(rng: np.random.Generator, spec: BuiltinSpec) -> float:
@@ -108,9 +105,7 @@ def _paste_distractors(canvas: Image.Image, rng: np.random.Generator, spec: Buil
     size = spec.image_size
     for _ in range(int(rng.integers(spec.distractors_per_image[0], spec.distractors_per_image[1] + 1))):
         side = float(math.exp(rng.uniform(math.log(spec.min_side), math.log(spec.max_side * 0.6))))
-        sprite = shapes.render_distractor(
-            rng, render_size=int(min(400, max(48, 3 * side))), aspect=rng.uniform(0.5, 2.0), angle=rng.uniform(0, 360)
-        )
+        sprite = shapes.render_distractor(rng, render_size=int(min(400, max(48, 3 * side))), aspect=rng.uniform(0.5, 2.0), angle=rng.uniform(0, 360))
         sprite = shapes.fit_sprite(sprite, side)
         w, h = sprite.size
         if w >= size or h >= size:

@@ -86,7 +86,6 @@ def read_index(path: Path) -> dict[str, SplitFiles]:
         raise InputError(f"{path}: layout_version {doc['layout_version']}, this code reads {LAYOUT_VERSION}; rerun the data stage")
     base = path.parent.resolve()
     return {
-        name: SplitFiles(name, base / s["annotations"], base / s["image_root"], s["num_images"], s["num_annotations"],
-                         s.get("labelled", True))
+        name: SplitFiles(name, base / s["annotations"], base / s["image_root"], s["num_images"], s["num_annotations"], s.get("labelled", True))
         for name, s in doc["splits"].items()
     }

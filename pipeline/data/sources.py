@@ -49,8 +49,12 @@ def _build_coco(section: dict[str, Any], tmp: Path, n_jobs: int) -> BuiltSplits:
     cfg = section["coco"]
     if not cfg["splits"]:
         raise InputError("config data.coco.splits is empty: name each split's annotations and images")
-    policy = CocoCheckPolicy(box_tolerance=cfg["box_tolerance"], invalid_boxes=cfg["invalid_boxes"],
-                             check_image_files=cfg["check_image_files"], check_image_sizes=cfg["check_image_sizes"])
+    policy = CocoCheckPolicy(
+        box_tolerance=cfg["box_tolerance"],
+        invalid_boxes=cfg["invalid_boxes"],
+        check_image_files=cfg["check_image_files"],
+        check_image_sizes=cfg["check_image_sizes"],
+    )
     out = []
     for split, files in cfg["splits"].items():
         image_root = Path(files["images"]).resolve()
@@ -65,8 +69,15 @@ def _build_coco(section: dict[str, Any], tmp: Path, n_jobs: int) -> BuiltSplits:
         clean, report = validate_coco(data, path, image_root, policy)
         if not report.labelled:
             log.info("split %s has no annotations: it can be detected and re-scored (data.submit_split), not scored", split)
-        log.info("split %s: %d images, %d annotations (%d crowd), %d boxes clipped to their image, %d invalid boxes dropped",
-                 split, report.images, report.annotations, report.crowd, report.clipped_boxes, report.dropped_boxes)
+        log.info(
+            "split %s: %d images, %d annotations (%d crowd), %d boxes clipped to their image, %d invalid boxes dropped",
+            split,
+            report.images,
+            report.annotations,
+            report.crowd,
+            report.clipped_boxes,
+            report.dropped_boxes,
+        )
         for example in report.dropped_examples:
             log.info("  dropped: %s", example)
         out.append((split, clean, image_root, {"clipped_boxes": report.clipped_boxes, "dropped_boxes": report.dropped_boxes}))
@@ -76,15 +87,18 @@ def _build_coco(section: dict[str, Any], tmp: Path, n_jobs: int) -> BuiltSplits:
 def _annotation_files(name: str) -> Callable[[dict[str, Any]], list[str]]:
     def files(section: dict[str, Any]) -> list[str]:
         return [f["annotations"] for f in section[name]["splits"].values() if "annotations" in f]
+
     return files
 
 
-DATA_SOURCES: dict[str, DataSource] = {s.name: s for s in (
-    DataSource("builtin", "the synthetic dataset, generated", _build_builtin, lambda section: []),
-    DataSource("coco", "a COCO-format dataset on disk", _build_coco, _annotation_files("coco")),
-    DataSource("widerface", "the official WIDER FACE files", widerface.build_splits, _annotation_files("widerface"),
-               widerface.prediction_folder_records),
-)}
+DATA_SOURCES: dict[str, DataSource] = {
+    s.name: s
+    for s in (
+        DataSource("builtin", "the synthetic dataset, generated", _build_builtin, lambda section: []),
+        DataSource("coco", "a COCO-format dataset on disk", _build_coco, _annotation_files("coco")),
+        DataSource("widerface", "the official WIDER FACE files", widerface.build_splits, _annotation_files("widerface"), widerface.prediction_folder_records),
+    )
+}
 
 
 def prediction_folder_records(source: str | None, folder: Path, coco: dict[str, Any]) -> list[dict[str, Any]]:
@@ -92,6 +106,8 @@ def prediction_folder_records(source: str | None, folder: Path, coco: dict[str, 
     reader = DATA_SOURCES[source].prediction_folder if source in DATA_SOURCES else None
     if reader is None:
         layouts = [name for name, s in DATA_SOURCES.items() if s.prediction_folder]
-        raise InputError(f"{folder}: a folder of detections is read in a data source's own layout ({', '.join(layouts)}); "
-                         f"data source {source!r} has none: give a COCO results JSON file")
+        raise InputError(
+            f"{folder}: a folder of detections is read in a data source's own layout ({', '.join(layouts)}); "
+            f"data source {source!r} has none: give a COCO results JSON file"
+        )
     return reader(Path(folder), coco)

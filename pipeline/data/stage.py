@@ -29,7 +29,6 @@ from pipeline.data.sources import DATA_SOURCES
 log = logging.getLogger(__name__)
 
 
-
 def build_dataset(section: dict[str, Any], out_dir: Path, n_jobs: int = 1) -> dict[str, SplitFiles]:
     """Run the data stage for the config's `data` section (validated, defaults filled)."""
     out_dir = Path(out_dir)
@@ -41,10 +40,11 @@ def build_dataset(section: dict[str, Any], out_dir: Path, n_jobs: int = 1) -> di
             atomic.write_json(tmp / f"{split}.json", coco)
             labelled = "annotations" in coco
             if not labelled and split in (section["train_split"], section["test_split"]):
-                raise InputError(f"split {split!r} has no annotations: it cannot be data.train_split or data.test_split "
-                                 "(an image list is re-scored through data.submit_split)")
-            splits.append(SplitFiles(split, tmp / f"{split}.json", image_root, len(coco["images"]),
-                                     len(coco.get("annotations", [])), labelled))
+                raise InputError(
+                    f"split {split!r} has no annotations: it cannot be data.train_split or data.test_split "
+                    "(an image list is re-scored through data.submit_split)"
+                )
+            splits.append(SplitFiles(split, tmp / f"{split}.json", image_root, len(coco["images"]), len(coco.get("annotations", [])), labelled))
             all_stats[split] = {**stats.split_stats(coco), **extra}
         stats.write_stats(name, all_stats, tmp / "stats.json", tmp / "stats.md")
         _, test_coco, test_root, _ = next(b for b in built if b[0] == section["test_split"])

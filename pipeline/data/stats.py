@@ -66,9 +66,7 @@ def stats_markdown(dataset: str, stats: dict[str, dict[str, Any]]) -> str:
     row("images", [stats[s]["images"] for s in splits])
     row("objects", [stats[s]["objects"] for s in splits])
     row("crowd regions", [stats[s]["crowd_regions"] for s in splits])
-    row("objects per image (min / mean / max)", [
-        "{min} / {mean} / {max}".format(**stats[s]["objects_per_image"]) for s in splits
-    ])
+    row("objects per image (min / mean / max)", ["{min} / {mean} / {max}".format(**stats[s]["objects_per_image"]) for s in splits])
     for size in SIZE_CLASSES:
         row(f"{size} objects", [f"{stats[s]['by_size'][size]} ({100 * stats[s]['size_shares'][size]:.1f}%)" for s in splits])
     for key, label in EXTRA_ROWS.items():
@@ -124,6 +122,5 @@ def draw_preview(coco: dict[str, Any], image_root: Path, out_png: Path, title: s
     fig.tight_layout()
     atomic.write_figure(fig, out_png, dpi=90)
     if unreadable:
-        log.warning("preview: %d of %d image(s) could not be read and are drawn grey: %s", len(unreadable), len(images),
-                    "; ".join(unreadable))
+        log.warning("preview: %d of %d image(s) could not be read and are drawn grey: %s", len(unreadable), len(images), "; ".join(unreadable))
     return len(unreadable)

@@ -48,8 +48,7 @@ def require(outputs: dict[str, Path], names: tuple[str, ...] | list[str]) -> dic
     return {k: Path(v) for k, v in outputs.items()}
 
 
-def write_charts(score_files: list[Path], eval_files: list[Path], accuracy_files: list[Path],
-                 training_logs: dict[str, Path], outputs: dict[str, Path]) -> None:
+def write_charts(score_files: list[Path], eval_files: list[Path], accuracy_files: list[Path], training_logs: dict[str, Path], outputs: dict[str, Path]) -> None:
     """The charts of every method: PR by size, bars, per-class change, training curves, Table 9."""
     out = require(outputs, CHART_OUTPUTS)
     scores = [json.loads(Path(p).read_text()) for p in score_files]
@@ -72,8 +71,7 @@ def write_error_analysis(gt_json: Path, results: dict[str, Path], outputs: dict[
     for method in ordered(list(results)):
         analyses[method] = coco_errors.analyze_errors(gt, read_json(results[method]), area_ranges=ERROR_AREAS)
         for area in ERROR_AREAS:
-            coco_errors.plot_error_analysis(analyses[method], area, out[f"{method}_{area}"],
-                                            f"Error analysis of {label(method)}: {area} objects")
+            coco_errors.plot_error_analysis(analyses[method], area, out[f"{method}_{area}"], f"Error analysis of {label(method)}: {area} objects")
     rows = coco_errors.error_table(analyses, ERROR_AREAS)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["method", "area", *coco_errors.ERROR_TYPES], lineterminator="\n")
@@ -85,8 +83,9 @@ def write_error_analysis(gt_json: Path, results: dict[str, Path], outputs: dict[
     return markdown
 
 
-def write_detection_pictures(gt_json: Path, image_root: Path, baseline_results: Path, method_results: Path, method: str,
-                             outputs: dict[str, Path], n_better: int = 6, n_worse: int = 3) -> dict[str, int]:
+def write_detection_pictures(
+    gt_json: Path, image_root: Path, baseline_results: Path, method_results: Path, method: str, outputs: dict[str, Path], n_better: int = 6, n_worse: int = 3
+) -> dict[str, int]:
     """Pictures of the test images where `method` changed the outcome against the baseline, and the CSV."""
     out = require(outputs, DETECTION_OUTPUTS)
     baseline, other = read_json(baseline_results), read_json(method_results)
@@ -96,10 +95,10 @@ def write_detection_pictures(gt_json: Path, image_root: Path, baseline_results: 
     better = [r for r in rows if r["change"] not in ("worse", "same")]
     worse = [r for r in reversed(rows) if r["change"] == "worse"]
     name = label(method)
-    detections.plot_examples(better, gt, image_root, baseline, other, method, thresholds, out["better"],
-                             f"Where {name} changed the outcome for the better", n=n_better)
-    detections.plot_examples(worse, gt, image_root, baseline, other, method, thresholds, out["worse"],
-                             f"Where {name} made things worse", n=n_worse)
+    detections.plot_examples(
+        better, gt, image_root, baseline, other, method, thresholds, out["better"], f"Where {name} changed the outcome for the better", n=n_better
+    )
+    detections.plot_examples(worse, gt, image_root, baseline, other, method, thresholds, out["worse"], f"Where {name} made things worse", n=n_worse)
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["change"]] = counts.get(r["change"], 0) + 1

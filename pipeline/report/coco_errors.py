@@ -236,7 +236,10 @@ def analyze_errors(gt: COCO, results: list[dict[str, Any]], area_ranges: Sequenc
     analysis = ErrorAnalysis(recall_thresholds=recall_thresholds, precision=precision, category_ids=cat_ids, area_names=areas)
     log.info(
         "error analysis of %d detections, %d images, %d categories in %.1fs: %s",
-        len(results), len(img_ids), len(cat_ids), time.perf_counter() - t0,
+        len(results),
+        len(img_ids),
+        len(cat_ids),
+        time.perf_counter() - t0,
         ", ".join(f"{t} {analysis.ap(t, areas[0]):.3f}" for t in ERROR_TYPES),
     )
     return analysis
@@ -280,11 +283,7 @@ def plot_error_analysis(analysis: ErrorAnalysis, area: str, out_png: Path, title
 
 def error_table(analyses: dict[str, ErrorAnalysis], areas: Sequence[str] = ("all", "small")) -> list[dict[str, Any]]:
     """One row per method and area: {"method", "area", "C75", ..., "FN"} (APs as fractions)."""
-    return [
-        {"method": method, "area": area} | {t: a.ap(t, area) for t in ERROR_TYPES}
-        for method, a in analyses.items()
-        for area in areas
-    ]
+    return [{"method": method, "area": area} | {t: a.ap(t, area) for t in ERROR_TYPES} for method, a in analyses.items() for area in areas]
 
 
 def error_table_markdown(rows: list[dict[str, Any]]) -> str:

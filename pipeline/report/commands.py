@@ -12,20 +12,21 @@ from pipeline.cli_options import existing_files, index_option, named_paths, out_
 
 @click.command("report-charts")
 @click.option("--score", "score_files", multiple=True, required=True, type=existing_files, help="score/<method>.json (repeatable).")
-@click.option("--eval", "eval_files", multiple=True, required=True, type=existing_files,
-              help="score/<method>_eval.npz, in the order of --score (repeatable).")
+@click.option("--eval", "eval_files", multiple=True, required=True, type=existing_files, help="score/<method>_eval.npz, in the order of --score (repeatable).")
 @click.option("--accuracy", "accuracy_files", multiple=True, type=existing_files, help="infer/<variant>_accuracy.json (repeatable).")
 @click.option("--training", "training_logs", multiple=True, help="VARIANT=mtgan/<variant>/metrics.jsonl (repeatable).")
 @outputs_option
-def report_charts_cmd(score_files: tuple[Path, ...], eval_files: tuple[Path, ...], accuracy_files: tuple[Path, ...],
-                      training_logs: tuple[str, ...], outputs: tuple[str, ...]) -> None:
+def report_charts_cmd(
+    score_files: tuple[Path, ...], eval_files: tuple[Path, ...], accuracy_files: tuple[Path, ...], training_logs: tuple[str, ...], outputs: tuple[str, ...]
+) -> None:
     """Report: PR curves per size range, AP bars, per-class AP change, training curves, Table 9 chart."""
     from pipeline.report.build import write_charts
 
     if len(score_files) != len(eval_files):
         raise click.UsageError("give one --eval per --score, in the same order")
-    write_charts(list(score_files), list(eval_files), list(accuracy_files), named_paths(training_logs, "--training"),
-                 named_paths(outputs, "--out", must_exist=False))
+    write_charts(
+        list(score_files), list(eval_files), list(accuracy_files), named_paths(training_logs, "--training"), named_paths(outputs, "--out", must_exist=False)
+    )
 
 
 @click.command("report-errors")
@@ -66,13 +67,11 @@ def report_rois_cmd(data_index: Path, split: str, model_path: Path, manifest: Pa
 @click.option("--results", "method_results", required=True, type=existing_files, help="The method's COCO results JSON.")
 @click.option("--method", required=True, help="Name of the method (mtgan, mtgan_ensemble, ...).")
 @outputs_option
-def report_detections_cmd(data_index: Path, split: str, baseline_results: Path, method_results: Path, method: str,
-                          outputs: tuple[str, ...]) -> None:
+def report_detections_cmd(data_index: Path, split: str, baseline_results: Path, method_results: Path, method: str, outputs: tuple[str, ...]) -> None:
     """Report: pictures of test images where the method changed the outcome (--out better=, worse=, images=)."""
     from pipeline.data.index import split_coco
     from pipeline.report.build import write_detection_pictures
 
     _, coco_json, image_root = split_coco(data_index, split)
-    counts = write_detection_pictures(coco_json, image_root, baseline_results, method_results, method,
-                                      named_paths(outputs, "--out", must_exist=False))
+    counts = write_detection_pictures(coco_json, image_root, baseline_results, method_results, method, named_paths(outputs, "--out", must_exist=False))
     click.echo(f"images by change against the baseline: {counts}")

@@ -127,8 +127,7 @@ def image_outcomes(gt: COCO, evaluator: COCOeval | None, dt: COCO | None, thresh
         score_of = dict(zip(e["dtIds"], e["dtScores"]))
         gt_ignored = np.asarray(e["gtIgnore"], bool)
         matched_by = np.asarray(e["gtMatches"][0])
-        found = [(g, int(d)) for g, d, ign in zip(e["gtIds"], matched_by, gt_ignored)
-                 if not ign and d > 0 and score_of[int(d)] >= threshold]
+        found = [(g, int(d)) for g, d, ign in zip(e["gtIds"], matched_by, gt_ignored) if not ign and d > 0 and score_of[int(d)] >= threshold]
         o = out[e["image_id"]]
         if e["aRng"] == small_range:
             o.small_tp += len(found)
@@ -170,8 +169,7 @@ def _unmatched(boxes: list[list[float]], others: list[list[float]]) -> list[list
     return [b for b in boxes if all(_iou_xywh(b, o) < IOU for o in others)]
 
 
-def object_changes(gt: COCO, baseline: list[dict[str, Any]], other: list[dict[str, Any]],
-                   thresholds: dict[str, float]) -> dict[int, list[ObjectChange]]:
+def object_changes(gt: COCO, baseline: list[dict[str, Any]], other: list[dict[str, Any]], thresholds: dict[str, float]) -> dict[int, list[ObjectChange]]:
     """Per image, every object or false positive whose outcome differs between the baseline and
     the method, each at its threshold (see the module's docstring)."""
     kept = {}
@@ -203,8 +201,7 @@ def change_kind(base: ImageOutcome, other: ImageOutcome) -> str:
 
 def change_score(base: ImageOutcome, other: ImageOutcome) -> float:
     """How much better (positive) or worse (negative) the image got: ranks the pictures."""
-    return (2 * (other.small_tp - base.small_tp) + (other.tp - base.tp) - 0.5 * (other.fp - base.fp)
-            + 5 * (other.mean_iou - base.mean_iou))
+    return 2 * (other.small_tp - base.small_tp) + (other.tp - base.tp) - 0.5 * (other.fp - base.fp) + 5 * (other.mean_iou - base.mean_iou)
 
 
 def load_gt(gt_json: Path) -> COCO:
@@ -222,8 +219,12 @@ def compare(gt: COCO, baseline: list[dict[str, Any]], other: list[dict[str, Any]
         outcomes.append(image_outcomes(gt, evaluator, dt, thresholds[name]))
     for image_id, base in outcomes[0].items():
         new = outcomes[1][image_id]
-        row: dict[str, Any] = {"image_id": image_id, "file_name": gt.imgs[image_id]["file_name"],
-                               "change": change_kind(base, new), "change_score": round(change_score(base, new), 3)}
+        row: dict[str, Any] = {
+            "image_id": image_id,
+            "file_name": gt.imgs[image_id]["file_name"],
+            "change": change_kind(base, new),
+            "change_score": round(change_score(base, new), 3),
+        }
         for prefix, o in (("baseline", base), ("method", new)):
             row |= {f"{prefix}_{k}": v for k, v in asdict(o).items() if k != "iou_sum"}
             row[f"{prefix}_mean_iou"] = round(o.mean_iou, 3)
@@ -256,13 +257,31 @@ def _draw_changes(ax: Any, changes: list[ObjectChange], method: str, offset: tup
     for change in changes:
         role, style, _ = CHANGES[change.kind]
         x, y, w, h = change.bbox
-        ax.add_patch(plt.Rectangle((x - offset[0], y - offset[1]), w, h, fill=False, linestyle=style, linewidth=lw,
-                                   edgecolor=method_color(method) if role == "method" else method_color("baseline")))
+        ax.add_patch(
+            plt.Rectangle(
+                (x - offset[0], y - offset[1]),
+                w,
+                h,
+                fill=False,
+                linestyle=style,
+                linewidth=lw,
+                edgecolor=method_color(method) if role == "method" else method_color("baseline"),
+            )
+        )
 
 
-def plot_examples(rows: list[dict[str, Any]], gt: COCO, image_root: Path, baseline: list[dict[str, Any]],
-                  other: list[dict[str, Any]], method: str, thresholds: dict[str, float], out_png: Path, title: str,
-                  n: int = 6) -> None:
+def plot_examples(
+    rows: list[dict[str, Any]],
+    gt: COCO,
+    image_root: Path,
+    baseline: list[dict[str, Any]],
+    other: list[dict[str, Any]],
+    method: str,
+    thresholds: dict[str, float],
+    out_png: Path,
+    title: str,
+    n: int = 6,
+) -> None:
     """The images of `rows` (at most `n`), each with only what changed between the baseline and
     `method` at their thresholds, and zoomed insets of the small changes under it."""
     changes = object_changes(gt, baseline, other, thresholds)
@@ -270,15 +289,14 @@ def plot_examples(rows: list[dict[str, Any]], gt: COCO, image_root: Path, baseli
     cols = min(3, max(1, len(shown)))
     n_rows = max(1, -(-len(shown) // cols))
     fig = plt.figure(figsize=(5 * cols, 6.0 * n_rows + 0.9))
-    grid = fig.add_gridspec(2 * n_rows, cols * INSETS, height_ratios=[4, 1] * n_rows, hspace=0.3, wspace=0.08, top=0.92,
-                            bottom=0.07)
+    grid = fig.add_gridspec(2 * n_rows, cols * INSETS, height_ratios=[4, 1] * n_rows, hspace=0.3, wspace=0.08, top=0.92, bottom=0.07)
     if not shown:
         ax = fig.add_subplot(grid[0, :])
         ax.axis("off")
         ax.text(0.5, 0.5, "no such image in the test split", ha="center", va="center", transform=ax.transAxes)
     for k, row in enumerate(shown):
         r, c = divmod(k, cols)
-        ax = fig.add_subplot(grid[2 * r, c * INSETS:(c + 1) * INSETS])
+        ax = fig.add_subplot(grid[2 * r, c * INSETS : (c + 1) * INSETS])
         with Image.open(Path(image_root) / row["file_name"]) as im:
             image = np.asarray(im.convert("RGB"))
         ax.imshow(image)
@@ -286,8 +304,9 @@ def plot_examples(rows: list[dict[str, Any]], gt: COCO, image_root: Path, baseli
         here = changes[row["image_id"]]
         _draw_changes(ax, here, method)
         counts = {kind: sum(ch.kind == kind for ch in here) for kind in CHANGES}
-        ax.set_title(f"{row['file_name']} ({row['change']})\n" + ", ".join(
-            f"{CHANGES[kind][2]} {count}" for kind, count in counts.items() if count), fontsize=8)
+        ax.set_title(
+            f"{row['file_name']} ({row['change']})\n" + ", ".join(f"{CHANGES[kind][2]} {count}" for kind, count in counts.items() if count), fontsize=8
+        )
         small = sorted((ch for ch in here if ch.small), key=lambda ch: list(CHANGES).index(ch.kind))[:INSETS]
         for j in range(INSETS):
             inset = fig.add_subplot(grid[2 * r + 1, c * INSETS + j])
@@ -297,10 +316,26 @@ def plot_examples(rows: list[dict[str, Any]], gt: COCO, image_root: Path, baseli
                 inset.imshow(image[y0:y1, x0:x1], interpolation="nearest")
                 _draw_changes(inset, [small[j]], method, offset=(x0, y0), lw=1.5)
                 inset.set_title(CHANGES[small[j].kind][2], fontsize=7)
-    handles = [plt.Line2D([], [], color=method_color(method) if role == "method" else method_color("baseline"), ls=style, lw=2,
-                          label=kind.replace("the method", label(method))) for kind, (role, style, _) in CHANGES.items()]
-    handles.append(plt.Line2D([], [], color="none", label=f"at the scores of best F1: baseline >= {thresholds['baseline']:.2f}, "
-                                                          f"method >= {thresholds['other']:.2f}; under each image: small changes, zoomed"))
+    handles = [
+        plt.Line2D(
+            [],
+            [],
+            color=method_color(method) if role == "method" else method_color("baseline"),
+            ls=style,
+            lw=2,
+            label=kind.replace("the method", label(method)),
+        )
+        for kind, (role, style, _) in CHANGES.items()
+    ]
+    handles.append(
+        plt.Line2D(
+            [],
+            [],
+            color="none",
+            label=f"at the scores of best F1: baseline >= {thresholds['baseline']:.2f}, "
+            f"method >= {thresholds['other']:.2f}; under each image: small changes, zoomed",
+        )
+    )
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8)
     fig.suptitle(title, fontsize=11)
     save(fig, out_png, dpi=90)

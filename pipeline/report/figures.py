@@ -48,8 +48,7 @@ def plot_pr_by_size(evals: dict[str, np.ndarray], out_pngs: dict[str, Path]) -> 
             for method in ordered(list(evals)):
                 curve = mean_precision(evals[method], iou, area)
                 style = "--" if method.endswith("_ensemble") else "-"
-                ax.plot(RECALL_POINTS, curve, style, color=method_color(method), lw=1.8,
-                        label=f"{label(method)} [AP{int(iou * 100)} {100 * curve.mean():.1f}]")
+                ax.plot(RECALL_POINTS, curve, style, color=method_color(method), lw=1.8, label=f"{label(method)} [AP{int(iou * 100)} {100 * curve.mean():.1f}]")
             ax.set(title=f"IoU {iou}", xlabel="recall", xlim=(0, 1), ylim=(0, 1.01))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="upper right")
@@ -105,8 +104,7 @@ def per_class_change(scores: list[dict[str, Any]], out_csv: Path, out_png: Path)
     y = np.arange(len(shown))
     height = 0.8 / max(1, len(others))
     for i, m in enumerate(others):
-        ax.barh(y + (i - (len(others) - 1) / 2) * height, [r[f"change_{m}"] for r in shown], height,
-                color=method_color(m), label=f"{label(m)} - baseline")
+        ax.barh(y + (i - (len(others) - 1) / 2) * height, [r[f"change_{m}"] for r in shown], height, color=method_color(m), label=f"{label(m)} - baseline")
     ax.set_yticks(y, [r["category"] for r in shown], fontsize=7)
     ax.invert_yaxis()
     ax.axvline(0, color="black", lw=0.8)
@@ -126,10 +124,14 @@ TRAINING_PANELS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("G loss from D: adversarial dotted, cls dashed, reg dash-dot", (("g_loss_adv", ":"), ("g_loss_cls", "--"), ("g_loss_reg", "-."))),
     ("D(real HR) solid, D(SR) dashed", (("d_real", "-"), ("d_sr", "--"))),
     ("D train-mode accuracy on training batches: SR solid, HR dashed", (("acc_sr", "-"), ("acc_hr", "--"))),
-    ("D eval-mode accuracy on held-out ROIs, paper's path: positives solid, small positives dashed, negatives dotted",
-     (("eval_acc_pos", "-"), ("eval_acc_pos_small", "--"), ("eval_acc_neg", ":"))),
-    ("D eval-mode accuracy on held-out ROIs, by-size path (ours): positives solid, small positives dashed",
-     (("eval_acc_pos-by_size", "-"), ("eval_acc_pos_small-by_size", "--"))),
+    (
+        "D eval-mode accuracy on held-out ROIs, paper's path: positives solid, small positives dashed, negatives dotted",
+        (("eval_acc_pos", "-"), ("eval_acc_pos_small", "--"), ("eval_acc_neg", ":")),
+    ),
+    (
+        "D eval-mode accuracy on held-out ROIs, by-size path (ours): positives solid, small positives dashed",
+        (("eval_acc_pos-by_size", "-"), ("eval_acc_pos_small-by_size", "--")),
+    ),
 )
 
 
@@ -141,7 +143,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def plot_training_curves(logs: dict[str, list[dict[str, Any]]], out_png: Path) -> None:
     """Every variant's training log side by side, one panel per quantity (absent ones are skipped)."""
     fig, axes = plt.subplots(2, 4, figsize=(18, 7.5))
-    for ax in axes.flat[len(TRAINING_PANELS):]:
+    for ax in axes.flat[len(TRAINING_PANELS) :]:
         ax.axis("off")
     for ax, (title, series) in zip(axes.flat, TRAINING_PANELS):
         drawn = False
@@ -150,8 +152,7 @@ def plot_training_curves(logs: dict[str, list[dict[str, Any]]], out_png: Path) -
                 points = [(r["step"], r[key]) for r in logs[variant] if key in r]
                 if points:
                     steps, values = zip(*points)
-                    ax.plot(steps, values, style, color=method_color(variant), lw=1.4,
-                            label=label(variant) if key == series[0][0] else None)
+                    ax.plot(steps, values, style, color=method_color(variant), lw=1.4, label=label(variant) if key == series[0][0] else None)
                     drawn = True
         ax.set_title(textwrap.fill(title, 48), fontsize=9)
         ax.set_xlabel("step")

@@ -75,8 +75,7 @@ def sample_rois(manifest: Path, per_group: int = 6, seed: int = 0) -> dict[str, 
 
 
 @torch.inference_mode()
-def plot_roi_grid(model_path: Path, manifest: Path, category_names: dict[int, str], out_png: Path, per_group: int = 6,
-                  rule: str = PAPER_RULE) -> None:
+def plot_roi_grid(model_path: Path, manifest: Path, category_names: dict[int, str], out_png: Path, per_group: int = 6, rule: str = PAPER_RULE) -> None:
     """Write the Fig 3 grid of the variant in `model_path` on the ROIs of `manifest`, framing what D
     sees under the test-time rule `rule` (the paper's path by default)."""
     device = torch.device("cpu")
@@ -87,8 +86,9 @@ def plot_roi_grid(model_path: Path, manifest: Path, category_names: dict[int, st
     margin = read_manifest(manifest)["margin"]
     row_names = ["LR (nearest)", "bicubic 4x", f"SR ({'G' if variant.generator == 'learned' else variant.generator})", "HR (real)"]
     n_rows = len(row_names) * len(samples)
-    fig, axes = plt.subplots(max(1, n_rows), per_group, figsize=(1.3 * per_group + 1.2, 1.55 * max(1, n_rows) + 0.6),
-                             squeeze=False, gridspec_kw={"wspace": 0.08, "hspace": 0.45})
+    fig, axes = plt.subplots(
+        max(1, n_rows), per_group, figsize=(1.3 * per_group + 1.2, 1.55 * max(1, n_rows) + 0.6), squeeze=False, gridspec_kw={"wspace": 0.08, "hspace": 0.45}
+    )
     for ax in axes.flat:
         ax.axis("off")
     r = 0
@@ -99,8 +99,12 @@ def plot_roi_grid(model_path: Path, manifest: Path, category_names: dict[int, st
         lr, hr = to_model(torch.from_numpy(sample.lr), device), to_model(torch.from_numpy(sample.hr), device)
         scale = hr.shape[-1] // lr.shape[-1]
         sr = g(lr).clamp(-1, 1) if g is not None else hr
-        inputs = [F.interpolate(lr, scale_factor=scale, mode="nearest"),
-                  F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1, 1), sr, hr]
+        inputs = [
+            F.interpolate(lr, scale_factor=scale, mode="nearest"),
+            F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(-1, 1),
+            sr,
+            hr,
+        ]
         use_g = through_generator(sample.box, sample.image_size, margin, rule, DEFAULT_G_MAX_SIDE, variant)
         for row, (name, images) in enumerate(zip(row_names, inputs)):
             probs = torch.softmax(d(images)["cls"].float(), dim=1)
@@ -116,11 +120,15 @@ def plot_roi_grid(model_path: Path, manifest: Path, category_names: dict[int, st
                 if row == (2 if use_g[c] else 3):  # what D sees for this ROI at test time
                     ax.add_patch(Rectangle((-0.5, -0.5), images.shape[-1], images.shape[-2], fill=False, lw=2.5, ec="#2e8b57"))
             heading = f"{title}\n" if name == row_names[0] else ""
-            axes[r, 0].text(-0.12, 0.5, heading + name, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8,
-                            fontweight="bold" if heading else "normal")
+            axes[r, 0].text(
+                -0.12, 0.5, heading + name, transform=axes[r, 0].transAxes, ha="right", va="center", fontsize=8, fontweight="bold" if heading else "normal"
+            )
             r += 1
     fig.subplots_adjust(left=0.2, right=0.99, top=1 - 0.95 / fig.get_figheight(), bottom=0.01)
-    fig.suptitle(f"{variant.name}: test ROIs as LR / bicubic / SR / HR, captioned with D's probability of the true label "
-                 f"(red: D predicts another class); green frame: what D sees on the {RULES[rule].label}", fontsize=9,
-                 y=1 - 0.2 / fig.get_figheight())
+    fig.suptitle(
+        f"{variant.name}: test ROIs as LR / bicubic / SR / HR, captioned with D's probability of the true label "
+        f"(red: D predicts another class); green frame: what D sees on the {RULES[rule].label}",
+        fontsize=9,
+        y=1 - 0.2 / fig.get_figheight(),
+    )
     save(fig, out_png)

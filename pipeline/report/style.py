@@ -13,8 +13,7 @@ from pipeline.methods import display_name, method_color, method_key
 
 __all__ = ["SIZE_TITLES", "label", "method_color", "ordered", "plt", "save"]
 
-SIZE_TITLES = {"all": "all objects", "small": "small objects (area < 32²)", "medium": "medium objects (32² to 96²)",
-               "large": "large objects (area > 96²)"}
+SIZE_TITLES = {"all": "all objects", "small": "small objects (area < 32²)", "medium": "medium objects (32² to 96²)", "large": "large objects (area > 96²)"}
 
 
 def ordered(methods: list[str]) -> list[str]:

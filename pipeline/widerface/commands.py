@@ -10,8 +10,12 @@ import click
 from pipeline.cli_options import existing_files, index_option, named_paths, out_file, out_folder, outputs_option, split_option
 
 ground_truth_option = click.option(
-    "--ground-truth", "gt_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder of wider_face_val.mat and wider_{easy,medium,hard}_val.mat (the toolkit's ground_truth).")
+    "--ground-truth",
+    "gt_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of wider_face_val.mat and wider_{easy,medium,hard}_val.mat (the toolkit's ground_truth).",
+)
 
 
 @click.command("widerface-score")
@@ -23,8 +27,9 @@ ground_truth_option = click.option(
 @click.option("--out-json", required=True, type=out_file)
 @click.option("--out-curves", required=True, type=out_file, help="PR curves (.npz).")
 @click.option("--out-predictions", required=True, type=out_folder, help="Folder for the detections in the official layout (<event>/<image>.txt).")
-def widerface_score_cmd(data_index: Path, split: str, results: Path, method: str, gt_dir: Path, out_json: Path,
-                        out_curves: Path, out_predictions: Path) -> None:
+def widerface_score_cmd(
+    data_index: Path, split: str, results: Path, method: str, gt_dir: Path, out_json: Path, out_curves: Path, out_predictions: Path
+) -> None:
     """Stage 8, WIDER FACE: the official Easy / Medium / Hard evaluation (MATLAB toolkit logic)."""
     from core.io.coco import read_json
     from pipeline.data.index import split_coco
@@ -51,8 +56,7 @@ def widerface_table_cmd(outputs: tuple[str, ...], score_files: tuple[Path, ...])
 
 @click.command("widerface-eval")
 @ground_truth_option
-@click.option("--coco", "coco_json", type=existing_files,
-              help="For a COCO results JSON: the COCO JSON of the val images it refers to (ids -> file names).")
+@click.option("--coco", "coco_json", type=existing_files, help="For a COCO results JSON: the COCO JSON of the val images it refers to (ids -> file names).")
 @click.option("--out-json", type=out_file, help="Also write the APs and counts here.")
 @click.option("--out-png", type=out_file, help="Also draw the PR curves (3 panels) here.")
 @click.argument("predictions", type=click.Path(exists=True, path_type=Path))

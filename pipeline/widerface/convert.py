@@ -91,9 +91,7 @@ def _face_line(path: Path, line_no: int, line: str) -> tuple[float, ...]:
     except ValueError:
         raise CocoFormatError(f"{path}:{line_no}: a face line holds numbers only, got {line.strip()!r}") from None
     if len(values) != 4 + len(ATTRIBUTES) or not all(math.isfinite(v) for v in values):
-        raise CocoFormatError(
-            f"{path}:{line_no}: a face line is 'x y w h {' '.join(ATTRIBUTES)}' (10 finite numbers), got {line.strip()!r}"
-        )
+        raise CocoFormatError(f"{path}:{line_no}: a face line is 'x y w h {' '.join(ATTRIBUTES)}' (10 finite numbers), got {line.strip()!r}")
     return values
 
 
@@ -141,18 +139,24 @@ def to_coco(images: list[WiderImage], image_root: Path, source: Path) -> tuple[d
             invalid = attributes["invalid"] == 1
             counts["faces"] += 1
             counts["invalid_faces"] += invalid
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": FACE_CATEGORY["id"],
-                "bbox": [x, y, w, h],
-                "area": w * h,
-                "iscrowd": int(invalid),
-                "attributes": attributes,
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": FACE_CATEGORY["id"],
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": int(invalid),
+                    "attributes": attributes,
+                }
+            )
     log.info(
         "%s: %d images (%d without faces), %d faces kept (%d invalid -> ignore regions), %d zero-size faces dropped",
-        source, counts["images"], counts["images_without_faces"], counts["faces"], counts["invalid_faces"],
+        source,
+        counts["images"],
+        counts["images_without_faces"],
+        counts["faces"],
+        counts["invalid_faces"],
         counts["zero_size_faces"],
     )
     coco = {

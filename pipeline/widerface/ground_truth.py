@@ -59,8 +59,7 @@ class WiderGroundTruth:
             raise InputError(f"WIDER ground truth: keep has settings {sorted(self.keep)}, expected {list(SETTINGS)}")
         for setting, lists in self.keep.items():
             if len(lists) != len(self.images):
-                raise InputError(f"WIDER ground truth: setting {setting!r} has {len(lists)} images, "
-                                 f"expected {len(self.images)}")
+                raise InputError(f"WIDER ground truth: setting {setting!r} has {len(lists)} images, expected {len(self.images)}")
         object.__setattr__(self, "_index", index)
 
     def __len__(self) -> int:
@@ -102,8 +101,7 @@ def _names(mat: Mapping[str, Any], path: Path) -> tuple[list[str], list[list[str
     files = _cell_column(mat, "file_list", path)
     if len(files) != len(events):
         raise InputError(f"{path}: {len(events)} events but {len(files)} file_list entries")
-    names = [[_cell_string(f, path, f"a file_list entry of event {event}") for f in np.asarray(cell).reshape(-1)]
-             for event, cell in zip(events, files)]
+    names = [[_cell_string(f, path, f"a file_list entry of event {event}") for f in np.asarray(cell).reshape(-1)] for event, cell in zip(events, files)]
     return events, names
 
 
@@ -181,6 +179,7 @@ def load_ground_truth(gt_dir: Path) -> WiderGroundTruth:
         keep[setting] = lists
 
     gt = WiderGroundTruth(images=images, boxes=boxes, keep=keep, int32_boxes=integer_classes == {True})
-    log.info("WIDER FACE ground truth: %d events, %d images, %d faces (%s)", len(events), len(gt), gt.faces,
-             ", ".join(f"{s} {gt.kept_faces(s)}" for s in SETTINGS))
+    log.info(
+        "WIDER FACE ground truth: %d events, %d images, %d faces (%s)", len(events), len(gt), gt.faces, ", ".join(f"{s} {gt.kept_faces(s)}" for s in SETTINGS)
+    )
     return gt

@@ -49,16 +49,15 @@ def _parse_prediction_file(path: Path) -> np.ndarray:
         raise InputError(f"{path}: line 2: the number of detections {lines[1].strip()!r} is not an integer") from None
     if count < 0:
         raise InputError(f"{path}: line 2: negative number of detections {count}")
-    rows = [line.split() for line in lines[2:2 + count]]
+    rows = [line.split() for line in lines[2 : 2 + count]]
     if len(rows) < count:
         raise InputError(f"{path}: line 2 announces {count} detections but the file has {len(rows)} detection lines")
     for k, row in enumerate(rows):
         if len(row) != 5:
             raise InputError(f"{path}: line {k + 3}: expected 5 numbers 'x y w h score', got {len(row)} fields")
-    extra = [line for line in lines[2 + count:] if line.strip()]
+    extra = [line for line in lines[2 + count :] if line.strip()]
     if extra:
-        log.warning("%s: %d non-empty lines after the %d announced detections are ignored (as by the toolkit)",
-                    path, len(extra), count)
+        log.warning("%s: %d non-empty lines after the %d announced detections are ignored (as by the toolkit)", path, len(extra), count)
     if count == 0:
         return np.zeros((0, 5))
     try:
@@ -116,8 +115,7 @@ def write_prediction_dir(predictions: Mapping[str, np.ndarray], out_dir: Path, i
     keys = list(image_keys)
     outside = len(set(predictions) - set(keys))
     if outside:
-        log.warning("write_prediction_dir: %d images with predictions are not among the image keys and are not written",
-                    outside)
+        log.warning("write_prediction_dir: %d images with predictions are not among the image keys and are not written", outside)
     for key in keys:
         path = _prediction_path(out_dir, key)
         detections = as_detections(key, predictions.get(key, np.zeros((0, 5))))
@@ -127,8 +125,7 @@ def write_prediction_dir(predictions: Mapping[str, np.ndarray], out_dir: Path, i
         path.write_text(f"{name}.jpg\n{len(detections)}\n{body}")
 
 
-def predictions_from_coco_results(results: Iterable[Mapping[str, Any]], image_key_by_id: Mapping[int, str],
-                                  category_id: int | None = None) -> Predictions:
+def predictions_from_coco_results(results: Iterable[Mapping[str, Any]], image_key_by_id: Mapping[int, str], category_id: int | None = None) -> Predictions:
     """Group COCO results records (image_id, category_id, bbox [x, y, w, h], score) by image key.
 
     Every image of `image_key_by_id` gets an entry (empty without detections). `category_id`, when

@@ -96,8 +96,7 @@ def normalise_scores(predictions: Mapping[str, np.ndarray]) -> Predictions:
     max_score = max(np.finfo(np.float32).tiny, all32.max())  # realmin('single')
     min_score = min(np.finfo(np.float32).max, all32.min())  # realmax('single')
     if not max_score > min_score:
-        raise InputError(f"cannot normalise scores: max {float(max_score)!r} <= min {float(min_score)!r} "
-                         "(all scores equal; the toolkit would divide by zero)")
+        raise InputError(f"cannot normalise scores: max {float(max_score)!r} <= min {float(min_score)!r} (all scores equal; the toolkit would divide by zero)")
     out: Predictions = {}
     for key, p in predictions.items():
         p = np.array(p, dtype=np.float64)
@@ -203,8 +202,9 @@ def _evaluate_matches(matches: _Matches, keep_mask: np.ndarray) -> tuple[np.ndar
     return np.cumsum(found), proposal_list
 
 
-def image_evaluation(pred: np.ndarray, gt: np.ndarray, keep_mask: np.ndarray, iou_thresh: float = IOU_THRESH, *,
-                     int32_gt: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def image_evaluation(
+    pred: np.ndarray, gt: np.ndarray, keep_mask: np.ndarray, iou_thresh: float = IOU_THRESH, *, int32_gt: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """evaluation.m's image_evaluation on predictions in the given (sorted) order.
 
     Returns (pred_recall, proposal_list): faces of the setting found by predictions 0..h, and 1 for a
@@ -289,8 +289,7 @@ class WiderResult:
     @property
     def official(self) -> bool:
         """The whole validation set under the toolkit's arithmetic and parameters."""
-        return (self.images_evaluated == self.images_total and self.int32_boxes
-                and self.thresh_num == THRESH_NUM and self.iou_thresh == IOU_THRESH)
+        return self.images_evaluated == self.images_total and self.int32_boxes and self.thresh_num == THRESH_NUM and self.iou_thresh == IOU_THRESH
 
 
 def _evaluated_keys(gt: WiderGroundTruth, image_keys: Collection[str] | None) -> list[str]:
@@ -303,9 +302,15 @@ def _evaluated_keys(gt: WiderGroundTruth, image_keys: Collection[str] | None) ->
     return [k for k in gt.images if k in wanted]
 
 
-def evaluate(gt: WiderGroundTruth, predictions: Mapping[str, np.ndarray], image_keys: Collection[str] | None = None,
-             thresh_num: int = THRESH_NUM, iou_thresh: float = IOU_THRESH, *,
-             int32_boxes: bool | None = None) -> WiderResult:
+def evaluate(
+    gt: WiderGroundTruth,
+    predictions: Mapping[str, np.ndarray],
+    image_keys: Collection[str] | None = None,
+    thresh_num: int = THRESH_NUM,
+    iou_thresh: float = IOU_THRESH,
+    *,
+    int32_boxes: bool | None = None,
+) -> WiderResult:
     """The toolkit's evaluation of `predictions` on the easy, medium and hard settings.
 
     image_keys: restrict to these ground-truth images (not the official number unless all).
@@ -352,9 +357,14 @@ def evaluate(gt: WiderGroundTruth, predictions: Mapping[str, np.ndarray], image_
             precision = totals[s][:, 1] / totals[s][:, 0]
             recall = totals[s][:, 1] / faces[s] if faces[s] else np.full(thresh_num, np.nan)
         settings[s] = SettingResult(ap=voc_ap(recall, precision), precision=precision, recall=recall, faces=faces[s])
-    result = WiderResult(settings=settings, images_evaluated=len(keys), images_total=len(gt),
-                         images_without_predictions=without, int32_boxes=use_int32, thresh_num=thresh_num,
-                         iou_thresh=iou_thresh)
-    log.info("WIDER FACE AP on %d/%d images: %s", len(keys), len(gt),
-             ", ".join(f"{s} {r.ap:.4f}" for s, r in settings.items()))
+    result = WiderResult(
+        settings=settings,
+        images_evaluated=len(keys),
+        images_total=len(gt),
+        images_without_predictions=without,
+        int32_boxes=use_int32,
+        thresh_num=thresh_num,
+        iou_thresh=iou_thresh,
+    )
+    log.info("WIDER FACE AP on %d/%d images: %s", len(keys), len(gt), ", ".join(f"{s} {r.ap:.4f}" for s, r in settings.items()))
     return result

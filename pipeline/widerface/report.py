@@ -46,8 +46,7 @@ def results_markdown(results: Mapping[str, WiderResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_pr_curves(results: Mapping[str, WiderResult], out_png: Path, title: str,
-                   colors: Mapping[str, str] | None = None) -> None:
+def plot_pr_curves(results: Mapping[str, WiderResult], out_png: Path, title: str, colors: Mapping[str, str] | None = None) -> None:
     """One figure, panels Easy / Medium / Hard, one precision-recall line per method."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -48,8 +48,7 @@ def score_widerface(coco: dict[str, Any], results: list[dict[str, Any]], gt_dir:
     return evaluate(gt, predictions, image_keys=list(keys.values())), predictions
 
 
-def evaluate_any(gt_dir: Path, predictions: Path, coco_json: Path | None = None, out_json: Path | None = None,
-                 out_png: Path | None = None) -> str:
+def evaluate_any(gt_dir: Path, predictions: Path, coco_json: Path | None = None, out_json: Path | None = None, out_png: Path | None = None) -> str:
     """The official evaluation of any detector's predictions on val: a folder in the official layout
     (`<event>/<image>.txt`), or a COCO results JSON (with `coco_json`, the COCO JSON its image ids
     refer to). Optionally the APs as JSON and the PR curves; returns the Markdown table."""
@@ -69,11 +68,11 @@ def evaluate_any(gt_dir: Path, predictions: Path, coco_json: Path | None = None,
     return results_markdown({predictions.name: result})
 
 
-def write_score(method: str, split: str, results_path: Path, result: WiderResult, predictions: Predictions,
-                out_json: Path, out_curves: Path, out_predictions: Path) -> None:
+def write_score(
+    method: str, split: str, results_path: Path, result: WiderResult, predictions: Predictions, out_json: Path, out_curves: Path, out_predictions: Path
+) -> None:
     """The method's score JSON, its PR curves (.npz), and its detections in the official txt layout."""
-    atomic.write_json(out_json, {"method": method, "split": split, "results": str(results_path), **result_to_json(result)},
-                      indent=2)
+    atomic.write_json(out_json, {"method": method, "split": split, "results": str(results_path), **result_to_json(result)}, indent=2)
     arrays = {f"{s}_{k}": getattr(result.settings[s], k) for s in SETTINGS for k in ("precision", "recall")}
     with atomic.atomic_path(out_curves) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
@@ -86,12 +85,23 @@ def read_score(json_path: Path, curves_path: Path) -> tuple[str, WiderResult]:
     doc = json.loads(Path(json_path).read_text())
     with np.load(curves_path) as arrays:
         settings = {
-            s: SettingResult(ap=float("nan") if doc["ap"][s] is None else doc["ap"][s], precision=arrays[f"{s}_precision"],
-                             recall=arrays[f"{s}_recall"], faces=doc["faces"][s])
+            s: SettingResult(
+                ap=float("nan") if doc["ap"][s] is None else doc["ap"][s],
+                precision=arrays[f"{s}_precision"],
+                recall=arrays[f"{s}_recall"],
+                faces=doc["faces"][s],
+            )
             for s in SETTINGS
         }
-    result = WiderResult(settings, doc["images_evaluated"], doc["images_total"], doc["images_without_predictions"],
-                         doc["overlap_arithmetic"] == "int32", doc["thresh_num"], doc["iou_thresh"])
+    result = WiderResult(
+        settings,
+        doc["images_evaluated"],
+        doc["images_total"],
+        doc["images_without_predictions"],
+        doc["overlap_arithmetic"] == "int32",
+        doc["thresh_num"],
+        doc["iou_thresh"],
+    )
     return doc["method"], result
 
 
@@ -108,9 +118,11 @@ def write_widerface_table(scores: list[tuple[Path, Path]], outputs: dict[str, Pa
     methods = ordered(list(results))
     named = {display_name(m): results[m] for m in methods}
     official = all(r.official for r in results.values())
-    note = "" if official else (
-        "\nNot the official protocol: evaluated on part of WIDER val (or with non-default settings); "
-        "compare these numbers only with each other.\n")
+    note = (
+        ""
+        if official
+        else ("\nNot the official protocol: evaluated on part of WIDER val (or with non-default settings); compare these numbers only with each other.\n")
+    )
     markdown = results_markdown(named) + note
     atomic.write_text(outputs["markdown"], markdown)
     buffer = io.StringIO()
@@ -118,8 +130,7 @@ def write_widerface_table(scores: list[tuple[Path, Path]], outputs: dict[str, Pa
     writer.writerow(["method", "name", "easy", "medium", "hard", "images_evaluated", "images_total", "official"])
     for m in methods:
         r = results[m]
-        writer.writerow([m, display_name(m), *(f"{r.settings[s].ap:.4f}" for s in SETTINGS), r.images_evaluated,
-                         r.images_total, r.official])
+        writer.writerow([m, display_name(m), *(f"{r.settings[s].ap:.4f}" for s in SETTINGS), r.images_evaluated, r.images_total, r.official])
     atomic.write_text(outputs["csv"], buffer.getvalue())
     title = "WIDER FACE val, official evaluation" + ("" if official else " (part of val: not the official protocol)")
     plot_pr_curves(named, outputs["figure"], title, colors={display_name(m): method_color(m) for m in methods})

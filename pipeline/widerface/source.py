@@ -25,8 +25,7 @@ def build_splits(section: dict[str, Any], tmp: Path, n_jobs: int) -> list[tuple[
     if not cfg["splits"]:
         raise InputError("config data.widerface.splits is empty: name each split's bbx_gt.txt and image folder")
     # Sizes are read from the JPEG headers by the conversion, which also reports missing files.
-    policy = CocoCheckPolicy(box_tolerance=cfg["box_tolerance"], invalid_boxes=cfg["invalid_boxes"],
-                             check_image_files=False, check_image_sizes=False)
+    policy = CocoCheckPolicy(box_tolerance=cfg["box_tolerance"], invalid_boxes=cfg["invalid_boxes"], check_image_files=False, check_image_sizes=False)
     out = []
     for split, files in cfg["splits"].items():
         path, image_root = Path(files["annotations"]), Path(files["images"]).resolve()
@@ -44,13 +43,15 @@ def build_splits(section: dict[str, Any], tmp: Path, n_jobs: int) -> list[tuple[
 def prediction_folder_records(folder: Path, coco: dict[str, Any]) -> list[dict[str, Any]]:
     """COCO results records from the official WIDER FACE prediction layout (`<event>/<image>.txt`)."""
     if len(coco["categories"]) != 1:
-        raise CocoFormatError(f"{folder}: the WIDER FACE prediction layout has no classes; the dataset has "
-                              f"{len(coco['categories'])} categories")
+        raise CocoFormatError(f"{folder}: the WIDER FACE prediction layout has no classes; the dataset has {len(coco['categories'])} categories")
     category_id = coco["categories"][0]["id"]
     keys = image_keys(coco)
     predictions = read_prediction_dir(folder, keys.values())
-    return [{"image_id": image_id, "category_id": category_id, "bbox": [float(v) for v in row[:4]], "score": float(row[4])}
-            for image_id, key in keys.items() for row in predictions.get(key, [])]
+    return [
+        {"image_id": image_id, "category_id": category_id, "bbox": [float(v) for v in row[:4]], "score": float(row[4])}
+        for image_id, key in keys.items()
+        for row in predictions.get(key, [])
+    ]
 
 
 def ground_truth_files(config: dict[str, Any]) -> list[str]:
@@ -63,6 +64,8 @@ def ground_truth_files(config: dict[str, Any]) -> list[str]:
         )
     folder = data["widerface"]["ground_truth"]
     if not folder:
-        raise InputError("eval_widerface needs data.widerface.ground_truth: the folder of wider_face_val.mat and "
-                         "wider_{easy,medium,hard}_val.mat (eval_tools/ground_truth of the official toolkit)")
+        raise InputError(
+            "eval_widerface needs data.widerface.ground_truth: the folder of wider_face_val.mat and "
+            "wider_{easy,medium,hard}_val.mat (eval_tools/ground_truth of the official toolkit)"
+        )
     return [os.path.join(folder, name) for name in WIDERFACE_GROUND_TRUTH]
