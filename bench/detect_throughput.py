@@ -12,24 +12,13 @@ class-probability vector; printed as images/s and as the ratio (b)/(a).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from jobs.baseline.models import DetectorSettings, build_detector
 from jobs.baseline.predict import LabelMap, detect_batch
 
-
-def timed(fn, repeats: int, sync) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 def main() -> None:
@@ -56,8 +45,8 @@ def main() -> None:
         images = [torch.rand(3, args.size, args.size, device=device) for _ in range(bs)]
         with torch.inference_mode():
             model(images)  # warm-up
-            base = timed(lambda: model(images), args.repeats, sync)
-            ours = timed(lambda: detect_batch(model, images, label_map), args.repeats, sync)
+            base = median_seconds(lambda: model(images), args.repeats, sync)
+            ours = median_seconds(lambda: detect_batch(model, images, label_map), args.repeats, sync)
         print(f"{bs:>5} {bs / base:>18.1f} {bs / ours:>19.1f} {base / ours:>6.2f}")
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from collections.abc import Callable
 
@@ -27,8 +26,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from jobs.common import autocast_factory, bf16_native
-from jobs.mtgan.engine import build_networks, train_step
+from jobs.mtgan.engine import Batch, build_networks, train_step
 from jobs.mtgan.settings import VARIANTS, Preset, Variant, resolve_preset
+
+from timing import median_seconds
 
 MODES = {"fp32": (False, False), "channels-last": (False, True), "bf16": (True, False), "bf16 + channels-last": (True, True)}
 
@@ -87,7 +88,7 @@ def measure(
     autocast = autocast_factory(device, preset.amp)
 
     def step() -> None:
-        train_step(g, d, d_opt, g_opt, lr, hr, labels, targets, variant, preset, autocast)
+        train_step(g, d, d_opt, g_opt, Batch(lr, hr, labels, targets), variant, preset, autocast)
 
     start = time.perf_counter()
     step()  # warm-up (compiles, with --compile)
@@ -98,16 +99,10 @@ def measure(
         with FlopCounterMode(display=False) as counter:
             step()
         flops = counter.get_total_flops() / n / 1e9
-    times = []
-    for _ in range(steps):
-        sync()
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
+    seconds = median_seconds(step, steps, sync)
     g_desc = f"{preset.g_channels}ch x{preset.g_residual_blocks} /{preset.g_upsample_channels}" if g_opt else variant.generator
     d_desc = f"{preset.d_backbone} w{preset.d_width} {preset.d_stem}"
-    return n / statistics.median(times), flops, f"{g_desc:>14} {d_desc:>18}", warmup
+    return n / seconds, flops, f"{g_desc:>14} {d_desc:>18}", warmup
 
 
 if __name__ == "__main__":

@@ -109,12 +109,7 @@ def crowd_overlap(rois: torch.Tensor, crowd_boxes: torch.Tensor) -> torch.Tensor
 
 
 def match_rois(
-    rois: torch.Tensor,
-    gt_boxes: torch.Tensor,
-    gt_labels: torch.Tensor,
-    gt_crowd: torch.Tensor,
-    positive_iou: float = 0.5,
-    negative_iou: float = 0.35,
+    rois: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, gt_crowd: torch.Tensor, positive_iou: float = 0.5, negative_iou: float = 0.35
 ) -> RoiMatch:
     """Label the ROIs (N, 4, xyxy) of one image against its ground truth (M boxes, xyxy).
 

@@ -41,13 +41,7 @@ from core.io.images import ImageReadError
 from core.io.tables import DETECTIONS_SCHEMA, make_table
 from core.sections import section_fields
 from jobs.baseline.data import CocoImages, collate
-from jobs.baseline.models import (
-    DetectorSettings,
-    build_detector,
-    num_classes_of,
-    state_dict_of,
-    torchvision_categories,
-)
+from jobs.baseline.models import DetectorSettings, build_detector, num_classes_of, state_dict_of, torchvision_categories
 from jobs.baseline.predict import LabelMap, detect_batch
 from jobs.common import pick_device
 from jobs.weights import load_torch_file

@@ -149,14 +149,7 @@ def _label_columns(rois_path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_chunk(
-    rois_path: Path,
-    coco: dict[str, Any],
-    image_root: Path,
-    split: str,
-    chunk: int,
-    settings: ShardSettings,
-    out_dir: Path,
-    n_jobs: int = 1,
+    rois_path: Path, coco: dict[str, Any], image_root: Path, split: str, chunk: int, settings: ShardSettings, out_dir: Path, n_jobs: int = 1
 ) -> dict[str, Any]:
     """Write the shards of one image chunk of a split into `out_dir` (replaced whole when done).
 

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from jobs.mtgan.engine import build_networks, train_step
+from jobs.mtgan.engine import Batch, build_networks, train_step
 from jobs.mtgan.settings import PRESETS, VARIANTS
 
 STEPS = 3
@@ -45,7 +45,7 @@ def run_steps(rank: int, world: int, out: Path) -> None:
     lr, hr, labels, targets = fixed_batch()
     share = slice(rank * 8 // world, (rank + 1) * 8 // world)
     for _ in range(STEPS):
-        train_step(g, d, d_opt, g_opt, lr[share], hr[share], labels[share], targets[share], variant, preset, contextlib.nullcontext, d_plain=plain_d)
+        train_step(g, d, d_opt, g_opt, Batch(lr[share], hr[share], labels[share], targets[share]), variant, preset, contextlib.nullcontext, d_plain=plain_d)
     state = {"g": (g.module if world > 1 else g).state_dict(), "d": plain_d.state_dict(), "initial": initial}
     torch.save(state, out / f"world{world}-rank{rank}.pt")
     if world > 1:

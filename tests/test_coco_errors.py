@@ -20,14 +20,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pipeline.report.coco_errors import (
-    ERROR_TYPES,
-    ErrorAnalysis,
-    analyze_errors,
-    error_table,
-    error_table_markdown,
-    plot_error_analysis,
-)
+from pipeline.report.coco_errors import ERROR_TYPES, ErrorAnalysis, analyze_errors, error_table, error_table_markdown, plot_error_analysis
 
 CAT, DOG, CAR, BUS = 1, 2, 3, 4
 CATEGORIES = [

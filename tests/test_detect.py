@@ -179,41 +179,16 @@ def test_detect_command_imports_results_for_a_split(tiny_data: Path, tmp_path: P
     path.write_text(json.dumps(records))
     sections = json.dumps({"detector": {"source": "import", "import_results": {"val": str(path)}}})
     out = tmp_path / "val.parquet"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "detect",
-            "--sections",
-            sections,
-            "--data-index",
-            str(tiny_data / "index.json"),
-            "--split",
-            "val",
-            "--out-table",
-            str(out),
-            "--out-results",
-            str(tmp_path / "r.json"),
-        ],
-    )
+
+    def detect(split: str) -> Any:
+        options = {"--sections": sections, "--data-index": tiny_data / "index.json", "--split": split, "--out-table": out}
+        return CliRunner().invoke(cli, ["detect", *[f"{k}={v}" for k, v in options.items()], f"--out-results={tmp_path / 'r.json'}"])
+
+    result = detect("val")
     assert result.exit_code == 0, result.output
     table = read_table(out, "detections.schema.yaml")
     assert table.num_rows == len(gt["annotations"])
-    wrong = CliRunner().invoke(
-        cli,
-        [
-            "detect",
-            "--sections",
-            sections,
-            "--data-index",
-            str(tiny_data / "index.json"),
-            "--split",
-            "train",
-            "--out-table",
-            str(out),
-            "--out-results",
-            str(tmp_path / "r.json"),
-        ],
-    )
+    wrong = detect("train")
     assert wrong.exit_code == 1 and "no file for split 'train'" in wrong.output
 
 

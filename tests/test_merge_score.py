@@ -80,29 +80,26 @@ def case() -> tuple[object, object]:
 SETTINGS = MergeSettings(nms_iou=0.5, score_floor=0.05, max_per_image=2)
 
 
-def test_mtgan_scores_decode_nms_and_top_k(case: tuple[object, object]) -> None:
-    rois, inference = case
-    got = merge_detections(rois, inference, SETTINGS, ensemble=False, category_ids=CATEGORIES)
-    # Image 1, class 1: A (0.8) suppresses B (0.7, IoU 0.82); class 2: B (0.15) suppresses A (0.1),
-    # C (0.5) is moved 2 px right; the cap of 2 per image leaves B's class-2 detection out.
-    # Image 2: D doubled around its centre, (25, 25, 45, 45), clipped to the 40x40 image.
-    assert got == [
-        {"image_id": 1, "category_id": 3, "bbox": [10.0, 10.0, 20.0, 20.0], "score": 0.8},
-        {"image_id": 1, "category_id": 7, "bbox": [52.0, 50.0, 20.0, 20.0], "score": 0.5},
-        {"image_id": 2, "category_id": 3, "bbox": [25.0, 25.0, 15.0, 15.0], "score": 0.6},
-    ]
+def _record(image_id: int, category_id: int, x: float, y: float, side: float, score: float) -> dict[str, object]:
+    return {"image_id": image_id, "category_id": category_id, "bbox": [x, y, side, side], "score": score}
 
 
-def test_ensemble_multiplies_the_two_distributions(case: tuple[object, object]) -> None:
+# Alone: image 1, class 1: A (0.8) suppresses B (0.7, IoU 0.82); class 2: B (0.15) suppresses A
+# (0.1), C (0.5) is moved 2 px right; the cap of 2 per image leaves B's class-2 detection out.
+# Image 2: D doubled around its centre, (25, 25, 45, 45), clipped to the 40x40 image.
+# Ensemble: products A (0.2, 0.025), B (0.28, 0.015), C (0, 0.4), D (0.54, 0): below 0.05 is
+# dropped; class 1 of image 1: B (0.28) now suppresses A (0.2).
+@pytest.mark.parametrize(
+    ("ensemble", "expected"),
+    [
+        (False, [_record(1, 3, 10.0, 10.0, 20.0, 0.8), _record(1, 7, 52.0, 50.0, 20.0, 0.5), _record(2, 3, 25.0, 25.0, 15.0, 0.6)]),
+        (True, [_record(1, 7, 52.0, 50.0, 20.0, 0.4), _record(1, 3, 12.0, 10.0, 20.0, 0.28), _record(2, 3, 25.0, 25.0, 15.0, 0.54)]),
+    ],
+    ids=["mtgan scores: decode, NMS, top-k", "ensemble: the product of the two distributions"],
+)
+def test_merge_decodes_suppresses_and_caps(case: tuple[object, object], ensemble: bool, expected: list[dict[str, object]]) -> None:
     rois, inference = case
-    got = merge_detections(rois, inference, SETTINGS, ensemble=True, category_ids=CATEGORIES)
-    # Products: A (0.2, 0.025), B (0.28, 0.015), C (0, 0.4), D (0.54, 0): below 0.05 is dropped;
-    # class 1 of image 1: B (0.28) now suppresses A (0.2).
-    assert got == [
-        {"image_id": 1, "category_id": 7, "bbox": [52.0, 50.0, 20.0, 20.0], "score": 0.4},
-        {"image_id": 1, "category_id": 3, "bbox": [12.0, 10.0, 20.0, 20.0], "score": 0.28},
-        {"image_id": 2, "category_id": 3, "bbox": [25.0, 25.0, 15.0, 15.0], "score": 0.54},
-    ]
+    assert merge_detections(rois, inference, SETTINGS, ensemble=ensemble, category_ids=CATEGORIES) == expected
 
 
 def test_baseline_rows_use_its_own_scores_and_boxes(case: tuple[object, object]) -> None:

@@ -14,7 +14,7 @@ from torch import nn
 
 from core.crops import crop_sides
 from jobs.mtgan import losses
-from jobs.mtgan.engine import build_networks, discriminator_step, generator_step
+from jobs.mtgan.engine import Batch, build_networks, discriminator_step, generator_step
 from jobs.mtgan.models import Discriminator, Generator, ResNetTrunk, resnet_backbone
 from jobs.mtgan.roi_input import discriminator_images, through_generator
 from jobs.mtgan.settings import PRESETS, RULES, VARIANTS, PresetError, applies, resolve_preset
@@ -173,7 +173,7 @@ def test_detection_losses_alone_move_the_generator() -> None:
     g, d, _, g_opt = _tiny()
     lr, hr, labels, targets = _batch()
     before_g, before_d = _params(g), _params(d)
-    metrics = generator_step(d, g_opt, g(lr), hr, labels, targets, ("cls", "reg"), PRESETS["tiny"], contextlib.nullcontext, mse_weight=0.0)
+    metrics = generator_step(d, g_opt, g(lr), Batch(lr, hr, labels, targets), ("cls", "reg"), PRESETS["tiny"], contextlib.nullcontext, mse_weight=0.0)
     assert metrics["g_loss_mse"] == 0 and metrics["g_loss_cls"] > 0 and metrics["g_loss_reg"] > 0
     assert all(not torch.equal(before_g[k], v) for k, v in _params(g).items()), "every G parameter should move"
     assert all(torch.equal(before_d[k], v) for k, v in _params(d).items()), "a G step must not move D"
@@ -185,7 +185,7 @@ def test_a_discriminator_step_leaves_the_generator_untouched() -> None:
     lr, hr, labels, targets = _batch()
     sr = g(lr)
     before_g, before_d = _params(g), _params(d)
-    discriminator_step(d, d_opt, sr, hr, labels, targets, VARIANTS["mtgan"], PRESETS["tiny"], contextlib.nullcontext)
+    discriminator_step(d, d_opt, sr, Batch(lr, hr, labels, targets), VARIANTS["mtgan"], PRESETS["tiny"], contextlib.nullcontext)
     assert all(torch.equal(before_g[k], v) for k, v in _params(g).items())
     assert all(p.grad is None for p in g.parameters())
     assert any(not torch.equal(before_d[k], v) for k, v in _params(d).items())
@@ -202,7 +202,7 @@ def test_each_variants_discriminator_trains_on_what_the_paper_says(variant: str,
     d.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
     sr = torch.full((len(lr), 3, 64, 64), 0.25) if g is not None else None
     hr = torch.full_like(hr, -0.75)
-    metrics = discriminator_step(d, d_opt, sr, hr, labels, targets, VARIANTS[variant], PRESETS["tiny"], contextlib.nullcontext)
+    metrics = discriminator_step(d, d_opt, sr, Batch(lr, hr, labels, targets), VARIANTS[variant], PRESETS["tiny"], contextlib.nullcontext)
     images = torch.cat(seen)
     got = {name for name, value in (("sr", 0.25), ("hr", -0.75)) if (images == value).all(dim=(1, 2, 3)).any()}
     assert got == sees and len(images) == len(lr) * len(sees)

@@ -36,10 +36,7 @@ def test_coco_mini_passes_the_data_stage(coco_mini: Path, tmp_path: Path) -> Non
                     "test_split": "train",
                     "coco": {
                         "splits": {
-                            "train": {
-                                "annotations": str(coco_mini / "annotations" / "instances_train2017.json"),
-                                "images": str(coco_mini / "train2017"),
-                            }
+                            "train": {"annotations": str(coco_mini / "annotations" / "instances_train2017.json"), "images": str(coco_mini / "train2017")}
                         }
                     },
                 }
@@ -134,16 +131,8 @@ def test_coco_mini_end_to_end_through_snakemake(coco_mini: Path, tmp_path: Path)
     split = {"annotations": str(coco_mini / "annotations" / "instances_train2017.json"), "images": str(coco_mini / "train2017")}
     config["data"].update({"name": "coco-mini", "train_split": "train", "test_split": "train"})
     config["data"]["coco"]["splits"] = {"train": split}
-    config["detector"] = {
-        "source": "train",
-        "arch": "fasterrcnn_small_cpu",
-        "weights": "none",
-        "top_k": 20,
-        "min_size": 256,
-        "max_size": 320,
-        "batch_size": 4,
-        "num_workers": 0,
-    }
+    config["detector"] = dict(source="train", arch="fasterrcnn_small_cpu", weights="none", batch_size=4, num_workers=0)
+    config["detector"].update(top_k=20, min_size=256, max_size=320)
     config["train_baseline"] = {"iterations": 4, "batch_size": 2, "warmup_iterations": 1, "num_workers": 0}
     config["shards"] = {"rois_per_shard": 200, "block_size": 32, "num_chunks": 2}
     config["mtgan"] = {"preset": "tiny", "variants": ["mtgan", "sbu"]}

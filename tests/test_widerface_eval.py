@@ -16,17 +16,7 @@ import scipy.io
 
 from pipeline.widerface.ground_truth import SETTINGS, WiderGroundTruth, load_ground_truth
 from pipeline.widerface.predictions import predictions_from_coco_results, read_prediction_dir, write_prediction_dir
-from pipeline.widerface.protocol import (
-    WiderResult,
-    box_overlap,
-    evaluate,
-    image_evaluation,
-    image_pr_info,
-    normalise_scores,
-    sort_by_score,
-    thresholds,
-    voc_ap,
-)
+from pipeline.widerface.protocol import WiderResult, box_overlap, evaluate, image_evaluation, image_pr_info, normalise_scores, sort_by_score, thresholds, voc_ap
 from pipeline.widerface.report import plot_pr_curves, result_to_json, results_markdown
 
 WIDER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "widerface"

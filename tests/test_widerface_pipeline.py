@@ -102,16 +102,8 @@ def test_eval_widerface_end_to_end_through_snakemake(picnic: dict[str, Path], tm
     """config/widerface.yaml with tiny presets on the Picnic images (one split as train and test)."""
     config = yaml.safe_load((REPO / "config" / "widerface.yaml").read_text())
     config["data"] = _data_config(picnic)
-    config["detector"] = {
-        "source": "train",
-        "arch": "fasterrcnn_small_cpu",
-        "weights": "none",
-        "top_k": 60,
-        "min_size": 320,
-        "max_size": 320,
-        "batch_size": 4,
-        "num_workers": 0,
-    }
+    config["detector"] = dict(source="train", arch="fasterrcnn_small_cpu", weights="none", batch_size=4, num_workers=0)
+    config["detector"].update(top_k=60, min_size=320, max_size=320)
     config["train_baseline"] = {"iterations": 4, "batch_size": 2, "warmup_iterations": 1, "num_workers": 0}
     config["shards"] = {"rois_per_shard": 300, "block_size": 32, "num_chunks": 2}
     config["mtgan"] = {"preset": "tiny", "variants": ["mtgan"]}

@@ -98,11 +98,6 @@ def detect_batch(model: GeneralizedRCNN, images: list[torch.Tensor], label_map: 
         keep = box_ops.batched_nms(boxes, scores, classes, heads.nms_thresh)[: heads.detections_per_img]
         boxes, scores, classes, proposal = boxes[keep], scores[keep], classes[keep], proposal[keep]
         results.append(
-            {
-                "boxes": resize_boxes(boxes, size, original),
-                "labels": model_to_label[classes],
-                "scores": scores,
-                "probs": probs[proposal][:, label_to_model],
-            }
+            {"boxes": resize_boxes(boxes, size, original), "labels": model_to_label[classes], "scores": scores, "probs": probs[proposal][:, label_to_model]}
         )
     return results

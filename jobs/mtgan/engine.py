@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -67,10 +67,20 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(1) == labels).float().mean())
 
 
-def pretrain_step(g: nn.Module, g_opt: torch.optim.Optimizer, lr: torch.Tensor, hr: torch.Tensor, autocast: Any) -> dict[str, float]:
+class Batch(NamedTuple):
+    """A mini-batch of training pairs on the device: LR and HR crops in [-1, 1], class labels
+    (0: background) and box-regression targets."""
+
+    lr: torch.Tensor
+    hr: torch.Tensor
+    labels: torch.Tensor
+    targets: torch.Tensor
+
+
+def pretrain_step(g: nn.Module, g_opt: torch.optim.Optimizer, batch: Batch, autocast: Any) -> dict[str, float]:
     """Stage 1: the generator as a plain super-resolution network (MSE only)."""
     with autocast():
-        loss = losses.mse(g(lr), hr)
+        loss = losses.mse(g(batch.lr), batch.hr)
     _finite(loss, {"g_loss_mse": loss}, "pre-training")
     g_opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -79,23 +89,16 @@ def pretrain_step(g: nn.Module, g_opt: torch.optim.Optimizer, lr: torch.Tensor, 
 
 
 def discriminator_step(
-    d: nn.Module,
-    d_opt: torch.optim.Optimizer,
-    sr: torch.Tensor | None,
-    hr: torch.Tensor,
-    labels: torch.Tensor,
-    targets: torch.Tensor,
-    variant: Variant,
-    preset: Preset,
-    autocast: Any,
+    d: nn.Module, d_opt: torch.optim.Optimizer, sr: torch.Tensor | None, batch: Batch, variant: Variant, preset: Preset, autocast: Any
 ) -> dict[str, float]:
     """Eq 11 with G fixed: D on the super-resolved images (detached: nothing here reaches G) and on
     the real HR images, each where the variant's D trains on it (`variant.d_inputs`: the paper's
     SBU sees up-sampled images only, `d_no_adv` HR crops only). With `d_batchnorm: joint` both go
     through D in one forward pass, so its batch-norm statistics are those of the mix of SR and HR
     images it sees at test time."""
+    labels = batch.labels
     sr = sr.detach() if sr is not None and "sr" in variant.d_inputs else None
-    hr = hr if "hr" in variant.d_inputs else None
+    hr = batch.hr if "hr" in variant.d_inputs else None
     with autocast():
         if sr is None or hr is None:
             out_sr, out_hr = (None, d(hr)) if sr is None else (d(sr), None)
@@ -104,7 +107,7 @@ def discriminator_step(
             out_sr, out_hr = ({k: v[: len(sr)] for k, v in out.items()}, {k: v[len(sr) :] for k, v in out.items()})
         else:
             out_sr, out_hr = d(sr), d(hr)
-        terms = losses.discriminator_losses(out_sr, out_hr, labels, targets, preset.alpha, preset.beta, preset.gamma)
+        terms = losses.discriminator_losses(out_sr, out_hr, labels, batch.targets, preset.alpha, preset.beta, preset.gamma)
         total = sum(terms.values())
     _finite(total, terms, "discriminator")
     d_opt.zero_grad(set_to_none=True)
@@ -149,16 +152,7 @@ def eval_mode(module: nn.Module, enabled: bool = True) -> Iterator[None]:
 
 
 def generator_step(
-    d: nn.Module,
-    g_opt: torch.optim.Optimizer,
-    sr: torch.Tensor,
-    hr: torch.Tensor,
-    labels: torch.Tensor,
-    targets: torch.Tensor,
-    terms: tuple[str, ...],
-    preset: Preset,
-    autocast: Any,
-    mse_weight: float = 1.0,
+    d: nn.Module, g_opt: torch.optim.Optimizer, sr: torch.Tensor, batch: Batch, terms: tuple[str, ...], preset: Preset, autocast: Any, mse_weight: float = 1.0
 ) -> dict[str, float]:
     """Eq 10 with D fixed: `sr` = G(LR) with its graph; D's (frozen) losses on it flow back into G,
     and G's optimiser steps. With `d_batchnorm: joint`, D's batch norm normalises with the batch's
@@ -167,7 +161,7 @@ def generator_step(
     the running statistics lag D's weights). Pass D unwrapped from DistributedDataParallel: only
     G's gradients are synchronised here."""
     with frozen(d), running_stats_frozen(d, preset.d_batchnorm == "joint"), autocast():
-        parts = losses.generator_losses(d(sr), sr, hr, labels, targets, terms, preset.alpha, preset.beta, preset.gamma)
+        parts = losses.generator_losses(d(sr), sr, batch.hr, batch.labels, batch.targets, terms, preset.alpha, preset.beta, preset.gamma)
         parts["g_loss_mse"] = mse_weight * parts["g_loss_mse"]
         total = sum(parts.values())
     _finite(total, parts, "generator")
@@ -182,10 +176,7 @@ def train_step(
     d: nn.Module,
     d_opt: torch.optim.Optimizer,
     g_opt: torch.optim.Optimizer | None,
-    lr: torch.Tensor,
-    hr: torch.Tensor,
-    labels: torch.Tensor,
-    targets: torch.Tensor,
+    batch: Batch,
     variant: Variant,
     preset: Preset,
     autocast: Any,
@@ -194,10 +185,10 @@ def train_step(
     """One stage-2 iteration: G super-resolves the batch once; one D step; one G step."""
     learned = variant.generator == "learned"
     with autocast(), contextlib.nullcontext() if learned else torch.no_grad():
-        sr = g(lr) if g is not None else None  # SBU: bilinear up-sampling; plain R-CNN style D: none
-    metrics = discriminator_step(d, d_opt, sr, hr, labels, targets, variant, preset, autocast)
+        sr = g(batch.lr) if g is not None else None  # SBU: bilinear up-sampling; plain R-CNN style D: none
+    metrics = discriminator_step(d, d_opt, sr, batch, variant, preset, autocast)
     if learned:
-        metrics |= generator_step(d_plain or d, g_opt, sr, hr, labels, targets, variant.g_terms, preset, autocast)
+        metrics |= generator_step(d_plain or d, g_opt, sr, batch, variant.g_terms, preset, autocast)
     return metrics
 
 

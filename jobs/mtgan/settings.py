@@ -142,63 +142,41 @@ def preset_problems(name: str, overrides: dict[str, Any] | None) -> list[str]:
     return problems
 
 
+# fmt: off
+# (a table: each preset's fields grouped by what they set, G, D, optimisation, bookkeeping)
 PRESETS: dict[str, Preset] = {
     "paper": Preset(),
     "paper-r101": Preset(d_backbone="resnet101"),
     # WIDER FACE (paper Section 4.2): D's learning rate 1e-4 for 3 epochs, then 1e-5 for 3 more.
     "paper-widerface": Preset(d_lr=1e-4, epochs=6, d_lr_step_epochs=3),
-    # 2 CPU cores: about 100 pairs/s pre-training G, 35 pairs/s in GAN training (about 5 minutes for
-    # the mtgan variant, 2 for sbu); every departure from the paper is named.
+    # 2 CPU cores with native bf16: about 130 pairs/s in GAN training (bench/train_throughput.py);
+    # every departure from the paper is named.
     "cpu": Preset(
-        g_channels=32,
-        g_residual_blocks=2,
-        g_upsample_channels=64,
-        d_backbone="resnet18",
-        d_weights="none",
-        d_stem="3x3",
-        d_width=16,
-        batch_size=32,
-        positive_fraction=0.5,
-        pretrain_iterations=150,
-        iterations=1500,
-        d_optimizer="adamw",
-        d_lr=2e-3,
-        d_weight_decay=0.01,
-        d_lr_step=1200,
-        g_lr=1e-3,
-        holdout_blocks=4,
-        eval_every=100,
-        log_every=20,
-        checkpoint_every=100,
-        picture_every=350,
+        g_channels=32, g_residual_blocks=2, g_upsample_channels=64,
+        d_backbone="resnet18", d_weights="none", d_stem="3x3", d_width=16,
+        batch_size=32, positive_fraction=0.5, pretrain_iterations=150, iterations=1500,
+        d_optimizer="adamw", d_lr=2e-3, d_weight_decay=0.01, d_lr_step=1200, g_lr=1e-3,
+        holdout_blocks=4, eval_every=100, log_every=20, checkpoint_every=100, picture_every=350,
         departures=(
             "G: 32 channels, 2 residual blocks, de-convs of 64 channels (Table 1: 64, 5, 256)",
             "D: ResNet-18 at a quarter of its width (layer1 16 channels; Table 1: ResNet-50/101 at 64, "
             "ImageNet-pretrained; no weights offline), from scratch, with Table 1's 3x3 stride-2 stem and output stride 16",
             "batch 32 with half positives (ours; the shards hold 25%), 150 MSE pre-training and 1500 GAN iterations, "
             "D lr /10 at 1200 (paper: 80k, /10 every 40k)",
-            "D AdamW lr 2e-3, weight decay 0.01 (paper: SGD lr 0.01): SGD from scratch learned little in the CPU budget (bench/dev_sweep.py)",
+            "D AdamW lr 2e-3, weight decay 0.01 (paper: SGD lr 0.01): SGD from scratch learned little in the CPU budget "
+            "(bench/dev_sweep.py)",
             "G Adam lr 1e-3 (ours: 1e-4 for the paper presets)",
         ),
     ),
     # Tests: seconds on a CPU.
     "tiny": Preset(
-        g_channels=8,
-        g_residual_blocks=1,
-        g_upsample_channels=8,
-        d_backbone="resnet18",
-        d_weights="none",
-        batch_size=8,
-        pretrain_iterations=4,
-        iterations=8,
-        d_lr_step=6,
-        g_lr=1e-3,
-        log_every=2,
-        checkpoint_every=4,
-        picture_every=4,
+        g_channels=8, g_residual_blocks=1, g_upsample_channels=8, d_backbone="resnet18", d_weights="none",
+        batch_size=8, pretrain_iterations=4, iterations=8, d_lr_step=6, g_lr=1e-3,
+        log_every=2, checkpoint_every=4, picture_every=4,
         departures=("tiny G and D, a handful of iterations: for tests only",),
     ),
 }
+# fmt: on
 
 
 def resolve_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:

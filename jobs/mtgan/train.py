@@ -42,7 +42,7 @@ from core.io import atomic
 from core.io.shards import read_manifest, verify_shards
 from jobs.common import CHECKPOINT_FORMAT, autocast_factory, pick_device, restore_rng_state, resumable_checkpoint, rng_state, save_checkpoint
 from jobs.mtgan.data import ShardBatches, read_holdout
-from jobs.mtgan.engine import build_networks, evaluate_holdout, pretrain_step, to_model, train_step
+from jobs.mtgan.engine import Batch, build_networks, evaluate_holdout, pretrain_step, to_model, train_step
 from jobs.mtgan.model_file import save_model
 from jobs.mtgan.settings import RULES, Preset, Variant, applies, schedule_in_iterations
 
@@ -258,9 +258,9 @@ def train_mtgan(
         lr, hr = to_model(batch["lr"], device), to_model(batch["hr"], device)
         labels, targets = batch["label"].to(device).long(), batch["target"].to(device).float()
         if step < pretrain:
-            metrics = pretrain_step(g, g_opt, lr, hr, autocast)
+            metrics = pretrain_step(g, g_opt, Batch(lr, hr, labels, targets), autocast)
         else:
-            metrics = train_step(g, d, d_opt, g_opt, lr, hr, labels, targets, variant, preset, autocast, d_plain=_unwrap(d))
+            metrics = train_step(g, d, d_opt, g_opt, Batch(lr, hr, labels, targets), variant, preset, autocast, d_plain=_unwrap(d))
             d_sched.step()
         pairs += len(labels) * world
         for k, v in metrics.items():

@@ -151,14 +151,7 @@ def generate_image(spec: BuiltinSpec, split: str, index: int) -> tuple[Image.Ima
         canvas.paste(sprite, (x, y), sprite)
         placed.append(xyxy)
         w, h = xyxy[2] - xyxy[0], xyxy[3] - xyxy[1]
-        annotations.append(
-            {
-                "category_id": class_id + 1,
-                "bbox": [float(xyxy[0]), float(xyxy[1]), float(w), float(h)],
-                "area": float(w * h),
-                "iscrowd": 0,
-            }
-        )
+        annotations.append({"category_id": class_id + 1, "bbox": [float(xyxy[0]), float(xyxy[1]), float(w), float(h)], "area": float(w * h), "iscrowd": 0})
     return canvas, annotations, dropped
 
 

@@ -135,13 +135,7 @@ def _body_size(render_size: int, aspect: float) -> tuple[int, int]:
     return max(8, round(render_size * math.sqrt(aspect))), max(8, round(render_size / math.sqrt(aspect)))
 
 
-def render_object(
-    class_name: str,
-    rng: np.random.Generator,
-    render_size: int,
-    aspect: float,
-    angle: float,
-) -> Image.Image:
+def render_object(class_name: str, rng: np.random.Generator, render_size: int, aspect: float, angle: float) -> Image.Image:
     """An object of `class_name` as a high-resolution RGBA sprite, rotated and tightly cropped.
 
     `render_size` is the geometric mean of the unrotated body's sides in pixels (draw large, then

@@ -33,11 +33,7 @@ def split_stats(coco: dict[str, Any]) -> dict[str, Any]:
         "objects": n,
         "crowd_regions": len(coco.get("annotations", [])) - n,
         "labelled": "annotations" in coco,
-        "objects_per_image": {
-            "min": min(counts, default=0),
-            "mean": round(n / max(1, len(counts)), 2),
-            "max": max(counts, default=0),
-        },
+        "objects_per_image": {"min": min(counts, default=0), "mean": round(n / max(1, len(counts)), 2), "max": max(counts, default=0)},
         "by_size": {s: by_size.get(s, 0) for s in SIZE_CLASSES},
         "size_shares": {s: round(by_size.get(s, 0) / n, 4) if n else 0.0 for s in SIZE_CLASSES},
         "by_class": {names[c["id"]]: by_class.get(names[c["id"]], 0) for c in coco["categories"]},
