@@ -36,6 +36,7 @@ rule eval_coco:
     input:
         rules.table.output,
         rules.report_all.input,
+        rules.profile.output,
     default_target: True
 
 

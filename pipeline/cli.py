@@ -65,7 +65,7 @@ def config_cmd(files: tuple[Path, ...]) -> None:
 @opt.config_option
 @opt.sections_option
 @click.option("--out", "out_dir", required=True, type=opt.out_folder, help="Output folder, conventionally artifacts/<dataset>/data.")
-@click.option("-j", "--jobs", default=1, show_default=True, help="Worker processes for generating images.")
+@opt.jobs_option("generating images")
 def data_cmd(config_files: tuple[Path, ...], sections_json: str | None, out_dir: Path, jobs: int) -> None:
     """Stage 1: make the dataset available as COCO JSON per split plus an image root.
 
@@ -163,7 +163,7 @@ def rois_cmd(
 @click.option("--rois", "rois_path", required=True, type=opt.existing_files, help="The rois stage's table of this split.")
 @click.option("--chunk", required=True, type=int, help="Which image chunk of the split (0 .. shards.num_chunks - 1).")
 @click.option("--out", "out_dir", required=True, type=opt.out_folder, help="Chunk folder, conventionally artifacts/<dataset>/shards/<role>/chunk-<chunk>.")
-@click.option("-j", "--jobs", default=1, show_default=True, help="Worker processes decoding and cropping images.")
+@opt.jobs_option("decoding and cropping images")
 def shards_cmd(
     config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str, role: str, rois_path: Path, chunk: int, out_dir: Path, jobs: int
 ) -> None:
@@ -238,6 +238,7 @@ for _command in (
     evaluate_commands.score_cmd,
     evaluate_commands.table_cmd,
     report_commands.report_charts_cmd,
+    report_commands.report_profile_cmd,
     report_commands.report_errors_cmd,
     report_commands.report_rois_cmd,
     report_commands.report_detections_cmd,

@@ -74,13 +74,22 @@ role_option = click.option(
     help="What the ROIs are for: train (ground truth added, sampled), test, dev or submit (the detections as they are). "
     "The same split can serve train and test.",
 )
+
+
+def at_most_the_cpus(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """A thread or worker count capped at the machine's CPUs (Snakemake's --cores may say more)."""
+    return None if value is None else max(1, min(value, os.cpu_count() or 1))
+
+
 threads_option = click.option(
-    "--threads",
-    type=int,
-    default=None,
-    callback=lambda ctx, param, value: None if value is None else max(1, min(value, os.cpu_count() or 1)),
-    help="CPU threads for torch, at most the machine's CPU count (default: torch's choice).",
+    "--threads", type=int, default=None, callback=at_most_the_cpus, help="CPU threads for torch, at most the machine's CPU count (default: torch's choice)."
 )
+
+
+def jobs_option(what: str) -> Any:
+    return click.option("-j", "--jobs", default=1, show_default=True, callback=at_most_the_cpus, help=f"Worker processes {what}, at most the machine's CPUs.")
+
+
 device_option = click.option(
     "--device", default="auto", show_default=True, callback=lambda ctx, param, value: _device(value), help="auto (CUDA when present), cpu, cuda or cuda:N."
 )

@@ -25,6 +25,7 @@ __all__ = [
     "data_splits",
     "detect_inputs",
     "error_methods",
+    "eval_benchmarks",
     "inactive_data_sources",
     "infer_sections",
     "inference_files",
@@ -129,6 +130,24 @@ def inference_input(infer_dir: str, method: str) -> list[str]:
 def method_pattern(config: dict[str, Any]) -> str:
     """The `method` wildcard's constraint: exactly the configured methods."""
     return "|".join(re.escape(m) for m in methods(config))
+
+
+def eval_benchmarks(config: dict[str, Any], benchmarks: str) -> dict[str, str]:
+    """Every eval_coco job's Snakemake benchmark file, by job (`<stage>:<wildcards>`): what the run
+    profile gathers."""
+    data = config["data"]
+    roles = {"train": data["train_split"], "test": data["test_split"]}
+    jobs = {"data": "data"} | ({"train_baseline": "train_baseline"} if config["detector"]["source"] == "train" else {})
+    jobs |= {f"detect:{split}": f"detect_{split}" for split in dict.fromkeys(roles.values())}
+    jobs |= {f"rois:{role}": f"rois_{role}" for role in roles}
+    jobs |= {f"shards:{role}/{c}": f"shards_{role}_{c}" for role in roles for c in range(config["shards"]["num_chunks"])}
+    jobs |= {f"shards_manifest:{role}": f"shards_manifest_{role}" for role in roles}
+    jobs |= {f"train_mtgan:{v}": f"train_mtgan_{v}" for v in config["mtgan"]["variants"]}
+    jobs |= {f"infer:{rule}/{v}": f"infer_{rule}_{v}" for v, rule in inferences(config)}
+    jobs |= {f"merge:{m}": f"merge_{m}" for m in methods(config) if m != "baseline"}
+    jobs |= {f"score:{m}": f"score_{m}" for m in methods(config)}
+    jobs |= {name: name for name in ("table", "report_charts", "report_errors", "report_rois", "report_detections")}
+    return {job: f"{benchmarks}/{name}.tsv" for job, name in jobs.items()}
 
 
 def submission_files(config: dict[str, Any], root: str) -> list[str]:

@@ -13,6 +13,8 @@ from PIL import Image
 from pipeline.report import detections, figures
 from pipeline.score import coco_bbox_eval
 
+from conftest import REPO
+
 CATEGORIES = [{"id": 1, "name": "cat", "supercategory": "animal"}]
 
 
@@ -83,3 +85,27 @@ def test_pr_curve_means_skip_classes_without_ground_truth(tmp_path: Path) -> Non
     assert curve[:51].tolist() == [1.0] * 51 and curve[51:].tolist() == [0.0] * 50
     assert curve.mean() == pytest.approx(evaluator.stats[1])  # = COCOeval's AP50
     assert figures.mean_precision(np.full((10, 101, 1, 4, 3), -1.0), 0.5, "small").tolist() == [0.0] * 101
+
+
+def test_the_run_profile_lists_every_job_with_its_benchmark(tiny_run: Path) -> None:
+    """report/profile.{md,csv,png}: one row per eval_coco job, its figures those of Snakemake's own
+    benchmark file, and the per-stage sums in the markdown equal to the csv's rows summed."""
+    import csv
+
+    from pipeline.config import load_config_files, validate_config
+    from pipeline.workflow import eval_benchmarks
+
+    root = tiny_run / "artifacts" / "tiny"
+    config = validate_config(load_config_files([REPO / "config" / "default.yaml", REPO / "config" / "tiny.yaml"]))
+    expected = eval_benchmarks(config, str(root / "benchmarks"))
+    rows = list(csv.DictReader(open(root / "report" / "profile.csv")))
+    assert sorted(r["job"] for r in rows) == sorted(expected)
+    walls = [float(r["wall_s"]) for r in rows]
+    assert walls == sorted(walls, reverse=True) and all(w > 0 for w in walls)
+    for r in rows:  # straight from the TSV Snakemake wrote
+        tsv = list(csv.DictReader(open(expected[r["job"]]), delimiter="\t"))[-1]
+        assert float(r["wall_s"]) == pytest.approx(float(tsv["s"]), abs=1e-3) and float(r["cpu_s"]) == pytest.approx(float(tsv["cpu_time"]), abs=1e-3)
+    training = sum(float(r["wall_s"]) for r in rows if r["stage"] == "train_mtgan")
+    line = next(line for line in (root / "report" / "profile.md").read_text().splitlines() if line.startswith("| train_mtgan |"))
+    assert line.split("|")[2].strip() == "3" and float(line.split("|")[3]) == pytest.approx(training, abs=0.6)
+    assert (root / "report" / "profile.png").stat().st_size > 5000

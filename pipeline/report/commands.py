@@ -29,6 +29,18 @@ def report_charts_cmd(
     )
 
 
+@click.command("report-profile")
+@click.option("--benchmark", "benchmarks", multiple=True, required=True, help="STAGE[:WILDCARDS]=benchmarks/<job>.tsv (repeatable).")
+@outputs_option
+def report_profile_cmd(benchmarks: tuple[str, ...], outputs: tuple[str, ...]) -> None:
+    """Report: the run profile (every job's wall time, CPU time and peak memory) as a table and a chart."""
+    from pipeline.report.profile import write_profile
+
+    out = named_paths(outputs, "--out", must_exist=False)
+    rows = write_profile(named_paths(benchmarks, "--benchmark"), out["markdown"], out["table"], out["chart"])
+    click.echo(f"{len(rows)} jobs, {sum(r['wall_s'] for r in rows) / 60:.1f} min of wall time summed -> {out['markdown']}")
+
+
 @click.command("report-errors")
 @index_option
 @split_option

@@ -65,6 +65,8 @@ rule rois:
         split=lambda wildcards: ROLE_SPLIT[wildcards.role],
     log:
         f"{LOGS}/rois_{{role}}.log",
+    benchmark:
+        f"{BENCHMARKS}/rois_{{role}}.tsv"
     conda:
         "../../envs/mtgan.yaml"
     shell:

@@ -15,6 +15,7 @@ from pipeline.workflow import (
     data_splits,
     detect_inputs,
     error_methods,
+    eval_benchmarks,
     inactive_data_sources,
     infer_sections,
     inference_files,
@@ -62,11 +63,20 @@ wildcard_constraints:
 
 # Torch jobs (training, detection, inference) claim every core Snakemake was given, so they run
 # one at a time: two PyTorch processes sharing a few cores slow each other down several times
-# over (their OpenMP threads spin). Each job uses at most as many threads as the machine has.
+# over (their OpenMP threads spin). A job's `{threads}` is capped at the machine's CPUs by the CLI
+# (--threads, --jobs). The process-pool jobs (data, shards) keep `cpus` CPUs busy and claim that
+# share of the machine in Snakemake's cores, so that --cores 8 on a 2-core machine (the README's
+# command on a laptop) never runs more workers at once than there are CPUs.
 try:
     TORCH_THREADS = workflow.cores
 except WorkflowError:  # no --cores: a run that executes nothing (--report, --lint)
     TORCH_THREADS = 1
+
+
+def cpu_share(cpus):
+    """Snakemake cores for a job that keeps `cpus` of this machine's CPUs busy."""
+    machine = os.cpu_count() or 1
+    return max(1, min(TORCH_THREADS, round(min(cpus, machine) * max(1, TORCH_THREADS / machine))))
 
 
 # Rules call `mtgan`, run from this checkout, so they work in a virtualenv where the project is

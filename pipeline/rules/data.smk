@@ -19,7 +19,7 @@ rule data:
         f"{LOGS}/data.log",
     benchmark:
         f"{BENCHMARKS}/data.tsv"
-    threads: 2
+    threads: cpu_share(2)
     conda:
         "../../envs/mtgan.yaml"
     shell:

@@ -39,6 +39,8 @@ rule merge:
         ensemble=lambda wildcards: "--ensemble" if wildcards.method.endswith("_ensemble") else "",
     log:
         f"{LOGS}/merge_{{method}}.log",
+    benchmark:
+        f"{BENCHMARKS}/merge_{{method}}.tsv"
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -58,6 +60,8 @@ rule score:
         split=TEST_SPLIT,
     log:
         f"{LOGS}/score_{{method}}.log",
+    benchmark:
+        f"{BENCHMARKS}/score_{{method}}.tsv"
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -79,6 +83,8 @@ rule table:
         accuracy=lambda wildcards, input: " ".join(f"--accuracy {a}" for a in input.accuracy),
     log:
         f"{LOGS}/table.log",
+    benchmark:
+        f"{BENCHMARKS}/table.tsv"
     conda:
         "../../envs/mtgan.yaml"
     shell:

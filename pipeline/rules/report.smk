@@ -6,6 +6,7 @@ VARIANTS = config["mtgan"]["variants"]
 REPORT_VARIANT = report_variant(config)
 REPORT_METHOD = report_method(config)
 ERROR_METHODS = error_methods(config)
+EVAL_BENCHMARKS = eval_benchmarks(config, BENCHMARKS)
 
 
 rule report_charts:
@@ -38,6 +39,8 @@ rule report_charts:
         outputs=lambda wildcards, output: out_args(output),
     log:
         f"{LOGS}/report_charts.log",
+    benchmark:
+        f"{BENCHMARKS}/report_charts.tsv"
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -65,6 +68,8 @@ rule report_errors:
         outputs=lambda wildcards, output: out_args(output),
     log:
         f"{LOGS}/report_errors.log",
+    benchmark:
+        f"{BENCHMARKS}/report_errors.tsv"
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -83,6 +88,8 @@ rule report_rois:
         split=TEST_SPLIT,
     log:
         f"{LOGS}/report_rois.log",
+    benchmark:
+        f"{BENCHMARKS}/report_rois.tsv"
     threads: TORCH_THREADS
     conda:
         "../../envs/mtgan.yaml"
@@ -106,11 +113,32 @@ rule report_detections:
         method=REPORT_METHOD,
     log:
         f"{LOGS}/report_detections.log",
+    benchmark:
+        f"{BENCHMARKS}/report_detections.tsv"
     conda:
         "../../envs/mtgan.yaml"
     shell:
         "mtgan report-detections --data-index {input.index} --split {params.split} --baseline {input.baseline} "
         "--results {input.results} --method {params.method} {params.outputs} > {log} 2>&1"
+
+
+rule profile:
+    """The run's profile: every job's benchmark (wall time, CPU time, peak memory) in one table."""
+    input:
+        list(EVAL_BENCHMARKS.values()),
+    output:
+        markdown=f"{REPORT}/profile.md",
+        table=report(f"{REPORT}/profile.csv", caption="captions/profile.rst", category="5. Run profile"),
+        chart=report(f"{REPORT}/profile.png", caption="captions/profile.rst", category="5. Run profile"),
+    params:
+        benchmarks=" ".join(f"--benchmark {job}={path}" for job, path in EVAL_BENCHMARKS.items()),
+        outputs=lambda wildcards, output: out_args(output),
+    log:
+        f"{LOGS}/profile.log",
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan report-profile {params.benchmarks} {params.outputs} > {log} 2>&1"
 
 
 rule report_all:

@@ -17,7 +17,7 @@ rule shards:
         f"{LOGS}/shards_{{role}}_{{chunk}}.log",
     benchmark:
         f"{BENCHMARKS}/shards_{{role}}_{{chunk}}.tsv"
-    threads: 2
+    threads: cpu_share(2)
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -36,6 +36,8 @@ rule shards_manifest:
         split=lambda wildcards: ROLE_SPLIT[wildcards.role],
     log:
         f"{LOGS}/shards_manifest_{{role}}.log",
+    benchmark:
+        f"{BENCHMARKS}/shards_manifest_{{role}}.tsv"
     conda:
         "../../envs/mtgan.yaml"
     shell:
