@@ -23,7 +23,8 @@ from core.io import atomic
 from pipeline.cli import cli
 
 from conftest import SHARD_SETTINGS
-from test_bad_input import CONFIGS, _coco_config, _coco_folder, _config_file, _train_args, _truncate, cli_error, one_line
+from test_bad_input import CONFIGS, _coco_config, _coco_folder, _config_file, _truncate, cli_error, one_line
+from test_damaged_caches import _train_args
 
 # --- Lost files --------------------------------------------------------------------------------
 

@@ -344,34 +344,11 @@ def test_a_failing_job_names_its_slurm_log(cluster: None, tmp_path: Path) -> Non
     (tmp_path / "instances.json").write_text("{not json")
     split = {"annotations": str(tmp_path / "instances.json"), "images": str(tmp_path / "images")}
     broken = tmp_path / "broken.yaml"
-    broken.write_text(
-        yaml.safe_dump(
-            {
-                "data": {
-                    "name": "broken",
-                    "source": "coco",
-                    "train_split": "train",
-                    "test_split": "val",
-                    "submit_split": None,
-                    "coco": {"splits": {"train": split, "val": split}},
-                }
-            }
-        )
-    )
+    data = {"name": "broken", "source": "coco", "train_split": "train", "test_split": "val", "submit_split": None}
+    broken.write_text(yaml.safe_dump({"data": data | {"coco": {"splits": {"train": split, "val": split}}}}))
     since = _now_minus(2)
-    run = _snakemake(
-        tmp_path,
-        tmp_path / "snakemake.log",
-        *PROFILES,
-        "--retries",
-        "0",
-        "--configfile",
-        TINY,
-        str(broken),
-        "--",
-        "artifacts/broken/data/index.json",
-        timeout=300,
-    )
+    args = [*PROFILES, "--retries=0", "--configfile", TINY, str(broken), "--", "artifacts/broken/data/index.json"]
+    run = _snakemake(tmp_path, tmp_path / "snakemake.log", *args, timeout=300)
     assert run.returncode != 0
     jobs, _ = _jobs(run.output)
     (job,) = jobs.values()
@@ -384,29 +361,6 @@ def test_a_failing_job_names_its_slurm_log(cluster: None, tmp_path: Path) -> Non
 
 
 # --- the production profile ----------------------------------------------------------------------
-
-
-GPU_RULES = ("train_baseline", "detect", "train_mtgan", "infer", "infer_submit")
-
-
-def test_every_gpu_rule_of_the_workflow_is_in_the_profiles() -> None:
-    """The rules that ask for a GPU (`gpu=1` in pipeline/rules/*.smk) are exactly GPU_RULES, which
-    the profile test below checks in both profiles."""
-    blocks = [block for path in sorted((REPO / "pipeline" / "rules").glob("*.smk")) for block in path.read_text().split("\nrule ")[1:]]
-    assert sorted(block.split(":")[0] for block in blocks if "gpu=1" in block) == sorted(GPU_RULES)
-
-
-def test_the_test_cluster_profile_overrides_every_rule_of_the_production_profile() -> None:
-    """A later --profile replaces a key whole: the test-cluster profile must name every rule that
-    profiles/slurm names, or that rule would silently lose its settings there."""
-    production, test = _profile(PRODUCTION), _profile(TEST_CLUSTER)
-    assert set(production["set-threads"]) <= set(test["set-threads"])
-    assert set(production["set-resources"]) <= set(test["set-resources"])
-    assert set(production["default-resources"]) <= set(test["default-resources"])
-    for rule in GPU_RULES:
-        assert production["set-resources"][rule]["gpu"] >= 1 and test["set-resources"][rule]["gpu"] == 0, rule
-    for rule, threads in test["set-threads"].items():
-        assert test["set-resources"][rule]["cpus_per_task"] == threads, rule  # --cpus-per-task = threads
 
 
 def test_the_production_profile_asks_slurm_for_a_gpu(tiny_runs: TinyRuns, tmp_path: Path) -> None:

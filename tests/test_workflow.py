@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -18,6 +19,12 @@ from core.io.atomic import OUTPUT_MARKER, atomic_dir, write_json
 from core.io.tables import read_table
 
 from conftest import REPO, snakemake
+
+SLURM_PROFILE = REPO / "profiles" / "slurm"
+
+
+def _profile(path: Path) -> dict:
+    return yaml.safe_load((path / "config.yaml").read_text())
 
 
 def jobs_of(dry_run_output: str) -> dict[str, int]:
@@ -165,3 +172,26 @@ def test_slurm_profile_dry_run(tmp_path: Path) -> None:
     for rule in ("train_baseline", "detect", "train_mtgan", "infer"):
         assert "gpu=1" in blocks[rule] and "slurm_extra" not in blocks[rule], rule
     assert "cpus_per_task=8" in blocks["shards"] and "gres" not in blocks["shards"]
+
+
+GPU_RULES = ("train_baseline", "detect", "train_mtgan", "infer", "infer_submit")
+
+
+def test_every_gpu_rule_of_the_workflow_is_in_the_profiles() -> None:
+    """The rules that ask for a GPU (`gpu=1` in pipeline/rules/*.smk) are exactly GPU_RULES, which
+    test_the_test_cluster_profile_overrides_every_rule_of_the_production_profile checks in both profiles."""
+    blocks = [block for path in sorted((REPO / "pipeline" / "rules").glob("*.smk")) for block in path.read_text().split("\nrule ")[1:]]
+    assert sorted(block.split(":")[0] for block in blocks if "gpu=1" in block) == sorted(GPU_RULES)
+
+
+def test_the_test_cluster_profile_overrides_every_rule_of_the_production_profile() -> None:
+    """A later --profile replaces a key whole: the test-cluster profile must name every rule that
+    profiles/slurm names, or that rule would silently lose its settings there."""
+    production, test = _profile(SLURM_PROFILE), _profile(SLURM_PROFILE / "test-cluster")
+    assert set(production["set-threads"]) <= set(test["set-threads"])
+    assert set(production["set-resources"]) <= set(test["set-resources"])
+    assert set(production["default-resources"]) <= set(test["default-resources"])
+    for rule in GPU_RULES:
+        assert production["set-resources"][rule]["gpu"] >= 1 and test["set-resources"][rule]["gpu"] == 0, rule
+    for rule, threads in test["set-threads"].items():
+        assert test["set-resources"][rule]["cpus_per_task"] == threads, rule  # --cpus-per-task = threads

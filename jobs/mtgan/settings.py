@@ -1,5 +1,5 @@
 """Every knob of MTGAN training in one place: the presets, the ablation variants and the test-time
-rules, each defined once (the config schema's enumerations are checked against them by a test).
+rules, each defined once (the config schema takes their names from here: `x-registry` in the schema).
 
 A `Preset` holds the numbers of a training run; the config names one (`mtgan.preset`) and may
 override single fields (`mtgan.overrides`). The `paper` presets follow the paper (its Section 4.2
