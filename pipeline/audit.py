@@ -26,7 +26,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from core.io import atomic
-from core.io.shards import LAYOUT_VERSION, ORIGIN_CODES, SIZE_CODES, layout, read_manifest, sha256_of, shapes
+from core.io.shards import LAYOUT_VERSION, ORIGIN_CODES, layout, read_manifest, sha256_of, shapes
+from core.sizes import SIZE_CLASSES
 from pipeline.shards import ShardSettings, kept_rows
 
 IOU_BINS = np.linspace(0.0, 1.0, 11)
@@ -48,7 +49,7 @@ class AuditReport:
         lines = [f"# Audit of {self.manifest}: {self.num_rois} ROIs", "", "| label | ROIs |", "|---|---:|"]
         names = {-1: "-1 (ignored)", 0: "0 (background)"}
         lines += [f"| {names.get(k, k)} | {v} |" for k, v in sorted(self.labels.items())]
-        lines += ["", "| size class | ROIs |", "|---|---:|"] + [f"| {s} | {self.sizes.get(s, 0)} |" for s in SIZE_CODES]
+        lines += ["", "| size class | ROIs |", "|---|---:|"] + [f"| {s} | {self.sizes.get(s, 0)} |" for s in SIZE_CLASSES]
         lines += ["", "| origin | ROIs |", "|---|---:|"] + [f"| {o} | {self.origins.get(o, 0)} |" for o in ORIGIN_CODES]
         lines += ["", "| IoU | ROIs |", "|---|---:|"]
         lines += [f"| {lo:.1f}-{hi:.1f} | {n} |" for lo, hi, n in zip(IOU_BINS[:-1], IOU_BINS[1:], self.iou_hist)]
@@ -119,7 +120,7 @@ def audit(target: Path, rois_table: Path | None = None) -> tuple[AuditReport, li
         report.problems.append(f"the shards hold {report.num_rois} ROIs, the manifest says {doc['num_rois']}")
     for c in columns:
         report.labels.update(c["label"].tolist())
-        report.sizes.update(SIZE_CODES[i] for i in c["size_class"])
+        report.sizes.update(SIZE_CLASSES[i] for i in c["size_class"])
         report.origins.update(ORIGIN_CODES[i] for i in c["origin"])
         report.iou_hist += np.histogram(np.clip(c["iou"], 0, 1), IOU_BINS)[0]
     if len(columns) == len(doc["shards"]):

@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from core.errors import EmptyInputError, InputError
 from core.io import atomic
-from core.io.shards import SIZE_CODES, read_manifest, verify_shards
+from core.io.shards import read_manifest, verify_shards
 from core.io.tables import INFERENCE_SCHEMA, make_table, write_table
 from core.sections import section_fields
+from core.sizes import SIZE_CLASSES
 from jobs.common import autocast_factory, pick_device
 from jobs.mtgan.data import ShardBatches
 from jobs.mtgan.engine import to_model
@@ -87,7 +88,7 @@ def table9_accuracy(probs: np.ndarray, label: np.ndarray, size_class: np.ndarray
     and on positives by size class."""
     predicted = probs.argmax(1)
     groups = {"positive": label > 0, "negative": label == 0, "all": label >= 0}
-    groups |= {f"positive_{name}": (label > 0) & (size_class == code) for code, name in enumerate(SIZE_CODES)}
+    groups |= {f"positive_{name}": (label > 0) & (size_class == code) for code, name in enumerate(SIZE_CLASSES)}
     accuracy: dict[str, Any] = {}
     for kind, mask in groups.items():
         accuracy[kind] = float((predicted[mask] == label[mask]).mean()) if mask.any() else None  # no such ROIs

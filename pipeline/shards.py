@@ -40,8 +40,9 @@ from core.crops import RESIZE_METHOD, crop_hr, make_lr
 from core.errors import InputError
 from core.io import atomic
 from core.io.images import ImageReadError, open_rgb
-from core.io.shards import ORIGIN_CODES, SIZE_CODES, ShardSpec, sha256_of, write_manifest, write_shard
+from core.io.shards import ORIGIN_CODES, ShardSpec, sha256_of, write_manifest, write_shard
 from core.io.tables import ROIS_SCHEMA, file_metadata, read_table
+from core.sizes import SIZE_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def _columns(table: Any, rows: np.ndarray, num_labels: int) -> dict[str, np.ndar
         "base_label": col("base_label", np.int32),
         "base_score": col("base_score", np.float32),
         "base_probs": np.asarray(t["base_probs"], np.float32).reshape(-1, num_labels),
-        "size_class": np.asarray([SIZE_CODES.index(s) for s in t["size_class"]], np.uint8),
+        "size_class": np.asarray([SIZE_CLASSES.index(s) for s in t["size_class"]], np.uint8),
         "origin": np.asarray([ORIGIN_CODES.index(o) for o in t["origin"]], np.uint8),
     }
 

@@ -14,8 +14,9 @@ import pytest
 from core.crops import crop_hr, make_lr
 from core.io import shards as shard_io
 from core.io.images import ImageReadError, open_rgb
-from core.io.shards import ORIGIN_CODES, SIZE_CODES, read_manifest, sha256_of
+from core.io.shards import ORIGIN_CODES, read_manifest, sha256_of
 from core.io.tables import ROIS_SCHEMA, read_table
+from core.sizes import SIZE_CLASSES
 from pipeline.shards import ShardSettings, gather_manifest, sample_rois, write_chunk
 
 from conftest import SHARD_SETTINGS
@@ -70,7 +71,7 @@ def test_round_trip_every_column(tiny_data: Path, tiny_rois: dict[str, Path], tm
                 np.testing.assert_array_equal(f["target"][j], [table[k][r] for k in ("dx", "dy", "dw", "dh")])
                 np.testing.assert_array_equal(f["base_probs"][j], np.asarray(table["base_probs"][r], np.float32))
                 assert (f["iou"][j], f["base_score"][j]) == (np.float32(table["iou"][r]), np.float32(table["base_score"][r]))
-                assert SIZE_CODES[f["size_class"][j]] == table["size_class"][r] and ORIGIN_CODES[f["origin"][j]] == table["origin"][r]
+                assert SIZE_CLASSES[f["size_class"][j]] == table["size_class"][r] and ORIGIN_CODES[f["origin"][j]] == table["origin"][r]
                 assert tuple(f["image_size"][j]) == (table["image_width"][r], table["image_height"][r])
             j = len(ids) // 2  # the pixels: recomputed independently for one ROI per shard
             image = open_rgb(tiny_data / "images" / "val" / files[int(f["image_id"][j])])

@@ -30,7 +30,6 @@ from core.sizes import SIZE_CLASSES
 LAYOUT_VERSION = 1
 MANIFEST_SCHEMA = "shard_manifest.schema.yaml"
 LAYOUT_SCHEMA = "shard_layout.yaml"
-SIZE_CODES = SIZE_CLASSES  # a shard stores a size class as its index here
 ORIGIN_CODES = ("detector", "gt")
 
 
@@ -89,7 +88,7 @@ def write_shard(path: Path, arrays: dict[str, np.ndarray], spec: ShardSpec, inde
                     "resize_method": spec.resize_method,
                     "category_ids": json.dumps(list(spec.category_ids)),
                     "source_table_sha256": spec.source_table_sha256,
-                    "size_classes": json.dumps(SIZE_CODES),
+                    "size_classes": json.dumps(SIZE_CLASSES),  # a shard stores a size class as its index here
                     "origins": json.dumps(ORIGIN_CODES),
                 }
             )

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from core.errors import InputError
-from core.io.shards import SIZE_CODES
+from core.sizes import SIZE_CLASSES
 from jobs.mtgan import losses
 from jobs.mtgan.models import BilinearUpsampler, Discriminator, Generator, resnet_backbone
 from jobs.mtgan.roi_input import through_generator
@@ -224,7 +224,7 @@ def evaluate_holdout(
     label, size = holdout["label"], holdout["size_class"]
     right = {seen: torch.cat(p).numpy() == label for seen, p in predicted.items() if p}
     groups = {"eval_acc_pos": label > 0, "eval_acc_neg": label == 0}
-    groups |= {f"eval_acc_pos_{name}": (label > 0) & (size == code) for code, name in enumerate(SIZE_CODES)}
+    groups |= {f"eval_acc_pos_{name}": (label > 0) & (size == code) for code, name in enumerate(SIZE_CLASSES)}
     scores = {}
     for rule, through in use_g.items():
         correct = np.where(through, right.get(True, False), right.get(False, False))
