@@ -23,11 +23,13 @@ from typing import Any
 import torch
 
 TIMINGS = ("pairs_per_s", "images_per_s")
-SKIPPED = ("logs", "benchmarks")
+SKIPPED = ("logs", "benchmarks")  # folders of measured times and logs
+PROFILE = "report/profile."  # the run profile: measured times too
 
 
 def _files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in SKIPPED}
+    names = (str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in SKIPPED)
+    return {name for name in names if not name.startswith(PROFILE)}
 
 
 def _without_timings(value: Any) -> Any:

@@ -44,7 +44,7 @@ import torch
 
 from core.io.shards import read_manifest
 from core.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, file_metadata, make_table, read_table
-from jobs.mtgan.model_file import load_model
+from jobs.mtgan.model_file import load_model, read_model_state
 from jobs.mtgan.roi_input import through_generator
 from jobs.mtgan.settings import PAPER_RULE, VARIANTS, applies, resolve_preset
 from jobs.mtgan.train import train_mtgan
@@ -154,7 +154,7 @@ def _trained(model: Path, variant: Any, preset: Any, seed: int) -> bool:
     preset's `departures` and the variant's description are words, not settings."""
     if not model.is_file():
         return False
-    state = torch.load(model, map_location="cpu", weights_only=True)
+    state = read_model_state(model)
     settings = json.loads(json.dumps({"variant": dataclasses.asdict(variant), "preset": dataclasses.asdict(preset)}))
     last = torch.load(model.parent / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     same_variant = {k: v for k, v in state["variant"].items() if k != "description"} == {k: v for k, v in settings["variant"].items() if k != "description"}

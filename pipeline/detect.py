@@ -90,7 +90,7 @@ def detect_split(
         return table
     if detector["source"] == "train" and trained is None:
         raise PipelineError("detector.source is train: give the train_baseline job's model.pt (mtgan detect --model)")
-    model, label_map = load_model(detector["source"], detector["arch"], detector["weights"], coco, settings, trained)
+    model, label_map = load_detector(detector["source"], detector["arch"], detector["weights"], coco, settings, trained)
     return run_detector(model, label_map, coco, image_root, settings, pick_device(detector["device"]), detector["source"], on_bad_image)
 
 
@@ -98,7 +98,7 @@ def _categories(coco: dict[str, Any]) -> list[int]:
     return sorted(c["id"] for c in coco["categories"])
 
 
-def load_model(
+def load_detector(
     source: str, arch: str, weights: str, coco: dict[str, Any], settings: DetectSettings, trained: Path | None = None
 ) -> tuple[torch.nn.Module, LabelMap]:
     """The detector to run and how its classes map onto the dataset's categories."""

@@ -6,6 +6,7 @@ Kept in the package (not in the .smk files) so the rules stay declarative and th
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "inference_input",
     "inferences",
     "method_pattern",
+    "pool_threads",
     "methods",
     "out_args",
     "report_method",
@@ -130,6 +132,13 @@ def inference_input(infer_dir: str, method: str) -> list[str]:
 def method_pattern(config: dict[str, Any]) -> str:
     """The `method` wildcard's constraint: exactly the configured methods."""
     return "|".join(re.escape(m) for m in methods(config))
+
+
+def pool_threads(workers: int, cores: int) -> int:
+    """Snakemake cores for a job with `workers` worker processes when Snakemake was given `cores`:
+    its workers, or every core when `cores` exceeds this machine's CPUs (then the job runs alone
+    and its --jobs is capped at the CPUs), so jobs running at once never oversubscribe the machine."""
+    return cores if cores > (os.cpu_count() or 1) else min(workers, cores)
 
 
 def eval_benchmarks(config: dict[str, Any], benchmarks: str) -> dict[str, str]:

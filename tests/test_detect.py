@@ -16,7 +16,7 @@ from core.io.coco import CocoFormatError
 from jobs import weights
 from jobs.baseline.models import DetectorSettings, WeightsUnavailable, build_detector, replace_box_predictor
 from jobs.baseline.predict import LabelMap, detect_batch
-from pipeline.detect import DetectSettings, import_detections, load_model, results_json, run_detector
+from pipeline.detect import DetectSettings, import_detections, load_detector, results_json, run_detector
 
 SETTINGS = DetectorSettings(min_size=128, max_size=128, score_thresh=0.0, nms_thresh=0.5, detections_per_img=30)
 
@@ -97,14 +97,14 @@ def test_checkpoint_paths_plain_state_dicts_and_category_checks(random_detector:
     coco3 = {**_coco(), "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 7, "name": "c"}]}
     plain = tmp_path / "plain.pth"
     torch.save(random_detector.state_dict(), plain)
-    model, label_map = load_model("torchvision", "fasterrcnn_small_cpu", str(plain), coco3, DETECT)
+    model, label_map = load_detector("torchvision", "fasterrcnn_small_cpu", str(plain), coco3, DETECT)
     assert label_map.category_ids == (1, 2, 7)
     ours = tmp_path / "model.pt"
     torch.save({"model": random_detector.state_dict(), "arch": "fasterrcnn_small_cpu", "category_ids": [1, 2, 9]}, ours)
     with pytest.raises(ValueError, match="other categories|not this dataset"):
-        load_model("train", "fasterrcnn_small_cpu", "none", coco3, DETECT, ours)
+        load_detector("train", "fasterrcnn_small_cpu", "none", coco3, DETECT, ours)
     with pytest.raises(ValueError, match="has 4 classes; the dataset has 2"):
-        load_model("torchvision", "fasterrcnn_small_cpu", str(plain), _coco(), DETECT)
+        load_detector("torchvision", "fasterrcnn_small_cpu", str(plain), _coco(), DETECT)
 
 
 def _write(tmp_path: Path, records: Any) -> Path:
@@ -158,7 +158,7 @@ def test_bad_imported_boxes_are_dropped_and_counted(tmp_path: Path) -> None:
 def test_results_json_loads_in_pycocotools(tmp_path: Path, tiny_data: Path, random_detector: torch.nn.Module) -> None:
     coco = json.loads((tiny_data / "val.json").read_text())
     coco["images"] = coco["images"][:3]
-    model, label_map = load_model("torchvision", "fasterrcnn_small_cpu", "none", coco, DETECT)
+    model, label_map = load_detector("torchvision", "fasterrcnn_small_cpu", "none", coco, DETECT)
     table = run_detector(model, label_map, coco, tiny_data / "images" / "val", DETECT, torch.device("cpu"), "torchvision")
     assert table.num_rows > 0 and set(table.column("image_id").to_pylist()) <= {1, 2, 3}
     gt = COCO(str(tiny_data / "val.json"))

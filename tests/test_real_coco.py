@@ -71,7 +71,7 @@ def test_coco_mini_detect_rois_and_score(coco_mini: Path, tmp_path: Path) -> Non
     through the import path, the ROI labelling and pycocotools."""
     import torch
 
-    from pipeline.detect import DetectSettings, import_detections, load_model, results_json, run_detector
+    from pipeline.detect import DetectSettings, import_detections, load_detector, results_json, run_detector
     from pipeline.rois import build_rois
     from pipeline.score import coco_bbox_eval
 
@@ -79,7 +79,7 @@ def test_coco_mini_detect_rois_and_score(coco_mini: Path, tmp_path: Path) -> Non
     settings = DetectSettings(top_k=50, score_thresh=0.0, nms_thresh=0.5, min_size=160, max_size=200, batch_size=4, num_workers=0)
     few = {**coco, "images": coco["images"][:6]}
     torch.manual_seed(0)
-    model, label_map = load_model("torchvision", "fasterrcnn_small_cpu", "none", few, settings)
+    model, label_map = load_detector("torchvision", "fasterrcnn_small_cpu", "none", few, settings)
     detections = run_detector(model, label_map, few, coco_mini / "train2017", settings, torch.device("cpu"), "torchvision")
     assert detections.num_rows > 0
     widths = {im["id"]: im["width"] for im in few["images"]}

@@ -95,7 +95,7 @@ def is_id(x: Any) -> bool:
 
 def results_problems(records: Any, coco: dict[str, Any], max_per_image: int | None = None) -> list[str]:
     """Why `records` is not a COCO results file for the images and categories of `coco` (empty: it
-    is), one line per kind of problem with the first few records: each record {image_id,
+    is): the first kind of problem found, in one line with its first few records. In order: each record {image_id,
     category_id, bbox: 4 numbers, score}, known image and category ids, a finite box and score, a
     score in [0, 1]. With `max_per_image` (a file to submit, as an evaluation server takes it):
     also boxes with w, h > 0 and at most that many detections per image (an import drops and

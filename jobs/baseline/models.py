@@ -11,7 +11,7 @@ and torchvision's two-layer MLP box head of 256 units: about 2.2 M parameters. T
 scratch on 2 CPU cores it learns a weak but real detector in minutes, where a ResNet-FPN learns
 nothing in that time.
 
-Weights (chosen by `pipeline.detect.load_model` from `detector.weights`): `none` (random init), `torchvision` (the builder's default COCO
+Weights (chosen by `pipeline.detect.load_detector` from `detector.weights`): `none` (random init), `torchvision` (the builder's default COCO
 weights, from the torch hub cache or downloaded; offline and not cached -> `WeightsUnavailable`
 naming the file and where it is expected), or a path to a checkpoint: the `train_baseline` job's
 own, or a plain state dict of the architecture (e.g. a torchvision .pth file).

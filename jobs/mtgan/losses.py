@@ -1,4 +1,4 @@
-"""MTGAN's losses (paper Eqs 4-11) as plain functions returning dicts of `loss_*` terms.
+"""MTGAN's losses (paper Eqs 4-11) as plain functions returning dicts of `g_loss_*` (G's) and `d_loss_*` (D's) terms.
 
 N is the batch size; every term is a mean over the N samples of the batch (the regression term
 too: summed over the positives and divided by N, as Fast R-CNN and torchvision do), so that the

@@ -44,7 +44,8 @@ class LoadedModel:
 def save_model(
     path: Path, g: nn.Module | None, d: nn.Module, variant: Variant, preset: Preset, seed: int, step: int, shards: dict[str, Any], config: dict[str, Any] | None
 ) -> None:
-    """Write `path` atomically; `shards`: the training shards' manifest (categories, crop geometry)."""
+    """Write `path` atomically; `g`: a learned generator (None for a variant without one);
+    `shards`: the training shards' manifest (categories, crop geometry)."""
     names = shards.get("category_names") or [str(c) for c in shards["category_ids"]]
     state = {
         "format_version": MODEL_FORMAT,
@@ -58,7 +59,7 @@ def save_model(
         **{k: shards[k] for k in ("hr_size", "scale", "margin", "resize_method")},
         "step": step,
     }
-    if g is not None and any(True for _ in g.parameters()):
+    if g is not None:
         state["g"] = g.state_dict()
     save_checkpoint(path, state)
 
@@ -90,10 +91,16 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: not a model.pt of this version of train_mtgan ({e}); retrain it") from None
     preset = dataclasses.replace(preset, d_weights="none")  # the weights come from the file
+    if (variant.generator == "learned") != ("g" in state):
+        has = "has no generator, but the file holds generator weights" if "g" in state else "trains a generator, but the file holds none"
+        raise CheckpointError(f"{path}: variant {variant.name!r} {has}; retrain it")
     g, d = build_networks(variant, preset, state["num_labels"], state["scale"])
-    d.load_state_dict(state["d"])
-    if "g" in state:
-        g.load_state_dict(state["g"])
+    try:
+        d.load_state_dict(state["d"])
+        if "g" in state:
+            g.load_state_dict(state["g"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: its weights do not fit the networks of its own settings ({str(e).splitlines()[0]}); retrain it") from None
     layout = torch.channels_last if preset.channels_last else torch.contiguous_format
     g = g.to(device, memory_format=layout).eval() if g is not None else None
     return LoadedModel(variant, preset, g, d.to(device, memory_format=layout).eval(), state)

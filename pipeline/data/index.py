@@ -16,6 +16,9 @@ from typing import Any
 from core.errors import InputError, PipelineError
 from core.io import atomic
 from core.schema import validate_document
+from pipeline.data.sources import DATA_SOURCES
+
+REGISTRIES = {"data_sources": list(DATA_SOURCES)}  # the names the index schema takes from the code
 
 LAYOUT_VERSION = 1
 INDEX_NAME = "index.json"
@@ -53,7 +56,7 @@ def write_index(path: Path, dataset: str, source: str, splits: list[SplitFiles])
             for s in splits
         },
     }
-    validate_document(doc, "dataset_index.schema.yaml", str(path))
+    validate_document(doc, "dataset_index.schema.yaml", str(path), registries=REGISTRIES)
     atomic.write_json(path, doc, indent=2)
 
 
@@ -70,7 +73,7 @@ def split_coco(index: Path, split: str) -> tuple[dict[str, Any], Path, Path]:
 def _read(path: Path) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         doc = json.load(f)
-    return validate_document(doc, "dataset_index.schema.yaml", str(path))
+    return validate_document(doc, "dataset_index.schema.yaml", str(path), registries=REGISTRIES)
 
 
 def data_source(path: Path) -> str:

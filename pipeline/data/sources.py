@@ -1,9 +1,10 @@
-"""The data sources the data stage reads, defined once (config `data.source`; the schema's enum is
-checked against DATA_SOURCES by a test). A new dataset format is one entry here and its module:
+"""The data sources the data stage reads, defined once (config `data.source`; the config schema
+and the dataset index's take the names from DATA_SOURCES, `x-registry: data_sources`). A new dataset format is one entry here and its module:
 how it builds each split's COCO JSON, which files it reads (a changed file reruns the data stage),
 and, where the format has its own layout for detections, how a folder of them becomes COCO results
 records (detect's `import_results`). The generic stages know only this registry (import-linter
-keeps them off `pipeline.widerface`)."""
+keeps them off `pipeline.widerface`). Each source's code is imported when it is used: the config
+validation that reads this registry stays light."""
 
 from __future__ import annotations
 
@@ -14,9 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InputError
-from core.io.coco import CocoCheckPolicy, image_list, load_json, validate_coco
-from pipeline.data import builtin
-from pipeline.widerface import source as widerface
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +32,8 @@ class DataSource:
 
 
 def _build_builtin(section: dict[str, Any], tmp: Path, n_jobs: int) -> BuiltSplits:
+    from pipeline.data import builtin
+
     spec = builtin.BuiltinSpec.from_config(section["builtin"])
     out = []
     for split in spec.num_images:
@@ -46,6 +46,8 @@ def _build_builtin(section: dict[str, Any], tmp: Path, n_jobs: int) -> BuiltSpli
 
 
 def _build_coco(section: dict[str, Any], tmp: Path, n_jobs: int) -> BuiltSplits:
+    from core.io.coco import CocoCheckPolicy, image_list, load_json, validate_coco
+
     cfg = section["coco"]
     if not cfg["splits"]:
         raise InputError("config data.coco.splits is empty: name each split's annotations and images")
@@ -91,12 +93,24 @@ def _annotation_files(name: str) -> Callable[[dict[str, Any]], list[str]]:
     return files
 
 
+def _build_widerface(section: dict[str, Any], tmp: Path, n_jobs: int) -> BuiltSplits:
+    from pipeline.widerface.source import build_splits
+
+    return build_splits(section, tmp, n_jobs)
+
+
+def _widerface_predictions(folder: Path, coco: dict[str, Any]) -> list[dict[str, Any]]:
+    from pipeline.widerface.source import prediction_folder_records
+
+    return prediction_folder_records(folder, coco)
+
+
 DATA_SOURCES: dict[str, DataSource] = {
     s.name: s
     for s in (
         DataSource("builtin", "the synthetic dataset, generated", _build_builtin, lambda section: []),
         DataSource("coco", "a COCO-format dataset on disk", _build_coco, _annotation_files("coco")),
-        DataSource("widerface", "the official WIDER FACE files", widerface.build_splits, _annotation_files("widerface"), widerface.prediction_folder_records),
+        DataSource("widerface", "the official WIDER FACE files", _build_widerface, _annotation_files("widerface"), _widerface_predictions),
     )
 }
 

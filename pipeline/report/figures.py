@@ -148,11 +148,12 @@ def plot_training_curves(logs: dict[str, list[dict[str, Any]]], out_png: Path) -
     for ax, (title, series) in zip(axes.flat, TRAINING_PANELS):
         drawn = False
         for variant in ordered(list(logs)):
+            first = next((key for key, _ in series if any(key in r for r in logs[variant])), None)  # the variant's legend entry
             for key, style in series:
                 points = [(r["step"], r[key]) for r in logs[variant] if key in r]
                 if points:
                     steps, values = zip(*points)
-                    ax.plot(steps, values, style, color=method_color(variant), lw=1.4, label=label(variant) if key == series[0][0] else None)
+                    ax.plot(steps, values, style, color=method_color(variant), lw=1.4, label=label(variant) if key == first else None)
                     drawn = True
         ax.set_title(textwrap.fill(title, 48), fontsize=9)
         ax.set_xlabel("step")

@@ -6,7 +6,7 @@ import shlex
 from snakemake.exceptions import WorkflowError
 
 from pipeline.config import dev_split, validate_config
-from pipeline.widerface.source import ground_truth_files as widerface_ground_truth_files
+from pipeline.widerface.ground_truth import ground_truth_files as widerface_ground_truth_files
 from pipeline.workflow import (
     ERROR_AREAS,
     SIZE_RANGES,
@@ -21,6 +21,7 @@ from pipeline.workflow import (
     inference_files,
     inference_input,
     method_pattern,
+    pool_threads,
     methods,
     out_args,
     report_method,
@@ -64,19 +65,14 @@ wildcard_constraints:
 # Torch jobs (training, detection, inference) claim every core Snakemake was given, so they run
 # one at a time: two PyTorch processes sharing a few cores slow each other down several times
 # over (their OpenMP threads spin). A job's `{threads}` is capped at the machine's CPUs by the CLI
-# (--threads, --jobs). The process-pool jobs (data, shards) keep `cpus` CPUs busy and claim that
-# share of the machine in Snakemake's cores, so that --cores 8 on a 2-core machine (the README's
-# command on a laptop) never runs more workers at once than there are CPUs.
+# (--threads, --jobs). The process-pool jobs (data, shards: 2 workers) claim as many cores as they
+# use, or every core when --cores exceeds the machine's CPUs (the README's --cores 8 on a 2-core
+# laptop), so that jobs running at once never keep more CPUs busy than the machine has.
 try:
     TORCH_THREADS = workflow.cores
 except WorkflowError:  # no --cores: a run that executes nothing (--report, --lint)
     TORCH_THREADS = 1
-
-
-def cpu_share(cpus):
-    """Snakemake cores for a job that keeps `cpus` of this machine's CPUs busy."""
-    machine = os.cpu_count() or 1
-    return max(1, min(TORCH_THREADS, round(min(cpus, machine) * max(1, TORCH_THREADS / machine))))
+POOL_THREADS = pool_threads(2, TORCH_THREADS)
 
 
 # Rules call `mtgan`, run from this checkout, so they work in a virtualenv where the project is

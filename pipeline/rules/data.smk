@@ -19,7 +19,7 @@ rule data:
         f"{LOGS}/data.log",
     benchmark:
         f"{BENCHMARKS}/data.tsv"
-    threads: cpu_share(2)
+    threads: POOL_THREADS
     conda:
         "../../envs/mtgan.yaml"
     shell:

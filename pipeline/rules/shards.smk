@@ -17,7 +17,7 @@ rule shards:
         f"{LOGS}/shards_{{role}}_{{chunk}}.log",
     benchmark:
         f"{BENCHMARKS}/shards_{{role}}_{{chunk}}.tsv"
-    threads: cpu_share(2)
+    threads: POOL_THREADS
     conda:
         "../../envs/mtgan.yaml"
     shell:

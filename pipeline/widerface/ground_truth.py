@@ -8,13 +8,14 @@ detection on it is not a false positive (see the matching in `pipeline.widerface
 `face_bbx_list` is stored as int32 in the official file, which makes MATLAB evaluate in int32
 arithmetic (`pipeline.widerface.protocol`); `WiderGroundTruth.int32_boxes` records it.
 
-The file names (`WIDERFACE_GROUND_TRUTH`) are defined here only; `pipeline.workflow` imports them,
-so this module stays cheap to import: scipy is imported when a file is read.
+The file names (`WIDERFACE_GROUND_TRUTH`) are defined here only; the Snakefile asks `ground_truth_files`
+for them, so this module stays cheap to import: scipy is imported when a file is read.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,3 +184,20 @@ def load_ground_truth(gt_dir: Path) -> WiderGroundTruth:
         "WIDER FACE ground truth: %d events, %d images, %d faces (%s)", len(events), len(gt), gt.faces, ", ".join(f"{s} {gt.kept_faces(s)}" for s in SETTINGS)
     )
     return gt
+
+
+def ground_truth_files(config: dict[str, Any]) -> list[str]:
+    """The official evaluation files eval_widerface needs; a clear error where they cannot be."""
+    data = config["data"]
+    if data["source"] != "widerface":
+        raise InputError(
+            f"eval_widerface needs data.source: widerface (this config has {data['source']!r}); "
+            "run: snakemake --cores 8 --configfile config/widerface.yaml eval_widerface"
+        )
+    folder = data["widerface"]["ground_truth"]
+    if not folder:
+        raise InputError(
+            "eval_widerface needs data.widerface.ground_truth: the folder of wider_face_val.mat and "
+            "wider_{easy,medium,hard}_val.mat (eval_tools/ground_truth of the official toolkit)"
+        )
+    return [os.path.join(folder, name) for name in WIDERFACE_GROUND_TRUTH]

@@ -1,20 +1,16 @@
 """WIDER FACE as a data source (registered in `pipeline.data.sources`): its official annotation
-files converted to COCO JSON per split, its official prediction layout read as COCO results, and
-the official evaluation files the `eval_widerface` target needs."""
+files converted to COCO JSON per split, and its official prediction layout read as COCO results."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 from core.errors import InputError
 from core.io.coco import CocoCheckPolicy, CocoFormatError, validate_coco
 from pipeline.widerface import convert
-from pipeline.widerface.ground_truth import WIDERFACE_GROUND_TRUTH
 from pipeline.widerface.predictions import read_prediction_dir
-from pipeline.widerface.score import image_keys
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +40,8 @@ def prediction_folder_records(folder: Path, coco: dict[str, Any]) -> list[dict[s
     """COCO results records from the official WIDER FACE prediction layout (`<event>/<image>.txt`)."""
     if len(coco["categories"]) != 1:
         raise CocoFormatError(f"{folder}: the WIDER FACE prediction layout has no classes; the dataset has {len(coco['categories'])} categories")
+    from pipeline.widerface.score import image_keys  # (the scoring module draws: imported only here)
+
     category_id = coco["categories"][0]["id"]
     keys = image_keys(coco)
     predictions = read_prediction_dir(folder, keys.values())
@@ -52,20 +50,3 @@ def prediction_folder_records(folder: Path, coco: dict[str, Any]) -> list[dict[s
         for image_id, key in keys.items()
         for row in predictions.get(key, [])
     ]
-
-
-def ground_truth_files(config: dict[str, Any]) -> list[str]:
-    """The official evaluation files eval_widerface needs; a clear error where they cannot be."""
-    data = config["data"]
-    if data["source"] != "widerface":
-        raise InputError(
-            f"eval_widerface needs data.source: widerface (this config has {data['source']!r}); "
-            "run: snakemake --cores 8 --configfile config/widerface.yaml eval_widerface"
-        )
-    folder = data["widerface"]["ground_truth"]
-    if not folder:
-        raise InputError(
-            "eval_widerface needs data.widerface.ground_truth: the folder of wider_face_val.mat and "
-            "wider_{easy,medium,hard}_val.mat (eval_tools/ground_truth of the official toolkit)"
-        )
-    return [os.path.join(folder, name) for name in WIDERFACE_GROUND_TRUTH]
