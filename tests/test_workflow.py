@@ -113,7 +113,7 @@ def test_tiny_pipeline_runs_then_caches(tiny_run: Path, tmp_path: Path) -> None:
     assert "Nothing to be done" in second.stdout + second.stderr
 
     forced = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, "--forcerun", "merge")
-    reports = {"report_charts": 1, "report_errors": 1, "report_detections": 1}
+    reports = {"report_charts": 1, "report_errors": 1, "report_detections": 1, "profile": 1}  # the profile gathers the new benchmarks
     assert jobs_of(forced.stdout) == {"merge": 8, "score": 8, "table": 1, "eval_coco": 1} | reports
     more = tmp_path / "more.yaml"
     more.write_text("mtgan:\n  variants: [mtgan, sbu, d_no_adv, sbu_hr]\n")
@@ -126,17 +126,18 @@ def test_tiny_pipeline_runs_then_caches(tiny_run: Path, tmp_path: Path) -> None:
         "table": 1,
         "eval_coco": 1,
         "report_charts": 1,
+        "profile": 1,
     }  # sbu_hr on the paper's path and by size
 
     # The test-time rules are an inference setting: changing them retrains nothing.
     rules = tmp_path / "rules.yaml"
     rules.write_text("infer:\n  rules: [paper, all_hr]\n")
     other_rule = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, str(rules))
-    assert jobs_of(other_rule.stdout) == {"infer": 1, "merge": 2, "score": 2, "table": 1, "eval_coco": 1, "report_charts": 1}
+    assert jobs_of(other_rule.stdout) == {"infer": 1, "merge": 2, "score": 2, "table": 1, "eval_coco": 1, "report_charts": 1, "profile": 1}
     threshold = tmp_path / "threshold.yaml"
     threshold.write_text("infer:\n  g_max_side: 24\n")
     moved = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, str(threshold))
-    assert jobs_of(moved.stdout) == {"infer": 1, "merge": 2, "score": 2, "table": 1, "eval_coco": 1, "report_charts": 1}
+    assert jobs_of(moved.stdout) == {"infer": 1, "merge": 2, "score": 2, "table": 1, "eval_coco": 1, "report_charts": 1, "profile": 1}
 
     reseeded = tmp_path / "seed3.yaml"
     reseeded.write_text("data:\n  builtin:\n    seed: 3\n")
