@@ -132,3 +132,22 @@ def test_names_defined_once_reach_the_schema_from_their_registries(tmp_path: Pat
     assert parse_method("mtgan-by_size_ensemble").ensemble and parse_method("sbu").rule == "paper"
     with pytest.raises(ValueError, match="unknown method"):
         parse_method("sbu-by_size")  # the paper's SBU never trains on HR crops: no row for it
+
+
+def test_the_conda_environment_asks_for_what_pyproject_asks_for() -> None:
+    """envs/mtgan.yaml (for `snakemake --use-conda`) must list conda's names for pyproject's
+    dependencies, with the same lower bounds: pyproject is where they are decided; conda names two
+    packages otherwise, and Snakemake itself runs the rules rather than living in their environment."""
+    import re
+
+    import tomllib
+
+    conda_name = {"torch": "pytorch", "matplotlib": "matplotlib-base"}
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = {}
+    for spec in pyproject:
+        name, bound = re.fullmatch(r"([a-z0-9_-]+)(?:\[[a-z,]+\])?>=(\S+)", spec).groups()
+        if name != "snakemake":
+            wanted[conda_name.get(name, name)] = bound
+    listed = dict(line.split(" >=") for line in yaml.safe_load((REPO / "envs" / "mtgan.yaml").read_text())["dependencies"])
+    assert {k: v for k, v in listed.items() if k != "python"} == wanted
