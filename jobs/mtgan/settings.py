@@ -86,9 +86,9 @@ class Preset:
     checkpoint_every: int = _knob(2_000, minimum=1)
     picture_every: int = _knob(5_000, minimum=1)
     # bf16 autocast where the device runs it natively (CUDA; CPUs with AVX512-BF16 or AMX), fp32
-    # elsewhere; channels-last memory for G and D. On this project's 2-core Xeon together 2.4x faster
-    # per step than fp32 (bench/train_throughput.py); adopted for the cpu preset on the dev split's
-    # numbers over seeds (docs/choices.md). Both are also what infer runs with.
+    # elsewhere; channels-last memory for G and D. Both are also what infer runs with. On this
+    # project's 2-core Xeon together 2.4x faster per training step than fp32 (bench/README.md); the
+    # `cpu` preset stays in fp32 until the dev split's comparison over seeds is complete (docs/choices.md).
     amp: bool = True
     channels_last: bool = True
     departures: tuple[str, ...] = field(default_factory=tuple)
@@ -149,14 +149,16 @@ PRESETS: dict[str, Preset] = {
     "paper-r101": Preset(d_backbone="resnet101"),
     # WIDER FACE (paper Section 4.2): D's learning rate 1e-4 for 3 epochs, then 1e-5 for 3 more.
     "paper-widerface": Preset(d_lr=1e-4, epochs=6, d_lr_step_epochs=3),
-    # 2 CPU cores with native bf16: about 130 pairs/s in GAN training (bench/train_throughput.py);
-    # every departure from the paper is named.
+    # 2 CPU cores: about 55 pairs/s in GAN training in fp32, 130 with `amp` and `channels_last`
+    # on a CPU with native bf16 (bench/README.md; off here until docs/choices.md's comparison over
+    # seeds is complete); every departure from the paper is named.
     "cpu": Preset(
         g_channels=32, g_residual_blocks=2, g_upsample_channels=64,
         d_backbone="resnet18", d_weights="none", d_stem="3x3", d_width=16,
         batch_size=32, positive_fraction=0.5, pretrain_iterations=150, iterations=1500,
         d_optimizer="adamw", d_lr=2e-3, d_weight_decay=0.01, d_lr_step=1200, g_lr=1e-3,
         holdout_blocks=4, eval_every=100, log_every=20, checkpoint_every=100, picture_every=350,
+        amp=False, channels_last=False,
         departures=(
             "G: 32 channels, 2 residual blocks, de-convs of 64 channels (Table 1: 64, 5, 256)",
             "D: ResNet-18 at a quarter of its width (layer1 16 channels; Table 1: ResNet-50/101 at 64, "
