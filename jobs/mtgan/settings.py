@@ -87,7 +87,7 @@ class Preset:
     picture_every: int = _knob(5_000, minimum=1)
     # bf16 autocast where the device runs it natively (CUDA; CPUs with AVX512-BF16 or AMX), fp32
     # elsewhere; channels-last memory for G and D. Both are also what infer runs with. On this
-    # project's 2-core Xeon together 2.4x faster per training step than fp32 (bench/README.md); the
+    # project's 2-core Xeon together 2-3x faster per training step than fp32 (bench/README.md: 2.4x alone, 2.9x under load); the
     # `cpu` preset stays in fp32 until the dev split's comparison over seeds is complete (docs/choices.md).
     amp: bool = True
     channels_last: bool = True
