@@ -5,8 +5,9 @@ For each preset and each mode: median time of a stage-2 iteration (one D step + 
 to fp32 in contiguous memory measured in the same run; and the FLOPs of that iteration per pair,
 counted by torch's FlopCounterMode (forward and backward of G and D), so throughput on any device
 can be set against that device's peak FLOP/s. D weights are random (no download); the numbers do
-not depend on them. Modes: fp32; channels-last; bf16 autocast (only where bf16 is native:
-CUDA, CPUs with AVX512-BF16 or AMX; elsewhere the row says so); both (the presets' default,
+not depend on them. Modes: fp32; channels-last; bf16 autocast (wherever torch has bf16 kernels:
+CUDA, CPUs with AVX512-BF16 or AMX; elsewhere the row says so; the first line says whether the
+jobs would use it here, `jobs.common.bf16_fast`); both (the presets' default,
 `amp` and `channels_last`); both with `torch.compile` of G and D (`--compile`: its warm-up, which
 compiles, is timed and printed apart).
 
@@ -18,6 +19,7 @@ compiles, is timed and printed apart).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -25,11 +27,22 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from jobs.common import autocast_factory, bf16_native
+from jobs.common import bf16_fast
 from jobs.mtgan.engine import Batch, build_networks, train_step
 from jobs.mtgan.settings import VARIANTS, Preset, Variant, resolve_preset
 
 from timing import median_seconds
+
+
+def bf16_kernels(device: torch.device) -> bool:
+    """Whether torch runs bf16 on `device` at all (CUDA, or a CPU whose oneDNN has bf16 kernels)."""
+    if device.type == "cuda":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
+
 
 MODES = {"fp32": (False, False), "channels-last": (False, True), "bf16": (True, False), "bf16 + channels-last": (True, True)}
 
@@ -47,7 +60,8 @@ def main() -> None:
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     variant = VARIANTS[args.variant]
-    print(f"variant {variant.name}, device {device}, torch threads {torch.get_num_threads()}, bf16 native: {bf16_native(device)}")
+    print(f"variant {variant.name}, device {device}, torch threads {torch.get_num_threads()}")
+    print(f"bf16 kernels: {bf16_kernels(device)}; bf16 used by the training and infer jobs here: {bf16_fast(device)}")
     print(f"{'preset':<7} {'mode':<32} {'G':>14} {'D':>18} {'batch':>5} {'pairs/s':>8} {'x fp32':>6} {'GFLOP/pair':>10}")
     modes = [(name, amp, last, False) for name, (amp, last) in MODES.items()]
     if args.compile:
@@ -55,8 +69,8 @@ def main() -> None:
     for name in args.presets.split(","):
         fp32 = None
         for mode, amp, last, compiled in modes:
-            if amp and not bf16_native(device):
-                print(f"{name:<7} {mode:<32} bf16 is not native here: not measured")
+            if amp and not bf16_kernels(device):
+                print(f"{name:<7} {mode:<32} no bf16 kernels here: not measured")
                 continue
             preset = resolve_preset(name, {"d_weights": "none", **json.loads(args.overrides), "amp": amp, "channels_last": last})
             rate, flops, desc, warmup = measure(variant, preset, device, args.classes, args.steps, compiled, sync)
@@ -85,7 +99,7 @@ def measure(
     lr, hr = torch.rand(n, 3, 16, 16, device=device) * 2 - 1, torch.rand(n, 3, 64, 64, device=device) * 2 - 1
     lr, hr = lr.contiguous(memory_format=layout), hr.contiguous(memory_format=layout)
     labels, targets = torch.randint(0, classes, (n,), device=device), torch.randn(n, 4, device=device)
-    autocast = autocast_factory(device, preset.amp)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if preset.amp else contextlib.nullcontext
 
     def step() -> None:
         train_step(g, d, d_opt, g_opt, Batch(lr, hr, labels, targets), variant, preset, autocast)

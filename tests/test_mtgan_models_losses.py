@@ -13,6 +13,7 @@ import torchvision
 from torch import nn
 
 from core.crops import crop_sides
+from jobs.common import autocast_factory
 from jobs.mtgan import losses
 from jobs.mtgan.engine import Batch, build_networks, discriminator_step, generator_step
 from jobs.mtgan.models import Discriminator, Generator, ResNetTrunk, resnet_backbone
@@ -240,3 +241,13 @@ def test_widerface_preset_schedule_in_epochs() -> None:
     scheduled = schedule_in_iterations(preset, num_rois=128 * 1000 + 5)  # 1000 full batches of 128 per epoch
     assert (scheduled.iterations, scheduled.d_lr_step) == (6000, 3000)
     assert schedule_in_iterations(resolve_preset("paper"), 10**6) == resolve_preset("paper")
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_cpu_autocast_is_bf16_only_where_the_cpu_has_amx(amx: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    layer, x = nn.Linear(8, 4), torch.randn(2, 8)
+    with autocast_factory(torch.device("cpu"), enabled=True)():
+        assert layer(x).dtype == (torch.bfloat16 if amx else torch.float32)
+    with autocast_factory(torch.device("cpu"), enabled=False)():
+        assert layer(x).dtype == torch.float32
