@@ -20,10 +20,11 @@ import pyarrow as pa
 import torch
 from torchvision.ops import batched_nms
 
-from core.boxes import BoxCoder, xyxy_to_xywh
+from core.boxes import xyxy_to_xywh
 from core.errors import InputError
 from core.io import atomic
 from core.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, file_metadata, read_table
+from core.roi_targets import BoxCoder
 from core.sections import section_fields
 
 

@@ -3,8 +3,8 @@
 Per ROI (`schemas/rois.schema.yaml`): best IoU with a non-crowd ground-truth box
 (torchvision.ops.box_iou), that box's annotation id, the label (positive: IoU >= positive_iou,
 labelled with the box's class; negative: IoU < negative_iou; ignored in between, or when a crowd
-region overlaps the ROI more than any object: see `core.boxes.match_rois`), the Fast R-CNN
-regression target to the matched box (`core.boxes.BoxCoder`), the baseline's label, score and
+region overlaps the ROI more than any object: see `core.roi_targets.match_rois`), the Fast R-CNN
+regression target to the matched box (`core.roi_targets.BoxCoder`), the baseline's label, score and
 class-probability vector, and the ROI's COCO size class.
 
 On the training split (config `rois.add_gt_to_train`, default on) every non-crowd ground-truth box
@@ -24,10 +24,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from core.boxes import BACKGROUND, IGNORE, BoxCoder, match_rois, xywh_to_xyxy
+from core.boxes import xywh_to_xyxy
 from core.errors import InputError
 from core.io import atomic
 from core.io.tables import DETECTIONS_SCHEMA, ROIS_SCHEMA, make_table, read_table, table_metadata, write_table
+from core.roi_targets import BACKGROUND, IGNORE, BoxCoder, match_rois
 from core.sections import section_fields
 from core.sizes import SIZE_CLASSES, size_class
 

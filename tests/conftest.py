@@ -1,4 +1,13 @@
-"""Shared fixtures. Tests make their own data; the real samples in ../shared/data are optional."""
+"""Shared fixtures. Tests make their own data; the real samples in ../shared/data are optional.
+
+The suite runs in two processes (pytest-xdist, `-n 2` in pyproject.toml): most tests keep one core
+busy (Snakemake runs of a tiny pipeline, pycocotools), so two processes on two cores finish in
+about half the time. Session fixtures are made once per process, so the files whose tests read the
+session's tiny run, and the Slurm tests, are one unit of work that goes to one process
+(`pytest_xdist_make_scheduler`; xdist's own `--dist loadgroup` marks do nothing under pytest 9,
+whose node ids xdist 3.8 can no longer rename). There the Slurm tests come first, so the Slurm
+run and the local run it is compared with go side by side: the Slurm jobs mostly wait.
+"""
 
 from __future__ import annotations
 
@@ -28,6 +37,38 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
 
 
 TINY_CONFIG = REPO / "config" / "tiny.yaml"
+# The test files that read the session's tiny run (or run the Slurm tests), in one process.
+TINY_RUN_FILES = ("test_report.py", "test_seeds_bench.py", "test_slurm.py", "test_submit.py", "test_workflow.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's load balancing, test by test, except TINY_RUN_FILES: one unit for one process."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TinyRunTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tiny_run" if nodeid.split("::", 1)[0].rsplit("/", 1)[-1] in TINY_RUN_FILES else nodeid
+
+    return TinyRunTogether(config, log)
+
+
+# Files with the longest tests outside the tiny run (whole Snakemake runs, training): started first,
+# so that the last minutes of the suite are not one long test running alone.
+LONGEST_FILES = ("test_real_coco.py", "test_widerface_pipeline.py", "test_mtgan_train.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The Slurm tests first (see above), then LONGEST_FILES."""
+    items.sort(key=lambda item: (item.path.name != "test_slurm.py", item.path.name not in LONGEST_FILES))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test of the tiny run outside TINY_RUN_FILES fails before its fixtures are made: its process
+    would make a second tiny run."""
+    if not {"tiny_run", "tiny_runs"}.isdisjoint(getattr(item, "fixturenames", ())) and item.path.name not in TINY_RUN_FILES:
+        pytest.fail(f"{item.nodeid} uses the tiny run: add {item.path.name} to TINY_RUN_FILES in tests/conftest.py", pytrace=False)
 
 
 @pytest.fixture(scope="session")

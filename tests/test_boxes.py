@@ -10,7 +10,8 @@ import torch
 from pycocotools import mask as mask_utils
 from torchvision.models.detection._utils import BoxCoder as TorchvisionBoxCoder
 
-from core.boxes import BACKGROUND, IGNORE, BoxCoder, crowd_overlap, match_rois, xywh_to_xyxy, xyxy_to_xywh
+from core.boxes import xywh_to_xyxy, xyxy_to_xywh
+from core.roi_targets import BACKGROUND, IGNORE, BoxCoder, crowd_overlap, match_rois
 from core.sizes import size_class
 
 

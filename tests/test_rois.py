@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.boxes import BoxCoder
+from core.roi_targets import BoxCoder
 from pipeline.detect import import_detections
 from pipeline.rois import build_rois
 

@@ -29,13 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torchvision.ops import box_iou
 
-from core.boxes import xywh_to_xyxy
 from core.io import atomic
 from pipeline.report.style import label, method_color, plt, save
 
@@ -77,8 +75,8 @@ class ImageOutcome:
 
 
 def _iou_xywh(a: list[float], b: list[float]) -> float:
-    boxes = xywh_to_xyxy(torch.tensor([a, b], dtype=torch.float64))
-    return float(box_iou(boxes[:1], boxes[1:])[0, 0])
+    """IoU of two COCO boxes, as COCO's evaluation computes it (pycocotools, float64)."""
+    return float(mask_utils.iou([a], [b], [0])[0, 0])
 
 
 def _evaluate_images(gt: COCO, results: list[dict[str, Any]]) -> tuple[COCOeval | None, Any]:
