@@ -85,10 +85,11 @@ class Preset:
     log_every: int = _knob(100, minimum=1)
     checkpoint_every: int = _knob(2_000, minimum=1)
     picture_every: int = _knob(5_000, minimum=1)
-    # bf16 autocast where the device runs it natively (CUDA; CPUs with AVX512-BF16 or AMX), fp32
-    # elsewhere; channels-last memory for G and D. Both are also what infer runs with. On this
-    # project's 2-core Xeon together 2-3x faster per training step than fp32 (bench/README.md: 2.4x alone, 2.9x under load); the
-    # `cpu` preset stays in fp32 until the dev split's comparison over seeds is complete (docs/choices.md).
+    # bf16 autocast where it pays (CUDA; CPUs with AMX: `jobs.common.bf16_fast`), fp32 elsewhere;
+    # channels-last memory for G and D. Both are also what infer runs with. On a 2-core Xeon with
+    # AMX together 2-3x faster per training step than fp32 (bench/README.md: 2.4x alone, 2.9x under
+    # load), on one with AVX512-BF16 but no AMX bf16 was 0.75x; the `cpu` preset stays in fp32 until
+    # the dev split's comparison over seeds is complete (docs/choices.md).
     amp: bool = True
     channels_last: bool = True
     departures: tuple[str, ...] = field(default_factory=tuple)
@@ -150,7 +151,7 @@ PRESETS: dict[str, Preset] = {
     # WIDER FACE (paper Section 4.2): D's learning rate 1e-4 for 3 epochs, then 1e-5 for 3 more.
     "paper-widerface": Preset(d_lr=1e-4, epochs=6, d_lr_step_epochs=3),
     # 2 CPU cores: about 55 pairs/s in GAN training in fp32, 130 with `amp` and `channels_last`
-    # on a CPU with native bf16 (bench/README.md; off here until docs/choices.md's comparison over
+    # on a CPU with AMX (bench/README.md; off here until docs/choices.md's comparison over
     # seeds is complete); every departure from the paper is named.
     "cpu": Preset(
         g_channels=32, g_residual_blocks=2, g_upsample_channels=64,
