@@ -55,6 +55,11 @@ def test_xywh_conversions() -> None:
     b = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
     torch.testing.assert_close(xywh_to_xyxy(b), torch.tensor([[1.0, 2.0, 4.0, 6.0]]))
     torch.testing.assert_close(xyxy_to_xywh(xywh_to_xyxy(b)), b)
+    assert torch.equal(b, torch.tensor([[1.0, 2.0, 3.0, 4.0]]))  # the input is left as it was
+    a = np.array([[[1.0, 2.0, 3.0, 4.0], [0.5, 0.5, 1.0, 2.0]]])  # any leading axes
+    np.testing.assert_array_equal(xywh_to_xyxy(a), [[[1.0, 2.0, 4.0, 6.0], [0.5, 0.5, 1.5, 2.5]]])
+    np.testing.assert_array_equal(xyxy_to_xywh(xywh_to_xyxy(a)), a)
+    assert xywh_to_xyxy([1, 2, 3, 4]) == [1, 2, 4, 6] and xyxy_to_xywh([1, 2, 4, 6]) == [1, 2, 3, 4]
 
 
 def test_size_classes_follow_coco_ranges() -> None:
