@@ -8,8 +8,8 @@ can be set against that device's peak FLOP/s. D weights are random (no download)
 not depend on them. Modes: fp32; channels-last; bf16 autocast (wherever torch has bf16 kernels:
 CUDA, CPUs with AVX512-BF16 or AMX; elsewhere the row says so; the first line says whether the
 jobs would use it here, `jobs.common.bf16_fast`); both (the presets' default,
-`amp` and `channels_last`); both with `torch.compile` of G and D (`--compile`: its warm-up, which
-compiles, is timed and printed apart).
+`amp` and `channels_last`); with `--compile`, fp32 and both with `torch.compile` of G and D (the
+warm-up, which compiles, is timed and printed apart).
 
     python bench/train_throughput.py                     # CPU, presets tiny and cpu
     python bench/train_throughput.py --presets cpu --steps 15 --compile
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--classes", type=int, default=8, help="K + 1")
-    parser.add_argument("--compile", action="store_true", help="also bf16 + channels-last with torch.compile of G and D")
+    parser.add_argument("--compile", action="store_true", help="also fp32, and bf16 + channels-last, with torch.compile of G and D")
     parser.add_argument("--overrides", default="{}", help="preset fields to change, as JSON: '{\"d_width\": 32}'")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -65,7 +65,7 @@ def main() -> None:
     print(f"{'preset':<7} {'mode':<32} {'G':>14} {'D':>18} {'batch':>5} {'pairs/s':>8} {'x fp32':>6} {'GFLOP/pair':>10}")
     modes = [(name, amp, last, False) for name, (amp, last) in MODES.items()]
     if args.compile:
-        modes.append(("bf16 + channels-last + compile", True, True, True))
+        modes += [("compile", False, False, True), ("bf16 + channels-last + compile", True, True, True)]
     for name in args.presets.split(","):
         fp32 = None
         for mode, amp, last, compiled in modes:

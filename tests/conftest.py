@@ -11,6 +11,7 @@ run and the local run it is compared with go side by side: the Slurm jobs mostly
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -20,6 +21,12 @@ from typing import Any
 import pytest
 
 from pipeline.config import load_config_files, validate_config
+
+# Each of the two processes runs its own torch work with one thread (before torch is imported):
+# two processes with torch's default of every core each would keep four spinning threads on two
+# cores. The Snakemake jobs that tests start get their own threads (OMP_NUM_THREADS, --threads).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

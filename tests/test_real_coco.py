@@ -136,6 +136,7 @@ def test_coco_mini_end_to_end_through_snakemake(coco_mini: Path, tmp_path: Path)
     config["train_baseline"] = {"iterations": 4, "batch_size": 2, "warmup_iterations": 1, "num_workers": 0}
     config["shards"] = {"rois_per_shard": 200, "block_size": 32, "num_chunks": 2}
     config["mtgan"] = {"preset": "tiny", "variants": ["mtgan", "sbu"]}
+    config["scheduling"] = {"torch_threads": 1}  # as config/tiny.yaml: two tiny torch jobs at once
     path = tmp_path / "coco-mini.yaml"
     path.write_text(yaml.safe_dump(config))
     result = snakemake(tmp_path, "eval_coco", "--cores", "2", "--configfile", str(path))

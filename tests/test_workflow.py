@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,27 @@ def test_dry_run_dag(tmp_path: Path, configs: list[str]) -> None:
     else:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "data" in result.stdout and "eval_coco" in result.stdout
+
+
+TORCH_RULES = ("train_baseline", "detect", "train_mtgan", "infer", "report_rois")
+
+
+@pytest.mark.parametrize(("configs", "torch_threads"), [([], 2), (["config/tiny.yaml"], 1)])
+def test_torch_jobs_claim_the_threads_they_run(tmp_path: Path, configs: list[str], torch_threads: int) -> None:
+    """scheduling.torch_threads: null (default.yaml) gives a torch job every core of --cores, so they
+    run one at a time; the tiny preset's 1 lets two run at once on 2 cores. The pool jobs (data,
+    shards) claim their 2 workers either way."""
+    extra = ["--configfile", *(str(REPO / c) for c in configs)] if configs else []
+    result = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", *extra)
+    assert result.returncode == 0, result.stdout + result.stderr
+    blocks = [block for block in result.stdout.split("\nrule ")[1:]]
+    threads: dict[str, set[int]] = {}
+    for block in blocks:
+        claimed = re.search(r"^    threads: (\d+)$", block, re.MULTILINE)  # Snakemake leaves out threads: 1
+        threads.setdefault(block.split(":")[0], set()).add(int(claimed.group(1)) if claimed else 1)
+    assert {rule: threads[rule] for rule in TORCH_RULES} == {rule: {torch_threads} for rule in TORCH_RULES}
+    assert threads["data"] == threads["shards"] == {2}
+    assert threads["merge"] == threads["score"] == {1}
 
 
 def test_tiny_pipeline_runs_then_caches(tiny_run: Path, tmp_path: Path) -> None:

@@ -64,15 +64,19 @@ wildcard_constraints:
 
 # Torch jobs (training, detection, inference) claim every core Snakemake was given, so they run
 # one at a time: two PyTorch processes sharing a few cores slow each other down several times
-# over (their OpenMP threads spin). A job's `{threads}` is capped at the machine's CPUs by the CLI
-# (--threads, --jobs). The process-pool jobs (data, shards: 2 workers) claim as many cores as they
-# use, or every core when --cores exceeds the machine's CPUs (the README's --cores 8 on a 2-core
-# laptop), so that jobs running at once never keep more CPUs busy than the machine has.
+# over (their OpenMP threads spin). With scheduling.torch_threads: n they claim n cores and run n
+# threads each, up to cores/n at once (the tiny preset's jobs, too small to keep two cores busy).
+# Snakemake sets OMP_NUM_THREADS to a job's `{threads}`, and the torch commands also get it as
+# --threads, capped at the machine's CPUs by the CLI. The process-pool jobs (data, shards: 2
+# workers) claim as many cores as they use, or every core when --cores exceeds the machine's CPUs
+# (the README's --cores 8 on a 2-core laptop), so that jobs running at once never keep more CPUs
+# busy than the machine has.
 try:
-    TORCH_THREADS = workflow.cores
+    CORES = workflow.cores
 except WorkflowError:  # no --cores: a run that executes nothing (--report, --lint)
-    TORCH_THREADS = 1
-POOL_THREADS = pool_threads(2, TORCH_THREADS)
+    CORES = 1
+TORCH_THREADS = min(CORES, config["scheduling"]["torch_threads"] or CORES)
+POOL_THREADS = pool_threads(2, CORES)
 
 
 # Rules call `mtgan`, run from this checkout, so they work in a virtualenv where the project is
