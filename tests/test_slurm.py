@@ -296,9 +296,10 @@ def test_a_train_job_cancelled_by_slurm_is_resubmitted_and_resumes(tiny_runs: Ti
     workdir = tmp_path / "work"  # a copy: the tiny run stays as the other tests read it
     shutil.copytree(tiny_runs.slurm.workdir, workdir, symlinks=True)
     # Other settings than the first run's, so that training starts afresh and writes a checkpoint
-    # early (step 2 of 4 + 8): the job is cancelled then, while 10 steps are left to do.
+    # early (step 2 of 4 + 48): the job is cancelled then, while up to 50 steps are left to do
+    # (the tiny preset's steps take a fraction of a second: enough of them to be caught running).
     changed = tmp_path / "checkpoint_every_2.yaml"
-    changed.write_text("mtgan:\n  overrides: {checkpoint_every: 2}\n")
+    changed.write_text("mtgan:\n  overrides: {checkpoint_every: 2, iterations: 48}\n")
     variant = workdir / "artifacts" / "tiny" / "mtgan" / "mtgan"
     checkpoint = variant / "checkpoints" / "last.pt"
     started = time.time()
@@ -334,7 +335,7 @@ def test_a_train_job_cancelled_by_slurm_is_resubmitted_and_resumes(tiny_runs: Ti
     resumed = re.search(r"resuming from \S+last\.pt at step (\d+)", (workdir / job.log).read_text())
     assert resumed and int(resumed.group(1)) >= 2, (workdir / job.log).read_text()[-3000:]
     steps = [line for line in (variant / "metrics.jsonl").read_text().splitlines() if '"stage": "eval"' not in line]
-    assert '"step": 12,' in steps[-1]  # and it trained to the end: 4 + 8 steps
+    assert '"step": 52,' in steps[-1]  # and it trained to the end: 4 + 48 steps
 
 
 def test_a_failing_job_names_its_slurm_log(cluster: None, tmp_path: Path) -> None:
