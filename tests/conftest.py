@@ -2,7 +2,10 @@
 
 The suite runs in two processes (pytest-xdist, `-n 2` in pyproject.toml): most tests keep one core
 busy (Snakemake runs of a tiny pipeline, pycocotools), so two processes on two cores finish
-sooner: 17.5 minutes against 25.4 in one process on a 2-core Xeon VM. Session fixtures are made once per process, so the files whose tests read the
+sooner: 17.5 minutes against 25.4 in one process on a 2-core Xeon VM (a2ddb3a). Since then each
+process, and each torch job of the tiny preset, runs one thread (two such jobs at a time), and the
+tiny preset's D is a quarter as wide: 10.5 minutes there (18cdaaa; three processes: no faster,
+13.0 against 12.5 minutes at c370074). Session fixtures are made once per process, so the files whose tests read the
 session's tiny run, and the Slurm tests, are one unit of work that goes to one process
 (`pytest_xdist_make_scheduler`; xdist's own `--dist loadgroup` marks do nothing under pytest 9,
 whose node ids xdist 3.8 can no longer rename). There the Slurm tests come first, so the Slurm
