@@ -188,7 +188,7 @@ def train_step(
         sr = g(batch.lr) if g is not None else None  # SBU: bilinear up-sampling; plain R-CNN style D: none
     metrics = discriminator_step(d, d_opt, sr, batch, variant, preset, autocast)
     if learned:
-        metrics |= generator_step(d_plain or d, g_opt, sr, batch, variant.g_terms, preset, autocast)
+        metrics |= generator_step(d_plain if d_plain is not None else d, g_opt, sr, batch, variant.g_terms, preset, autocast)
     return metrics
 
 
