@@ -25,9 +25,9 @@ import pytest
 
 from pipeline.config import load_config_files, validate_config
 
-# Each of the two processes runs its own torch work with one thread (before torch is imported):
-# two processes with torch's default of every core each would keep four spinning threads on two
-# cores. The Snakemake jobs that tests start get their own threads (OMP_NUM_THREADS, --threads).
+# Each of the two processes runs its own torch work with one thread (set before torch is imported):
+# with torch's default of every core each, the two would put four OpenMP threads on two cores.
+# The Snakemake jobs that tests start get their own threads (OMP_NUM_THREADS, --threads).
 if "PYTEST_XDIST_WORKER" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
