@@ -1,8 +1,9 @@
 """MTGAN training throughput per preset and numeric mode (pairs/s), and the FLOPs of a training pair.
 
 For each preset and each mode: median time of a stage-2 iteration (one D step + one G step,
-`train_step`) on random 16x16 / 64x64 batches of the preset's batch size, as pairs/s, and its ratio
-to fp32 in contiguous memory measured in the same run; and the FLOPs of that iteration per pair,
+`train_step`) on random 16x16 / 64x64 batches of the preset's batch size, laid out in memory as
+the training job lays out its crops, as pairs/s, and its ratio to fp32 (weights in contiguous
+memory) measured in the same run; and the FLOPs of that iteration per pair,
 counted by torch's FlopCounterMode (forward and backward of G and D), so throughput on any device
 can be set against that device's peak FLOP/s. D weights are random (no download); the numbers do
 not depend on them. Modes: fp32; channels-last; bf16 autocast (wherever torch has bf16 kernels:
@@ -28,7 +29,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from jobs.common import bf16_fast
-from jobs.mtgan.engine import Batch, build_networks, train_step
+from jobs.mtgan.engine import Batch, build_networks, to_model, train_step
 from jobs.mtgan.settings import VARIANTS, Preset, Variant, resolve_preset
 
 from timing import median_seconds
@@ -96,8 +97,11 @@ def measure(
     if compiled:
         g, d = (torch.compile(g) if g is not None else None), torch.compile(d)
     n = preset.batch_size
-    lr, hr = torch.rand(n, 3, 16, 16, device=device) * 2 - 1, torch.rand(n, 3, 64, 64, device=device) * 2 - 1
-    lr, hr = lr.contiguous(memory_format=layout), hr.contiguous(memory_format=layout)
+    # As the training job gets them: uint8 (N, H, W, 3) crops through `to_model`, whose permuted
+    # view keeps the channels innermost, so every mode's activations are channels-last in memory
+    # (the mode's channels-last converts the weights too).
+    lr = to_model(torch.randint(0, 256, (n, 16, 16, 3), dtype=torch.uint8), device)
+    hr = to_model(torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8), device)
     labels, targets = torch.randint(0, classes, (n,), device=device), torch.randn(n, 4, device=device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if preset.amp else contextlib.nullcontext
 

@@ -6,10 +6,11 @@ region proposals with class-probability vectors) and `fasterrcnn_small_cpu`:
 
 `fasterrcnn_small_cpu` is torchvision's `FasterRCNN` on a small backbone of 8 conv-BN-ReLU layers
 (4 stages of 2 convs; strides 4/8/16 feed an FPN of 64 channels plus a max-pooled level), one
-anchor size per level (12, 24, 48, 96 px; ratios 0.5/1/2), RoIAlign 7x7 on the three FPN levels,
-and torchvision's two-layer MLP box head of 256 units: about 2.2 M parameters. Trained from
-scratch on 2 CPU cores it learns a weak but real detector in minutes, where a ResNet-FPN learns
-nothing in that time.
+anchor size per level (12, 24, 48, 96 px; ratios 0.5/1/2), RoIAlign 7x7 on the three FPN levels
+(torchvision's, with a faster backward pass on the CPU: `jobs.baseline.roi_align`), and
+torchvision's two-layer MLP box head of 256 units: about 2.2 M parameters. Trained from scratch on
+2 CPU cores it learns a weak but real detector in minutes, where a ResNet-FPN learns nothing in
+that time.
 
 Weights (chosen by `pipeline.detect.load_detector` from `detector.weights`): `none` (random init), `torchvision` (the builder's default COCO
 weights, from the torch hub cache or downloaded; offline and not cached -> `WeightsUnavailable`
@@ -31,10 +32,10 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from core.errors import InputError
+from jobs.baseline.roi_align import SparseBackwardMultiScaleRoIAlign
 from jobs.weights import WeightsUnavailable, pretrained_torchvision_model
 
 __all__ = [
@@ -82,7 +83,7 @@ def small_cpu_fasterrcnn(num_classes: int, min_size: int, max_size: int, **kwarg
         extra_blocks=LastLevelMaxPool(),
     )
     anchors = AnchorGenerator(sizes=((12,), (24,), (48,), (96,)), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
-    roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=7, sampling_ratio=2)
+    roi_pool = SparseBackwardMultiScaleRoIAlign(featmap_names=["0", "1", "2"], output_size=7, sampling_ratio=2)
     return FasterRCNN(
         backbone,
         rpn_anchor_generator=anchors,
