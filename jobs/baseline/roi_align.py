@@ -2,7 +2,7 @@
 
 torchvision's CPU kernel for RoIAlign's backward runs on one thread and recomputes every sample's
 bilinear weights once per channel: in a training step of `fasterrcnn_small_cpu` (4 images of 320
-px, 2048 sampled ROIs) it was 40% of the step on 2 cores (`python bench/baseline_step.py`).
+px, 2048 sampled ROIs) it was 40% of the step on 2 cores (torch.profiler: docs/choices.md).
 Here the forward pass is torchvision's own op, unchanged; the backward pass on the CPU writes
 down, once per call, every bilinear sample as a (feature-map cell, output bin, weight) entry of a
 sparse matrix, with torchvision's rules (a sample outside [-1, size] adds nothing; coordinates
