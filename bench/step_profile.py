@@ -1,6 +1,6 @@
 """Where one MTGAN training iteration spends its time: torch.profiler over `train_step` (one D
 step + one G step) of a preset, on random batches laid out as the training job lays out its
-crops; the operators with the most self time, grouped by input shapes, per iteration.
+crops (`train_throughput.training_setup`); the operators with the most self time, grouped by input shapes, per iteration.
 
     python bench/step_profile.py                          # the cpu preset, mtgan
     python bench/step_profile.py --variant sbu --top 15
@@ -16,8 +16,10 @@ import json
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from jobs.mtgan.engine import Batch, build_networks, to_model, train_step
+from jobs.mtgan.engine import train_step
 from jobs.mtgan.settings import VARIANTS, resolve_preset
+
+from train_throughput import training_setup
 
 
 def main() -> None:
@@ -31,19 +33,8 @@ def main() -> None:
     args = parser.parse_args()
     variant = VARIANTS[args.variant]
     preset = resolve_preset(args.preset, {"d_weights": "none", "amp": False, **json.loads(args.overrides)})
-    torch.manual_seed(0)
-    g, d = build_networks(variant, preset, args.classes, 4)
-    layout = torch.channels_last if preset.channels_last else torch.contiguous_format
-    g, d = (g.to(memory_format=layout) if g is not None else None), d.to(memory_format=layout)
-    d_opt = torch.optim.AdamW(d.parameters(), lr=preset.d_lr)
-    g_opt = torch.optim.Adam(g.parameters(), lr=preset.g_lr) if variant.generator == "learned" else None
+    g, d, d_opt, g_opt, batch = training_setup(variant, preset, torch.device("cpu"), args.classes)
     n = preset.batch_size
-    batch = Batch(
-        to_model(torch.randint(0, 256, (n, 16, 16, 3), dtype=torch.uint8), torch.device("cpu")),
-        to_model(torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8), torch.device("cpu")),
-        torch.randint(0, args.classes, (n,)),
-        torch.randn(n, 4) * 0.1,
-    )
     for _ in range(3):
         train_step(g, d, d_opt, g_opt, batch, variant, preset, contextlib.nullcontext)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:

@@ -24,6 +24,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -80,10 +81,11 @@ def main() -> None:
             print(f"{name:<7} {mode:<32} {desc} {preset.batch_size:>5} {rate:>8.1f} {rate / fp32:>6.2f} {flops:>10.2f}{extra}", flush=True)
 
 
-def measure(
-    variant: Variant, preset: Preset, device: torch.device, classes: int, steps: int, compiled: bool, sync: Callable[[], None]
-) -> tuple[float, float, str, float]:
-    """pairs/s (median over `steps`), GFLOP per pair, a description of G and D, warm-up seconds."""
+def training_setup(variant: Variant, preset: Preset, device: torch.device, classes: int) -> tuple[Any, ...]:
+    """G (None without one), D, their optimisers and a random batch of the preset's size, laid out
+    as the training job lays out its crops: uint8 (N, H, W, 3) through `to_model`, whose permuted
+    view keeps the channels innermost, so every mode's activations are channels-last in memory (the
+    mode's channels-last converts the weights too). D's weights are random (no download)."""
     torch.manual_seed(0)
     g, d = build_networks(variant, preset, classes, 4)
     layout = torch.channels_last if preset.channels_last else torch.contiguous_format
@@ -94,19 +96,25 @@ def measure(
         else torch.optim.AdamW(d.parameters(), lr=preset.d_lr)
     )
     g_opt = torch.optim.Adam(g.parameters(), lr=preset.g_lr) if variant.generator == "learned" else None
-    if compiled:
-        g, d = (torch.compile(g) if g is not None else None), torch.compile(d)
     n = preset.batch_size
-    # As the training job gets them: uint8 (N, H, W, 3) crops through `to_model`, whose permuted
-    # view keeps the channels innermost, so every mode's activations are channels-last in memory
-    # (the mode's channels-last converts the weights too).
     lr = to_model(torch.randint(0, 256, (n, 16, 16, 3), dtype=torch.uint8), device)
     hr = to_model(torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8), device)
     labels, targets = torch.randint(0, classes, (n,), device=device), torch.randn(n, 4, device=device)
+    return g, d, d_opt, g_opt, Batch(lr, hr, labels, targets)
+
+
+def measure(
+    variant: Variant, preset: Preset, device: torch.device, classes: int, steps: int, compiled: bool, sync: Callable[[], None]
+) -> tuple[float, float, str, float]:
+    """pairs/s (median over `steps`), GFLOP per pair, a description of G and D, warm-up seconds."""
+    g, d, d_opt, g_opt, batch = training_setup(variant, preset, device, classes)
+    if compiled:
+        g, d = (torch.compile(g) if g is not None else None), torch.compile(d)
+    n = preset.batch_size
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if preset.amp else contextlib.nullcontext
 
     def step() -> None:
-        train_step(g, d, d_opt, g_opt, Batch(lr, hr, labels, targets), variant, preset, autocast)
+        train_step(g, d, d_opt, g_opt, batch, variant, preset, autocast)
 
     start = time.perf_counter()
     step()  # warm-up (compiles, with --compile)

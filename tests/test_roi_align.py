@@ -69,3 +69,12 @@ def test_the_pooler_equals_torchvisions_forward_and_backward() -> None:
 def test_the_small_cpu_detector_pools_with_the_sparse_backward() -> None:
     model = build_detector("fasterrcnn_small_cpu", 8, DetectorSettings(320, 320, 0.05, 0.5, 100))
     assert isinstance(model.roi_heads.box_roi_pool, SparseBackwardMultiScaleRoIAlign)
+
+
+def test_a_single_level_pooler_equals_torchvisions() -> None:
+    generator = torch.Generator().manual_seed(1)
+    features = OrderedDict(only=torch.randn(2, 4, 40, 40, generator=generator))
+    boxes = [torch.tensor([[0.0, 0.0, 50.0, 50.0], [10.0, 10.0, 300.0, 200.0]]), torch.tensor([[5.0, 7.0, 9.0, 30.0]])]
+    theirs = MultiScaleRoIAlign(["only"], 7, 2)(features, boxes, [(160, 160)] * 2)
+    ours = SparseBackwardMultiScaleRoIAlign(["only"], 7, 2)(features, boxes, [(160, 160)] * 2)
+    assert theirs.abs().max() > 0 and torch.equal(ours, theirs)

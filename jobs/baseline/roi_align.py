@@ -20,8 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torchvision  # noqa: F401  (registers the torchvision:: ops)
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign  # importing torchvision.ops registers the torchvision:: ops
 from torchvision.ops.poolers import _convert_to_roi_format, _filter_input, _setup_scales
 
 
@@ -102,7 +101,7 @@ class SparseBackwardMultiScaleRoIAlign(MultiScaleRoIAlign):
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale, self.canonical_level)
         rois = _convert_to_roi_format(boxes)
-        levels = self.map_levels(boxes) if len(features) > 1 else torch.zeros(len(rois), dtype=torch.int64, device=rois.device)
+        levels = self.map_levels(boxes)  # one level: all 0
         result = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             rows = torch.where(levels == level)[0]
