@@ -39,7 +39,9 @@ def evaluate(model_path: Path | None, manifest: Path, variant: str = "mtgan") ->
     return {"mse": mse / n, "accuracy": correct / n}
 
 
-LEARNING = {"pretrain_iterations": 30, "iterations": 40, "d_lr": 1.0, "d_lr_step": 1000, "log_every": 10, "picture_every": 35, "checkpoint_every": 1000}
+# 80 GAN iterations: with 40, D's accuracy rose by 0.06 on an AMD EPYC (0.08 -> 0.15) and by over
+# 0.1 on the Xeon the test was written on; float kernels differ across CPUs, the learning does not.
+LEARNING = {"pretrain_iterations": 30, "iterations": 80, "d_lr": 1.0, "d_lr_step": 1000, "log_every": 10, "picture_every": 35, "checkpoint_every": 1000}
 
 
 def test_a_tiny_run_lowers_the_losses_and_raises_accuracy(tiny_train_shards: Path, tmp_path: Path) -> None:
@@ -49,7 +51,7 @@ def test_a_tiny_run_lowers_the_losses_and_raises_accuracy(tiny_train_shards: Pat
     assert after["mse"] < 0.8 * before["mse"]
     assert after["accuracy"] > before["accuracy"] + 0.1
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["stage"] for r in rows] == ["pretrain"] * 3 + ["gan"] * 4 + ["eval"]  # eval_every > steps: at the end
+    assert [r["stage"] for r in rows] == ["pretrain"] * 3 + ["gan"] * 8 + ["eval"]  # eval_every > steps: at the end
     assert {"eval_acc_pos", "eval_acc_neg"} <= set(rows[-1]) and all(0 <= v <= 1 for k, v in rows[-1].items() if k.startswith("eval"))
     gan = [r for r in rows if r["stage"] == "gan"]
     assert gan[-1]["d_loss_cls"] < gan[0]["d_loss_cls"]
