@@ -95,14 +95,21 @@ def _finish(process: subprocess.Popen[str], workdir: Path, log: Path, timeout: f
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        queue = _queue()  # before Snakemake cancels its jobs
         process.send_signal(signal.SIGINT)  # Snakemake cancels its Slurm jobs (scancel) on Ctrl-C
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        pytest.fail(f"snakemake ran past {timeout} s in {workdir}:\n{log.read_text()[-5000:]}")
+        pytest.fail(f"snakemake ran past {timeout} s in {workdir}:\n{log.read_text()[-5000:]}\n{queue}")
     return Run(workdir, process.returncode, log.read_text())
+
+
+def _queue() -> str:
+    """The cluster's queue as squeue shows it: why jobs wait, when a run did not finish."""
+    shown = subprocess.run(["squeue", "-o", "%i %j %T %M %l %R"], capture_output=True, text=True, timeout=60, check=False)
+    return f"squeue:\n{shown.stdout}{shown.stderr}"
 
 
 def _snakemake(workdir: Path, log: Path, *args: str, timeout: float = 900) -> Run:

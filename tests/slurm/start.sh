@@ -15,6 +15,9 @@
 # sockets under /run/mtgan-slurm; `stop` ends only the processes named in those pid files.
 # The cluster: ClusterName mtgan-local, partition `cpu` (default), account `mtgan` (root and
 # $SUDO_USER are its users; associations are enforced, as on most real clusters).
+# A start that finds the daemons dead (a killed session, a reboot) cancels the jobs they left
+# listed as running with no process left (cancel_ghost_jobs), which would hold the node until
+# their time limit.
 set -euo pipefail
 
 ACTION=${1:-start}
@@ -291,6 +294,29 @@ start_slurmd() {
 
 node_ready() { sinfo -h -n "$(node_name)" -o %T | grep -qE '^(idle|mixed|allocated|completing)$'; }
 
+cancel_ghost_jobs() {  # cancel_ghost_jobs SINCE: running jobs from before SINCE (epoch s) with no process here
+    # Daemons that died with their jobs (a killed CI session, a reboot) leave those jobs in
+    # slurmctld's saved state: the new slurmctld counts them as running until their time limit
+    # (30 minutes in profiles/slurm/test-cluster) and the node as allocated, so every new job waits.
+    # A job that started before this start and has no slurmstepd on this (the only) node is one of
+    # them. Jobs whose processes survived the restart, and pending jobs, are left alone.
+    local id start ghosts=() i
+    while read -r id start; do
+        [ -n "$id" ] && [ "$start" != N/A ] || continue
+        [ "$(date -d "$start" +%s)" -lt "$1" ] || continue
+        pgrep -f "^slurmstepd: \[$id\." >/dev/null && continue
+        ghosts+=("$id")
+    done < <(squeue -h -t RUNNING,COMPLETING -o '%i %S')
+    [ ${#ghosts[@]} -eq 0 ] && return 0
+    say "cancelling ${#ghosts[@]} job(s) listed as running whose processes ended with the earlier slurmd: ${ghosts[*]}"
+    scancel "${ghosts[@]}"
+    for i in $(seq 150); do
+        [ -z "$(squeue -h -j "$(IFS=,; echo "${ghosts[*]}")" -o %i 2>/dev/null)" ] && return 0
+        sleep 0.2
+    done
+    die "jobs ${ghosts[*]} are still listed 30 s after scancel; see $LOGS/slurmctld.log"
+}
+
 start() {
     [ "$(id -u)" -eq 0 ] || die "needs root (it installs packages, writes /etc/slurm and starts daemons)"
     install_packages
@@ -315,6 +341,8 @@ start() {
     start_mariadb
     start_slurmdbd
     accounts
+    local since
+    since=$(date +%s)
     start_slurmctld
     start_slurmd
     local i
@@ -327,6 +355,7 @@ start() {
         sleep 0.2
     done
     node_ready || die "node $(node_name) is not usable: $(sinfo -h -N -o '%N %T %E'); logs: $LOGS/"
+    cancel_ghost_jobs "$since"
     say "running: $(sinfo -h -o '%P %D node(s) %c CPUs %m MB %T'), $(sinfo -V)"
 }
 
