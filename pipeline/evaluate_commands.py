@@ -1,5 +1,5 @@
 """The commands that turn a trained variant into scores: `mtgan infer` (G and D over the test
-shards under one test-time rule), `mtgan merge` (a results file per method), `mtgan score`
+shards under one test-time rule), `mtgan merge` (a variant's results files under one rule: alone and in the ensemble), `mtgan score`
 (pycocotools) and `mtgan table` (the results table)."""
 
 from __future__ import annotations
@@ -47,15 +47,19 @@ def infer_cmd(
 @opt.sections_option
 @click.option("--rois", "rois_path", required=True, type=opt.existing_files, help="The test split's ROI table.")
 @click.option("--inference", type=opt.existing_files, help="A variant's per-ROI predictions (without it: the baseline's own scores).")
-@click.option("--ensemble", is_flag=True, help="Score p[c] x p_base[c] (the ensemble with the baseline).")
-@click.option("--out", "out_json", required=True, type=opt.out_file, help="COCO results JSON.")
-def merge_cmd(config_files: tuple[Path, ...], sections_json: str | None, rois_path: Path, inference: Path | None, ensemble: bool, out_json: Path) -> None:
-    """Stage 7: per-ROI predictions -> detections (decode, class scores, per-class NMS, top-k per image)."""
-    from pipeline.merge import MergeSettings, merge_file
+@click.option("--out", "out_json", required=True, type=opt.out_file, help="COCO results JSON of the method alone.")
+@click.option("--out-ensemble", type=opt.out_file, help="Also the ensemble with the baseline (p[c] x p_base[c]) here.")
+def merge_cmd(
+    config_files: tuple[Path, ...], sections_json: str | None, rois_path: Path, inference: Path | None, out_json: Path, out_ensemble: Path | None
+) -> None:
+    """Stage 7: per-ROI predictions -> detections (decode, class scores, per-class NMS, top-k per
+    image), alone and, with --out-ensemble, in the ensemble with the baseline (the tables read once)."""
+    from pipeline.merge import MergeSettings, merge_files
 
     config = opt.resolve_config(config_files, sections_json, need=("merge",))
-    count = merge_file(MergeSettings.from_config(config["merge"]), rois_path, inference, ensemble, out_json)
-    click.echo(f"{count} detections -> {out_json}")
+    outputs = {False: out_json} | ({True: out_ensemble} if out_ensemble else {})
+    for path, count in merge_files(MergeSettings.from_config(config["merge"]), rois_path, inference, outputs).items():
+        click.echo(f"{count} detections -> {path}")
 
 
 @click.command("score")

@@ -40,18 +40,24 @@ class MergeSettings:
         return cls(**section_fields(cls, merge))
 
 
-def merged_records(settings: MergeSettings, rois_path: Path, inference: Path | None, ensemble: bool) -> list[dict[str, Any]]:
-    """One method's detections from the files of stages 3 and 6: the ROI table and a variant's
-    predictions (None: the baseline's own scores)."""
+def merged_record_lists(settings: MergeSettings, rois_path: Path, inference: Path | None, ensembles: tuple[bool, ...]) -> list[list[dict[str, Any]]]:
+    """The detections of one variant under one rule, alone (False) and in the ensemble with the
+    baseline (True), one list per entry of `ensembles`: the two tables are read once."""
+    rois = read_table(rois_path, ROIS_SCHEMA)
     predictions = read_table(inference, INFERENCE_SCHEMA) if inference else None
-    return merge_detections(read_table(rois_path, ROIS_SCHEMA), predictions, settings, ensemble, list(file_metadata(rois_path)["category_ids"]))
+    category_ids = list(file_metadata(rois_path)["category_ids"])
+    return [merge_detections(rois, predictions, settings, ensemble, category_ids) for ensemble in ensembles]
 
 
-def merge_file(settings: MergeSettings, rois_path: Path, inference: Path | None, ensemble: bool, out_json: Path) -> int:
-    """Stage 7 for one method: its detections as a COCO results JSON; returns their number."""
-    records = merged_records(settings, rois_path, inference, ensemble)
-    atomic.write_json(out_json, records)
-    return len(records)
+def merge_files(settings: MergeSettings, rois_path: Path, inference: Path | None, outputs: dict[bool, Path]) -> dict[Path, int]:
+    """Stage 7 for one variant under one rule: a COCO results JSON alone (key False) and one in the
+    ensemble with the baseline (key True), for the keys of `outputs`; each file's number of detections."""
+    ensembles = tuple(outputs)
+    counts = {}
+    for ensemble, records in zip(ensembles, merged_record_lists(settings, rois_path, inference, ensembles)):
+        atomic.write_json(outputs[ensemble], records)
+        counts[outputs[ensemble]] = len(records)
+    return counts
 
 
 def merge_detections(rois: pa.Table, inference: pa.Table | None, settings: MergeSettings, ensemble: bool, category_ids: list[int]) -> list[dict[str, Any]]:

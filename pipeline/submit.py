@@ -1,9 +1,10 @@
 """Re-scoring where there is no ground truth: COCO test-dev submissions and `mtgan rescore`.
 
-- `write_submission`: one method's detections on an unlabelled split (`data.submit_split`), the
+- `submission`: a method's detections on an unlabelled split (`data.submit_split`), the
   file COCO's evaluation server takes: `detections_<split>_<method>_results.json`, a JSON list of
   `{image_id, category_id, bbox: [x, y, w, h], score}`. The baseline's are the detect stage's
-  own; a variant's come from the merge code over its inference on the split's shards. Before it is
+  own; a variant's (alone and in the ensemble, from one reading of its tables) come from the merge
+  code over its inference on the split's shards. Before it is
   written, `core.io.coco.results_problems` checks it against the split's image list: every image id and
   category id known, at most `max_per_image` detections per image, four finite numbers per box with
   positive width and height, finite scores in [0, 1].
@@ -31,7 +32,7 @@ from jobs.mtgan.model_file import read_model_state
 from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE
 from pipeline.detect import import_detections
 from pipeline.infer import infer
-from pipeline.merge import MergeSettings, merge_detections, merged_records
+from pipeline.merge import MergeSettings, merge_detections, merged_record_lists
 from pipeline.rois import build_rois
 from pipeline.shards import ShardSettings, gather_manifest, write_chunk
 
@@ -53,23 +54,26 @@ def submission(
     method: str,
     coco: dict[str, Any],
     settings: MergeSettings,
-    out: Path,
+    outputs: dict[bool, Path],
     detections: Path | None = None,
     rois: Path | None = None,
     inference: Path | None = None,
-    ensemble: bool = False,
-) -> dict[str, int]:
-    """One method's results file of an unlabelled split: the baseline's own detections (`detections`,
-    the detect stage's COCO results) or a variant's merged ones (`rois` and its `inference`)."""
+) -> dict[Path, dict[str, int]]:
+    """The results files of an unlabelled split for `method`: the baseline's own detections
+    (`detections`, the detect stage's COCO results; `outputs` {False: path}) or a variant's merged
+    ones under one rule (`rois` and its `inference`), alone (key False) and in the ensemble with the
+    baseline (key True) for the keys of `outputs`. Each file's counts."""
     if method == "baseline":
         if detections is None:
             raise InputError("the baseline's submission needs the detect stage's results file")
-        records = read_json(detections)
-    else:
-        if rois is None or inference is None:
-            raise InputError(f"the submission of {method} needs the split's ROI table and the variant's inference")
-        records = merged_records(settings, rois, inference, ensemble)
-    return write_submission(records, coco, out, settings.max_per_image)
+        if set(outputs) != {False}:
+            raise InputError("the baseline has no ensemble with itself")
+        return {outputs[False]: write_submission(read_json(detections), coco, outputs[False], settings.max_per_image)}
+    if rois is None or inference is None:
+        raise InputError(f"the submission of {method} needs the split's ROI table and the variant's inference")
+    ensembles = tuple(outputs)
+    lists = merged_record_lists(settings, rois, inference, ensembles)
+    return {outputs[e]: write_submission(records, coco, outputs[e], settings.max_per_image) for e, records in zip(ensembles, lists)}
 
 
 def image_info(images: Path, model: dict[str, Any]) -> tuple[dict[str, Any], Path]:

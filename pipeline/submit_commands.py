@@ -1,4 +1,4 @@
-"""The commands for images without ground truth: `mtgan submission` (one method's results file of
+"""The commands for images without ground truth: `mtgan submission` (a method's results files of
 the unlabelled split, as the submit_coco target makes them) and `mtgan rescore` (a trained model
 over any detector's results on any images)."""
 
@@ -16,12 +16,12 @@ from pipeline import cli_options as opt
 @opt.sections_option
 @opt.index_option
 @opt.split_option
-@click.option("--method", required=True, help="baseline, or a variant (mtgan, sbu, ...) with or without -<rule> and _ensemble.")
+@click.option("--method", required=True, help="baseline, or a variant (mtgan, sbu, ...) with or without -<rule> (not _ensemble: see --out-ensemble).")
 @click.option("--detections", type=opt.existing_files, help="The baseline's results: the detect stage's <split>_results.json.")
 @click.option("--rois", "rois_path", type=opt.existing_files, help="A variant's: the split's ROI table (rois/submit.parquet) ...")
 @click.option("--inference", type=opt.existing_files, help="... and the variant's per-ROI predictions on it.")
-@click.option("--ensemble", is_flag=True, help="Score p[c] x p_base[c] (the ensemble with the baseline).")
 @click.option("--out", "out_json", required=True, type=opt.out_file, help="detections_<split>_<method>_results.json")
+@click.option("--out-ensemble", type=opt.out_file, help="A variant's ensemble with the baseline (p[c] x p_base[c]): ..._<method>_ensemble_results.json")
 def submission_cmd(
     config_files: tuple[Path, ...],
     sections_json: str | None,
@@ -31,19 +31,21 @@ def submission_cmd(
     detections: Path | None,
     rois_path: Path | None,
     inference: Path | None,
-    ensemble: bool,
     out_json: Path,
+    out_ensemble: Path | None,
 ) -> None:
-    """One method's detections on an unlabelled split (data.submit_split), checked as a COCO results
-    file for the split's image list (ids, categories, at most max_per_image per image, xywh, scores)."""
+    """A method's detections on an unlabelled split (data.submit_split), checked as a COCO results
+    file for the split's image list (ids, categories, at most max_per_image per image, xywh, scores);
+    a variant's in the ensemble with the baseline too, with --out-ensemble."""
     from pipeline.data.index import split_coco
     from pipeline.merge import MergeSettings
     from pipeline.submit import submission
 
     config = opt.resolve_config(config_files, sections_json, need=("merge",))
     coco, _, _ = split_coco(data_index, split)
-    counts = submission(method, coco, MergeSettings.from_config(config["merge"]), out_json, detections, rois_path, inference, ensemble)
-    click.echo(f"{method}: {counts['detections']} detections on {counts['images_with_detections']} of {counts['images']} images -> {out_json}")
+    outputs = {False: out_json} | ({True: out_ensemble} if out_ensemble else {})
+    for path, counts in submission(method, coco, MergeSettings.from_config(config["merge"]), outputs, detections, rois_path, inference).items():
+        click.echo(f"{counts['detections']} detections on {counts['images_with_detections']} of {counts['images']} images -> {path}")
 
 
 @click.command("rescore")

@@ -16,7 +16,7 @@ from core.sizes import ERROR_AREAS, SIZE_RANGES
 from jobs.mtgan.settings import PAPER_RULE
 from pipeline.config import data_splits
 from pipeline.data.sources import DATA_SOURCES
-from pipeline.methods import all_methods, method_name, parse_method
+from pipeline.methods import ENSEMBLE, all_methods, method_name, parse_method
 
 __all__ = [
     "ERROR_AREAS",
@@ -32,6 +32,8 @@ __all__ = [
     "inference_files",
     "inference_input",
     "inferences",
+    "merge_outputs",
+    "merged_method_pattern",
     "method_pattern",
     "pool_threads",
     "methods",
@@ -50,9 +52,26 @@ def methods(config: dict[str, Any]) -> list[str]:
     return all_methods(config["mtgan"]["variants"], config["infer"]["rules"], config["merge"]["ensemble"])
 
 
+def merged_methods(config: dict[str, Any]) -> list[str]:
+    """The methods the merge stage makes one job each for: each variant under each rule that applies
+    (its ensemble with the baseline comes from the same job)."""
+    return [m for m in methods(config) if parse_method(m).variant is not None and not parse_method(m).ensemble]
+
+
+def merged_method_pattern(config: dict[str, Any]) -> str:
+    """The merge jobs' `alone` wildcard's constraint: exactly `merged_methods`."""
+    return "|".join(re.escape(m) for m in merged_methods(config))
+
+
+def merge_outputs(stem: str, suffix: str, config: dict[str, Any]) -> dict[str, str]:
+    """A merge job's named outputs: `results` (`<stem><suffix>`, the method alone) and, with
+    merge.ensemble, `ensemble` (`<stem>_ensemble<suffix>`)."""
+    return {"results": stem + suffix} | ({"ensemble": f"{stem}{ENSEMBLE}{suffix}"} if config["merge"]["ensemble"] else {})
+
+
 def inferences(config: dict[str, Any]) -> list[tuple[str, str]]:
     """The (variant, rule) pairs the infer stage runs: one job each."""
-    return [(m.variant, m.rule) for m in map(parse_method, methods(config)) if m.variant is not None and not m.ensemble]
+    return [(m.variant, m.rule) for m in map(parse_method, merged_methods(config))]
 
 
 def inference_files(infer_dir: str, config: dict[str, Any], suffix: str = ".parquet") -> list[str]:
@@ -153,7 +172,7 @@ def eval_benchmarks(config: dict[str, Any], benchmarks: str) -> dict[str, str]:
     jobs |= {f"shards_manifest:{role}": f"shards_manifest_{role}" for role in roles}
     jobs |= {f"train_mtgan:{v}": f"train_mtgan_{v}" for v in config["mtgan"]["variants"]}
     jobs |= {f"infer:{rule}/{v}": f"infer_{rule}_{v}" for v, rule in inferences(config)}
-    jobs |= {f"merge:{m}": f"merge_{m}" for m in methods(config) if m != "baseline"}
+    jobs |= {f"merge:{m}": f"merge_{m}" for m in merged_methods(config)}
     jobs |= {f"score:{m}": f"score_{m}" for m in methods(config)}
     jobs |= {name: name for name in ("table", "report_charts", "report_errors", "report_rois", "report_detections")}
     return {job: f"{benchmarks}/{name}.tsv" for job, name in jobs.items()}

@@ -16,7 +16,7 @@ from core.crops import crop_sides
 from jobs.common import autocast_factory
 from jobs.mtgan import losses
 from jobs.mtgan.engine import Batch, build_networks, discriminator_step, generator_step
-from jobs.mtgan.models import Discriminator, Generator, ResNetTrunk, resnet_backbone
+from jobs.mtgan.models import Discriminator, FewOutputConv, Generator, ResNetTrunk, resnet_backbone
 from jobs.mtgan.roi_input import discriminator_images, through_generator
 from jobs.mtgan.settings import PRESETS, RULES, VARIANTS, PresetError, applies, resolve_preset
 
@@ -24,7 +24,8 @@ from jobs.mtgan.settings import PRESETS, RULES, VARIANTS, PresetError, applies, 
 def test_generator_layers_follow_table_1() -> None:
     g = Generator()
     convs = [m for m in g.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
-    described = [(type(m).__name__, m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0]) for m in convs]
+    kind = {True: "ConvTranspose2d", False: "Conv2d"}
+    described = [(kind[isinstance(m, nn.ConvTranspose2d)], m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0]) for m in convs]
     assert described == [
         ("Conv2d", 3, 64, 9, 1),
         *[("Conv2d", 64, 64, 3, 1)] * 10,  # 5 residual blocks of 2 convs
@@ -37,6 +38,25 @@ def test_generator_layers_follow_table_1() -> None:
     assert sum(isinstance(m, nn.PReLU) for m in g.modules()) == 1 + 5 + 2
     out = g(torch.rand(2, 3, 16, 16) * 2 - 1)
     assert out.shape == (2, 3, 64, 64) and out.abs().max() <= 1
+
+
+def test_gs_output_conv_is_a_plain_convolution() -> None:
+    """G's 9x9 conv to RGB, computed on the CPU as the transposed convolution with the flipped kernel,
+    against torch's own conv2d with the same weights: the same output, input gradient and weight
+    and bias gradients (to float rounding), and nn.Conv2d's state dict."""
+    torch.manual_seed(0)
+    conv = FewOutputConv(8, 3, 9, padding=4)
+    assert list(conv.state_dict()) == ["weight", "bias"] and conv.weight.shape == (3, 8, 9, 9)
+    nn.init.normal_(conv.bias)
+    x = torch.randn(2, 8, 20, 20, requires_grad=True)
+    out = conv(x)
+    grad = torch.randn_like(out)
+    dx, dw, db = torch.autograd.grad(out, (x, conv.weight, conv.bias), grad)
+    reference = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=4)
+    rx, rw, rb = torch.autograd.grad(reference, (x, conv.weight, conv.bias), grad)
+    torch.testing.assert_close(out, reference)
+    for ours, theirs in ((dx, rx), (dw, rw), (db, rb)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
 def test_generator_init_is_gaussian_002_with_zero_bias() -> None:

@@ -20,6 +20,8 @@ from pipeline.workflow import (
     infer_sections,
     inference_files,
     inference_input,
+    merge_outputs,
+    merged_method_pattern,
     method_pattern,
     pool_threads,
     methods,

@@ -28,24 +28,26 @@ rule infer:
 
 
 rule merge:
+    # One job per variant and rule: the method alone and, with merge.ensemble, its ensemble.
     input:
         rois=f"{ROOT}/rois/test.parquet",
-        inference=lambda wildcards: inference_input(f"{ROOT}/infer", wildcards.method),
+        inference=lambda wildcards: inference_input(f"{ROOT}/infer", wildcards.alone),
     output:
-        results=f"{ROOT}/merge/{{method}}.json",
+        **merge_outputs(f"{ROOT}/merge/{{alone}}", ".json", config),
+    wildcard_constraints:
+        alone=merged_method_pattern(config),
     params:
         sections=sections_json(config, "merge"),
-        inference=lambda wildcards, input: f"--inference {input.inference}" if input.inference else "",
-        ensemble=lambda wildcards: "--ensemble" if wildcards.method.endswith("_ensemble") else "",
+        ensemble=lambda wildcards, output: f"--out-ensemble {output.ensemble}" if "ensemble" in output.keys() else "",
     log:
-        f"{LOGS}/merge_{{method}}.log",
+        f"{LOGS}/merge_{{alone}}.log",
     benchmark:
-        f"{BENCHMARKS}/merge_{{method}}.tsv"
+        f"{BENCHMARKS}/merge_{{alone}}.tsv"
     conda:
         "../../envs/mtgan.yaml"
     shell:
-        "mtgan merge --sections {params.sections} --rois {input.rois} {params.inference} {params.ensemble} "
-        "--out {output.results} > {log} 2>&1"
+        "mtgan merge --sections {params.sections} --rois {input.rois} --inference {input.inference} "
+        "--out {output.results} {params.ensemble} > {log} 2>&1"
 
 
 rule score:

@@ -26,22 +26,40 @@ rule infer_submit:
 
 
 rule submission:
+    # One job per variant and rule: the method alone and, with merge.ensemble, its ensemble.
     input:
         index=rules.data.output.index,
-        detections=lambda wildcards: f"{ROOT}/detect/{SUBMIT_SPLIT}_results.json",
         rois=f"{ROOT}/rois/submit.parquet",
-        inference=lambda wildcards: inference_input(f"{SUBMIT}/infer", wildcards.method),
+        inference=lambda wildcards: inference_input(f"{SUBMIT}/infer", wildcards.alone),
     output:
-        results=f"{SUBMIT}/detections_{{split}}_{{method}}_results.json",
+        **merge_outputs(f"{SUBMIT}/detections_{{split}}_{{alone}}", "_results.json", config),
+    wildcard_constraints:
+        alone=merged_method_pattern(config),
     params:
         sections=sections_json(config, "merge"),
-        inference=lambda wildcards, input: f"--inference {input.inference}" if input.inference else "",
-        ensemble=lambda wildcards: "--ensemble" if wildcards.method.endswith("_ensemble") else "",
+        ensemble=lambda wildcards, output: f"--out-ensemble {output.ensemble}" if "ensemble" in output.keys() else "",
     log:
-        f"{LOGS}/submission_{{split}}_{{method}}.log",
+        f"{LOGS}/submission_{{split}}_{{alone}}.log",
     conda:
         "../../envs/mtgan.yaml"
     shell:
         "mtgan submission --sections {params.sections} --data-index {input.index} --split {wildcards.split} "
-        "--method {wildcards.method} --detections {input.detections} --rois {input.rois} {params.inference} "
-        "{params.ensemble} --out {output.results} > {log} 2>&1"
+        "--method {wildcards.alone} --rois {input.rois} --inference {input.inference} "
+        "--out {output.results} {params.ensemble} > {log} 2>&1"
+
+
+rule submission_baseline:
+    input:
+        index=rules.data.output.index,
+        detections=lambda wildcards: f"{ROOT}/detect/{SUBMIT_SPLIT}_results.json",
+    output:
+        results=f"{SUBMIT}/detections_{{split}}_baseline_results.json",
+    params:
+        sections=sections_json(config, "merge"),
+    log:
+        f"{LOGS}/submission_{{split}}_baseline.log",
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan submission --sections {params.sections} --data-index {input.index} --split {wildcards.split} "
+        "--method baseline --detections {input.detections} --out {output.results} > {log} 2>&1"
