@@ -56,6 +56,12 @@ def named_paths(values: tuple[str, ...], option: str, must_exist: bool = True) -
     return out
 
 
+def ensemble_outputs(out: Path, out_ensemble: Path | None) -> dict[bool, Path]:
+    """--out and --out-ensemble of the merging commands as their functions take them: the method
+    alone (key False) and, when asked, its ensemble with the baseline (key True)."""
+    return {False: out} | ({True: out_ensemble} if out_ensemble else {})
+
+
 existing_files = click.Path(exists=True, dir_okay=False, path_type=Path)
 out_file = click.Path(dir_okay=False, path_type=Path)
 out_folder = click.Path(file_okay=False, path_type=Path)

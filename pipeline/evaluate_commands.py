@@ -57,7 +57,7 @@ def merge_cmd(
     from pipeline.merge import MergeSettings, merge_files
 
     config = opt.resolve_config(config_files, sections_json, need=("merge",))
-    outputs = {False: out_json} | ({True: out_ensemble} if out_ensemble else {})
+    outputs = opt.ensemble_outputs(out_json, out_ensemble)
     for path, count in merge_files(MergeSettings.from_config(config["merge"]), rois_path, inference, outputs).items():
         click.echo(f"{count} detections -> {path}")
 

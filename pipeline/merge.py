@@ -40,21 +40,21 @@ class MergeSettings:
         return cls(**section_fields(cls, merge))
 
 
-def merged_record_lists(settings: MergeSettings, rois_path: Path, inference: Path | None, ensembles: tuple[bool, ...]) -> list[list[dict[str, Any]]]:
-    """The detections of one variant under one rule, alone (False) and in the ensemble with the
-    baseline (True), one list per entry of `ensembles`: the two tables are read once."""
+def merged_records(settings: MergeSettings, rois_path: Path, inference: Path | None, ensembles: tuple[bool, ...]) -> dict[bool, list[dict[str, Any]]]:
+    """The detections of one variant under one rule (`inference` None: the baseline's own scores),
+    alone (False) and in the ensemble with the baseline (True), for each of `ensembles`: the ROI
+    and inference tables are read once."""
     rois = read_table(rois_path, ROIS_SCHEMA)
     predictions = read_table(inference, INFERENCE_SCHEMA) if inference else None
     category_ids = list(file_metadata(rois_path)["category_ids"])
-    return [merge_detections(rois, predictions, settings, ensemble, category_ids) for ensemble in ensembles]
+    return {ensemble: merge_detections(rois, predictions, settings, ensemble, category_ids) for ensemble in ensembles}
 
 
 def merge_files(settings: MergeSettings, rois_path: Path, inference: Path | None, outputs: dict[bool, Path]) -> dict[Path, int]:
     """Stage 7 for one variant under one rule: a COCO results JSON alone (key False) and one in the
     ensemble with the baseline (key True), for the keys of `outputs`; each file's number of detections."""
-    ensembles = tuple(outputs)
     counts = {}
-    for ensemble, records in zip(ensembles, merged_record_lists(settings, rois_path, inference, ensembles)):
+    for ensemble, records in merged_records(settings, rois_path, inference, tuple(outputs)).items():
         atomic.write_json(outputs[ensemble], records)
         counts[outputs[ensemble]] = len(records)
     return counts

@@ -32,7 +32,7 @@ from jobs.mtgan.model_file import read_model_state
 from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE
 from pipeline.detect import import_detections
 from pipeline.infer import infer
-from pipeline.merge import MergeSettings, merge_detections, merged_record_lists
+from pipeline.merge import MergeSettings, merge_detections, merged_records
 from pipeline.methods import ENSEMBLE
 from pipeline.rois import build_rois
 from pipeline.shards import ShardSettings, gather_manifest, write_chunk
@@ -74,9 +74,8 @@ def submission(
         raise InputError(f"{method}: name the method alone ({method.removesuffix(ENSEMBLE)}); its ensemble's file comes with it")
     if rois is None or inference is None:
         raise InputError(f"the submission of {method} needs the split's ROI table and the variant's inference")
-    ensembles = tuple(outputs)
-    lists = merged_record_lists(settings, rois, inference, ensembles)
-    return {outputs[e]: write_submission(records, coco, outputs[e], settings.max_per_image) for e, records in zip(ensembles, lists)}
+    merged = merged_records(settings, rois, inference, tuple(outputs))
+    return {outputs[e]: write_submission(records, coco, outputs[e], settings.max_per_image) for e, records in merged.items()}
 
 
 def image_info(images: Path, model: dict[str, Any]) -> tuple[dict[str, Any], Path]:

@@ -43,7 +43,7 @@ def submission_cmd(
 
     config = opt.resolve_config(config_files, sections_json, need=("merge",))
     coco, _, _ = split_coco(data_index, split)
-    outputs = {False: out_json} | ({True: out_ensemble} if out_ensemble else {})
+    outputs = opt.ensemble_outputs(out_json, out_ensemble)
     for path, counts in submission(method, coco, MergeSettings.from_config(config["merge"]), outputs, detections, rois_path, inference).items():
         click.echo(f"{counts['detections']} detections on {counts['images_with_detections']} of {counts['images']} images -> {path}")
 

@@ -38,6 +38,7 @@ __all__ = [
     "pool_threads",
     "methods",
     "out_args",
+    "out_ensemble_arg",
     "report_method",
     "report_variant",
     "score_results_input",
@@ -55,7 +56,7 @@ def methods(config: dict[str, Any]) -> list[str]:
 def merged_methods(config: dict[str, Any]) -> list[str]:
     """The methods the merge stage makes one job each for: each variant under each rule that applies
     (its ensemble with the baseline comes from the same job)."""
-    return [m for m in methods(config) if parse_method(m).variant is not None and not parse_method(m).ensemble]
+    return [name for name in methods(config) if (m := parse_method(name)).variant is not None and not m.ensemble]
 
 
 def merged_method_pattern(config: dict[str, Any]) -> str:
@@ -67,6 +68,11 @@ def merge_outputs(stem: str, suffix: str, config: dict[str, Any]) -> dict[str, s
     """A merge job's named outputs: `results` (`<stem><suffix>`, the method alone) and, with
     merge.ensemble, `ensemble` (`<stem>_ensemble<suffix>`)."""
     return {"results": stem + suffix} | ({"ensemble": f"{stem}{ENSEMBLE}{suffix}"} if config["merge"]["ensemble"] else {})
+
+
+def out_ensemble_arg(output: Any) -> str:
+    """A merge job's `--out-ensemble PATH`, when `merge_outputs` gave it one."""
+    return f"--out-ensemble {shlex.quote(output.ensemble)}" if "ensemble" in output.keys() else ""
 
 
 def inferences(config: dict[str, Any]) -> list[tuple[str, str]]:

@@ -60,8 +60,8 @@ class ResidualBlock(nn.Module):
 class FewOutputConv(nn.Conv2d):
     """nn.Conv2d (stride 1, no dilation or groups) for a layer with few output channels, G's 9x9
     conv to RGB: on the CPU computed as the transposed convolution with the kernel flipped and its
-    channel axes swapped, the same sums (the forward gives the same numbers; the backward sums
-    in another order), whose backward pass oneDNN runs about 3x faster there (bench/output_conv.py:
+    channel axes swapped, the same sums (the forward gave identical numbers on the AMD VM; the
+    backward sums in another order), whose backward pass oneDNN runs about 3x faster there (bench/output_conv.py:
     32 -> 3 channels at 64x64, 60 against 22 ms). Elsewhere, and in its weights, it is nn.Conv2d."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int) -> None:

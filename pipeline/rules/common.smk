@@ -26,6 +26,7 @@ from pipeline.workflow import (
     pool_threads,
     methods,
     out_args,
+    out_ensemble_arg,
     report_method,
     report_variant,
     score_results_input,

@@ -38,7 +38,7 @@ rule merge:
         alone=merged_method_pattern(config),
     params:
         sections=sections_json(config, "merge"),
-        ensemble=lambda wildcards, output: f"--out-ensemble {output.ensemble}" if "ensemble" in output.keys() else "",
+        ensemble=lambda wildcards, output: out_ensemble_arg(output),
     log:
         f"{LOGS}/merge_{{alone}}.log",
     benchmark:

@@ -37,7 +37,7 @@ rule submission:
         alone=merged_method_pattern(config),
     params:
         sections=sections_json(config, "merge"),
-        ensemble=lambda wildcards, output: f"--out-ensemble {output.ensemble}" if "ensemble" in output.keys() else "",
+        ensemble=lambda wildcards, output: out_ensemble_arg(output),
     log:
         f"{LOGS}/submission_{{split}}_{{alone}}.log",
     conda:
