@@ -153,8 +153,8 @@ PRESETS: dict[str, Preset] = {
     # 2 CPU cores: about 90 pairs/s in GAN training in fp32 (de-convs of 32 channels: 1.75x the
     # 64 of before, within the seed spread on the dev split: docs/choices.md); every departure
     # from the paper is named. The held-out eval every 250 steps (7 points per run; every 100 gave
-    # 15 and cost MTGAN's job about 4 s each): it reads the networks in eval mode and draws no
-    # random numbers, so the models are the same bit for bit (SBU's checked against 1d7dc77's).
+    # 16, each costing MTGAN's job 3-4 s): it reads the networks in eval mode and draws no random
+    # numbers, so the models are the same bit for bit (all three variants' against 1d7dc77's).
     "cpu": Preset(
         g_channels=32, g_residual_blocks=2, g_upsample_channels=32,
         d_backbone="resnet18", d_weights="none", d_stem="3x3", d_width=16,
