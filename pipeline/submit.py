@@ -33,7 +33,7 @@ from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE
 from pipeline.detect import import_detections
 from pipeline.infer import infer
 from pipeline.merge import MergeSettings, merge_detections, merged_records
-from pipeline.methods import ENSEMBLE
+from pipeline.methods import method_name, parse_method
 from pipeline.rois import build_rois
 from pipeline.shards import ShardSettings, gather_manifest, write_chunk
 
@@ -70,8 +70,12 @@ def submission(
         if set(outputs) != {False}:
             raise InputError("the baseline has no ensemble with itself")
         return {outputs[False]: write_submission(read_json(detections), coco, outputs[False], settings.max_per_image)}
-    if method.endswith(ENSEMBLE):
-        raise InputError(f"{method}: name the method alone ({method.removesuffix(ENSEMBLE)}); its ensemble's file comes with it")
+    try:
+        parsed = parse_method(method)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    if parsed.ensemble:
+        raise InputError(f"{method}: name the method alone ({method_name(parsed.variant, parsed.rule)}); its ensemble's file comes with it")
     if rois is None or inference is None:
         raise InputError(f"the submission of {method} needs the split's ROI table and the variant's inference")
     merged = merged_records(settings, rois, inference, tuple(outputs))

@@ -118,13 +118,15 @@ def test_submit_coco_writes_a_valid_results_file_per_method(tiny_run: Path) -> N
         assert records and results_problems(records, coco, 100) == []
     assert not list((root / "score").glob("*test*"))  # an unlabelled split is never scored
 
-    # One `mtgan submission` writes a variant alone and its ensemble; an ensemble's name is refused.
+    # One `mtgan submission` writes a variant alone and its ensemble; an ensemble's name, or no method's, is refused.
     args = ["submission", "--config", str(REPO / "config" / "default.yaml"), "--config", str(REPO / "config" / "tiny.yaml")]
     args += ["--data-index", str(root / "data" / "index.json"), "--split", "test"]
     args += ["--rois", str(root / "rois" / "submit.parquet"), "--inference", str(root / "submit" / "infer" / "paper" / "mtgan.parquet")]
     out = tiny_run.parent / "submission_mtgan_ensemble.json"
     refused = CliRunner().invoke(cli, [*args, "--method", "mtgan_ensemble", "--out", str(out)])
     assert refused.exit_code != 0 and "name the method alone (mtgan)" in refused.output and not out.exists()
+    unknown = CliRunner().invoke(cli, [*args, "--method", "mtgan-nonsense", "--out", str(out)])
+    assert unknown.exit_code != 0 and "unknown method 'mtgan-nonsense'" in unknown.output and not out.exists()
 
 
 @pytest.mark.parametrize("method", ["mtgan", "mtgan_ensemble", "mtgan-by_size"])
