@@ -188,19 +188,29 @@ def shards_cmd(
 @cli.command("shards-manifest")
 @opt.config_option
 @opt.sections_option
+@click.option("--data-index", type=opt.existing_files, help="The data stage's index.json: the split's ground truth (to keep a share of small positives).")
 @opt.split_option
 @opt.role_option
 @click.option("--rois", "rois_path", required=True, type=opt.existing_files)
 @click.option("--out", "out_path", required=True, type=opt.out_file, help="manifest.json of the split.")
 @click.argument("chunk_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 def shards_manifest_cmd(
-    config_files: tuple[Path, ...], sections_json: str | None, split: str, role: str, rois_path: Path, out_path: Path, chunk_dirs: tuple[Path, ...]
+    config_files: tuple[Path, ...],
+    sections_json: str | None,
+    data_index: Path | None,
+    split: str,
+    role: str,
+    rois_path: Path,
+    out_path: Path,
+    chunk_dirs: tuple[Path, ...],
 ) -> None:
     """Gather the chunk folders of --split into its manifest (shards, counts, histograms, sha256s)."""
+    from pipeline.data.index import split_coco
     from pipeline.shards import ShardSettings, gather_manifest
 
     config = opt.resolve_config(config_files, sections_json, need=("shards",))
-    doc = gather_manifest(rois_path, list(chunk_dirs), split, ShardSettings.from_config(config["shards"], role), out_path)
+    coco = split_coco(data_index, split)[0] if data_index else None
+    doc = gather_manifest(rois_path, list(chunk_dirs), split, ShardSettings.from_config(config["shards"], role), out_path, coco)
     click.echo(f"{split}: {doc['num_rois']} ROIs in {len(doc['shards'])} shards; labels {doc['histograms']['label']}")
 
 

@@ -23,12 +23,13 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
+from core.crops import crop_sides
 from core.errors import EmptyInputError, InputError
 from core.io import atomic
 from core.io.shards import read_manifest, verify_shards
 from core.io.tables import INFERENCE_SCHEMA, make_table, write_table
 from core.sections import section_fields
-from core.sizes import SIZE_CLASSES
+from core.sizes import SIDE_BINS, SIZE_CLASSES, side_bin
 from jobs.common import autocast_factory, pick_device
 from jobs.mtgan.data import ShardBatches
 from jobs.mtgan.engine import to_model
@@ -69,7 +70,7 @@ def predict(model: LoadedModel, manifest: Path, use_g: Any, device: torch.device
     loader = ShardBatches(
         manifest, batch_size=batch_size, shuffle=False, drop_ignored=False, fields=("lr", "hr", "label", "roi_id", "box", "image_size", "size_class")
     )
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("roi_id", "probs", "offsets", "label", "size_class", "through_g")}
+    out: dict[str, list[np.ndarray]] = {k: [] for k in ("roi_id", "probs", "offsets", "label", "size_class", "box", "image_size", "through_g")}
     for batch in tqdm(loader, desc="infer", unit="batch"):
         through = torch.from_numpy(np.asarray(use_g(batch), bool))
         with autocast():
@@ -78,21 +79,28 @@ def predict(model: LoadedModel, manifest: Path, use_g: Any, device: torch.device
         out["probs"].append(torch.softmax(result["cls"].float(), dim=1).cpu().numpy())
         out["offsets"].append(result["reg"].float().cpu().numpy() if "reg" in result else np.zeros((len(images), 4), np.float32))
         out["through_g"].append(through.numpy())
-        for k in ("roi_id", "label", "size_class"):
+        for k in ("roi_id", "label", "size_class", "box", "image_size"):
             out[k].append(batch[k].numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def table9_accuracy(probs: np.ndarray, label: np.ndarray, size_class: np.ndarray) -> dict[str, Any]:
+def table9_accuracy(probs: np.ndarray, label: np.ndarray, size_class: np.ndarray, sides: np.ndarray | None = None) -> dict[str, Any]:
     """D's classification accuracy on positive, negative and all (non-ignored) ROIs (paper Table 9),
-    and on positives by size class."""
-    predicted = probs.argmax(1)
+    on positives by size class and, given the crops' longer sides (`core.crops.crop_sides`), on
+    positives by side (`positive_by_side`: one entry per bin of `core.sizes.SIDE_BINS`)."""
+    correct = probs.argmax(1) == label
     groups = {"positive": label > 0, "negative": label == 0, "all": label >= 0}
     groups |= {f"positive_{name}": (label > 0) & (size_class == code) for code, name in enumerate(SIZE_CLASSES)}
     accuracy: dict[str, Any] = {}
     for kind, mask in groups.items():
-        accuracy[kind] = float((predicted[mask] == label[mask]).mean()) if mask.any() else None  # no such ROIs
+        accuracy[kind] = float(correct[mask].mean()) if mask.any() else None  # no such ROIs
         accuracy[f"{kind}_rois"] = int(mask.sum())
+    if sides is not None:
+        bins = np.fromiter((side_bin(s) for s in sides), np.int64, len(sides))
+        masks = [(label > 0) & (bins == k) for k in range(len(SIDE_BINS))]
+        accuracy["positive_by_side"] = [
+            {"side": name, "rois": int(m.sum()), "accuracy": float(correct[m].mean()) if m.any() else None} for name, m in zip(SIDE_BINS, masks)
+        ]
     return accuracy
 
 
@@ -125,7 +133,7 @@ def infer(
         "through_g": p["through_g"][order].astype(np.int32),
     }
     table = make_table(columns, INFERENCE_SCHEMA, {"variant": variant.name, "rule": rule, "category_ids": state["category_ids"]})
-    accuracy = table9_accuracy(p["probs"], p["label"], p["size_class"])
+    accuracy = table9_accuracy(p["probs"], p["label"], p["size_class"], crop_sides(p["box"], p["image_size"], doc["margin"]))
     threshold = g_max_side if rule == "by_size" else None
     log.info(
         "variant %s, rule %s: %d ROIs, %d seen through the up-sampler (g_max_side %s); classification accuracy %s",

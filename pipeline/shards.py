@@ -6,6 +6,13 @@ For each split, from its ROI table and images:
   to `rois_per_image` ROIs, of which up to `positive_fraction` positives (all positives are kept
   when there are fewer), negatives fill the rest; ignored ROIs (label -1) are left out. The test
   split keeps every ROI. Sampling is seeded per image, so it does not depend on the chunking;
+- then, on the training split, `shards.train_small_positive_share` of its small-object positives
+  (matched ground truth of area < 32^2, as COCO's APS counts it; ground-truth boxes added by
+  `rois.add_gt_to_train` included) are kept: a random subset of the sampled ones, drawn from
+  `train_sampling.seed` over the whole split (a lower share keeps a subset of what a higher one
+  keeps). 1.0, the default, keeps all of them; every other ROI, the other splits' shards and the
+  stages before are the same whatever the share (bench/regimes.py: the paper's account of why G
+  helps, tested by showing D fewer small objects);
 - the split's images are cut into `num_chunks` fixed chunks (the fan-out is known before anything
   runs: one Snakemake job per chunk, so `--cores` and a cluster executor both spread the work);
   inside a job, images are decoded and cropped in parallel (joblib), and shards are written as
@@ -23,6 +30,7 @@ with `on_bad_image: skip`, their ROIs are left out and the files are listed in t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -42,7 +50,7 @@ from core.io import atomic
 from core.io.images import ImageReadError, open_rgb
 from core.io.shards import ORIGIN_CODES, ShardSpec, sha256_of, write_manifest, write_shard
 from core.io.tables import ROIS_SCHEMA, file_metadata, read_table
-from core.sizes import SIZE_CLASSES
+from core.sizes import SIZE_CLASSES, size_class
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +67,13 @@ class ShardSettings:
     num_chunks: int
     on_bad_image: str  # "error" or "skip"
     sampling: dict[str, Any] | None  # {rois_per_image, positive_fraction, seed} for the training split
+    small_positives: dict[str, Any] | None = None  # {share, seed} for the training split when share < 1
 
     @classmethod
     def from_config(cls, shards: dict[str, Any], role: str) -> ShardSettings:
-        """From the config's `shards` section; only the training role is sampled."""
-        sampling = shards["train_sampling"]
+        """From the config's `shards` section; only the training role is sampled and thinned."""
+        sampling, share = shards["train_sampling"], shards["train_small_positive_share"]
+        train = role == "train"
         return cls(
             hr_size=shards["hr_size"],
             scale=shards["scale"],
@@ -72,7 +82,8 @@ class ShardSettings:
             block_size=shards["block_size"],
             num_chunks=shards["num_chunks"],
             on_bad_image=shards["on_bad_image"],
-            sampling={k: sampling[k] for k in ("rois_per_image", "positive_fraction", "seed")} if sampling["enabled"] and role == "train" else None,
+            sampling={k: sampling[k] for k in ("rois_per_image", "positive_fraction", "seed")} if sampling["enabled"] and train else None,
+            small_positives={"share": share, "seed": sampling["seed"]} if train and share < 1 else None,
         )
 
     @property
@@ -135,18 +146,55 @@ def _columns(table: Any, rows: np.ndarray, num_labels: int) -> dict[str, np.ndar
     }
 
 
-def kept_rows(labels: np.ndarray, image_ids: np.ndarray, settings: ShardSettings) -> np.ndarray:
-    """Rows of the ROI table that go into shards (all of them, or the training split's sample)."""
+def small_positive_mask(labels: np.ndarray, gt_ann_ids: np.ndarray, coco: dict[str, Any]) -> np.ndarray:
+    """Per ROI: a positive whose matched ground-truth object is small by its annotation's `area`
+    (COCO's size classes, as APS counts objects)."""
+    small_ids = {a["id"] for a in coco.get("annotations", []) if size_class(a["area"]) == "small"}
+    return (labels > 0) & np.fromiter((int(i) in small_ids for i in gt_ann_ids), bool, len(gt_ann_ids))
+
+
+def thin_small_positives(rows: np.ndarray, small: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, int]:
+    """`rows` with only round(share * n) of its n small positives (`small`: a mask over the table)
+    left, a random subset fixed by `seed` (a permutation of the candidates, cut at the share: a
+    lower share keeps a subset of a higher one's); and n."""
+    candidates = rows[small[rows]]
+    order = np.random.default_rng([seed, 32]).permutation(len(candidates))
+    dropped = candidates[order[round(share * len(candidates)) :]]
+    return np.setdiff1d(rows, dropped, assume_unique=True), len(candidates)
+
+
+def kept_rows(labels: np.ndarray, image_ids: np.ndarray, settings: ShardSettings, small: np.ndarray | None = None) -> np.ndarray:
+    """Rows of the ROI table that go into shards: all of them, or the training split's sample, then
+    with `settings.small_positives` only that share of its small positives (`small`:
+    `small_positive_mask`, needed then)."""
     if settings.sampling is None:
-        return np.arange(len(labels))
-    s = settings.sampling
-    return sample_rois(labels, image_ids, s["rois_per_image"], s["positive_fraction"], s["seed"])
+        rows = np.arange(len(labels))
+    else:
+        s = settings.sampling
+        rows = sample_rois(labels, image_ids, s["rois_per_image"], s["positive_fraction"], s["seed"])
+    if settings.small_positives is None:
+        return rows
+    if small is None:
+        raise ValueError("keeping a share of the small positives needs their mask (small_positive_mask)")
+    return thin_small_positives(rows, small, settings.small_positives["share"], settings.small_positives["seed"])[0]
 
 
-def _label_columns(rois_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and image ids of the whole table: all that sampling needs (12 bytes a ROI)."""
-    t = pq.read_table(rois_path, columns=["label", "image_id"])
-    return t.column("label").to_numpy(), t.column("image_id").to_numpy()
+def small_positive_counts(labels: np.ndarray, image_ids: np.ndarray, settings: ShardSettings, small: np.ndarray) -> dict[str, Any]:
+    """What thinning did to the sampled small positives: the share asked for and its seed, how many
+    there were, how many are kept (recorded in the manifest; `mtgan audit` checks the shards
+    against it)."""
+    sampled = kept_rows(labels, image_ids, dataclasses.replace(settings, small_positives=None))
+    kept = kept_rows(labels, image_ids, settings, small)
+    thinning = settings.small_positives or {"share": 1.0, "seed": 0}
+    return {"share": thinning["share"], "seed": thinning["seed"], "sampled": int(small[sampled].sum()), "kept": int(small[kept].sum())}
+
+
+def _label_columns(rois_path: Path, coco: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, image ids and the small-positive mask of the whole table: all that sampling and
+    thinning need (about 20 bytes a ROI)."""
+    t = pq.read_table(rois_path, columns=["label", "image_id", "gt_ann_id"])
+    labels = t.column("label").to_numpy()
+    return labels, t.column("image_id").to_numpy(), small_positive_mask(labels, t.column("gt_ann_id").to_numpy(), coco)
 
 
 def write_chunk(
@@ -156,8 +204,8 @@ def write_chunk(
 
     Only the chunk's rows of the ROI table are read in full, so memory does not grow with the split.
     """
-    labels, image_ids = _label_columns(rois_path)
-    rows = kept_rows(labels, image_ids, settings)
+    labels, image_ids, small = _label_columns(rois_path, coco)
+    rows = kept_rows(labels, image_ids, settings, small)
     if chunk == 0:
         gb = len(rows) * settings.bytes_per_roi / 1e9
         log.info("split %s: %d of %d ROIs go into shards: about %.2f GB in all", split, len(rows), len(labels), gb)
@@ -256,10 +304,14 @@ def _add_counts(total: dict[str, dict[str, int]], part: dict[str, dict[str, int]
             total.setdefault(key, {})[k] = total.get(key, {}).get(k, 0) + v
 
 
-def gather_manifest(rois_path: Path, chunk_dirs: list[Path], split: str, settings: ShardSettings, out_path: Path) -> dict[str, Any]:
+def gather_manifest(
+    rois_path: Path, chunk_dirs: list[Path], split: str, settings: ShardSettings, out_path: Path, coco: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The split's manifest from its chunks' `chunk.json` files. Every count comes from what the
-    chunks wrote; it is checked against what the table and sampling plan (less skipped images)."""
-    table = pq.read_table(rois_path, columns=["label", "image_id"])
+    chunks wrote; it is checked against what the table, sampling and thinning plan (less skipped
+    images). Thinning the small positives (`settings.small_positives`) needs the split's `coco`."""
+    if settings.small_positives is not None and coco is None:
+        raise InputError(f"split {split}: keeping a share of the small positives needs the split's ground truth (--data-index)")
     meta = file_metadata(rois_path)
     table_sha = sha256_of(rois_path)
     base = Path(out_path).parent.resolve()
@@ -279,11 +331,12 @@ def gather_manifest(rois_path: Path, chunk_dirs: list[Path], split: str, setting
         skipped_rois += info["skipped_rois"]
         _add_counts(histograms, info["histograms"])
     num_rois = sum(s["num_rois"] for s in shards)
-    planned = len(kept_rows(table.column("label").to_numpy(), table.column("image_id").to_numpy(), settings))
+    labels, image_ids, small = _label_columns(rois_path, coco or {})
+    planned = len(kept_rows(labels, image_ids, settings, small))
     if num_rois + skipped_rois != planned:
         raise InputError(
             f"split {split}: the chunks hold {num_rois} ROIs and skipped {skipped_rois}; the table and "
-            f"sampling settings give {planned}: are the chunk folders {[str(d) for d in chunk_dirs]} all of them?"
+            f"sampling and thinning settings give {planned}: are the chunk folders {[str(d) for d in chunk_dirs]} all of them?"
         )
     histograms = {key: dict(sorted(counts.items(), key=lambda kv: _count_order(kv[0]))) for key, counts in histograms.items()}
     doc = {
@@ -299,8 +352,9 @@ def gather_manifest(rois_path: Path, chunk_dirs: list[Path], split: str, setting
         **({"category_names": list(meta["category_names"])} if "category_names" in meta else {}),
         "resize_method": RESIZE_METHOD,
         # Relative to the manifest's folder, so the manifest reads the same from anywhere.
-        "source_table": {"path": os.path.relpath(Path(rois_path).resolve(), base), "sha256": table_sha, "num_rows": table.num_rows},
+        "source_table": {"path": os.path.relpath(Path(rois_path).resolve(), base), "sha256": table_sha, "num_rows": len(labels)},
         "sampling": settings.sampling,
+        **({"small_positives": small_positive_counts(labels, image_ids, settings, small)} if settings.small_positives else {}),
         "num_rois": num_rois,
         "skipped_images": skipped,
         "skipped_rois": skipped_rois,

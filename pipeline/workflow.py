@@ -43,6 +43,7 @@ __all__ = [
     "report_variant",
     "score_results_input",
     "sections_json",
+    "shard_sections",
     "submission_files",
 ]
 
@@ -120,6 +121,12 @@ def sections_json(config: dict[str, Any], *names: str, drop: tuple[str, ...] = (
     a change elsewhere in the config (or in a key named in `drop`) does not."""
     sections = {name: {k: v for k, v in config[name].items() if k not in drop} for name in names}
     return shlex.quote(json.dumps(sections, sort_keys=True))
+
+
+def shard_sections(config: dict[str, Any], role: str) -> str:
+    """The `shards` section as one role's jobs see it: the training split's sampling and its share
+    of small positives only for the training role (changing them reruns no other role's shards)."""
+    return sections_json(config, "shards", drop=() if role == "train" else ("train_sampling", "train_small_positive_share"))
 
 
 def inactive_data_sources(config: dict[str, Any]) -> tuple[str, ...]:

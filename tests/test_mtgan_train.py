@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import ddp_worker
 import pytest
@@ -145,8 +146,9 @@ def test_held_out_eval_and_infer_see_a_roi_identically(tiny_train_shards: Path, 
     preset = resolve_preset("tiny", {"holdout_blocks": 3})
     model = out / "model.pt" if (out / "model.pt").is_file() else train_mtgan(tiny_train_shards, VARIANTS["mtgan"], preset, out, "cpu", threads=1)
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
-    table, _ = infer(model, tiny_train_shards, torch.device("cpu"), 16, rule, DEFAULT_G_MAX_SIDE)
+    table, accuracy = infer(model, tiny_train_shards, torch.device("cpu"), 16, rule, DEFAULT_G_MAX_SIDE)
     holdout = read_holdout(tiny_train_shards, 3, ("roi_id", "label", "size_class"))
+    check_accuracy_by_side(table, tiny_train_shards, accuracy["accuracy"]["positive_by_side"])
     rows = table.to_pydict()
     position = {r: i for i, r in enumerate(rows["roi_id"])}
     picked = [position[int(r)] for r in holdout["roi_id"]]
@@ -159,3 +161,30 @@ def test_held_out_eval_and_infer_see_a_roi_identically(tiny_train_shards: Path, 
     right = predicted == holdout["label"]
     for name, mask in (("eval_acc_pos", holdout["label"] > 0), ("eval_acc_neg", holdout["label"] == 0)):
         assert logged[rule_key(name, rule)] == pytest.approx(float(right[mask].mean()))
+
+
+def check_accuracy_by_side(table: Any, manifest: Path, by_side: list[dict[str, Any]]) -> None:
+    """infer's accuracy on positives by the crop's side, recomputed here from the shards' boxes
+    (margin 0: the box clipped to its image) and the table's probabilities, bins written out."""
+    import h5py
+    import numpy as np
+
+    doc = json.loads(manifest.read_text())
+    assert doc["margin"] == 0
+    predicted = dict(zip(table.column("roi_id").to_pylist(), np.asarray(table.column("probs").to_pylist()).argmax(1)))
+    edges = [(0, 8), (8, 12), (12, 16), (16, 24), (24, 32), (32, 48), (48, 64), (64, 96), (96, 1e9)]  # (low, high]
+    right, total = [0] * len(edges), [0] * len(edges)
+    for entry in doc["shards"]:
+        with h5py.File(manifest.parent / entry["path"], "r") as f:
+            for roi, label, box, (w, h) in zip(f["roi_id"][:], f["label"][:], f["box"][:], f["image_size"][:]):
+                if label <= 0:
+                    continue
+                x1, y1, x2, y2 = map(float, box)  # in double precision, as the crops are cut
+                side = max(max(min(x2, w) - max(x1, 0), 1), max(min(y2, h) - max(y1, 0), 1))
+                k = next(i for i, (low, high) in enumerate(edges) if low < side <= high)
+                total[k] += 1
+                right[k] += int(predicted[int(roi)] == label)
+    assert [b["side"] for b in by_side] == ["<=8", "8-12", "12-16", "16-24", "24-32", "32-48", "48-64", "64-96", ">96"]
+    assert [b["rois"] for b in by_side] == total and sum(total) > 0
+    for b, r, n in zip(by_side, right, total):
+        assert b["accuracy"] == (pytest.approx(r / n) if n else None), b

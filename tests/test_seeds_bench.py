@@ -54,11 +54,14 @@ def test_seeds_cover_every_row_and_seed_0_is_the_pipelines(tiny_run: Path, tmp_p
         "Table 4: SBU < MTGAN",
         "Table 6: MTGAN < MTGAN x baseline",
         "ours: paper's path < by-size path, MTGAN",
-    ):  # (Table 9 needs positives: the tiny test split has none)
+        "Table 9: SBU < MTGAN, D's accuracy",
+    ):
         assert f"| {ordering} |" in text
     with open(root / "seeds" / "orderings.csv") as f:
         judged = list(csv.DictReader(f))
-    assert len(judged) == 10 and all(o["seeds"] == "2" for o in judged)  # AP and APS of 5 orderings, over both seeds
+    # AP and APS of 5 orderings and Table 9 on negatives and all (the tiny test split has no positive ROI), over both seeds
+    assert len(judged) == 12 and all(o["seeds"] == "2" for o in judged)
+    assert {o["metric"] for o in judged if o["ordering"].startswith("Table 9")} == {"acc_negative", "acc_all"}
     assert all(
         o["verdict"] == seeds.verdict(*([100 * float(r[o["metric"]]) for r in runs if r["method"] == o[side]] for side in ("lower", "higher"))) for o in judged
     )

@@ -17,15 +17,16 @@ from core.io.images import ImageReadError, open_rgb
 from core.io.shards import ORIGIN_CODES, read_manifest, sha256_of
 from core.io.tables import ROIS_SCHEMA, read_table
 from core.sizes import SIZE_CLASSES
-from pipeline.shards import ShardSettings, gather_manifest, sample_rois, write_chunk
+from pipeline.audit import audit
+from pipeline.shards import ShardSettings, gather_manifest, sample_rois, small_positive_mask, thin_small_positives, write_chunk
 
 from conftest import SHARD_SETTINGS
 
 SAMPLING = {"rois_per_image": 12, "positive_fraction": 0.25, "seed": 0}
 
 
-def settings(sampling: dict[str, Any] | None = None, **changes: Any) -> ShardSettings:
-    return ShardSettings(**{**SHARD_SETTINGS, **changes}, sampling=sampling)
+def settings(sampling: dict[str, Any] | None = None, small_positives: dict[str, Any] | None = None, **changes: Any) -> ShardSettings:
+    return ShardSettings(**{**SHARD_SETTINGS, **changes}, sampling=sampling, small_positives=small_positives)
 
 
 def build(tiny_data: Path, rois: Path, split: str, out: Path, s: ShardSettings) -> dict[str, Any]:
@@ -33,7 +34,7 @@ def build(tiny_data: Path, rois: Path, split: str, out: Path, s: ShardSettings) 
     dirs = [out / f"chunk-{c}" for c in range(s.num_chunks)]
     for c, d in enumerate(dirs):
         write_chunk(rois, coco, tiny_data / "images" / split, split, c, s, d, n_jobs=1)
-    gather_manifest(rois, dirs, split, s, out / "manifest.json")
+    gather_manifest(rois, dirs, split, s, out / "manifest.json", coco)
     return read_manifest(out / "manifest.json")
 
 
@@ -124,3 +125,61 @@ def test_manifest_refuses_chunks_of_another_table(tiny_data: Path, tiny_rois: di
     with pytest.raises(ValueError, match="another version"):
         gather_manifest(tiny_rois["train"], dirs, "val", settings(), tmp_path / "manifest.json")
     assert sha256_of(tmp_path / "manifest.json")  # the earlier manifest is untouched
+
+
+def test_thinning_keeps_a_nested_share_of_the_small_positives_only() -> None:
+    small = np.zeros(1000, bool)
+    small[::3] = True  # 334 small positives among 1000 rows
+    rows = np.arange(1000)
+    kept = {share: thin_small_positives(rows, small, share, seed=5)[0] for share in (1.0, 0.5, 0.25, 0.0)}
+    assert np.array_equal(kept[1.0], rows)
+    for share, r in kept.items():
+        assert small[r].sum() == round(share * 334) and (~small[r]).sum() == 666  # every other row stays
+    assert set(kept[0.25]) <= set(kept[0.5]) <= set(kept[1.0])  # a lower share keeps a subset
+    assert np.array_equal(kept[0.25], thin_small_positives(rows, small, 0.25, seed=5)[0])  # fixed by the seed
+    assert not np.array_equal(kept[0.25], thin_small_positives(rows, small, 0.25, seed=6)[0])
+    sampled = rows[::2]  # thinning applies to the rows sampling kept, not to the table
+    assert set(thin_small_positives(sampled, small, 0.5, seed=5)[0]) <= set(sampled.tolist())
+
+
+def test_small_positives_are_those_whose_matched_object_is_small() -> None:
+    coco = {"annotations": [{"id": 10, "area": 31.9**2}, {"id": 11, "area": 32.0**2}, {"id": 12, "area": 100.0}]}
+    labels = np.array([1, 1, 2, 0, -1, 1])
+    gt_ann = np.array([10, 11, 12, 10, 12, -1])  # negatives and ignored ROIs may name a box too
+    assert small_positive_mask(labels, gt_ann, coco).tolist() == [True, False, True, False, False, False]
+
+
+def test_a_share_of_small_positives_changes_only_those_rows(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path) -> None:
+    full = build(tiny_data, tiny_rois["train"], "train", tmp_path / "full", settings(SAMPLING))
+    quarter = build(tiny_data, tiny_rois["train"], "train", tmp_path / "quarter", settings(SAMPLING, {"share": 0.25, "seed": 0}))
+    coco = json.loads((tiny_data / "train.json").read_text())
+    table = read_table(tiny_rois["train"], ROIS_SCHEMA).to_pydict()
+    small = small_positive_mask(np.asarray(table["label"]), np.asarray(table["gt_ann_id"]), coco)
+
+    def rows(doc: dict[str, Any], folder: Path) -> set[int]:
+        ids: list[int] = []
+        for entry in doc["shards"]:
+            with h5py.File(folder / entry["path"], "r") as f:
+                ids += f["roi_id"][:].tolist()
+        return set(ids)
+
+    a, b = rows(full, tmp_path / "full"), rows(quarter, tmp_path / "quarter")
+    n_small = sum(small[r] for r in a)
+    assert n_small >= 8 and b <= a and all(small[r] for r in a - b)  # only small positives left out
+    assert sum(small[r] for r in b) == round(0.25 * n_small)
+    assert quarter["small_positives"] == {"share": 0.25, "seed": 0, "sampled": n_small, "kept": round(0.25 * n_small)}
+    assert "small_positives" not in full and quarter["num_rois"] == full["num_rois"] - (n_small - round(0.25 * n_small))
+    chunks = [tmp_path / "quarter" / "chunk-0", tmp_path / "quarter" / "chunk-1"]
+    with pytest.raises(ValueError, match="needs the split's ground truth"):
+        gather_manifest(tiny_rois["train"], chunks, "train", settings(SAMPLING, {"share": 0.25, "seed": 0}), tmp_path / "m.json")
+    report, _ = audit(tmp_path / "quarter" / "manifest.json")
+    assert report.problems == []  # the audit checks the thinned count against what the manifest records
+
+
+def test_only_the_training_role_is_thinned() -> None:
+    from conftest import tiny_config
+
+    shards = tiny_config()["shards"] | {"train_small_positive_share": 0.25}
+    assert ShardSettings.from_config(shards, "train").small_positives == {"share": 0.25, "seed": 0}
+    assert ShardSettings.from_config(shards, "test") == ShardSettings.from_config(tiny_config()["shards"], "test")
+    assert ShardSettings.from_config(tiny_config()["shards"], "train").small_positives is None  # 1.0: nothing to thin

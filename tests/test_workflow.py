@@ -113,6 +113,7 @@ def test_tiny_pipeline_runs_then_caches(tiny_run: Path, tmp_path: Path) -> None:
         "per_class_ap_change.png",
         "training_curves.png",
         "accuracy.png",
+        "accuracy_by_side.png",
         "roi_grid.png",
         "detections/better.png",
         "detections/worse.png",
@@ -161,6 +162,17 @@ def test_tiny_pipeline_runs_then_caches(tiny_run: Path, tmp_path: Path) -> None:
     threshold.write_text("infer:\n  g_max_side: 24\n")
     moved = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, str(threshold))
     assert jobs_of(moved.stdout) == {"infer": 1, "merge": 1, "score": 2, "table": 1, "eval_coco": 1, "report_charts": 1, "profile": 1}
+
+    # Fewer small positives in D's training (bench/regimes.py) remake the training shards only: the
+    # test split's shards, the ROI tables, the detector and the data stay as they are.
+    thinned = tmp_path / "thinned.yaml"
+    thinned.write_text("shards:\n  train_small_positive_share: 0.25\n")
+    fewer = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, str(thinned))
+    retrained = {"train_mtgan": 3, "infer": 4, "merge": 4, "score": 8, "table": 1, "eval_coco": 1}
+    pictures = {"report_charts": 1, "report_rois": 1, "report_errors": 1, "report_detections": 1, "profile": 1}
+    assert jobs_of(fewer.stdout) == {"shards": 2, "shards_manifest": 1} | retrained | pictures
+    shard_jobs = [block for block in fewer.stdout.split("\nrule ")[1:] if block.startswith(("shards:", "shards_manifest:"))]
+    assert len(shard_jobs) == 3 and all("role=train" in block for block in shard_jobs)
 
     reseeded = tmp_path / "seed3.yaml"
     reseeded.write_text("data:\n  builtin:\n    seed: 3\n")

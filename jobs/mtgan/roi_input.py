@@ -5,15 +5,20 @@ stage, the report and `mtgan rescore`.
 A rule is an inference setting (config `infer.rules`, a list): each trained variant is scored
 under each rule that applies to it, from one training run.
 
-- `paper`, the paper's path: every ROI, positive or negative, of any size, becomes its 16x16 LR
-  image, is up-sampled 4x by the variant's up-sampler (G for MTGAN, bilinear for SBU) and is
-  classified by D at 64x64. The paper says so where it explains Table 9: "the positive and negative
-  examples are inputted to the generator network and up-sampled by" G or "a simple bi-linear
-  up-sampler (SBU) to generated the super-resolved images, respectively. Finally, the
-  super-resolved images go through the discriminator" (paper lines 1523-1538); for SBU, "We
-  upsample the training ROIs 4 times (i.e. to 64x64)" (line 1056); and it sets its input against
-  "plain R-CCN (i.e. 224 x 224) is larger than our method (i.e. 64x64)" (lines 1047-1048). A
-  variant without an up-sampler (Table 3's `d_no_adv`) is fed the resized proposal, its HR crop.
+- `paper`, the paper's path as we read it: every ROI, positive or negative, of any size, becomes
+  its 16x16 LR image, is up-sampled 4x by the variant's up-sampler (G for MTGAN, bilinear for SBU)
+  and is classified by D at 64x64. The paper never says in so many words that a large ROI is
+  shrunk to 16x16 first; our reading rests on its Table 9 text, "the positive and negative examples
+  are inputted to the generator network and up-sampled by" G or "a simple bi-linear up-sampler
+  (SBU) to generated the super-resolved images, respectively. Finally, the super-resolved images
+  go through the discriminator" (paper lines 1523-1538); on the training pairs, whose LR images are
+  made "by down-sampling the high-resolution images using bicubic interpolation with a factor 4"
+  (lines 781-783); on SBU, "We upsample the training ROIs 4 times (i.e. to 64x64)" (line 1056); and
+  on D's input, "plain R-CCN (i.e. 224 x 224) is larger than our method (i.e. 64x64)" (lines
+  1047-1048). Public re-implementations of the authors' tiny-face paper read it the same way: every
+  crop, whatever its size, resized to a fixed HR size and its LR image at a quarter of it (e.g.
+  EthanGuan/Finding-Tiny-Faces-with-GAN, dataset.py: 128 -> 32). A variant without an up-sampler
+  (Table 3's `d_no_adv`) is fed the resized proposal, its HR crop.
 - `by_size` (ours): G(LR) for a ROI whose crop's longer side is at most `g_max_side` image pixels
   (its 16x16 LR image then holds all the detail its crop has), the HR crop for any larger ROI:
   squeezing a 100-pixel ROI to 16x16 throws away what the image holds.

@@ -185,6 +185,22 @@ PRESETS: dict[str, Preset] = {
 # fmt: on
 
 
+# What every preset does where the paper is silent, or where it does otherwise (a preset's own
+# departures are in its `departures`). The training log prints them; docs/choices.md has the whole
+# list with the paper's lines.
+READINGS: tuple[str, ...] = (
+    "our reading: every ROI, whatever its size, is resized to the 64x64 HR crop and its LR image is that crop down-sampled 4x "
+    "(16x16), and on the paper's path every test ROI reaches D through G from that 16x16 image; the paper gives D's 64x64 input "
+    "(lines 1047-1048), the bicubic 4x LR of the training pairs (lines 781-783) and sends the test ROIs through G (lines "
+    "1523-1538), but never says that a large ROI is shrunk to 16x16 first",
+    "departure: the pixel-wise MSE is the mean over pixels and channels of the squared SR - HR difference; Eq 4 (lines 473-480) "
+    "is the batch mean of each image's squared norm, 3 x 64 x 64 = 12,288 times larger, which sets what alpha, beta and gamma "
+    "weigh against it",
+    "our reading: each iteration steps D, then G, on the same SR images; the paper: 'alternately updated as in (Goodfellow et "
+    "al., 2014)' (lines 769-770), whose Algorithm 1 updates D before G",
+)
+
+
 def resolve_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:
     """Preset `name` with `overrides` applied (each checked: PresetError names the key)."""
     overrides = dict(overrides or {})

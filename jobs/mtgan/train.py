@@ -44,7 +44,7 @@ from jobs.common import CHECKPOINT_FORMAT, autocast_factory, pick_device, restor
 from jobs.mtgan.data import ShardBatches, read_holdout
 from jobs.mtgan.engine import Batch, build_networks, evaluate_holdout, pretrain_step, to_model, train_step
 from jobs.mtgan.model_file import save_model
-from jobs.mtgan.settings import RULES, Preset, Variant, applies, schedule_in_iterations
+from jobs.mtgan.settings import READINGS, RULES, Preset, Variant, applies, schedule_in_iterations
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,14 @@ def train_mtgan(
         log.info("resuming from %s at step %d", last, start)
     for line in preset.departures:
         log.info("departure from the paper: %s", line)
+    for line in READINGS:
+        log.info("every preset, %s", line)
+    if added := doc["histograms"]["origin"].get("gt", 0):
+        log.info(
+            "departure from the paper: %d ground-truth boxes among the training ROIs (rois.add_gt_to_train); the paper trains on "
+            "'positive and negative ROI examples' cropped 'with our baseline detectors' (lines 779-781)",
+            added,
+        )
 
     loader = ShardBatches(
         manifest,

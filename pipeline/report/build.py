@@ -4,7 +4,7 @@ Each writer takes its output files by name (`outputs`: name -> path); the Snakem
 (`pipeline/rules/report.smk`) name the files, under `artifacts/<dataset>/report/`:
 
 - `write_charts`: CHART_OUTPUTS (PR curves per size range, AP bars, per-class change, training
-  curves, Table 9 chart);
+  curves, Table 9 chart, accuracy by the crop's side);
 - `write_error_analysis`: `<method>_<area>` pictures for every method and ERROR_AREAS, `table`
   (CSV), `markdown`;
 - `roi_grid.plot_roi_grid`: the Fig 3 grid;
@@ -31,7 +31,7 @@ from pipeline.report.style import label, ordered
 
 log = logging.getLogger(__name__)
 
-CHART_OUTPUTS = (*(f"pr_{area}" for area in SIZE_RANGES), "bars", "per_class", "per_class_csv", "training", "accuracy")
+CHART_OUTPUTS = (*(f"pr_{area}" for area in SIZE_RANGES), "bars", "per_class", "per_class_csv", "training", "accuracy", "accuracy_by_side")
 DETECTION_OUTPUTS = ("better", "worse", "images")
 
 
@@ -60,7 +60,10 @@ def write_charts(score_files: list[Path], eval_files: list[Path], accuracy_files
     figures.plot_metric_bars(scores, out["bars"])
     figures.per_class_change(scores, out["per_class_csv"], out["per_class"])
     figures.plot_training_curves({v: figures.read_metrics(p) for v, p in training_logs.items()}, out["training"])
-    figures.plot_accuracy([json.loads(Path(p).read_text()) for p in accuracy_files], out["accuracy"])
+    accuracies = [json.loads(Path(p).read_text()) for p in accuracy_files]
+    figures.plot_accuracy(accuracies, out["accuracy"])
+    curves, counts = figures.accuracy_by_side(accuracies)
+    figures.plot_accuracy_by_side(curves, counts, out["accuracy_by_side"], "D's accuracy on the positive test ROIs by size, each method on its path")
 
 
 def write_error_analysis(gt_json: Path, results: dict[str, Path], outputs: dict[str, Path]) -> str:

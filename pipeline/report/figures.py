@@ -6,7 +6,9 @@
 - training curves of every variant side by side (losses, D(real), D(SR), train-mode accuracy on the
   training batches, eval-mode accuracy on held-out ROIs as at test time);
 - D's classification accuracy on positive / negative / all test ROIs, and on positives by size
-  (paper Table 9), as a chart.
+  (paper Table 9), as a chart;
+- D's accuracy on positive test ROIs against the crop's side in pixels (`core.sizes.SIDE_BINS`),
+  one line per method and path: where G helps D and where it does not.
 
 Curves come from the COCOeval arrays the score stage keeps (`score/<method>_eval.npz`: precision of
 shape T x R x K x A x M, IoU thresholds .50:.05:.95, 101 recall points, categories, areas all /
@@ -25,7 +27,9 @@ from typing import Any
 import numpy as np
 
 from core.io import atomic
-from core.sizes import SIZE_RANGES
+from core.sizes import SIDE_BINS, SIZE_RANGES
+from jobs.mtgan.settings import PAPER_RULE
+from pipeline.methods import parse_method
 from pipeline.report.style import SIZE_TITLES, label, method_color, ordered, plt, save
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
@@ -187,4 +191,33 @@ def plot_accuracy(accuracies: list[dict[str, Any]], out_png: Path) -> None:
     ax.set(ylabel="accuracy (%)", ylim=(0, 105), title="D's classification accuracy on the test ROIs (paper Table 9)")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
+    save(fig, out_png)
+
+
+def accuracy_by_side(accuracies: list[dict[str, Any]]) -> tuple[dict[str, list[tuple[float | None, float]]], list[int]]:
+    """The infer stage's accuracy files as `plot_accuracy_by_side` draws them: per method, each
+    side bin's accuracy (x100; std 0: one run), and the positive ROIs per bin."""
+    curves = {a["method"]: [(None if b["accuracy"] is None else 100 * b["accuracy"], 0.0) for b in a["accuracy"]["positive_by_side"]] for a in accuracies}
+    counts = [b["rois"] for b in accuracies[0]["accuracy"]["positive_by_side"]] if accuracies else [0] * len(SIDE_BINS)
+    return curves, counts
+
+
+def plot_accuracy_by_side(curves: dict[str, list[tuple[float | None, float]]], counts: list[int], out_png: Path, title: str) -> None:
+    """D's accuracy on positive ROIs against the crop's longer side in image pixels (the bins of
+    `core.sizes.SIDE_BINS`), one line per method (`curves`: method -> per bin (accuracy x100 or None
+    for an empty bin, its std over seeds: an error bar when above 0)); the paper's path solid, our
+    rules dashed; `counts`: positive ROIs per bin, under the axis."""
+    fig, ax = plt.subplots(figsize=(9, 4.6))
+    x = np.arange(len(SIDE_BINS))
+    for method in ordered(list(curves)):
+        points = [(i, mean, std) for i, (mean, std) in enumerate(curves[method]) if mean is not None]
+        if not points:
+            continue
+        xs, means, stds = (np.asarray(v, float) for v in zip(*points))
+        style = "-" if parse_method(method).rule == PAPER_RULE else "--"
+        ax.errorbar(xs, means, yerr=stds if stds.any() else None, fmt=style + "o", ms=4, capsize=3, color=method_color(method), lw=1.6, label=label(method))
+    ax.set_xticks(x, [f"{name}\n{n} ROIs" for name, n in zip(SIDE_BINS, counts)], fontsize=8)
+    ax.set(xlabel="the ROI crop's longer side (image pixels)", ylabel="accuracy on positive ROIs (%)", ylim=(0, 100), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
     save(fig, out_png)

@@ -31,6 +31,7 @@ from pipeline.workflow import (
     report_variant,
     score_results_input,
     sections_json,
+    shard_sections,
     submission_files,
 )
 

@@ -32,6 +32,7 @@ rule report_charts:
         ),
         training=report(f"{REPORT}/training_curves.png", caption="captions/training.rst", category="3. Training"),
         accuracy=report(f"{REPORT}/accuracy.png", caption="captions/accuracy.rst", category="3. Training"),
+        accuracy_by_side=report(f"{REPORT}/accuracy_by_side.png", caption="captions/accuracy_by_side.rst", category="3. Training"),
     params:
         scores=lambda wildcards, input: " ".join(f"--score {s} --eval {e}" for s, e in zip(input.scores, input.evals)),
         accuracy=lambda wildcards, input: " ".join(f"--accuracy {a}" for a in input.accuracy),

@@ -11,7 +11,7 @@ rule shards:
     output:
         chunk=directory(f"{ROOT}/shards/{{role}}/chunk-{{chunk}}"),
     params:
-        sections=sections_json(config, "shards"),
+        sections=lambda wildcards: shard_sections(config, wildcards.role),
         split=lambda wildcards: ROLE_SPLIT[wildcards.role],
     log:
         f"{LOGS}/shards_{{role}}_{{chunk}}.log",
@@ -27,12 +27,13 @@ rule shards:
 
 rule shards_manifest:
     input:
+        index=rules.data.output.index,
         rois=rules.rois.output.table,
         chunks=expand(f"{ROOT}/shards/{{{{role}}}}/chunk-{{chunk}}", chunk=SHARD_CHUNKS),
     output:
         manifest=f"{ROOT}/shards/{{role}}/manifest.json",
     params:
-        sections=sections_json(config, "shards"),
+        sections=lambda wildcards: shard_sections(config, wildcards.role),
         split=lambda wildcards: ROLE_SPLIT[wildcards.role],
     log:
         f"{LOGS}/shards_manifest_{{role}}.log",
@@ -41,5 +42,6 @@ rule shards_manifest:
     conda:
         "../../envs/mtgan.yaml"
     shell:
-        "mtgan shards-manifest --sections {params.sections} --split {params.split} --role {wildcards.role} --rois {input.rois} "
+        "mtgan shards-manifest --sections {params.sections} --data-index {input.index} --split {params.split} --role {wildcards.role} "
+        "--rois {input.rois} "
         "--out {output.manifest} {input.chunks} > {log} 2>&1"
