@@ -59,83 +59,133 @@ def write_rois(settings: RoiSettings, detections: Path, coco: dict[str, Any], sp
     return markdown
 
 
+ROI_PARTS = ("image_id", "image_width", "image_height", "box", "iou", "gt_ann_id", "label", "target", "base_label", "base_score", "base_probs", "origin")
+
+
+@dataclass(frozen=True)
+class DetectionArrays:
+    """The detections table as arrays, and its rows per image."""
+
+    boxes: np.ndarray  # (N, 4) xyxy, float32
+    probs: np.ndarray  # (N, K + 1)
+    labels: np.ndarray  # (N,) int32
+    scores: np.ndarray  # (N,) float32
+    rows_of_image: dict[int, list[int]]
+
+    @classmethod
+    def of(cls, detections: pa.Table, k1: int) -> DetectionArrays:
+        det = detections.to_pydict()
+        rows_of_image: dict[int, list[int]] = {}
+        for row, image_id in enumerate(det["image_id"]):
+            rows_of_image.setdefault(image_id, []).append(row)
+        return cls(
+            np.stack([np.asarray(det[k], np.float32) for k in ("x1", "y1", "x2", "y2")], axis=1).reshape(-1, 4),
+            np.asarray(det["probs"], np.float32).reshape(-1, k1),
+            np.asarray(det["label"], np.int32),
+            np.asarray(det["score"], np.float32),
+            rows_of_image,
+        )
+
+
 def build_rois(detections: pa.Table, coco: dict[str, Any], add_gt: bool, positive_iou: float, negative_iou: float) -> tuple[pa.Table, dict[str, Any]]:
     """The ROI table of a split and its label counts per size class. A split without annotations
     (an image list) gives ROIs labelled IGNORE (-1: unknown), with no IoU and no regression target."""
     labelled = "annotations" in coco
-    meta = table_metadata(detections)
-    category_ids = list(meta["category_ids"])
+    category_ids = list(table_metadata(detections)["category_ids"])
     if category_ids != sorted(c["id"] for c in coco["categories"]):
         raise InputError("the detections were made for other categories than this split's ground truth")
     label_of = {cid: k + 1 for k, cid in enumerate(category_ids)}
     k1 = len(category_ids) + 1
     coder = BoxCoder()
-
-    det = detections.to_pydict()
-    det_boxes = np.stack([np.asarray(det[k], np.float32) for k in ("x1", "y1", "x2", "y2")], axis=1).reshape(-1, 4)
-    det_probs = np.asarray(det["probs"], np.float32).reshape(-1, k1)
-    by_image: dict[int, list[int]] = {}
-    for row, image_id in enumerate(det["image_id"]):
-        by_image.setdefault(image_id, []).append(row)
+    det = DetectionArrays.of(detections, k1)
     gt_by_image: dict[int, list[dict[str, Any]]] = {}
     for a in coco.get("annotations", []):
         gt_by_image.setdefault(a["image_id"], []).append(a)
 
-    parts: dict[str, list[np.ndarray]] = {
-        k: []
-        for k in ("image_id", "image_width", "image_height", "box", "iou", "gt_ann_id", "label", "target", "base_label", "base_score", "base_probs", "origin")
-    }
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ROI_PARTS}
     for im in coco["images"]:
-        rows = by_image.get(im["id"], [])
-        anns = gt_by_image.get(im["id"], [])
-        gt = xywh_to_xyxy(torch.tensor([a["bbox"] for a in anns], dtype=torch.float64).reshape(-1, 4)).float()
-        crowd = torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool)
-        gt_labels = torch.tensor([label_of[a["category_id"]] for a in anns], dtype=torch.long)
-        boxes = det_boxes[rows]
-        base_label = np.asarray(det["label"], np.int32)[rows] if rows else np.zeros(0, np.int32)
-        base_score = np.asarray(det["score"], np.float32)[rows] if rows else np.zeros(0, np.float32)
-        base_probs = det_probs[rows]
-        origin = np.array(["detector"] * len(rows), dtype=object)
-        if add_gt and len(anns):
-            solid = ~crowd.numpy()
-            n_gt = int(solid.sum())
-            boxes = np.concatenate([boxes, gt.numpy()[solid]])
-            base_label = np.concatenate([base_label, np.zeros(n_gt, np.int32)])
-            base_score = np.concatenate([base_score, np.zeros(n_gt, np.float32)])
-            base_probs = np.concatenate([base_probs, np.zeros((n_gt, k1), np.float32)])
-            origin = np.concatenate([origin, np.array(["gt"] * n_gt, dtype=object)])
-        rois = torch.from_numpy(boxes)
-        match = match_rois(rois, gt, gt_labels, crowd, positive_iou, negative_iou)
-        matched = match.gt_index >= 0
-        target = torch.zeros((len(rois), 4))
-        if matched.any():
-            target[matched] = coder.encode(gt[match.gt_index[matched]], rois[matched])
-        n = len(rois)
-        gt_ann = np.full(n, -1, np.int64)
-        if matched.any():
-            gt_ann[matched.numpy()] = np.asarray([a["id"] for a in anns], np.int64)[match.gt_index[matched].numpy()]
-        for key, value in (
-            ("image_id", np.full(n, im["id"], np.int64)),
-            ("image_width", np.full(n, im["width"], np.int32)),
-            ("image_height", np.full(n, im["height"], np.int32)),
-            ("box", boxes),
-            ("iou", match.iou.numpy()),
-            ("gt_ann_id", gt_ann),
-            ("label", match.labels.numpy() if labelled else np.full(n, IGNORE)),
-            ("target", target.numpy()),
-            ("base_label", base_label),
-            ("base_score", base_score),
-            ("base_probs", base_probs),
-            ("origin", origin),
-        ):
-            parts[key].append(value)
+        image = image_rois(im, det, gt_by_image.get(im["id"], []), label_of, add_gt, positive_iou, negative_iou, coder)
+        if not labelled:
+            image["label"] = np.full(len(image["label"]), IGNORE)
+        for key in ROI_PARTS:
+            parts[key].append(image[key])
+    columns = roi_columns({k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}, k1)
+    summary = label_counts(columns["label"], columns["size_class"], columns["origin"])
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    metadata = {
+        "category_ids": category_ids,
+        "category_names": [names[c] for c in category_ids],
+        "labelled": labelled,
+        "positive_iou": positive_iou,
+        "negative_iou": negative_iou,
+        "box_coder_weights": list(coder.weights),
+        "add_gt": add_gt,
+        "counts": summary,
+    }
+    return make_table(columns, ROIS_SCHEMA, metadata), summary
 
-    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+
+def image_rois(
+    im: dict[str, Any],
+    det: DetectionArrays,
+    anns: list[dict[str, Any]],
+    label_of: dict[int, int],
+    add_gt: bool,
+    positive_iou: float,
+    negative_iou: float,
+    coder: BoxCoder,
+) -> dict[str, np.ndarray]:
+    """One image's ROIs (ROI_PARTS): its detections, with `add_gt` its non-crowd ground-truth boxes
+    as extra ROIs (origin gt), each matched to the ground truth (label, IoU, box, target)."""
+    rows = det.rows_of_image.get(im["id"], [])
+    k1 = det.probs.shape[1]
+    gt = xywh_to_xyxy(torch.tensor([a["bbox"] for a in anns], dtype=torch.float64).reshape(-1, 4)).float()
+    crowd = torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool)
+    gt_labels = torch.tensor([label_of[a["category_id"]] for a in anns], dtype=torch.long)
+    boxes, base_probs = det.boxes[rows], det.probs[rows]
+    base_label = det.labels[rows] if rows else np.zeros(0, np.int32)
+    base_score = det.scores[rows] if rows else np.zeros(0, np.float32)
+    origin = np.array(["detector"] * len(rows), dtype=object)
+    if add_gt and len(anns):
+        solid = ~crowd.numpy()
+        n_gt = int(solid.sum())
+        boxes = np.concatenate([boxes, gt.numpy()[solid]])
+        base_label = np.concatenate([base_label, np.zeros(n_gt, np.int32)])
+        base_score = np.concatenate([base_score, np.zeros(n_gt, np.float32)])
+        base_probs = np.concatenate([base_probs, np.zeros((n_gt, k1), np.float32)])
+        origin = np.concatenate([origin, np.array(["gt"] * n_gt, dtype=object)])
+    rois = torch.from_numpy(boxes)
+    match = match_rois(rois, gt, gt_labels, crowd, positive_iou, negative_iou)
+    matched = match.gt_index >= 0
+    target = torch.zeros((len(rois), 4))
+    n = len(rois)
+    gt_ann = np.full(n, -1, np.int64)
+    if matched.any():
+        target[matched] = coder.encode(gt[match.gt_index[matched]], rois[matched])
+        gt_ann[matched.numpy()] = np.asarray([a["id"] for a in anns], np.int64)[match.gt_index[matched].numpy()]
+    return {
+        "image_id": np.full(n, im["id"], np.int64),
+        "image_width": np.full(n, im["width"], np.int32),
+        "image_height": np.full(n, im["height"], np.int32),
+        "box": boxes,
+        "iou": match.iou.numpy(),
+        "gt_ann_id": gt_ann,
+        "label": match.labels.numpy(),
+        "target": target.numpy(),
+        "base_label": base_label,
+        "base_score": base_score,
+        "base_probs": base_probs,
+        "origin": origin,
+    }
+
+
+def roi_columns(cat: dict[str, np.ndarray], k1: int) -> dict[str, Any]:
+    """The ROI table's columns (`schemas/rois.schema.yaml`) from the images' ROI_PARTS, concatenated:
+    ROI ids in table order, boxes and targets split into named columns, each ROI's size class."""
     boxes = cat["box"].reshape(-1, 4).astype(np.float32)
     areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    sizes = [size_class(float(a)) for a in areas]
     target = cat["target"].reshape(-1, 4)
-    columns = {
+    return {
         "roi_id": np.arange(len(boxes), dtype=np.int64),
         "image_id": cat["image_id"].astype(np.int64),
         "image_width": cat["image_width"].astype(np.int32),
@@ -154,22 +204,9 @@ def build_rois(detections: pa.Table, coco: dict[str, Any], add_gt: bool, positiv
         "base_label": cat["base_label"].astype(np.int32),
         "base_score": cat["base_score"].astype(np.float32),
         "base_probs": cat["base_probs"].reshape(-1, k1).astype(np.float32),
-        "size_class": sizes,
+        "size_class": [size_class(float(a)) for a in areas],
         "origin": [str(o) for o in cat["origin"]],
     }
-    summary = label_counts(columns["label"], sizes, columns["origin"])
-    names = {c["id"]: c["name"] for c in coco["categories"]}
-    metadata = {
-        "category_ids": category_ids,
-        "category_names": [names[c] for c in category_ids],
-        "labelled": labelled,
-        "positive_iou": positive_iou,
-        "negative_iou": negative_iou,
-        "box_coder_weights": list(coder.weights),
-        "add_gt": add_gt,
-        "counts": summary,
-    }
-    return make_table(columns, ROIS_SCHEMA, metadata), summary
 
 
 def label_counts(labels: np.ndarray, sizes: list[str], origins: list[str]) -> dict[str, Any]:

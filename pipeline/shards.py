@@ -197,13 +197,20 @@ def _label_columns(rois_path: Path, coco: dict[str, Any]) -> tuple[np.ndarray, n
     return labels, t.column("image_id").to_numpy(), small_positive_mask(labels, t.column("gt_ann_id").to_numpy(), coco)
 
 
-def write_chunk(
-    rois_path: Path, coco: dict[str, Any], image_root: Path, split: str, chunk: int, settings: ShardSettings, out_dir: Path, n_jobs: int = 1
-) -> dict[str, Any]:
-    """Write the shards of one image chunk of a split into `out_dir` (replaced whole when done).
+@dataclass(frozen=True)
+class ChunkPlan:
+    """What one image chunk of a split writes: its images, and per image the rows of the chunk's
+    sub-table of the ROI table that go into shards."""
 
-    Only the chunk's rows of the ROI table are read in full, so memory does not grow with the split.
-    """
+    image_ids: np.ndarray
+    table: Any  # the chunk's rows of the ROI table (pyarrow)
+    rows_of_image: dict[int, np.ndarray]
+    spec: ShardSpec
+
+
+def plan_chunk(rois_path: Path, coco: dict[str, Any], split: str, chunk: int, settings: ShardSettings) -> ChunkPlan:
+    """The chunk's images and ROIs. Only the chunk's rows of the ROI table are read in full, so
+    memory does not grow with the split."""
     labels, image_ids, small = _label_columns(rois_path, coco)
     rows = kept_rows(labels, image_ids, settings, small)
     if chunk == 0:
@@ -213,64 +220,81 @@ def write_chunk(
     rows = rows[np.isin(image_ids[rows], chunk_ids)]
     table = read_table(rois_path, ROIS_SCHEMA, filters=[("image_id", "in", chunk_ids.tolist())])
     category_ids = tuple(file_metadata(rois_path)["category_ids"])
-    num_labels = len(category_ids) + 1
-    spec = ShardSpec(
-        settings.hr_size, settings.scale, settings.context_margin, settings.block_size, num_labels, category_ids, split, sha256_of(rois_path), RESIZE_METHOD
-    )
+    s = settings
+    spec = ShardSpec(s.hr_size, s.scale, s.context_margin, s.block_size, len(category_ids) + 1, category_ids, split, sha256_of(rois_path), RESIZE_METHOD)
     # Rows of the whole table -> rows of the chunk's sub-table (roi_id is the row number).
     local = np.searchsorted(table.column("roi_id").to_numpy(), rows)
     image_of_row = image_ids[rows]
-    files = {im["id"]: im["file_name"] for im in coco["images"]}
-    per_image = {int(i): local[image_of_row == i] for i in chunk_ids}
-    boxes = np.stack([table.column(k).to_numpy() for k in ("x1", "y1", "x2", "y2")], axis=1)
+    return ChunkPlan(chunk_ids, table, {int(i): local[image_of_row == i] for i in chunk_ids}, spec)
 
+
+class ShardWriter:
+    """Collects cropped ROIs and writes them as shards of `rois_per_shard` into `folder` as soon as
+    that many are ready (the last one shorter), recording each in `shards`."""
+
+    def __init__(self, folder: Path, plan: ChunkPlan, chunk: int, rois_per_shard: int) -> None:
+        self.folder, self.plan, self.chunk, self.rois_per_shard = folder, plan, chunk, rois_per_shard
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rows, hr, lr) not yet in a shard
+        self.shards: list[dict[str, Any]] = []
+
+    def add(self, rows: np.ndarray, hr: np.ndarray, lr: np.ndarray) -> None:
+        self.pending.append((rows, hr, lr))
+        self.flush(final=False)
+
+    def flush(self, final: bool) -> None:
+        while self.pending and (final or sum(len(p[0]) for p in self.pending) >= self.rois_per_shard):
+            r = np.concatenate([p[0] for p in self.pending])
+            hr = np.concatenate([p[1] for p in self.pending])
+            lr = np.concatenate([p[2] for p in self.pending])
+            n = min(len(r), self.rois_per_shard)
+            arrays = {"hr": hr[:n], "lr": lr[:n], **_columns(self.plan.table, r[:n], self.plan.spec.num_labels)}
+            name = f"shard-{self.chunk:03d}-{len(self.shards):05d}.h5"
+            write_shard(self.folder / name, arrays, self.plan.spec, len(self.shards))
+            self.shards.append({"path": name, "chunk": self.chunk, "num_rois": n, "sha256": sha256_of(self.folder / name)})
+            self.pending = [(r[n:], hr[n:], lr[n:])] if n < len(r) else []
+            if final and not self.pending:
+                break
+
+
+def write_chunk(
+    rois_path: Path, coco: dict[str, Any], image_root: Path, split: str, chunk: int, settings: ShardSettings, out_dir: Path, n_jobs: int = 1
+) -> dict[str, Any]:
+    """Write the shards of one image chunk of a split into `out_dir` (replaced whole when done):
+    its images decoded and cropped in parallel, shards written as they fill, then `chunk.json`."""
+    plan = plan_chunk(rois_path, coco, split, chunk, settings)
+    files = {im["id"]: im["file_name"] for im in coco["images"]}
+    boxes = np.stack([plan.table.column(k).to_numpy() for k in ("x1", "y1", "x2", "y2")], axis=1)
     jobs = (
-        delayed(_crop_image)(image_root / files[int(i)], boxes[per_image[int(i)]], settings.hr_size, settings.scale, settings.context_margin) for i in chunk_ids
+        delayed(_crop_image)(image_root / files[int(i)], boxes[plan.rows_of_image[int(i)]], settings.hr_size, settings.scale, settings.context_margin)
+        for i in plan.image_ids
     )
     results = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=4)(jobs)
-    shards: list[dict[str, Any]] = []
     skipped: list[str] = []
-    pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (rows, hr, lr) not yet in a shard
+    written: list[np.ndarray] = []  # rows of the chunk's sub-table that went into shards
+    skipped_rois = 0
     with atomic.atomic_dir(out_dir) as tmp:
-
-        def flush(final: bool) -> None:
-            nonlocal pending
-            while pending and (final or sum(len(p[0]) for p in pending) >= settings.rois_per_shard):
-                r = np.concatenate([p[0] for p in pending])
-                hr = np.concatenate([p[1] for p in pending])
-                lr = np.concatenate([p[2] for p in pending])
-                n = min(len(r), settings.rois_per_shard)
-                arrays = {"hr": hr[:n], "lr": lr[:n], **_columns(table, r[:n], num_labels)}
-                name = f"shard-{chunk:03d}-{len(shards):05d}.h5"
-                write_shard(tmp / name, arrays, spec, len(shards))
-                shards.append({"path": name, "chunk": chunk, "num_rois": n, "sha256": sha256_of(tmp / name)})
-                pending = [(r[n:], hr[n:], lr[n:])] if n < len(r) else []
-                if final and not pending:
-                    break
-
-        written: list[np.ndarray] = []  # rows of the chunk's sub-table that went into shards
-        skipped_rois = 0
-        for image_id, result in tqdm(zip(chunk_ids, results), total=len(chunk_ids), desc=f"shards {split} chunk {chunk}", unit="img"):
+        writer = ShardWriter(tmp, plan, chunk, settings.rois_per_shard)
+        for image_id, result in tqdm(zip(plan.image_ids, results), total=len(plan.image_ids), desc=f"shards {split} chunk {chunk}", unit="img"):
+            rows = plan.rows_of_image[int(image_id)]
             if isinstance(result, str):
                 if settings.on_bad_image == "error":
                     raise ImageReadError(result + " (set shards.on_bad_image: skip to leave its ROIs out)")
                 skipped.append(result)
-                skipped_rois += len(per_image[int(image_id)])
+                skipped_rois += len(rows)
                 continue
-            pending.append((per_image[int(image_id)], *result))
-            written.append(per_image[int(image_id)])
-            flush(final=False)
-        flush(final=True)
+            writer.add(rows, *result)
+            written.append(rows)
+        writer.flush(final=True)
         rows_written = np.concatenate(written) if written else np.zeros(0, np.int64)
         info = {
             "chunk": chunk,
             "split": split,
-            "shards": shards,
+            "shards": writer.shards,
             "skipped_images": skipped,
             "skipped_rois": skipped_rois,
-            "num_rois": sum(s["num_rois"] for s in shards),
-            "source_table_sha256": spec.source_table_sha256,
-            "histograms": _histograms(table.take(rows_written) if len(rows_written) else table.slice(0, 0)),
+            "num_rois": sum(s["num_rois"] for s in writer.shards),
+            "source_table_sha256": plan.spec.source_table_sha256,
+            "histograms": _histograms(plan.table.take(rows_written) if len(rows_written) else plan.table.slice(0, 0)),
         }
         if info["num_rois"] != len(rows_written):
             raise AssertionError(f"chunk {chunk}: {info['num_rois']} ROIs in shards, {len(rows_written)} written")
@@ -284,7 +308,7 @@ def write_chunk(
             skipped_rois,
             "; ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else ""),
         )
-    log.info("split %s chunk %d: %d ROIs in %d shard(s)", split, chunk, info["num_rois"], len(shards))
+    log.info("split %s chunk %d: %d ROIs in %d shard(s)", split, chunk, info["num_rois"], len(writer.shards))
     return info
 
 

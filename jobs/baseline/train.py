@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,18 @@ def _plot_losses(rows: list[dict[str, float]], path: Path) -> None:
     atomic.write_figure(fig, path, dpi=100)
 
 
+def build_model(settings: TrainSettings, num_classes: int, device: torch.device) -> torch.nn.Module:
+    """The detector to train (seeded by the caller): random, or torchvision's COCO weights with a
+    new box predictor for `num_classes`."""
+    detector_settings = DetectorSettings(settings.min_size, settings.max_size, 0.05, 0.5, 100)
+    if settings.init == "torchvision":
+        model = build_detector(settings.arch, num_classes, detector_settings, pretrained=True)
+        return replace_box_predictor(model, num_classes).to(device)
+    if settings.init == "none":
+        return build_detector(settings.arch, num_classes, detector_settings).to(device)
+    raise InputError(f"train_baseline.init must be none or torchvision, got {settings.init!r}")
+
+
 def train_baseline(coco_json: Path, image_root: Path, settings: TrainSettings, out_dir: Path, device_name: str = "auto", threads: int | None = None) -> Path:
     """Train; return the path of `model.pt`."""
     out_dir = Path(out_dir)
@@ -103,14 +116,7 @@ def train_baseline(coco_json: Path, image_root: Path, settings: TrainSettings, o
         raise InputError(f"{coco_json}: the training split has no images")
 
     torch.manual_seed(settings.seed)
-    detector_settings = DetectorSettings(settings.min_size, settings.max_size, 0.05, 0.5, 100)
-    if settings.init == "torchvision":
-        model = build_detector(settings.arch, len(category_ids) + 1, detector_settings, pretrained=True)
-        model = replace_box_predictor(model, len(category_ids) + 1).to(device)
-    elif settings.init == "none":
-        model = build_detector(settings.arch, len(category_ids) + 1, detector_settings).to(device)
-    else:
-        raise InputError(f"train_baseline.init must be none or torchvision, got {settings.init!r}")
+    model = build_model(settings, len(category_ids) + 1, device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, settings))
@@ -133,7 +139,6 @@ def train_baseline(coco_json: Path, image_root: Path, settings: TrainSettings, o
     loader = DataLoader(
         dataset, batch_sampler=batches, collate_fn=collate, num_workers=settings.num_workers, generator=torch.Generator().manual_seed(settings.seed)
     )
-    use_amp = settings.amp and device.type == "cuda"
 
     def checkpoint(step: int) -> dict[str, Any]:
         return {
@@ -150,10 +155,40 @@ def train_baseline(coco_json: Path, image_root: Path, settings: TrainSettings, o
             "metrics": rows,
         }
 
+    progress = tqdm(loader, total=len(batches), initial=0, desc=f"train_baseline (from {start})", unit="it")
+    train_steps(model, optimizer, scheduler, progress, start, settings, device, rows, lambda step: save_checkpoint(last, checkpoint(step)), last)
+    final = checkpoint(settings.iterations)
+    save_checkpoint(last, final)
+    with atomic.atomic_path(out_dir / "metrics.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if rows:
+        _plot_losses(rows, out_dir / "losses.png")
+    model_path = out_dir / "model.pt"
+    save_checkpoint(model_path, {k: final[k] for k in ("model", "arch", "num_classes", "category_ids", "settings", "step")})
+    log.info("trained %d iterations; model written to %s", settings.iterations, model_path)
+    return model_path
+
+
+def train_steps(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    progress: tqdm,
+    start: int,
+    settings: TrainSettings,
+    device: torch.device,
+    rows: list[dict[str, Any]],
+    save: Callable[[int], None],
+    last: Path,
+) -> None:
+    """Steps `start` .. `settings.iterations` over the batches of `progress` (the loader in a
+    progress bar): every loss term logged into `rows`
+    (means over `log_every` steps), a checkpoint every `checkpoint_every` (`save(step)`); a
+    non-finite loss stops with a message naming the last good checkpoint `last`."""
+    use_amp = settings.amp and device.type == "cuda"
     model.train()
     window: dict[str, float] = {}
     window_n, window_start = 0, time.perf_counter()
-    progress = tqdm(loader, total=len(batches), initial=0, desc=f"train_baseline (from {start})", unit="it")
     for step, (images, targets) in enumerate(progress, start=start):
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
@@ -187,15 +222,4 @@ def train_baseline(coco_json: Path, image_root: Path, settings: TrainSettings, o
             progress.set_postfix(loss=f"{row['loss']:.3f}")
             window, window_n, window_start = {}, 0, time.perf_counter()
         if done % settings.checkpoint_every == 0 and done < settings.iterations:
-            save_checkpoint(last, checkpoint(done))
-
-    final = checkpoint(settings.iterations)
-    save_checkpoint(last, final)
-    with atomic.atomic_path(out_dir / "metrics.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    if rows:
-        _plot_losses(rows, out_dir / "losses.png")
-    model_path = out_dir / "model.pt"
-    save_checkpoint(model_path, {k: final[k] for k in ("model", "arch", "num_classes", "category_ids", "settings", "step")})
-    log.info("trained %d iterations; model written to %s", settings.iterations, model_path)
-    return model_path
+            save(done)

@@ -27,7 +27,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,143 @@ def _setup_distributed(device_name: str) -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+@dataclass
+class Networks:
+    """G (None without a learned generator) and D with their optimisers and D's schedule, each
+    wrapped for DistributedDataParallel when several processes train."""
+
+    g: nn.Module | None
+    d: nn.Module
+    d_opt: torch.optim.Optimizer
+    d_sched: torch.optim.lr_scheduler.LRScheduler
+    g_opt: torch.optim.Optimizer | None
+
+    def d_state(self) -> dict[str, Any]:
+        """D's part of a checkpoint: weights, optimiser, schedule."""
+        return {"d": _unwrap(self.d).state_dict(), "d_opt": self.d_opt.state_dict(), "d_sched": self.d_sched.state_dict()}
+
+    def g_state(self) -> dict[str, Any]:
+        """G's part of a checkpoint (none without a learned generator)."""
+        return {"g": _unwrap(self.g).state_dict(), "g_opt": self.g_opt.state_dict()} if self.g_opt is not None else {}
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Resume from a checkpoint's `d_state()` and `g_state()` parts."""
+        _unwrap(self.d).load_state_dict(state["d"])
+        self.d_opt.load_state_dict(state["d_opt"])
+        self.d_sched.load_state_dict(state["d_sched"])
+        if self.g_opt is not None:
+            _unwrap(self.g).load_state_dict(state["g"])
+            self.g_opt.load_state_dict(state["g_opt"])
+
+
+def build_training(variant: Variant, preset: Preset, doc: dict[str, Any], device: torch.device, world: int) -> Networks:
+    """G and D for the shards of `doc` on `device` (seeded by the caller), their optimisers (D: the
+    preset's, with a step decay; G: Adam)."""
+    g, d = build_networks(variant, preset, doc["num_labels"], doc["scale"])
+    layout = torch.channels_last if preset.channels_last else torch.contiguous_format
+    g = g.to(device, memory_format=layout) if g is not None else None
+    d = d.to(device, memory_format=layout)
+    learned = variant.generator == "learned"
+    if world > 1:
+        d = nn.parallel.DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(d))
+        if learned:
+            g = nn.parallel.DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(g))
+    if preset.d_optimizer == "sgd":
+        d_opt = torch.optim.SGD(d.parameters(), lr=preset.d_lr, momentum=preset.d_momentum, weight_decay=preset.d_weight_decay)
+    else:
+        d_opt = torch.optim.AdamW(d.parameters(), lr=preset.d_lr, weight_decay=preset.d_weight_decay)
+    d_sched = torch.optim.lr_scheduler.StepLR(d_opt, step_size=preset.d_lr_step, gamma=0.1)
+    g_opt = torch.optim.Adam(g.parameters(), lr=preset.g_lr) if learned else None
+    return Networks(g, d, d_opt, d_sched, g_opt)
+
+
+def run_settings(variant: Variant, preset: Preset, seed: int, world: int, doc: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the variant, preset, seed, processes and shards."""
+    settings = {
+        "variant": dataclasses.asdict(variant),
+        "preset": dataclasses.asdict(preset),
+        "seed": seed,
+        "world_size": world,
+        "category_ids": doc["category_ids"],
+        "shards_sha256": [s["sha256"] for s in doc["shards"]],
+    }
+    return json.loads(json.dumps(settings))  # tuples -> lists, as they come back from a checkpoint
+
+
+def log_departures(preset: Preset, doc: dict[str, Any]) -> None:
+    """The preset's departures from the paper, every preset's readings, and the ground-truth boxes
+    among the training ROIs."""
+    for line in preset.departures:
+        log.info("departure from the paper: %s", line)
+    for line in READINGS:
+        log.info("every preset, %s", line)
+    if added := doc["histograms"]["origin"].get("gt", 0):
+        log.info(
+            "departure from the paper: %d ground-truth boxes among the training ROIs (rois.add_gt_to_train); the paper trains on "
+            "'positive and negative ROI examples' cropped 'with our baseline detectors' (lines 779-781)",
+            added,
+        )
+
+
+Batches = Iterator[dict[str, torch.Tensor]]
+
+
+def training_data(manifest: Path, variant: Variant, preset: Preset, seed: int, rank: int, world: int) -> tuple[Batches, dict[str, Any]]:
+    """The endless stream of this process's training batches and the held-out ROIs."""
+    loader = ShardBatches(
+        manifest,
+        batch_size=preset.batch_size // world,
+        seed=seed,
+        fields=("lr", "hr", "label", "target"),
+        positive_fraction=preset.positive_fraction,
+        drop_last=True,
+        rank=rank,
+        world_size=world,
+        holdout_blocks=preset.holdout_blocks,
+    )
+    holdout = read_holdout(manifest, preset.holdout_blocks, ("lr", "hr", "label", "size_class", "box", "image_size"))
+    if holdout:
+        log.info(
+            "held out for eval-mode accuracy: %d ROIs (%d positive), under the test-time rules %s",
+            len(holdout["label"]),
+            int((holdout["label"] > 0).sum()),
+            [r for r in RULES if applies(r, variant)],
+        )
+    return _batches(loader), holdout
+
+
+class MetricsLog:
+    """The metrics.jsonl rows: each logged term averaged over `log_every` steps, with the learning
+    rates and the training pairs/s (held-out evaluation excluded)."""
+
+    def __init__(self, rows: list[dict[str, Any]], world: int) -> None:
+        self.rows, self.world = rows, world
+        self.window: dict[str, list[float]] = {}
+        self.clock, self.pairs = time.perf_counter(), 0
+
+    def add(self, metrics: dict[str, float], batch_size: int) -> None:
+        self.pairs += batch_size * self.world
+        for k, v in metrics.items():
+            self.window.setdefault(k, []).append(v)
+
+    def flush(self, step: int, stage: str, nets: Networks) -> dict[str, Any]:
+        row = {
+            "step": step,
+            "stage": stage,
+            **{k: float(np.mean(v)) for k, v in self.window.items()},
+            "d_lr": nets.d_opt.param_groups[0]["lr"],
+            "g_lr": nets.g_opt.param_groups[0]["lr"] if nets.g_opt else 0.0,
+            "pairs_per_s": self.pairs / (time.perf_counter() - self.clock),
+        }
+        self.rows.append(row)
+        self.window, self.clock, self.pairs = {}, time.perf_counter(), 0
+        return row
+
+    def pause(self, seconds: float) -> None:
+        """Leave `seconds` (an evaluation) out of the pairs/s."""
+        self.clock += seconds
+
+
 def train_mtgan(
     manifest: Path,
     variant: Variant,
@@ -164,139 +302,26 @@ def train_mtgan(
     if preset.epochs is not None:
         log.info("%g epochs = %d iterations, D lr / 10 every %d", preset.epochs, preset.iterations, preset.d_lr_step)
     torch.manual_seed(seed)
-    g, d = build_networks(variant, preset, doc["num_labels"], doc["scale"])
-    layout = torch.channels_last if preset.channels_last else torch.contiguous_format
-    g = g.to(device, memory_format=layout) if g is not None else None
-    d = d.to(device, memory_format=layout)
-    learned = variant.generator == "learned"
-    if world > 1:
-        d = nn.parallel.DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(d))
-        if learned:
-            g = nn.parallel.DistributedDataParallel(nn.SyncBatchNorm.convert_sync_batchnorm(g))
-    if preset.d_optimizer == "sgd":
-        d_opt = torch.optim.SGD(d.parameters(), lr=preset.d_lr, momentum=preset.d_momentum, weight_decay=preset.d_weight_decay)
-    else:
-        d_opt = torch.optim.AdamW(d.parameters(), lr=preset.d_lr, weight_decay=preset.d_weight_decay)
-    d_sched = torch.optim.lr_scheduler.StepLR(d_opt, step_size=preset.d_lr_step, gamma=0.1)
-    g_opt = torch.optim.Adam(g.parameters(), lr=preset.g_lr) if learned else None
-
-    settings = {
-        "variant": dataclasses.asdict(variant),
-        "preset": dataclasses.asdict(preset),
-        "seed": seed,
-        "world_size": world,
-        "category_ids": doc["category_ids"],
-        "shards_sha256": [s["sha256"] for s in doc["shards"]],
-    }
-    settings = json.loads(json.dumps(settings))  # tuples -> lists, as they come back from a checkpoint
+    nets = build_training(variant, preset, doc, device, world)
+    settings = run_settings(variant, preset, seed, world, doc)
     last = out_dir / "checkpoints" / "last.pt"
     start, rows = 0, []
     state = resumable_checkpoint(last, {"format_version": CHECKPOINT_FORMAT, "settings": settings})
     if state is not None:
-        _unwrap(d).load_state_dict(state["d"])
-        d_opt.load_state_dict(state["d_opt"])
-        d_sched.load_state_dict(state["d_sched"])
-        if learned:
-            _unwrap(g).load_state_dict(state["g"])
-            g_opt.load_state_dict(state["g_opt"])
+        nets.load(state)
         restore_rng_state(state["rng"])
         start, rows = state["step"], state["metrics"]
         log.info("resuming from %s at step %d", last, start)
-    for line in preset.departures:
-        log.info("departure from the paper: %s", line)
-    for line in READINGS:
-        log.info("every preset, %s", line)
-    if added := doc["histograms"]["origin"].get("gt", 0):
-        log.info(
-            "departure from the paper: %d ground-truth boxes among the training ROIs (rois.add_gt_to_train); the paper trains on "
-            "'positive and negative ROI examples' cropped 'with our baseline detectors' (lines 779-781)",
-            added,
-        )
-
-    loader = ShardBatches(
-        manifest,
-        batch_size=preset.batch_size // world,
-        seed=seed,
-        fields=("lr", "hr", "label", "target"),
-        positive_fraction=preset.positive_fraction,
-        drop_last=True,
-        rank=rank,
-        world_size=world,
-        holdout_blocks=preset.holdout_blocks,
-    )
-    holdout = read_holdout(manifest, preset.holdout_blocks, ("lr", "hr", "label", "size_class", "box", "image_size"))
-    if holdout:
-        log.info(
-            "held out for eval-mode accuracy: %d ROIs (%d positive), under the test-time rules %s",
-            len(holdout["label"]),
-            int((holdout["label"] > 0).sum()),
-            [r for r in RULES if applies(r, variant)],
-        )
-    batches = _batches(loader)
+    log_departures(preset, doc)
+    batches, holdout = training_data(manifest, variant, preset, seed, rank, world)
     for _ in range(start):  # the same batches as an uninterrupted run
         next(batches)
-    autocast = autocast_factory(device, preset.amp)
-
-    pretrain = preset.pretrain_iterations if learned else 0
-    total = pretrain + preset.iterations
 
     def checkpoint(step: int) -> dict[str, Any]:
-        state = {
-            "format_version": CHECKPOINT_FORMAT,
-            "d": _unwrap(d).state_dict(),
-            "d_opt": d_opt.state_dict(),
-            "d_sched": d_sched.state_dict(),
-            "step": step,
-            "rng": rng_state(),
-            "settings": settings,
-            "metrics": rows,
-        }
-        if learned:
-            state |= {"g": _unwrap(g).state_dict(), "g_opt": g_opt.state_dict()}
-        return state
+        state = {"format_version": CHECKPOINT_FORMAT, **nets.d_state(), "step": step, "rng": rng_state(), "settings": settings, "metrics": rows}
+        return state | nets.g_state()
 
-    d.train()
-    if g is not None:
-        g.train()
-    window: dict[str, list[float]] = {}
-    clock, pairs = time.perf_counter(), 0
-    progress = tqdm(range(start, total), desc=f"train_mtgan {variant.name}", unit="step", disable=rank != 0)
-    for step in progress:
-        batch = next(batches)
-        lr, hr = to_model(batch["lr"], device), to_model(batch["hr"], device)
-        labels, targets = batch["label"].to(device).long(), batch["target"].to(device).float()
-        if step < pretrain:
-            metrics = pretrain_step(g, g_opt, Batch(lr, hr, labels, targets), autocast)
-        else:
-            metrics = train_step(g, d, d_opt, g_opt, Batch(lr, hr, labels, targets), variant, preset, autocast, d_plain=_unwrap(d))
-            d_sched.step()
-        pairs += len(labels) * world
-        for k, v in metrics.items():
-            window.setdefault(k, []).append(v)
-        done = step + 1
-        if done % preset.log_every == 0 or done == total:
-            row = {
-                "step": done,
-                "stage": "pretrain" if step < pretrain else "gan",
-                **{k: float(np.mean(v)) for k, v in window.items()},
-                "d_lr": d_opt.param_groups[0]["lr"],
-                "g_lr": g_opt.param_groups[0]["lr"] if g_opt else 0.0,
-                "pairs_per_s": pairs / (time.perf_counter() - clock),
-            }
-            rows.append(row)
-            progress.set_postfix({k: f"{row[k]:.3f}" for k in ("g_loss_mse", "d_loss_cls", "acc_sr", "acc_hr") if k in row})
-            window, clock, pairs = {}, time.perf_counter(), 0
-        if holdout and step >= pretrain and (done % preset.eval_every == 0 or done == total):
-            started = time.perf_counter()
-            scores = evaluate_holdout(_unwrap(g), _unwrap(d), holdout, variant, doc["margin"], device, autocast)
-            clock += time.perf_counter() - started  # pairs/s counts training only
-            rows.append({"step": done, "stage": "eval", **scores})
-            log.info("step %d: eval-mode accuracy on held-out ROIs %s", done, {k: round(v, 3) for k, v in scores.items()})
-        if rank == 0 and (done % preset.picture_every == 0 or done == total):
-            _pictures(_unwrap(g), lr, hr, out_dir / "pictures" / f"step-{done:06d}.png", f"{variant.name}, step {done}")
-        if rank == 0 and done % preset.checkpoint_every == 0 and done < total:
-            save_checkpoint(last, checkpoint(done))
-
+    total = train_steps(nets, batches, holdout, variant, preset, doc["margin"], device, start, MetricsLog(rows, world), rank, out_dir, checkpoint)
     model_path = out_dir / "model.pt"
     if rank == 0:
         save_checkpoint(last, checkpoint(total))
@@ -304,8 +329,61 @@ def train_mtgan(
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         if rows:
             _plot(rows, out_dir / "losses.png", f"MTGAN variant {variant.name}")
-        save_model(model_path, _unwrap(g) if learned else None, _unwrap(d), variant, preset, seed, total, doc, config)
+        learned = variant.generator == "learned"
+        save_model(model_path, _unwrap(nets.g) if learned else None, _unwrap(nets.d), variant, preset, seed, total, doc, config)
         log.info("variant %s: %d steps; model written to %s", variant.name, total, model_path)
     if world > 1:
         dist.barrier()
     return model_path
+
+
+def train_steps(
+    nets: Networks,
+    batches: Batches,
+    holdout: dict[str, Any],
+    variant: Variant,
+    preset: Preset,
+    margin: float,
+    device: torch.device,
+    start: int,
+    metrics_log: MetricsLog,
+    rank: int,
+    out_dir: Path,
+    checkpoint: Callable[[int], dict[str, Any]],
+) -> int:
+    """Steps `start` .. the end: MSE pre-training of G, then one D and one G step per batch; logs,
+    held-out evaluations, pictures and checkpoints on their schedules. Returns the last step."""
+    learned = variant.generator == "learned"
+    autocast = autocast_factory(device, preset.amp)
+    pretrain = preset.pretrain_iterations if learned else 0
+    total = pretrain + preset.iterations
+    g, d = nets.g, nets.d
+    d.train()
+    if g is not None:
+        g.train()
+    progress = tqdm(range(start, total), desc=f"train_mtgan {variant.name}", unit="step", disable=rank != 0)
+    for step in progress:
+        batch = next(batches)
+        lr, hr = to_model(batch["lr"], device), to_model(batch["hr"], device)
+        labels, targets = batch["label"].to(device).long(), batch["target"].to(device).float()
+        if step < pretrain:
+            metrics = pretrain_step(g, nets.g_opt, Batch(lr, hr, labels, targets), autocast)
+        else:
+            metrics = train_step(g, d, nets.d_opt, nets.g_opt, Batch(lr, hr, labels, targets), variant, preset, autocast, d_plain=_unwrap(d))
+            nets.d_sched.step()
+        metrics_log.add(metrics, len(labels))
+        done = step + 1
+        if done % preset.log_every == 0 or done == total:
+            row = metrics_log.flush(done, "pretrain" if step < pretrain else "gan", nets)
+            progress.set_postfix({k: f"{row[k]:.3f}" for k in ("g_loss_mse", "d_loss_cls", "acc_sr", "acc_hr") if k in row})
+        if holdout and step >= pretrain and (done % preset.eval_every == 0 or done == total):
+            started = time.perf_counter()
+            scores = evaluate_holdout(_unwrap(g), _unwrap(d), holdout, variant, margin, device, autocast)
+            metrics_log.pause(time.perf_counter() - started)  # pairs/s counts training only
+            metrics_log.rows.append({"step": done, "stage": "eval", **scores})
+            log.info("step %d: eval-mode accuracy on held-out ROIs %s", done, {k: round(v, 3) for k, v in scores.items()})
+        if rank == 0 and (done % preset.picture_every == 0 or done == total):
+            _pictures(_unwrap(g), lr, hr, out_dir / "pictures" / f"step-{done:06d}.png", f"{variant.name}, step {done}")
+        if rank == 0 and done % preset.checkpoint_every == 0 and done < total:
+            save_checkpoint(out_dir / "checkpoints" / "last.pt", checkpoint(done))
+    return total
