@@ -46,7 +46,7 @@ from core.io.shards import read_manifest
 from core.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, file_metadata, make_table, read_table
 from jobs.mtgan.model_file import load_model, read_model_state
 from jobs.mtgan.roi_input import through_generator
-from jobs.mtgan.settings import PAPER_RULE, VARIANTS, applies, resolve_preset
+from jobs.mtgan.settings import RULES, VARIANTS, applies, resolve_preset
 from jobs.mtgan.train import train_mtgan
 from pipeline.config import dev_split, load_config_files, validate_config
 from pipeline.infer import predict, table9_accuracy
@@ -58,8 +58,10 @@ REPO = Path(__file__).resolve().parents[1]
 # name -> (variant, overrides of the configured preset, why it is tried).
 RECIPES: dict[str, tuple[str, dict[str, Any], str]] = {}
 
-# Test-time rules scored for every recipe where they apply: (rule, g_max_side).
-RULES = [(PAPER_RULE, 0.0)] + [("by_size", t) for t in (8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)] + [("all_hr", 0.0)]
+# Test-time rules scored for every recipe where they apply: (rule, g_max_side), every threshold for
+# a rule that reads it.
+THRESHOLDS = (8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)
+SWEPT_RULES = [(name, t) for name, rule in RULES.items() for t in (THRESHOLDS if rule.reads_g_max_side else (0.0,))]
 COLUMNS = ("AP", "AP75", "APS", "APM", "APL")
 
 
@@ -249,8 +251,8 @@ def main() -> None:
         assert np.array_equal(p["roi_id"], np.asarray(dev_rois["roi_id"])), "dev shards and ROI table disagree"
         log_rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         pairs_s = np.median([r["pairs_per_s"] for r in log_rows if r.get("stage") == "gan"])
-        own_rules = {(r, config["infer"]["g_max_side"] if r == "by_size" else 0.0) for r in config["infer"]["rules"]}
-        for rule, threshold in ((r, t) for r, t in RULES if applies(r, variant)):
+        own_rules = {(r, config["infer"]["g_max_side"] if RULES[r].reads_g_max_side else 0.0) for r in config["infer"]["rules"]}
+        for rule, threshold in ((r, t) for r, t in SWEPT_RULES if applies(r, variant)):
             if args.own_rules and (rule, threshold) not in own_rules:
                 continue
             use_g = through_generator(boxes, sizes, margin, rule, threshold, variant)
@@ -263,7 +265,7 @@ def main() -> None:
             row = {
                 "recipe": name,
                 "seed": seed,
-                "rule": rule if rule != "by_size" else f"by_size {threshold:g}",
+                "rule": f"{rule} {threshold:g}" if RULES[rule].reads_g_max_side else rule,
                 "own rule": (rule, threshold) in own_rules,
                 **{c: alone[c] for c in COLUMNS},
                 **{f"{c} no offsets": plain[c] for c in ("AP", "AP75", "APS")},

@@ -134,7 +134,7 @@ def infer(
     }
     table = make_table(columns, INFERENCE_SCHEMA, {"variant": variant.name, "rule": rule, "category_ids": state["category_ids"]})
     accuracy = table9_accuracy(p["probs"], p["label"], p["size_class"], crop_sides(p["box"], p["image_size"], doc["margin"]))
-    threshold = g_max_side if rule == "by_size" else None
+    threshold = g_max_side if RULES[rule].reads_g_max_side else None
     log.info(
         "variant %s, rule %s: %d ROIs, %d seen through the up-sampler (g_max_side %s); classification accuracy %s",
         variant.name,

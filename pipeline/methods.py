@@ -59,9 +59,15 @@ def method_key(name: str) -> tuple[int, int, int]:
     return (list(RULES).index(m.rule), int(m.ensemble), list(VARIANTS).index(m.variant))
 
 
+def inferences_of(variants: list[str], rules: list[str]) -> list[tuple[str, str]]:
+    """Each (variant, rule) pair of these variants and rules where the rule applies, in the table's
+    order (rules, then variants, in registry order)."""
+    return [(v, r) for r in RULES if r in rules for v in VARIANTS if v in variants and applies(r, VARIANTS[v])]
+
+
 def all_methods(variants: list[str], rules: list[str], ensemble: bool) -> list[str]:
     """Every method of these variants and rules, in the table's order."""
-    names = [BASELINE] + [method_name(v, r, e) for v in variants for r in rules if applies(r, VARIANTS[v]) for e in ((False, True) if ensemble else (False,))]
+    names = [BASELINE] + [method_name(v, r, e) for v, r in inferences_of(variants, rules) for e in ((False, True) if ensemble else (False,))]
     return sorted(names, key=method_key)
 
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from core.errors import InputError
 from core.sizes import ERROR_AREAS, SIZE_RANGES
-from jobs.mtgan.settings import PAPER_RULE
+from jobs.mtgan.settings import PAPER_RULE, RULES
 from pipeline.config import data_splits
 from pipeline.data.sources import DATA_SOURCES
-from pipeline.methods import ENSEMBLE, all_methods, method_name, parse_method
+from pipeline.methods import ENSEMBLE, all_methods, inferences_of, method_name, parse_method
 
 __all__ = [
     "ERROR_AREAS",
@@ -40,6 +40,7 @@ __all__ = [
     "out_args",
     "out_ensemble_arg",
     "report_method",
+    "report_rois_args",
     "report_variant",
     "score_results_input",
     "sections_json",
@@ -57,7 +58,7 @@ def methods(config: dict[str, Any]) -> list[str]:
 def merged_methods(config: dict[str, Any]) -> list[str]:
     """The methods the merge stage makes one job each for: each variant under each rule that applies
     (its ensemble with the baseline comes from the same job)."""
-    return [name for name in methods(config) if (m := parse_method(name)).variant is not None and not m.ensemble]
+    return [method_name(variant, rule) for variant, rule in inferences(config)]
 
 
 def merged_method_pattern(config: dict[str, Any]) -> str:
@@ -77,8 +78,8 @@ def out_ensemble_arg(output: Any) -> str:
 
 
 def inferences(config: dict[str, Any]) -> list[tuple[str, str]]:
-    """The (variant, rule) pairs the infer stage runs: one job each."""
-    return [(m.variant, m.rule) for m in map(parse_method, merged_methods(config))]
+    """The (variant, rule) pairs the infer stage runs: one job each, in the table's order."""
+    return inferences_of(config["mtgan"]["variants"], config["infer"]["rules"])
 
 
 def inference_files(infer_dir: str, config: dict[str, Any], suffix: str = ".parquet") -> list[str]:
@@ -88,8 +89,8 @@ def inference_files(infer_dir: str, config: dict[str, Any], suffix: str = ".parq
 
 def infer_sections(config: dict[str, Any], rule: str) -> str:
     """The `infer` section as one rule's job sees it: without the list of rules (adding a rule
-    reruns no other rule's jobs) and, but for by_size, without its threshold."""
-    return sections_json(config, "infer", drop=("rules",) if rule == "by_size" else ("rules", "g_max_side"))
+    reruns no other rule's jobs) and, but for a rule that reads it, without `g_max_side`."""
+    return sections_json(config, "infer", drop=("rules",) if RULES[rule].reads_g_max_side else ("rules", "g_max_side"))
 
 
 def report_variant(config: dict[str, Any]) -> str:
@@ -103,6 +104,12 @@ def report_method(config: dict[str, Any]) -> str:
     the first configured rule when the paper's path is not among them)."""
     variant, rules = report_variant(config), config["infer"]["rules"]
     return method_name(variant, PAPER_RULE if PAPER_RULE in rules else rules[0])
+
+
+def report_rois_args(config: dict[str, Any]) -> str:
+    """The ROI grid's `--rule` (the report method's) and, for a rule that reads it, `--g-max-side`."""
+    rule = parse_method(report_method(config)).rule
+    return f"--rule {rule}" + (f" --g-max-side {config['infer']['g_max_side']}" if RULES[rule].reads_g_max_side else "")
 
 
 def error_methods(config: dict[str, Any]) -> list[str]:

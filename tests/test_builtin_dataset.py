@@ -87,7 +87,7 @@ def test_data_stage_writes_stats_and_preview(tiny_dataset: Path) -> None:
     stats = json.loads((tiny_dataset / "stats.json").read_text())["splits"]
     coco = json.loads((tiny_dataset / "val.json").read_text())
     assert stats["val"]["objects"] == len(coco["annotations"])
-    assert sum(stats["val"]["by_size"].values()) == stats["val"]["objects"]
+    assert sum(stats["val"]["by_size_class"].values()) == stats["val"]["objects"]
     assert sum(stats["val"]["by_class"].values()) == stats["val"]["objects"]
     assert "small objects" in (tiny_dataset / "stats.md").read_text()
     with Image.open(tiny_dataset / "preview.png") as preview:

@@ -61,7 +61,7 @@ def test_coco_mini_passes_the_data_stage(coco_mini: Path, tmp_path: Path) -> Non
     assert grey, "the sample's greyscale photos are expected among the 80"
 
     stats = json.loads((out / "stats.json").read_text())["splits"]["train"]
-    assert stats["by_size"] == {"small": 299, "medium": 282, "large": 150}
+    assert stats["by_size_class"] == {"small": 299, "medium": 282, "large": 150}
     assert stats["crowd_regions"] == 8
     assert (out / "preview.png").stat().st_size > 10_000
 

@@ -53,7 +53,7 @@ def test_seeds_cover_every_row_and_seed_0_is_the_pipelines(tiny_run: Path, tmp_p
         "Table 3: D w/o adv < MTGAN",
         "Table 4: SBU < MTGAN",
         "Table 6: MTGAN < MTGAN x baseline",
-        "ours: paper's path < by-size path, MTGAN",
+        "ours: paper's path < by_size path, MTGAN",
         "Table 9: SBU < MTGAN, D's accuracy",
     ):
         assert f"| {ordering} |" in text

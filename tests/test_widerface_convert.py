@@ -11,7 +11,7 @@ from PIL import Image
 from core.io.coco import CocoFormatError
 from pipeline.config import validate_config
 from pipeline.data.stage import build_dataset
-from pipeline.widerface.convert import WiderImage, read_bbx_gt, to_coco, write_bbx_gt
+from pipeline.data.widerface.convert import WiderImage, read_bbx_gt, to_coco, write_bbx_gt
 
 # The official layout, as in wider_face_train_bbx_gt.txt (lines end with a space there).
 OFFICIAL = """0--Parade/0_Parade_marchingband_1_849.jpg

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from pipeline.widerface.ground_truth import SETTINGS, WiderGroundTruth, load_ground_truth
-from pipeline.widerface.predictions import read_prediction_dir, write_prediction_dir
+from pipeline.data.widerface.ground_truth import SETTINGS, WiderGroundTruth, load_ground_truth
+from pipeline.data.widerface.predictions import read_prediction_dir, write_prediction_dir
 from pipeline.widerface.protocol import box_overlap, evaluate, image_evaluation, image_pr_info, normalise_scores, sort_by_score, thresholds, voc_ap
 
 WIDER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "widerface"

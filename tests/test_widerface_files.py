@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.widerface.ground_truth import SETTINGS, WiderGroundTruth, load_ground_truth
-from pipeline.widerface.predictions import predictions_from_coco_results, read_prediction_dir, write_prediction_dir
+from pipeline.data.widerface.ground_truth import SETTINGS, WiderGroundTruth, load_ground_truth
+from pipeline.data.widerface.predictions import predictions_from_coco_results, read_prediction_dir, write_prediction_dir
 from pipeline.widerface.protocol import WiderResult, evaluate
 from pipeline.widerface.report import plot_pr_curves, result_to_json, results_markdown
 

@@ -15,11 +15,11 @@ import yaml
 
 from pipeline.config import validate_config
 from pipeline.data.stage import build_dataset
+from pipeline.data.widerface.convert import WiderImage, image_keys, write_bbx_gt
+from pipeline.data.widerface.ground_truth import load_ground_truth
+from pipeline.data.widerface.predictions import write_prediction_dir
 from pipeline.detect import import_detections, results_json
-from pipeline.widerface.convert import WiderImage, write_bbx_gt
-from pipeline.widerface.ground_truth import load_ground_truth
-from pipeline.widerface.predictions import write_prediction_dir
-from pipeline.widerface.score import image_keys, score_widerface
+from pipeline.widerface.score import score_widerface
 
 from conftest import REPO, SHARED_DATA, snakemake
 

@@ -35,17 +35,19 @@ import torch
 from torch import nn
 
 from core.crops import crop_sides
-from jobs.mtgan.settings import PAPER_RULE, Variant, applies
+from jobs.mtgan.settings import HR_CROP, RULES, UP_SAMPLED, Variant, applies
 
 
 def through_generator(boxes: np.ndarray, image_sizes: np.ndarray, margin: float, rule: str, g_max_side: float, variant: Variant) -> np.ndarray:
-    """Per ROI: True where D sees the up-sampled LR image, False where it sees the HR crop."""
+    """Per ROI: True where D sees the up-sampled LR image, False where it sees the HR crop, by the
+    rule's routing (`TestTimeRule.routing`); a variant without an up-sampler sees HR crops only."""
     n = len(boxes)
     if not applies(rule, variant):
         raise ValueError(f"test-time rule {rule!r} does not apply to variant {variant.name!r}")
-    if variant.generator == "none" or rule == "all_hr":
+    routing = RULES[rule].routing
+    if variant.generator == "none" or routing == HR_CROP:
         return np.zeros(n, bool)
-    if rule == PAPER_RULE:
+    if routing == UP_SAMPLED:
         return np.ones(n, bool)
     return crop_sides(boxes, image_sizes, margin) <= g_max_side
 

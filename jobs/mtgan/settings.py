@@ -321,27 +321,52 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+# What a test-time rule sends to D for each ROI (TestTimeRule.routing; jobs/mtgan/roi_input.py):
+UP_SAMPLED = "up-sampled"  # every ROI's LR image through the variant's up-sampler (G, or bilinear for SBU)
+UP_SAMPLED_UP_TO_G_MAX_SIDE = "up-sampled up to g_max_side"  # that for crops up to g_max_side px, the HR crop above
+HR_CROP = "HR crop"  # every ROI as its HR crop
+ROUTINGS = (UP_SAMPLED, UP_SAMPLED_UP_TO_G_MAX_SIDE, HR_CROP)
+
+
 @dataclass(frozen=True)
 class TestTimeRule:
+    """A test-time rule, defined once: what D sees for each ROI (an inference setting, config
+    `infer.rules`; the rules' names are this registry's keys and appear nowhere else)."""
+
     label: str  # what the table's row names say about the path
     description: str
+    routing: str  # one of ROUTINGS
+    # Whether a variant without an up-sampler or whose D never trains on HR crops has a row of its
+    # own under this rule (False: the rule feeds D HR crops, a variant's D must know them).
+    every_variant: bool
+
+    @property
+    def reads_g_max_side(self) -> bool:
+        """Whether the rule's routing depends on `infer.g_max_side` (a change reruns its jobs only)."""
+        return self.routing == UP_SAMPLED_UP_TO_G_MAX_SIDE
 
 
-PAPER_RULE = "paper"
+# The registry's first rule is the paper's path: a method under it is named by its variant alone.
 RULES: dict[str, TestTimeRule] = {
-    PAPER_RULE: TestTimeRule("paper's path", "every ROI's LR image up-sampled 4x (the paper's path)"),
-    "by_size": TestTimeRule("G for small crops, HR crop above (ours)", "G(LR) for crops up to g_max_side px, the HR crop above (ours)"),
-    "all_hr": TestTimeRule("HR crop for every ROI (ours)", "the HR crop for every ROI (ours)"),
+    "paper": TestTimeRule("paper's path", "every ROI's LR image up-sampled 4x (the paper's path)", UP_SAMPLED, every_variant=True),
+    "by_size": TestTimeRule(
+        "G for small crops, HR crop above (ours)",
+        "G(LR) for crops up to g_max_side px, the HR crop above (ours)",
+        UP_SAMPLED_UP_TO_G_MAX_SIDE,
+        every_variant=False,
+    ),
+    "all_hr": TestTimeRule("HR crop for every ROI (ours)", "the HR crop for every ROI (ours)", HR_CROP, every_variant=False),
 }
+PAPER_RULE = next(iter(RULES))
 # The by_size threshold of the training job's held-out check (infer has its own setting,
 # `infer.g_max_side`).
 DEFAULT_G_MAX_SIDE = 16.0
 
 
 def applies(rule: str, variant: Variant) -> bool:
-    """Whether scoring `variant` under `rule` is a row of its own: `by_size` and `all_hr` feed D HR
-    crops, so they apply only to a variant whose D trains on HR crops and has an up-sampler (for
-    `d_no_adv` they would repeat the paper's row). The rules: jobs/mtgan/roi_input.py."""
+    """Whether scoring `variant` under `rule` is a row of its own: a rule that feeds D HR crops
+    applies only to a variant whose D trains on HR crops and has an up-sampler (for `d_no_adv` it
+    would repeat the paper's row). The routing itself: jobs/mtgan/roi_input.py."""
     if rule not in RULES:
         raise ValueError(f"unknown test-time rule {rule!r}: one of {list(RULES)}")
-    return rule == PAPER_RULE or (variant.generator != "none" and "hr" in variant.d_inputs)
+    return RULES[rule].every_variant or (variant.generator != "none" and "hr" in variant.d_inputs)

@@ -43,9 +43,9 @@ from core.io import atomic
 from core.io.shards import read_manifest, verify_shards
 from jobs.common import CHECKPOINT_FORMAT, autocast_factory, pick_device, restore_rng_state, resumable_checkpoint, rng_state, save_checkpoint
 from jobs.mtgan.data import ShardBatches, read_holdout
-from jobs.mtgan.engine import Batch, build_networks, evaluate_holdout, pretrain_step, to_model, train_step
+from jobs.mtgan.engine import Batch, build_networks, evaluate_holdout, pretrain_step, rule_key, to_model, train_step
 from jobs.mtgan.model_file import save_model
-from jobs.mtgan.settings import READINGS, RULES, Preset, Variant, applies, schedule_in_iterations
+from jobs.mtgan.settings import PAPER_RULE, READINGS, RULES, Preset, Variant, applies, schedule_in_iterations
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ def _plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
     left.set_xlabel("step (pre-training, then GAN training)")
     left.set_ylabel("weighted loss term")
     left.legend(fontsize=7)
-    for key in ("d_real", "d_sr", "acc_sr", "acc_hr", "eval_acc_pos", "eval_acc_neg", "eval_acc_pos_small", "eval_acc_pos-by_size"):
+    held_out = ("eval_acc_pos", "eval_acc_neg", "eval_acc_pos_small", *(rule_key("eval_acc_pos", r) for r in RULES if r != PAPER_RULE))
+    for key in ("d_real", "d_sr", "acc_sr", "acc_hr", *held_out):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
             right.plot(*zip(*pts), label=key, marker="o" if key.startswith("eval") else None, markersize=3)

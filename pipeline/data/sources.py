@@ -94,13 +94,13 @@ def _annotation_files(name: str) -> Callable[[dict[str, Any]], list[str]]:
 
 
 def _build_widerface(section: dict[str, Any], tmp: Path, n_jobs: int) -> BuiltSplits:
-    from pipeline.widerface.source import build_splits
+    from pipeline.data.widerface.source import build_splits
 
     return build_splits(section, tmp, n_jobs)
 
 
 def _widerface_predictions(folder: Path, coco: dict[str, Any]) -> list[dict[str, Any]]:
-    from pipeline.widerface.source import prediction_folder_records
+    from pipeline.data.widerface.source import prediction_folder_records
 
     return prediction_folder_records(folder, coco)
 

@@ -34,7 +34,7 @@ def split_stats(coco: dict[str, Any]) -> dict[str, Any]:
         "crowd_regions": len(coco.get("annotations", [])) - n,
         "labelled": "annotations" in coco,
         "objects_per_image": {"min": min(counts, default=0), "mean": round(n / max(1, len(counts)), 2), "max": max(counts, default=0)},
-        "by_size": {s: by_size.get(s, 0) for s in SIZE_CLASSES},
+        "by_size_class": {s: by_size.get(s, 0) for s in SIZE_CLASSES},
         "size_shares": {s: round(by_size.get(s, 0) / n, 4) if n else 0.0 for s in SIZE_CLASSES},
         "by_class": {names[c["id"]]: by_class.get(names[c["id"]], 0) for c in coco["categories"]},
     }
@@ -64,7 +64,7 @@ def stats_markdown(dataset: str, stats: dict[str, dict[str, Any]]) -> str:
     row("crowd regions", [stats[s]["crowd_regions"] for s in splits])
     row("objects per image (min / mean / max)", ["{min} / {mean} / {max}".format(**stats[s]["objects_per_image"]) for s in splits])
     for size in SIZE_CLASSES:
-        row(f"{size} objects", [f"{stats[s]['by_size'][size]} ({100 * stats[s]['size_shares'][size]:.1f}%)" for s in splits])
+        row(f"{size} objects", [f"{stats[s]['by_size_class'][size]} ({100 * stats[s]['size_shares'][size]:.1f}%)" for s in splits])
     for key, label in EXTRA_ROWS.items():
         if key in stats[splits[0]]:
             row(label, [stats[s][key] for s in splits])

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli_options import existing_files, index_option, named_paths, out_file, outputs_option, split_option
+from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE
+from pipeline.cli_options import existing_files, index_option, named_paths, out_file, outputs_option, rule_option, split_option
 
 
 @click.command("report-charts")
@@ -62,14 +63,16 @@ def report_errors_cmd(data_index: Path, split: str, results: tuple[str, ...], ou
 @click.option("--manifest", required=True, type=existing_files, help="The test split's shard manifest.")
 @click.option("--out", "out_png", required=True, type=out_file)
 @click.option("--per-group", default=6, show_default=True, help="ROIs per group (small / large positives, negatives).")
-def report_rois_cmd(data_index: Path, split: str, model_path: Path, manifest: Path, out_png: Path, per_group: int) -> None:
-    """Report: the Fig 3 grid of test ROIs as LR / bicubic / SR / HR with D's scores."""
+@rule_option
+@click.option("--g-max-side", type=float, default=DEFAULT_G_MAX_SIDE, show_default=True, help="infer.g_max_side, for a rule that reads it.")
+def report_rois_cmd(data_index: Path, split: str, model_path: Path, manifest: Path, out_png: Path, per_group: int, rule: str, g_max_side: float) -> None:
+    """Report: the Fig 3 grid of test ROIs as LR / bicubic / SR / HR with D's scores, framing what D sees under --rule."""
     from pipeline.data.index import split_coco
     from pipeline.report.build import category_names
     from pipeline.report.roi_grid import plot_roi_grid
 
     coco, _, _ = split_coco(data_index, split)
-    plot_roi_grid(model_path, manifest, category_names(coco), out_png, per_group)
+    plot_roi_grid(model_path, manifest, category_names(coco), out_png, per_group, rule, g_max_side)
 
 
 @click.command("report-detections")

@@ -28,7 +28,8 @@ import numpy as np
 
 from core.io import atomic
 from core.sizes import SIDE_BINS, SIZE_RANGES
-from jobs.mtgan.settings import PAPER_RULE
+from jobs.mtgan.engine import rule_key
+from jobs.mtgan.settings import PAPER_RULE, RULES
 from pipeline.methods import parse_method
 from pipeline.report.style import SIZE_TITLES, label, method_color, ordered, plt, save
 
@@ -128,13 +129,13 @@ TRAINING_PANELS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("G loss from D: adversarial dotted, cls dashed, reg dash-dot", (("g_loss_adv", ":"), ("g_loss_cls", "--"), ("g_loss_reg", "-."))),
     ("D(real HR) solid, D(SR) dashed", (("d_real", "-"), ("d_sr", "--"))),
     ("D train-mode accuracy on training batches: SR solid, HR dashed", (("acc_sr", "-"), ("acc_hr", "--"))),
-    (
-        "D eval-mode accuracy on held-out ROIs, paper's path: positives solid, small positives dashed, negatives dotted",
-        (("eval_acc_pos", "-"), ("eval_acc_pos_small", "--"), ("eval_acc_neg", ":")),
-    ),
-    (
-        "D eval-mode accuracy on held-out ROIs, by-size path (ours): positives solid, small positives dashed",
-        (("eval_acc_pos-by_size", "-"), ("eval_acc_pos_small-by_size", "--")),
+    # one panel per test-time rule: the held-out accuracy as D sees the ROIs under it
+    *(
+        (
+            f"D eval-mode accuracy on held-out ROIs, {rule.label}: positives solid, small positives dashed, negatives dotted",
+            ((rule_key("eval_acc_pos", name), "-"), (rule_key("eval_acc_pos_small", name), "--"), (rule_key("eval_acc_neg", name), ":")),
+        )
+        for name, rule in RULES.items()
     ),
 )
 
@@ -146,7 +147,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def plot_training_curves(logs: dict[str, list[dict[str, Any]]], out_png: Path) -> None:
     """Every variant's training log side by side, one panel per quantity (absent ones are skipped)."""
-    fig, axes = plt.subplots(2, 4, figsize=(18, 7.5))
+    fig, axes = plt.subplots(3, 3, figsize=(15, 10.5))
     for ax in axes.flat[len(TRAINING_PANELS) :]:
         ax.axis("off")
     for ax, (title, series) in zip(axes.flat, TRAINING_PANELS):

@@ -75,9 +75,18 @@ def sample_rois(manifest: Path, per_group: int = 6, seed: int = 0) -> dict[str, 
 
 
 @torch.inference_mode()
-def plot_roi_grid(model_path: Path, manifest: Path, category_names: dict[int, str], out_png: Path, per_group: int = 6, rule: str = PAPER_RULE) -> None:
+def plot_roi_grid(
+    model_path: Path,
+    manifest: Path,
+    category_names: dict[int, str],
+    out_png: Path,
+    per_group: int = 6,
+    rule: str = PAPER_RULE,
+    g_max_side: float = DEFAULT_G_MAX_SIDE,
+) -> None:
     """Write the Fig 3 grid of the variant in `model_path` on the ROIs of `manifest`, framing what D
-    sees under the test-time rule `rule` (the paper's path by default)."""
+    sees under the test-time rule `rule` (the paper's path by default; `g_max_side`: the threshold
+    of a rule that reads it, config `infer.g_max_side`)."""
     device = torch.device("cpu")
     model = load_model(model_path, device)
     variant, g, d, state = model.variant, model.g, model.d, model.state
@@ -105,7 +114,7 @@ def plot_roi_grid(model_path: Path, manifest: Path, category_names: dict[int, st
             sr,
             hr,
         ]
-        use_g = through_generator(sample.box, sample.image_size, margin, rule, DEFAULT_G_MAX_SIDE, variant)
+        use_g = through_generator(sample.box, sample.image_size, margin, rule, g_max_side, variant)
         for row, (name, images) in enumerate(zip(row_names, inputs)):
             probs = torch.softmax(d(images)["cls"].float(), dim=1)
             for c in range(len(sample.label)):

@@ -6,7 +6,7 @@ import shlex
 from snakemake.exceptions import WorkflowError
 
 from pipeline.config import dev_split, validate_config
-from pipeline.widerface.ground_truth import ground_truth_files as widerface_ground_truth_files
+from pipeline.data.widerface.ground_truth import ground_truth_files as widerface_ground_truth_files
 from pipeline.workflow import (
     ERROR_AREAS,
     SIZE_RANGES,
@@ -28,6 +28,7 @@ from pipeline.workflow import (
     out_args,
     out_ensemble_arg,
     report_method,
+    report_rois_args,
     report_variant,
     score_results_input,
     sections_json,

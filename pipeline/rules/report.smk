@@ -2,7 +2,7 @@
 # Each output is marked for Snakemake's HTML report:  snakemake --report report.html eval_coco
 
 REPORT = f"{ROOT}/report"
-VARIANTS = config["mtgan"]["variants"]
+TRAINED_VARIANTS = config["mtgan"]["variants"]
 REPORT_VARIANT = report_variant(config)
 REPORT_METHOD = report_method(config)
 ERROR_METHODS = error_methods(config)
@@ -14,7 +14,7 @@ rule report_charts:
         scores=expand(f"{ROOT}/score/{{method}}.json", method=METHODS),
         evals=expand(f"{ROOT}/score/{{method}}_eval.npz", method=METHODS),
         accuracy=inference_files(f"{ROOT}/infer", config, "_accuracy.json"),
-        training=expand(f"{ROOT}/mtgan/{{variant}}/metrics.jsonl", variant=VARIANTS),
+        training=expand(f"{ROOT}/mtgan/{{variant}}/metrics.jsonl", variant=TRAINED_VARIANTS),
     output:
         **{
             f"pr_{area}": report(
@@ -36,7 +36,7 @@ rule report_charts:
     params:
         scores=lambda wildcards, input: " ".join(f"--score {s} --eval {e}" for s, e in zip(input.scores, input.evals)),
         accuracy=lambda wildcards, input: " ".join(f"--accuracy {a}" for a in input.accuracy),
-        training=lambda wildcards, input: " ".join(f"--training {v}={p}" for v, p in zip(VARIANTS, input.training)),
+        training=lambda wildcards, input: " ".join(f"--training {v}={p}" for v, p in zip(TRAINED_VARIANTS, input.training)),
         outputs=lambda wildcards, output: out_args(output),
     log:
         f"{LOGS}/report_charts.log",
@@ -87,6 +87,7 @@ rule report_rois:
         grid=report(f"{REPORT}/roi_grid.png", caption="captions/roi_grid.rst", category="4. Pictures"),
     params:
         split=TEST_SPLIT,
+        rule=report_rois_args(config),
     log:
         f"{LOGS}/report_rois.log",
     benchmark:
@@ -96,7 +97,7 @@ rule report_rois:
         "../../envs/mtgan.yaml"
     shell:
         "mtgan report-rois --data-index {input.index} --split {params.split} --model {input.model} "
-        "--manifest {input.manifest} --out {output.grid} > {log} 2>&1"
+        "--manifest {input.manifest} {params.rule} --out {output.grid} > {log} 2>&1"
 
 
 rule report_detections:

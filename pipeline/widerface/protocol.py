@@ -6,13 +6,13 @@ port, which matches predictions in file order (wrong on unsorted files) and norm
 Every rule below is the toolkit's, including the ones that look like accidents; where the toolkit's
 behaviour depends on MATLAB's arithmetic this module reproduces that arithmetic.
 
-The ground truth (`pipeline.widerface.ground_truth`) gives per image the faces and, per setting
+The ground truth (`pipeline.data.widerface.ground_truth`) gives per image the faces and, per setting
 (easy, medium, hard), the faces that count. This module is numpy only (no plotting: that is
 `pipeline.widerface.report`).
 
 Protocol, in the toolkit's order:
 
-1. Reading (read_pred.m; the official layout is read by `pipeline.widerface.predictions`). Each
+1. Reading (read_pred.m; the official layout is read by `pipeline.data.widerface.predictions`). Each
    image's detections are sorted by score, descending (MATLAB `sort(...,'descend')`, a stable sort).
 2. Normalisation (norm_score.m): one min-max over all scores of all images read: max starts at
    single-precision `realmin`, min at single-precision `realmax`, and `(s - min) / (max - min)`.
@@ -70,8 +70,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import InputError, first_few
-from pipeline.widerface.ground_truth import SETTINGS, WiderGroundTruth
-from pipeline.widerface.predictions import Predictions, as_detections
+from pipeline.data.widerface.ground_truth import SETTINGS, WiderGroundTruth
+from pipeline.data.widerface.predictions import Predictions, as_detections
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.data.widerface.ground_truth import SETTINGS
 from pipeline.report.style import save
-from pipeline.widerface.ground_truth import SETTINGS
 from pipeline.widerface.protocol import WiderResult
 
 

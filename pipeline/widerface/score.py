@@ -21,17 +21,13 @@ import numpy as np
 from core.errors import InputError, PipelineError, first_few
 from core.io import atomic
 from core.io.coco import load_json, read_json
+from pipeline.data.widerface.convert import image_keys
+from pipeline.data.widerface.ground_truth import SETTINGS, load_ground_truth
+from pipeline.data.widerface.predictions import Predictions, predictions_from_coco_results, read_prediction_dir, write_prediction_dir
 from pipeline.methods import display_name
 from pipeline.report.style import method_color, ordered
-from pipeline.widerface.ground_truth import SETTINGS, load_ground_truth
-from pipeline.widerface.predictions import Predictions, predictions_from_coco_results, read_prediction_dir, write_prediction_dir
 from pipeline.widerface.protocol import SettingResult, WiderResult, evaluate
 from pipeline.widerface.report import plot_pr_curves, result_to_json, results_markdown
-
-
-def image_keys(coco: dict[str, Any]) -> dict[int, str]:
-    """COCO image id -> the ground truth's image key (`<event>/<name>`, no extension)."""
-    return {im["id"]: im["file_name"].rsplit(".", 1)[0] for im in coco["images"]}
 
 
 def score_widerface(coco: dict[str, Any], results: list[dict[str, Any]], gt_dir: Path, split: str) -> tuple[WiderResult, Predictions]:

@@ -9,8 +9,8 @@ from typing import Any
 
 from core.errors import InputError
 from core.io.coco import CocoCheckPolicy, CocoFormatError, validate_coco
-from pipeline.widerface import convert
-from pipeline.widerface.predictions import read_prediction_dir
+from pipeline.data.widerface import convert
+from pipeline.data.widerface.predictions import read_prediction_dir
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,8 @@ def prediction_folder_records(folder: Path, coco: dict[str, Any]) -> list[dict[s
     """COCO results records from the official WIDER FACE prediction layout (`<event>/<image>.txt`)."""
     if len(coco["categories"]) != 1:
         raise CocoFormatError(f"{folder}: the WIDER FACE prediction layout has no classes; the dataset has {len(coco['categories'])} categories")
-    from pipeline.widerface.score import image_keys  # (the scoring module draws: imported only here)
-
     category_id = coco["categories"][0]["id"]
-    keys = image_keys(coco)
+    keys = convert.image_keys(coco)
     predictions = read_prediction_dir(folder, keys.values())
     return [
         {"image_id": image_id, "category_id": category_id, "bbox": [float(v) for v in row[:4]], "score": float(row[4])}

@@ -167,3 +167,8 @@ def to_coco(images: list[WiderImage], image_root: Path, source: Path) -> tuple[d
         "categories": [dict(FACE_CATEGORY)],
     }
     return coco, counts
+
+
+def image_keys(coco: dict[str, Any]) -> dict[int, str]:
+    """COCO image id -> the ground truth's image key (`<event>/<name>`, no extension)."""
+    return {im["id"]: im["file_name"].rsplit(".", 1)[0] for im in coco["images"]}
