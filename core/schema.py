@@ -94,6 +94,14 @@ def with_registries(node: Any, registries: dict[str, list[str]]) -> Any:
     return node
 
 
+def strict_integers(validator: Any) -> Any:
+    """`validator` (a jsonschema class) whose `integer` is an int, not a float with no fraction
+    (JSON Schema's draft 6 onwards takes 20.0 as an integer; the code that reads the value then
+    fails far from the key, e.g. `range(20.0)`)."""
+    checker = validator.TYPE_CHECKER.redefine("integer", lambda _, value: isinstance(value, int) and not isinstance(value, bool))
+    return jsonschema.validators.extend(validator, type_checker=checker)
+
+
 def validate_document(doc: Any, schema_name: str, what: str, defaults: bool = False, registries: dict[str, list[str]] | None = None) -> Any:
     """Validate `doc` against `schemas/<schema_name>`; return it (a copy with defaults if asked).
     Every number must be finite (`non_finite_numbers`). `what` names the document in the error
@@ -105,7 +113,7 @@ def validate_document(doc: Any, schema_name: str, what: str, defaults: bool = Fa
     if defaults:
         doc = copy.deepcopy(doc)
         fill_defaults(schema, doc)
-    validator = jsonschema.validators.validator_for(schema)(schema)
+    validator = strict_integers(jsonschema.validators.validator_for(schema))(schema)
     errors = sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path])
     lines = [m for e in errors for m in _messages(e)]
     lines += [f"key '{k}': must be a finite number, got {_at(doc, k)}" for k in non_finite_numbers(doc)]

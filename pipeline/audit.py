@@ -142,7 +142,8 @@ def _check_against_table(path: Path, doc: dict[str, Any], columns: list[dict[str
     table = pq.read_table(path, columns=["roi_id", "image_id", "label", "iou"])
     image_id, label, iou = (table.column(k).to_numpy() for k in ("image_id", "label", "iou"))
     settings = ShardSettings(doc["hr_size"], doc["scale"], doc["margin"], 1, doc["block_size"], 1, "error", doc["sampling"])
-    expected = len(kept_rows(label, image_id, settings))
+    planned = kept_rows(label, image_id, settings)
+    expected = len(planned)
     thinned = doc.get("small_positives")  # the split's ground truth is not at hand: its recorded counts
     if thinned:
         expected -= thinned["sampled"] - thinned["kept"]
@@ -160,6 +161,22 @@ def _check_against_table(path: Path, doc: dict[str, Any], columns: list[dict[str
             bad = np.flatnonzero(ours != theirs)
             if bad.size:
                 report.problems.append(f"{entry['path']}: {bad.size} ROI(s) whose {name} differs from the table (first: roi {ids[bad[0]]})")
+    _check_coverage(doc, columns, planned, report)
+
+
+def _check_coverage(doc: dict[str, Any], columns: list[dict[str, np.ndarray]], planned: np.ndarray, report: AuditReport) -> None:
+    """Each ROI of the shards is one the table and sampling plan, and none is in them twice."""
+    if not columns:
+        return
+    ids = np.concatenate([c["roi_id"] for c in columns])
+    unique, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        twice = unique[counts > 1]
+        where = [e["path"] for e, c in zip(doc["shards"], columns) if twice[0] in c["roi_id"]]
+        report.problems.append(f"{twice.size} ROI(s) are in the shards more than once (first: roi {twice[0]}, in {where}): a copied chunk?")
+    unplanned = np.setdiff1d(unique, planned)
+    if unplanned.size:
+        report.problems.append(f"{unplanned.size} ROI(s) in the shards that the table and sampling settings leave out (first: roi {unplanned[0]})")
 
 
 def draw_pairs(shards: list[Path], out_png: Path, count: int = 32, seed: int = 0) -> None:

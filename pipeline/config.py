@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from core.schema import SchemaError, validate_document
-from jobs.mtgan.settings import PRESETS, RULES, VARIANTS, preset_problems
+from jobs.mtgan.settings import PRESETS, RULES, VARIANTS, applies, preset_problems
+from pipeline.data.index import RESERVED_SPLIT_NAMES
 from pipeline.data.sources import DATA_SOURCES
 
 CONFIG_SCHEMA = "config.schema.yaml"
@@ -38,23 +39,84 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+# A config file expands to at most this many values (keys, list items, scalars), counting every
+# use of a YAML alias: a few anchors and aliases nested in each other ("billion laughs") would
+# otherwise expand to billions of values that every later check walks.
+MAX_CONFIG_VALUES = 100_000
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key repeated in one mapping (YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` merges, it does not repeat
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise ConfigError(f"{self.name}: key {key!r} appears twice in one mapping (lines {first[key]} and {line}); YAML would keep the last silently")
+            first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values `node` stands for once every alias is expanded (each node counted once
+    per use; linear in the distinct nodes)."""
+    if id(node) not in memo:
+        if isinstance(node, yaml.MappingNode):
+            memo[id(node)] = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            memo[id(node)] = 1 + sum(_expanded_size(v, memo) for v in node.value)
+        else:
+            memo[id(node)] = 1
+    return memo[id(node)]
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """One config file, checked: UTF-8 YAML holding a mapping, no key repeated in a mapping, at most
+    MAX_CONFIG_VALUES values with aliases expanded. ConfigError names the file and the problem."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            loader = _ConfigLoader(f)
+            loader.name = str(path)
+            try:
+                node = loader.get_single_node()
+                if node is not None and (size := _expanded_size(node, {})) > MAX_CONFIG_VALUES:
+                    raise ConfigError(f"{path}: expands to {size} values with its YAML aliases (at most {MAX_CONFIG_VALUES}); write the values out")
+                doc = loader.construct_document(node) if node is not None else {}
+            finally:
+                loader.dispose()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the config as UTF-8") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f"line {where.line + 1}, column {where.column + 1}: " if where is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({at}{what}; YAML indents with spaces, never tabs)") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of keys, got {type(doc).__name__}")
+    return doc
+
+
 def load_config_files(paths: Iterable[Path]) -> dict[str, Any]:
+    """The files' mappings merged in order, each read by `read_config_file`."""
     merged: dict[str, Any] = {}
     for path in paths:
-        try:
-            with open(path, encoding="utf-8") as f:
-                doc = yaml.safe_load(f) or {}
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save the config as UTF-8") from None
-        except yaml.YAMLError as e:
-            where = getattr(e, "problem_mark", None)
-            at = f"line {where.line + 1}, column {where.column + 1}: " if where is not None else ""
-            what = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise ConfigError(f"{path}: not valid YAML ({at}{what}; YAML indents with spaces, never tabs)") from None
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{path}: a config file must hold a mapping of keys, got {type(doc).__name__}")
-        merged = deep_merge(merged, doc)
+        merged = deep_merge(merged, read_config_file(path))
     return merged
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Refuse a Snakemake command line with `--configfile` (or `--configfiles`) given more than
+    once: Snakemake keeps only the last flag's files, silently dropping the others."""
+    flags = [a for a in argv if a.split("=", 1)[0] in ("--configfile", "--configfiles")]
+    if len(flags) > 1:
+        raise ConfigError(
+            f"--configfile given {len(flags)} times: Snakemake keeps only the files of the last one; "
+            "name every file after a single flag: --configfile config/tiny.yaml my.yaml"
+        )
 
 
 def validate_config(config: dict[str, Any], what: str = "config", require: tuple[str, ...] = ("data",)) -> dict[str, Any]:
@@ -97,18 +159,29 @@ def _check_cross_keys(config: dict[str, Any], what: str) -> None:
     if "data" in config:
         problems += _data_problems(config["data"], config["detector"])
     problems += preset_problems(config["mtgan"]["preset"], config["mtgan"]["overrides"])
+    variants = config["mtgan"]["variants"]
+    problems += [
+        f"key 'infer.rules': rule {rule!r} applies to none of mtgan.variants {variants} ({RULES[rule].description}; it needs a variant whose D "
+        "trains on HR crops and has an up-sampler)"
+        for rule in config["infer"]["rules"]
+        if not any(applies(rule, VARIANTS[v]) for v in variants)
+    ]
     if problems:
         raise ConfigError(f"{what} is inconsistent:\n  " + "\n  ".join(problems))
 
 
 def _data_problems(data: dict[str, Any], detector: dict[str, Any]) -> list[str]:
     splits = data_splits(data)
+    reserved = [s for s in splits if s in RESERVED_SPLIT_NAMES]
     roles = (data["train_split"], data["test_split"])
     problems = [
         f"key 'data.{role}': split '{data[role]}' is not among the dataset's splits {splits}"
         for role in ("train_split", "test_split", "dev_split")
         if data[role] not in (None, "auto") and data[role] not in splits
     ]
+    if reserved:
+        own = ", ".join(RESERVED_SPLIT_NAMES)
+        problems.append(f"key 'data.{data['source']}': split name(s) {reserved} are the data folder's own files ({own}); rename them")
     submit = data["submit_split"]
     if submit is not None and submit not in splits:
         problems.append(f"key 'data.submit_split': split '{submit}' is not among the dataset's splits {splits}")

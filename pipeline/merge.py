@@ -23,7 +23,7 @@ from torchvision.ops import batched_nms
 from core.boxes import xyxy_to_xywh
 from core.errors import InputError
 from core.io import atomic
-from core.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, file_metadata, read_table
+from core.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, file_metadata, read_table, table_metadata
 from core.roi_targets import BoxCoder
 from core.sections import section_fields
 
@@ -68,6 +68,9 @@ def merge_detections(rois: pa.Table, inference: pa.Table | None, settings: Merge
     boxes = torch.tensor(np.stack([r[k] for k in ("x1", "y1", "x2", "y2")], axis=1), dtype=torch.float32).reshape(n, 4)
     base = torch.tensor(np.asarray(r["base_probs"], np.float32)).reshape(n, k1)
     if inference is not None:
+        made_for = table_metadata(inference).get("category_ids")
+        if made_for != category_ids:
+            raise InputError(f"the inference table was made by a model of categories {made_for}, the ROI table's are {category_ids}: another dataset's model?")
         p = inference.to_pydict()
         if p["roi_id"] != r["roi_id"]:
             raise InputError("the inference table does not hold exactly the ROI table's ROIs, in order")

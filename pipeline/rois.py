@@ -52,7 +52,10 @@ def write_rois(settings: RoiSettings, detections: Path, coco: dict[str, Any], sp
     """Stage 3 for one split and role: the ROI table and its counts (Markdown, returned too).
     Ground truth is added to the training role only."""
     add_gt = settings.add_gt_to_train and role == "train"
-    table, summary = build_rois(read_table(detections, DETECTIONS_SCHEMA), coco, add_gt, settings.positive_iou, settings.negative_iou)
+    try:
+        table, summary = build_rois(read_table(detections, DETECTIONS_SCHEMA), coco, add_gt, settings.positive_iou, settings.negative_iou)
+    except InputError as e:
+        raise InputError(f"{detections}: {e}") from None
     write_table(table, out_table)
     markdown = counts_markdown(f"{split} ({role})", summary)
     atomic.write_text(out_counts, markdown)
@@ -87,6 +90,20 @@ class DetectionArrays:
         )
 
 
+def check_detections(det: DetectionArrays, coco: dict[str, Any]) -> None:
+    """Every detection is of an image of the split and has a positive width and height; InputError
+    names the count and the first offending row otherwise (nothing is dropped silently)."""
+    outside = sorted(set(det.rows_of_image) - {im["id"] for im in coco["images"]})
+    if outside:
+        rows, first = sum(len(det.rows_of_image[i]) for i in outside), outside[0]
+        raise InputError(f"{rows} detection(s) of {len(outside)} image id(s) not in the split (first: image {first}, row {det.rows_of_image[first][0]})")
+    x1, y1, x2, y2 = det.boxes.T
+    empty = np.flatnonzero(~((x2 > x1) & (y2 > y1)))
+    if empty.size:
+        row = int(empty[0])
+        raise InputError(f"{empty.size} detection(s) without area (first: row {row}, box x1 y1 x2 y2 {det.boxes[row].tolist()}): x2 must exceed x1 and y2 y1")
+
+
 def build_rois(detections: pa.Table, coco: dict[str, Any], add_gt: bool, positive_iou: float, negative_iou: float) -> tuple[pa.Table, dict[str, Any]]:
     """The ROI table of a split and its label counts per size class. A split without annotations
     (an image list) gives ROIs labelled IGNORE (-1: unknown), with no IoU and no regression target."""
@@ -98,6 +115,7 @@ def build_rois(detections: pa.Table, coco: dict[str, Any], add_gt: bool, positiv
     k1 = len(category_ids) + 1
     coder = BoxCoder()
     det = DetectionArrays.of(detections, k1)
+    check_detections(det, coco)
     gt_by_image: dict[int, list[dict[str, Any]]] = {}
     for a in coco.get("annotations", []):
         gt_by_image.setdefault(a["image_id"], []).append(a)

@@ -17,6 +17,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from core.errors import InputError
 from core.io import atomic
 from core.io.coco import read_json
 
@@ -29,10 +30,14 @@ TABLE_COLUMNS: tuple[str, ...] = ("AP", "AP50", "AP75", "APS", "APM", "APL", "AR
 def coco_bbox_eval(gt_json: Path, results: list[dict[str, Any]]) -> tuple[dict[str, float], COCOeval | None]:
     """COCOeval bbox metrics of `results` (COCO results records) on the images of `gt_json`.
 
-    No detections at all scores 0 everywhere (pycocotools cannot load an empty result list).
+    No detections at all scores 0 everywhere (pycocotools cannot load an empty result list); a
+    split without ground-truth objects is an InputError (COCOeval's -1 is no score). A size range
+    without objects (no small object, say) scores 0, pycocotools' -1 clipped.
     """
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         gt = COCO(str(gt_json))
+        if not gt.getAnnIds():
+            raise InputError(f"{gt_json}: the split has no ground-truth objects: nothing to score (COCOeval would report -1 everywhere)")
         if not results:
             return {name: 0.0 for name in STAT_NAMES} | {"images": len(gt.getImgIds())}, None
         dt = gt.loadRes(results)

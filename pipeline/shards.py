@@ -350,7 +350,7 @@ def gather_manifest(
         if info["source_table_sha256"] != table_sha:
             raise InputError(f"{d}: made from another version of {rois_path}; rerun its shards job")
         for s in info["shards"]:
-            shards.append({**s, "path": str((Path(d) / s["path"]).resolve().relative_to(base))})
+            shards.append({**s, "path": os.path.relpath((Path(d) / s["path"]).resolve(), base)})  # from wherever the manifest is
         skipped += info["skipped_images"]
         skipped_rois += info["skipped_rois"]
         _add_counts(histograms, info["histograms"])

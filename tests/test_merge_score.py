@@ -58,6 +58,7 @@ def inference_table(probs: list[list[float]], offsets: list[list[float]]) -> obj
             "through_g": np.zeros(len(probs), np.int32),
         },
         INFERENCE_SCHEMA,
+        {"category_ids": CATEGORIES},
     )
 
 
@@ -124,6 +125,7 @@ def test_perfect_scores_give_ap_1(tiny_data: Path, tmp_path: Path) -> None:
             "through_g": np.zeros(len(labels), np.int32),
         },
         INFERENCE_SCHEMA,
+        {"category_ids": sorted(c["id"] for c in coco["categories"])},
     )
     categories = sorted(c["id"] for c in coco["categories"])
     results = merge_detections(rois, inference, MergeSettings(0.5, 0.001, 100), ensemble=False, category_ids=categories)

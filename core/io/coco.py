@@ -4,8 +4,9 @@
 
 - required keys and types: `images` (id, file_name, width, height), `annotations` (id, image_id,
   category_id, bbox), `categories` (id, name) -> error;
-- duplicate image, annotation or category ids; annotations naming an unknown image or category
-  -> error;
+- duplicate image, annotation or category ids, ids outside 0 .. 2^63 - 1 (they travel in int64
+  columns), one name given to two categories (the tables and reports name classes by it);
+  annotations naming an unknown image or category -> error;
 - boxes: `bbox` must be 4 finite numbers. A box that sticks out of its image by at most
   `box_tolerance` pixels is clipped to the image (COCO has such boxes, off by rounding); one that
   sticks out further, or whose width or height is not positive (after clipping), is invalid:
@@ -172,12 +173,22 @@ def _check_structure(data: dict[str, Any], path: Path) -> None:
         raise CocoFormatError(f"{path}: {len(bad_size)} image(s) with non-positive width/height: ids {first_few(bad_size)}")
 
 
+MAX_ID = 2**63 - 1  # ids travel in int64 columns (the tables, the shards)
+
+
 def _check_unique(data: dict[str, Any], path: Path) -> None:
     for section in _REQUIRED:
         counts = Counter(rec["id"] for rec in data[section])
         dups = sorted(i for i, n in counts.items() if n > 1)
         if dups:
             raise CocoFormatError(f"{path}: {len(dups)} duplicate {section} id(s): {first_few(dups)}")
+        huge = sorted(i for i in counts if not 0 <= i <= MAX_ID)
+        if huge:
+            raise CocoFormatError(f"{path}: {len(huge)} {section} id(s) outside 0 .. 2^63 - 1 (64-bit ids): {first_few(huge)}")
+    names = Counter(c["name"] for c in data["categories"])
+    if same := sorted(n for n, k in names.items() if k > 1):
+        shown = [f"{n!r}: ids {[c['id'] for c in data['categories'] if c['name'] == n]}" for n in same]
+        raise CocoFormatError(f"{path}: {len(same)} category name(s) given to more than one category ({first_few(shown)}): the tables name classes by them")
 
 
 def _check_references(data: dict[str, Any], path: Path) -> None:

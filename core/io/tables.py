@@ -114,10 +114,26 @@ def read_table(path: Path, name: str, filters: Any = None) -> pa.Table:
         raise TableSchemaError(f"{path}: not a readable Parquet file ({e})") from None
     expected = arrow_schema(name)
     if table.schema.names != expected.names or not all(_same_type(a.type, b.type) for a, b in zip(table.schema, expected)):
-        raise TableSchemaError(f"{path}: columns {table.schema.remove_metadata().to_string()} do not match {name}")
+        raise TableSchemaError(f"{path}: does not match {name}: {column_differences(table.schema, expected)}")
+    if b"mtgan" not in (table.schema.metadata or {}):
+        raise TableSchemaError(
+            f"{path}: has the columns of {name} but not the pipeline's metadata (categories, settings): rewritten by another "
+            "program? Write it again with its stage"
+        )
     table = table.cast(expected.with_metadata(table.schema.metadata))  # only list item names can differ here
     _check_values(table, name, str(path))
     return table
+
+
+def column_differences(found: pa.Schema, expected: pa.Schema) -> str:
+    """What separates a file's columns from a schema's, in one line: missing, unexpected, retyped
+    or reordered columns."""
+    missing = [n for n in expected.names if n not in found.names]
+    extra = [n for n in found.names if n not in expected.names]
+    common = [(f, expected.field(f.name)) for f in found if f.name in expected.names]
+    retyped = [f"column '{f.name}' is {f.type} (not {e.type})" for f, e in common if not _same_type(f.type, e.type)]
+    parts = [f"missing columns {missing}"] * bool(missing) + [f"unexpected columns {extra}"] * bool(extra) + retyped
+    return "; ".join(parts) or f"columns in another order ({', '.join(found.names)})"
 
 
 def table_metadata(table: pa.Table) -> dict[str, Any]:

@@ -67,6 +67,10 @@ def save_model(
 def read_model_state(path: Path) -> dict[str, Any]:
     """model.pt's entries, checked for format and keys (CheckpointError names the file otherwise)."""
     state = load_torch_mapping(path, "MTGAN model")
+    if {"arch", "num_classes", "model"} <= set(state):
+        raise CheckpointError(f"{path}: the baseline detector's model (train_baseline), not an MTGAN model: give a variant's mtgan/<variant>/model.pt")
+    if {"rng", "settings", "metrics"} <= set(state):
+        raise CheckpointError(f"{path}: a training checkpoint, not the model a finished training writes: give the model.pt of its training folder")
     if "format_version" not in state:
         raise CheckpointError(f"{path}: a model.pt without a format_version (made by an older train_mtgan); retrain it")
     if state["format_version"] != MODEL_FORMAT:

@@ -22,6 +22,10 @@ REGISTRIES = {"data_sources": list(DATA_SOURCES)}  # the names the index schema 
 
 LAYOUT_VERSION = 1
 INDEX_NAME = "index.json"
+STATS_NAMES = ("stats.json", "stats.md")
+PREVIEW_NAME = "preview.png"
+# The data folder's own files, beside each split's `<split>.json`: no split may be named after one.
+RESERVED_SPLIT_NAMES = tuple(name.rsplit(".", 1)[0] for name in (INDEX_NAME, *STATS_NAMES, PREVIEW_NAME))
 
 
 @dataclass(frozen=True)

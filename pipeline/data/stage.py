@@ -23,7 +23,7 @@ from typing import Any
 from core.errors import InputError
 from core.io import atomic
 from pipeline.data import stats
-from pipeline.data.index import INDEX_NAME, SplitFiles, read_index, write_index
+from pipeline.data.index import INDEX_NAME, PREVIEW_NAME, STATS_NAMES, SplitFiles, read_index, write_index
 from pipeline.data.sources import DATA_SOURCES
 
 log = logging.getLogger(__name__)
@@ -39,16 +39,16 @@ def build_dataset(section: dict[str, Any], out_dir: Path, n_jobs: int = 1) -> di
         for split, coco, image_root, extra in built:
             atomic.write_json(tmp / f"{split}.json", coco)
             labelled = "annotations" in coco
-            if not labelled and split in (section["train_split"], section["test_split"]):
+            if split in (section["train_split"], section["test_split"]) and not coco.get("annotations"):
                 raise InputError(
-                    f"split {split!r} has no annotations: it cannot be data.train_split or data.test_split "
-                    "(an image list is re-scored through data.submit_split)"
+                    f"split {split!r} has no annotated objects: it cannot be data.train_split or data.test_split "
+                    "(nothing to train on or to score; an image list is re-scored through data.submit_split)"
                 )
             splits.append(SplitFiles(split, tmp / f"{split}.json", image_root, len(coco["images"]), len(coco.get("annotations", [])), labelled))
             all_stats[split] = {**stats.split_stats(coco), **extra}
-        stats.write_stats(name, all_stats, tmp / "stats.json", tmp / "stats.md")
+        stats.write_stats(name, all_stats, *(tmp / n for n in STATS_NAMES))
         _, test_coco, test_root, _ = next(b for b in built if b[0] == section["test_split"])
-        stats.draw_preview(test_coco, test_root, tmp / "preview.png", title=f"{name} / {section['test_split']}: ground truth")
+        stats.draw_preview(test_coco, test_root, tmp / PREVIEW_NAME, title=f"{name} / {section['test_split']}: ground truth")
         # Paths inside the folder are written relative to it, so they stay valid after the rename.
         write_index(tmp / INDEX_NAME, name, source, splits)
         log.info("\n%s", stats.stats_markdown(name, all_stats))

@@ -2,10 +2,11 @@
 
 import os
 import shlex
+import sys
 
 from snakemake.exceptions import WorkflowError
 
-from pipeline.config import dev_split, validate_config
+from pipeline.config import check_command_line, dev_split, read_config_file, validate_config
 from pipeline.data.widerface.ground_truth import ground_truth_files as widerface_ground_truth_files
 from pipeline.workflow import (
     ERROR_AREAS,
@@ -36,7 +37,13 @@ from pipeline.workflow import (
     submission_files,
 )
 
-# Fail before any job runs if a key is unknown, mistyped or inconsistent (the error names it).
+# Fail before any job runs if a key is unknown, mistyped or inconsistent (the error names it), if
+# a config file repeats a key or expands its YAML aliases beyond bounds (Snakemake's own loader
+# keeps the last of a repeated key and expands every alias), or if --configfile was given twice
+# (Snakemake would keep the last flag's files only).
+check_command_line(sys.argv)
+for _path in [os.path.join(workflow.basedir, "config", "default.yaml"), *workflow.overwrite_configfiles]:
+    read_config_file(_path)
 _resolved = validate_config(config)
 config.clear()
 config.update(_resolved)
