@@ -30,6 +30,13 @@ include: "pipeline/rules/widerface.smk"
 include: "pipeline/rules/submit.smk"
 
 
+# Snakemake deletes a job's declared outputs before the job runs (with --forcerun too), before any
+# stage can check what they hold: so before any job runs, the run stops, naming them, when a
+# folder the pipeline wrote holds files it did not write, or the artifacts hold a symbolic link.
+onstart:
+    refuse_foreign_entries(ROOT)
+
+
 rule eval_coco:
     """The final table on the configured dataset (artifacts/<dataset>/eval/metrics.md) and the
     report's figures (artifacts/<dataset>/report/)."""

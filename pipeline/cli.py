@@ -11,6 +11,8 @@ adds the traceback. Anything else is a bug and shows its traceback.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -37,6 +39,27 @@ class _Group(click.Group):
             if ctx.params.get("verbose"):
                 traceback.print_exc()
             raise click.ClickException(str(e)) from e
+        except PermissionError as e:  # a folder made read-only while the command ran
+            if ctx.params.get("verbose"):
+                traceback.print_exc()
+            raise click.ClickException(f"{e.filename}: {e.strerror}; nothing half-written is left under an output's name") from e
+        finally:
+            stop_pool_workers()
+
+
+def stop_pool_workers() -> None:
+    """End joblib's worker processes (the data and shards stages' pool): its executor keeps them,
+    and their resource trackers, alive for minutes after the work, or after the command was killed."""
+    executors = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(executors, "_executor", None)  # None: no pool was started (getting one would start it)
+    if executor is not None:
+        executor.shutdown(wait=False, kill_workers=True)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM (Snakemake stopping a job, `kill`) ends the command as Ctrl-C does: temporary entries
+    are removed and the pool's workers stopped on the way out."""
+    raise SystemExit(128 + signum)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -233,8 +256,11 @@ def audit_cmd(target: Path, rois_path: Path | None, grid_png: Path | None, sampl
     report, readable = audit(target, rois_path)
     click.echo(report.table())
     out = grid_png or (Path(target) if Path(target).is_dir() else Path(target).parent) / "audit.png"
-    draw_pairs(readable, out, count=samples)
-    click.echo(f"LR / HR pairs: {out}")
+    if grid_png is None and not os.access(out.parent, os.W_OK | os.X_OK):
+        click.echo(f"LR / HR pairs: not drawn ({out.parent} is read-only; --grid names another file)")
+    else:
+        draw_pairs(readable, out, count=samples)
+        click.echo(f"LR / HR pairs: {out}")
     if report.problems:
         raise click.ClickException(f"{len(report.problems)} problem(s):\n  " + "\n  ".join(report.problems))
     click.echo("OK: every shard matches its manifest and the ROI table")
@@ -262,6 +288,7 @@ for _command in (
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="mtgan")
 
 

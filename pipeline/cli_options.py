@@ -63,8 +63,34 @@ def ensemble_outputs(out: Path, out_ensemble: Path | None) -> dict[bool, Path]:
 
 
 existing_files = click.Path(exists=True, dir_okay=False, path_type=Path)
-out_file = click.Path(dir_okay=False, path_type=Path)
-out_folder = click.Path(file_okay=False, path_type=Path)
+
+
+class OutputPath(click.Path):
+    """An output file or folder whose folder the command can write to (and, for a folder that
+    exists, replace): a read-only place is one line naming it, before any work."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = Path(super().convert(value, param, ctx))
+        for where in writable_problems(path, replace=not self.file_okay):
+            self.fail(where, param, ctx)
+        return path
+
+
+def writable_problems(path: Path, replace: bool) -> list[str]:
+    """Why `path` cannot be written (its nearest existing folder is read-only) or, with `replace`,
+    an existing folder at `path` cannot be replaced whole (it or a folder in it is read-only)."""
+    parent = next(p for p in [path.parent, *path.parent.parents] if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return [f"{parent} is read-only: {path.name} cannot be written there"]
+    if replace and path.is_dir() and not path.is_symlink():
+        for folder, _, _ in os.walk(path):
+            if not os.access(folder, os.W_OK | os.X_OK):
+                return [f"{folder} is read-only: {path} cannot be replaced"]
+    return []
+
+
+out_file = OutputPath(dir_okay=False, path_type=Path)
+out_folder = OutputPath(file_okay=False, path_type=Path)
 config_option = click.option(
     "--config", "config_files", type=existing_files, multiple=True, help="Config YAML file; repeat to merge several (later ones override earlier ones)."
 )

@@ -100,6 +100,19 @@ def image_info(images: Path, model: dict[str, Any]) -> tuple[dict[str, Any], Pat
     return data, root
 
 
+def check_folder_ids(image_ids: list[int], coco: dict[str, Any], folder: Path, detections: Path) -> None:
+    """A folder's images get ids 1..N in sorted file-name order: only detections made on that very
+    listing name all of them. Detections that name part of them were most likely made on other
+    images (another split's ids), and would be re-scored on the wrong pixels: InputError."""
+    named = set(image_ids)
+    if len(named) < len(coco["images"]):
+        first, last = coco["images"][0]["file_name"], coco["images"][-1]["file_name"]
+        raise InputError(
+            f"{detections}: names {len(named)} of the {len(coco['images'])} images of {folder} (ids 1 = {first} .. {len(coco['images'])} = {last}, "
+            "sorted file names): made on other images? Give the image list they were made on (--images <its COCO or image-info JSON>)"
+        )
+
+
 def _detections(path: Path, coco: dict[str, Any], top_k: int, model: dict[str, Any], model_path: Path) -> Any:
     """The detections to re-score: a COCO results JSON (validated and imported as the detect stage
     imports one), or the detect stage's own table (`detect/<split>.parquet`, with the detector's
@@ -144,6 +157,8 @@ def rescore(
     coco = {k: v for k, v in coco.items() if k != "annotations"}  # re-scoring never uses ground truth
     coco, _ = validate_coco(coco, Path(images), root)
     table = _detections(Path(detections), coco, top_k, model, model_path)
+    if Path(images).is_dir():
+        check_folder_ids(table.column("image_id").to_pylist(), coco, Path(images), Path(detections))
     rois, _ = build_rois(table, coco, add_gt=False, positive_iou=0.5, negative_iou=0.35)
     shard_settings = ShardSettings(
         hr_size=model["hr_size"],

@@ -98,6 +98,8 @@ def rescore_cmd(
     from pipeline.merge import MergeSettings
     from pipeline.submit import rescore
 
+    if out_json.exists():
+        raise click.BadParameter(f"{out_json} exists: rescore never overwrites a file; choose another --out", param_hint="--out")
     opt.set_threads(threads)
     config = validate_config(load_config_files(config_files), require=())
     settings = MergeSettings.from_config(config["merge"])

@@ -9,9 +9,11 @@ import json
 import os
 import re
 import shlex
+from pathlib import Path
 from typing import Any
 
-from core.errors import InputError
+from core.errors import InputError, OutputFolderError
+from core.io.atomic import foreign_entries
 from core.sizes import ERROR_AREAS, SIZE_RANGES
 from jobs.mtgan.settings import PAPER_RULE, RULES
 from pipeline.config import data_splits
@@ -22,6 +24,7 @@ __all__ = [
     "ERROR_AREAS",
     "SIZE_RANGES",
     "baseline_model_input",
+    "check_detector_files",
     "data_input_files",
     "data_splits",
     "detect_inputs",
@@ -43,6 +46,7 @@ __all__ = [
     "report_rois_args",
     "report_variant",
     "score_results_input",
+    "refuse_foreign_entries",
     "sections_json",
     "shard_sections",
     "submission_files",
@@ -130,6 +134,15 @@ def sections_json(config: dict[str, Any], *names: str, drop: tuple[str, ...] = (
     return shlex.quote(json.dumps(sections, sort_keys=True))
 
 
+def refuse_foreign_entries(root: str) -> None:
+    """Before any job runs (the Snakefile's `onstart`): stop, naming them, when the artifacts hold
+    files a rerun could delete that the pipeline did not write (`core.io.atomic.foreign_entries`).
+    Snakemake removes a job's declared outputs before the job starts, before the stage's own check."""
+    found = foreign_entries(Path(root)) if os.path.isdir(root) else []
+    if found:
+        raise OutputFolderError(f"nothing was run or changed: {'; '.join(found[:5])}{' ...' if len(found) > 5 else ''}; move them away first")
+
+
 def shard_sections(config: dict[str, Any], role: str) -> str:
     """The `shards` section as one role's jobs see it: the training split's sampling and its share
     of small positives only for the training role (changing them reruns no other role's shards)."""
@@ -146,14 +159,30 @@ def baseline_model_input(config: dict[str, Any], root: str) -> list[str]:
     return [f"{root}/baseline/model.pt"] if config["detector"]["source"] == "train" else []
 
 
-def detect_inputs(config: dict[str, Any], split: str) -> list[str]:
-    """Imported detections of a split: a changed file reruns detection."""
+def detector_files(config: dict[str, Any]) -> dict[str, str]:
+    """The files the detect stage reads, by config key: each split's imported detections, or a
+    detector's local weights."""
     detector = config["detector"]
     if detector["source"] == "import":
-        return [detector["import_results"][split]]
+        return {f"detector.import_results.{split}": path for split, path in detector["import_results"].items()}
     if detector["source"] == "torchvision" and detector["weights"] not in ("none", "torchvision"):
-        return [detector["weights"]]
-    return []
+        return {"detector.weights": detector["weights"]}
+    return {}
+
+
+def check_detector_files(config: dict[str, Any]) -> None:
+    """A missing file of `detector_files` is an error naming its key, before anything runs:
+    Snakemake would otherwise leave out the detect job whose input is missing, keep the detections
+    of the detector before, exit 0 and score them."""
+    missing = [f"key '{key}': {path} does not exist" for key, path in detector_files(config).items() if not os.path.exists(path)]
+    if missing:
+        raise InputError("; ".join(missing))
+
+
+def detect_inputs(config: dict[str, Any], split: str) -> list[str]:
+    """The detect job's files of `detector_files` for `split`: a changed file reruns detection."""
+    files = detector_files(config)
+    return [path for key, path in files.items() if key in (f"detector.import_results.{split}", "detector.weights")]
 
 
 def data_input_files(config: dict[str, Any]) -> list[str]:

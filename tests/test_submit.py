@@ -222,3 +222,21 @@ def test_a_model_describes_itself(tiny_run: Path) -> None:
     assert (state["hr_size"], state["scale"], state["margin"]) == (64, 4, 0.0)
     assert state["variant"]["d_inputs"] == ["sr", "hr"] and state["config"]["mtgan"]["preset"] == "tiny"
     assert "roi_input" not in state["preset"]  # the test-time rule is an inference setting, not the model's
+
+
+def test_rescore_never_overwrites_and_refuses_detections_of_other_images(tiny_run: Path, tmp_path: Path) -> None:
+    """A folder's images are ids 1..N in file-name order: val's detections (12 images) on the train
+    folder (24) would crop the wrong pictures; and an existing --out is the user's, never replaced."""
+    root = tiny_run / "artifacts" / "tiny"
+    base = ["rescore", "--model", str(root / "mtgan" / "mtgan" / "model.pt"), "--device", "cpu"]
+    val_detections = str(root / "detect" / "val_results.json")
+    wrong = CliRunner().invoke(
+        cli, [*base, "--images", str(root / "data" / "images" / "train"), "--detections", val_detections, "--out", str(tmp_path / "o.json")]
+    )
+    assert wrong.exit_code == 1 and "names 12 of the 24 images" in wrong.output and "made on other images?" in wrong.output
+    assert not (tmp_path / "o.json").exists()
+    (tmp_path / "mine.json").write_text("my results")
+    kept = CliRunner().invoke(
+        cli, [*base, "--images", str(root / "data" / "val.json"), "--detections", str(root / "detect" / "val.parquet"), "--out", str(tmp_path / "mine.json")]
+    )
+    assert kept.exit_code == 2 and "never overwrites a file" in kept.output and (tmp_path / "mine.json").read_text() == "my results"

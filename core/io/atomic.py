@@ -54,17 +54,31 @@ def is_leftover(path: Path) -> bool:
 
 
 def writer_alive(path: Path) -> bool:
-    """Whether the process that made temporary entry `path` is still running (a write in progress)."""
+    """Whether the process that made temporary entry `path` is still running (a write in progress).
+    A live process of that pid that started after the entry was last changed is another program
+    that reuses the number, not its writer (Linux: the start time in /proc)."""
     match = _SUFFIX.fullmatch(Path(path).name.rsplit(_PARTIAL, 1)[1])
     if match is None or match["pid"] is None:
         return False
+    pid = int(match["pid"])
     try:
-        os.kill(int(match["pid"]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+    except PermissionError:  # another user's live process: it may be the writer
+        pass
+    started = process_start_time(pid)
+    return started is None or started <= os.lstat(path).st_mtime + 1.0  # 1 s: the clocks' granularity
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), from /proc; None where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in clock ticks after boot
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 def leftovers_of(final: Path) -> list[Path]:
@@ -186,6 +200,23 @@ def check_replaceable(folder: Path) -> None:
             f"{folder}: files were added to this output folder after the pipeline wrote it ({first_few(added)}): a rerun "
             "would replace the folder and lose them; nothing was changed; move them away first"
         )
+
+
+def foreign_entries(root: Path) -> list[str]:
+    """What under `root` a rerun could delete though the pipeline did not write it, one line each:
+    files added to a folder the pipeline wrote (it carries the marker) and symbolic links below
+    `root` (Snakemake deletes a job's outputs through them before the job runs). Links are never
+    followed."""
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        here = Path(folder)
+        links = [name for name in (*dirs, *files) if (here / name).is_symlink()]
+        found += [f"{here / name}: a symbolic link (to {os.readlink(here / name)}); the pipeline never deletes or replaces through one" for name in links]
+        if OUTPUT_MARKER in files and (listed := _marked_files(here)) is not None:
+            added = sorted(set(_files(here)) - set(listed))
+            found += [f"{here}: holds files the pipeline did not write ({first_few(added)})"] if added else []
+            dirs.clear()  # the marker's list covers the folder's whole tree
+    return found
 
 
 def claim_dir(folder: Path) -> None:

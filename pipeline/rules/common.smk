@@ -12,6 +12,7 @@ from pipeline.workflow import (
     ERROR_AREAS,
     SIZE_RANGES,
     baseline_model_input,
+    check_detector_files,
     data_input_files,
     data_splits,
     detect_inputs,
@@ -32,6 +33,7 @@ from pipeline.workflow import (
     report_rois_args,
     report_variant,
     score_results_input,
+    refuse_foreign_entries,
     sections_json,
     shard_sections,
     submission_files,
@@ -47,6 +49,7 @@ for _path in [os.path.join(workflow.basedir, "config", "default.yaml"), *workflo
 _resolved = validate_config(config)
 config.clear()
 config.update(_resolved)
+check_detector_files(config)
 
 DATASET = config["data"]["name"]
 ROOT = f"artifacts/{DATASET}"
