@@ -61,7 +61,7 @@ from pipeline.report.style import label, method_color, ordered, plt, save
 from pipeline.score import coco_bbox_eval
 from pipeline.shards import ShardSettings, gather_manifest, write_chunk
 
-from seeds import _csv, same_training, seed_model, verdict
+from seeds import _csv, same_training, seed_model, spread, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -228,7 +228,7 @@ def report(rows: list[dict[str, Any]], seeds: list[int], small: dict[float, str]
     ]
     for share in SHARES:
         for method in sorted({r["method"] for r in rows if r["share"] == share}, key=method_key):
-            cells = ["{:.1f} +- {:.1f}".format(*mean_std(v)) if (v := values(rows, share, method, k)) else "n/a" for k in metrics]
+            cells = [spread(values(rows, share, method, k)) or "n/a" for k in metrics]
             lines.append(f"| {share} ({small[share]}) | {display_name(method)} | " + " | ".join(cells) + " |")
     found = differences(rows)
     lines += [

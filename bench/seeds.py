@@ -143,6 +143,11 @@ def _stats(rows: list[dict[str, Any]], method: str, key: str) -> dict[int, float
     return {r["seed"]: 100 * r[key] for r in rows if r["method"] == method and r.get(key) is not None}
 
 
+def spread(values: list[float]) -> str:
+    """A table cell: mean +- sample std (n - 1) of `values`, or empty without any."""
+    return f"{np.mean(values):.1f} +- {np.std(values, ddof=1) if len(values) > 1 else 0:.1f}" if values else ""
+
+
 def verdict(low: list[float], high: list[float]) -> str:
     """The ordering low < high judged by the rule in the module's docstring."""
     d = float(np.mean(high) - np.mean(low))
@@ -204,9 +209,7 @@ def _write(rows: list[dict[str, Any]], seeds: list[int], out: Path) -> str:
         "|---|" + "---:|" * len(metrics),
     ]
     for method in methods:
-        values = [list(_stats(rows, method, k).values()) for k in metrics]
-        cells = [f"{np.mean(v):.1f} +- {np.std(v, ddof=1) if len(v) > 1 else 0:.1f}" if v else "" for v in values]
-        lines.append(f"| {display_name(method)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {display_name(method)} | " + " | ".join(spread(list(_stats(rows, method, k).values())) for k in metrics) + " |")
     found = orderings(rows)
     (out / "orderings.csv").write_text(_csv(found))
     lines += [

@@ -173,6 +173,8 @@ def test_rescore_options_are_ranged(tmp_path: Path, option: str, value: str) -> 
         (lambda c: c.update(categories=[]), "'categories' is empty"),
         (lambda c: c["annotations"][0].update(iscrowd="yes"), "iscrowd is not 0 or 1"),
         (lambda c: c["annotations"][0].update(iscrowd=None), "iscrowd is not 0 or 1"),
+        (lambda c: c["categories"].append({"id": 9, "name": "a"}), "1 category name(s) given to more than one category ('a': ids [1, 9])"),
+        (lambda c: c["images"][0].update(id=2**64), "images id(s) outside 0 .. 2^63 - 1"),
     ],
 )
 def test_more_bad_coco_files_are_named_in_one_line(tmp_path: Path, change: Any, words: str) -> None:

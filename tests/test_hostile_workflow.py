@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -78,6 +79,11 @@ def test_a_detector_file_that_does_not_exist_is_named_before_anything_runs(run_c
     run = snakemake(run_copy, "eval_coco", "--cores", "2", "--configfile", TINY, str(imported))
     out = run.stdout + run.stderr
     assert run.returncode != 0 and "key 'detector.import_results.train': gone/train.json does not exist" in out
+    (run_copy / "gone").mkdir()
+    for split in ("train", "val", "test"):
+        (run_copy / "gone" / f"{split}.json").write_text("[]")
+    planned = snakemake(run_copy, "eval_coco", "submit_coco", "-n", "--cores", "2", "--configfile", TINY, str(imported))
+    assert planned.returncode == 0 and re.search(r"^detect\s+3$", planned.stdout, re.MULTILINE)  # the detector changed: each split detected again
 
 
 def test_a_leftover_whose_pid_now_belongs_to_another_program_is_removed(tmp_path: Path) -> None:
