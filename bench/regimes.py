@@ -271,7 +271,8 @@ def plot_regimes(rows: list[dict[str, Any]], out_png: Path) -> None:
         ax.set_xticks(x, [f"{share}" for share in SHARES])
         ax.set(xlabel="share of small positives kept in D's training shards", title=title)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, bbox_to_anchor=(0.5, -0.12))
     fig.suptitle("Does G help where D has seen few small objects? (mean +- std over seeds)")
     save(fig, out_png)
 

@@ -22,3 +22,17 @@ BIN = Path(sys.executable).parent
 def test_the_code_passes_its_checks(command: list[str]) -> None:
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+
+def test_no_function_of_the_stages_or_jobs_is_over_80_lines() -> None:
+    """Each function does one named step (torchvision's RoIHeads is the model): a longer one is split."""
+    import ast
+
+    long = [
+        f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for package in ("pipeline", "jobs")
+        for path in sorted((REPO / package).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80
+    ]
+    assert long == []

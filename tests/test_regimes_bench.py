@@ -1,6 +1,7 @@
 """bench/regimes.py: the mechanism test (small positives kept in D's training 1.0 / 0.25 / 0.0), on
-the session's tiny run: every regime, method and seed scored, the regime 1.0 / seed 0 rows the
-pipeline's own, the thinned shards as the manifest says, the verdicts by the docstring's rule."""
+the session's tiny run with one seed (the spread and the verdicts are checked on constructed rows):
+every regime and method scored, the regime 1.0 rows the pipeline's own, the thinned shards as the
+manifest says, a rerun that redoes nothing."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import regimes  # noqa: E402
 
 
 def run_regimes(work: Path) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, str(REPO / "bench" / "regimes.py"), "--config", str(REPO / "config" / "tiny.yaml"), "--seeds", "0,1", "--threads", "1"]
+    command = [sys.executable, str(REPO / "bench" / "regimes.py"), "--config", str(REPO / "config" / "tiny.yaml"), "--seeds", "0", "--threads", "1"]
     return subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=900)
 
 
@@ -33,7 +34,7 @@ def test_regimes_cover_every_method_and_seed_and_rerun_does_nothing(tiny_run: Pa
     with open(root / "regimes" / "regimes.csv") as f:
         rows = list(csv.DictReader(f))
     methods = ("mtgan", "mtgan-by_size", "sbu", "d_no_adv")
-    assert sorted((r["share"], r["seed"], r["method"]) for r in rows) == sorted((str(s), str(k), m) for s in regimes.SHARES for k in (0, 1) for m in methods)
+    assert sorted((r["share"], r["seed"], r["method"]) for r in rows) == sorted((str(s), "0", m) for s in regimes.SHARES for m in methods)
     with open(root / "eval" / "metrics.csv") as f:
         table = {r["method"]: r for r in csv.DictReader(f)}
     for r in (r for r in rows if r["share"] == "1.0" and r["seed"] == "0"):  # the pipeline's own models: its numbers
@@ -44,7 +45,7 @@ def test_regimes_cover_every_method_and_seed_and_rerun_does_nothing(tiny_run: Pa
     sampled = quarter["small_positives"]["sampled"]
     assert sampled > 0 and quarter["small_positives"]["kept"] == round(0.25 * sampled) and none["small_positives"]["kept"] == 0
     assert quarter["num_rois"] == train["num_rois"] - (sampled - round(0.25 * sampled)) and none["num_rois"] == train["num_rois"] - sampled
-    assert (root / "regimes" / "share-0.0" / "mtgan-seed1" / "model.pt").is_file()
+    assert (root / "regimes" / "share-0.0" / "mtgan-seed0" / "model.pt").is_file()
 
     text = (root / "regimes" / "regimes.md").read_text()
     assert "| 0.0 (0 of " in text and "MTGAN: G for small crops, HR crop above (ours) | APS | 0.25 |" in text
