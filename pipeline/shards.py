@@ -153,14 +153,14 @@ def small_positive_mask(labels: np.ndarray, gt_ann_ids: np.ndarray, coco: dict[s
     return (labels > 0) & np.fromiter((int(i) in small_ids for i in gt_ann_ids), bool, len(gt_ann_ids))
 
 
-def thin_small_positives(rows: np.ndarray, small: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, int]:
+def thin_small_positives(rows: np.ndarray, small: np.ndarray, share: float, seed: int) -> np.ndarray:
     """`rows` with only round(share * n) of its n small positives (`small`: a mask over the table)
     left, a random subset fixed by `seed` (a permutation of the candidates, cut at the share: a
-    lower share keeps a subset of a higher one's); and n."""
+    lower share keeps a subset of a higher one's)."""
     candidates = rows[small[rows]]
     order = np.random.default_rng([seed, 32]).permutation(len(candidates))
     dropped = candidates[order[round(share * len(candidates)) :]]
-    return np.setdiff1d(rows, dropped, assume_unique=True), len(candidates)
+    return np.setdiff1d(rows, dropped, assume_unique=True)
 
 
 def kept_rows(labels: np.ndarray, image_ids: np.ndarray, settings: ShardSettings, small: np.ndarray | None = None) -> np.ndarray:
@@ -176,7 +176,7 @@ def kept_rows(labels: np.ndarray, image_ids: np.ndarray, settings: ShardSettings
         return rows
     if small is None:
         raise ValueError("keeping a share of the small positives needs their mask (small_positive_mask)")
-    return thin_small_positives(rows, small, settings.small_positives["share"], settings.small_positives["seed"])[0]
+    return thin_small_positives(rows, small, settings.small_positives["share"], settings.small_positives["seed"])
 
 
 def small_positive_counts(labels: np.ndarray, image_ids: np.ndarray, settings: ShardSettings, small: np.ndarray) -> dict[str, Any]:

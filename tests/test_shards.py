@@ -131,15 +131,15 @@ def test_thinning_keeps_a_nested_share_of_the_small_positives_only() -> None:
     small = np.zeros(1000, bool)
     small[::3] = True  # 334 small positives among 1000 rows
     rows = np.arange(1000)
-    kept = {share: thin_small_positives(rows, small, share, seed=5)[0] for share in (1.0, 0.5, 0.25, 0.0)}
+    kept = {share: thin_small_positives(rows, small, share, seed=5) for share in (1.0, 0.5, 0.25, 0.0)}
     assert np.array_equal(kept[1.0], rows)
     for share, r in kept.items():
         assert small[r].sum() == round(share * 334) and (~small[r]).sum() == 666  # every other row stays
     assert set(kept[0.25]) <= set(kept[0.5]) <= set(kept[1.0])  # a lower share keeps a subset
-    assert np.array_equal(kept[0.25], thin_small_positives(rows, small, 0.25, seed=5)[0])  # fixed by the seed
-    assert not np.array_equal(kept[0.25], thin_small_positives(rows, small, 0.25, seed=6)[0])
+    assert np.array_equal(kept[0.25], thin_small_positives(rows, small, 0.25, seed=5))  # fixed by the seed
+    assert not np.array_equal(kept[0.25], thin_small_positives(rows, small, 0.25, seed=6))
     sampled = rows[::2]  # thinning applies to the rows sampling kept, not to the table
-    assert set(thin_small_positives(sampled, small, 0.5, seed=5)[0]) <= set(sampled.tolist())
+    assert set(thin_small_positives(sampled, small, 0.5, seed=5)) <= set(sampled.tolist())
 
 
 def test_small_positives_are_those_whose_matched_object_is_small() -> None:

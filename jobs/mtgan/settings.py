@@ -340,6 +340,10 @@ class TestTimeRule:
     # own under this rule (False: the rule feeds D HR crops, a variant's D must know them).
     every_variant: bool
 
+    def __post_init__(self) -> None:
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"test-time rule routing {self.routing!r}: one of {list(ROUTINGS)}")
+
     @property
     def reads_g_max_side(self) -> bool:
         """Whether the rule's routing depends on `infer.g_max_side` (a change reruns its jobs only)."""
