@@ -12,6 +12,7 @@ account, partition, CPUs and memory; that file says what it changes and why)."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import shutil
@@ -37,6 +38,7 @@ PRODUCTION = REPO / "profiles" / "slurm"
 TEST_CLUSTER = PRODUCTION / "test-cluster"
 PROFILES = ["--profile", str(PRODUCTION), "--profile", str(TEST_CLUSTER)]
 CLUSTER = "mtgan-local"  # the ClusterName that tests/slurm/start.sh writes
+ACCOUNT = "mtgan"  # its account (profiles/slurm/test-cluster submits under it; start.sh adds root and $SUDO_USER)
 START = "bash tests/slurm/start.sh"
 
 
@@ -61,6 +63,11 @@ def _cluster_problem() -> str | None:
         accounting = subprocess.run(["sacct", "-n", "-X", "-o", "JobID"], capture_output=True, text=True, timeout=30, check=False)
         if accounting.returncode != 0:
             return f"`sacct` does not answer ({accounting.stderr.strip()})"
+        user = getpass.getuser()
+        query = ["sacctmgr", "-n", "-P", "show", "assoc", "where", f"user={user}", f"account={ACCOUNT}", "format=user"]
+        member = subprocess.run(query, capture_output=True, text=True, timeout=30, check=False)
+        if user not in member.stdout.split():
+            return f"user {user} may not submit to the test cluster's account {ACCOUNT} (tests/slurm/start.sh makes root and $SUDO_USER its users)"
     except subprocess.TimeoutExpired as err:
         return f"`{' '.join(err.cmd)}` did not answer within {err.timeout} s"
     return None
