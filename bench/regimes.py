@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.io import atomic
 from core.io.shards import read_manifest, sha256_of
 from core.io.tables import ROIS_SCHEMA, file_metadata, read_table
 from core.sizes import SIDE_BINS
@@ -66,7 +67,7 @@ from pipeline.report.style import label, method_color, ordered, plt, save
 from pipeline.score import coco_bbox_eval
 from pipeline.shards import ShardSettings, gather_manifest, write_chunk
 
-from seeds import _csv, same_training, seed_model, spread, verdict
+from seeds import csv_text, mean_std, same_training, seed_model, spread, verdict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,7 +135,7 @@ def scored(root: Path, config: dict[str, Any], model: Path, share: float, varian
     row |= {f"acc_side_{b['side']}": b["accuracy"] for b in acc["positive_by_side"]}
     row |= {"side_rois": [b["rois"] for b in acc["positive_by_side"]], "model_sha256": model_sha256}
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(row))
+    atomic.write_json(cache, row)  # a killed run leaves no half-written row to read back
     return row
 
 
@@ -167,7 +168,7 @@ def main() -> None:
         )
     out = root / "regimes"
     small = {share: small_positives_kept(regime_shards(root, config, share, args.threads)) for share in SHARES}
-    (out / "regimes.csv").write_text(_csv([{k: v for k, v in r.items() if k not in ("side_rois", "model_sha256")} for r in rows]))
+    (out / "regimes.csv").write_text(csv_text([{k: v for k, v in r.items() if k not in ("side_rois", "model_sha256")} for r in rows]))
     text = report(rows, seeds, small)
     (out / "regimes.md").write_text(text)
     plot_regimes(rows, out / "regimes.png")
@@ -190,10 +191,6 @@ def small_positives_kept(manifest: Path) -> str:
 def values(rows: list[dict[str, Any]], share: float, method: str, key: str) -> list[float]:
     """`key` x100 of `method` at regime `share`, one value per seed (seeds where it is defined)."""
     return [100 * r[key] for r in sorted(rows, key=lambda r: r["seed"]) if r["share"] == share and r["method"] == method and r.get(key) is not None]
-
-
-def mean_std(v: list[float]) -> tuple[float, float]:
-    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
 
 
 def side_curve(rows: list[dict[str, Any]], share: float, method: str) -> list[tuple[float | None, float]]:

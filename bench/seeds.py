@@ -143,15 +143,20 @@ def _stats(rows: list[dict[str, Any]], method: str, key: str) -> dict[int, float
     return {r["seed"]: 100 * r[key] for r in rows if r["method"] == method and r.get(key) is not None}
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (n - 1; 0 for one value) of `values` over seeds."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def spread(values: list[float]) -> str:
-    """A table cell: mean +- sample std (n - 1) of `values`, or empty without any."""
-    return f"{np.mean(values):.1f} +- {np.std(values, ddof=1) if len(values) > 1 else 0:.1f}" if values else ""
+    """A table cell: mean +- sample std of `values` (`mean_std`), or empty without any."""
+    return "{:.1f} +- {:.1f}".format(*mean_std(values)) if values else ""
 
 
 def verdict(low: list[float], high: list[float]) -> str:
     """The ordering low < high judged by the rule in the module's docstring."""
-    d = float(np.mean(high) - np.mean(low))
-    s = max(float(np.std(low, ddof=1)) if len(low) > 1 else 0.0, float(np.std(high, ddof=1)) if len(high) > 1 else 0.0)
+    (m_low, s_low), (m_high, s_high) = mean_std(low), mean_std(high)
+    d, s = m_high - m_low, max(s_low, s_high)
     if d > s:
         return "held beyond the spread"
     if d > 0:
@@ -169,17 +174,18 @@ def orderings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if not seeds:
                 continue
             lo, hi = [a[s] for s in seeds], [b[s] for s in seeds]
+            (lo_mean, lo_std), (hi_mean, hi_std) = mean_std(lo), mean_std(hi)
             out.append(
                 {
                     "ordering": what,
                     "metric": key,
                     "lower": low,
                     "higher": high,
-                    "lower_mean": np.mean(lo),
-                    "lower_std": np.std(lo, ddof=1) if len(lo) > 1 else 0.0,
-                    "higher_mean": np.mean(hi),
-                    "higher_std": np.std(hi, ddof=1) if len(hi) > 1 else 0.0,
-                    "difference": np.mean(hi) - np.mean(lo),
+                    "lower_mean": lo_mean,
+                    "lower_std": lo_std,
+                    "higher_mean": hi_mean,
+                    "higher_std": hi_std,
+                    "difference": hi_mean - lo_mean,
                     "seeds_held": sum(h > x for x, h in zip(lo, hi)),
                     "seeds": len(seeds),
                     "verdict": verdict(lo, hi),
@@ -188,7 +194,8 @@ def orderings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _csv(rows: list[dict[str, Any]]) -> str:
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """`rows` as CSV text, one column per key in first-seen order."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
@@ -199,7 +206,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 def _write(rows: list[dict[str, Any]], seeds: list[int], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "seeds.csv").write_text(_csv(rows))
+    (out / "seeds.csv").write_text(csv_text(rows))
     methods = sorted(dict.fromkeys(r["method"] for r in rows), key=method_key)
     metrics = [*COLUMNS, *(f"acc_{k}" for k in ACCURACY)]
     lines = [
@@ -211,7 +218,7 @@ def _write(rows: list[dict[str, Any]], seeds: list[int], out: Path) -> str:
     for method in methods:
         lines.append(f"| {display_name(method)} | " + " | ".join(spread(list(_stats(rows, method, k).values())) for k in metrics) + " |")
     found = orderings(rows)
-    (out / "orderings.csv").write_text(_csv(found))
+    (out / "orderings.csv").write_text(csv_text(found))
     lines += [
         "",
         "The paper's orderings (and ours against the paper's path): d = difference of the means, s = the larger "

@@ -182,9 +182,9 @@ def train_steps(
     last: Path,
 ) -> None:
     """Steps `start` .. `settings.iterations` over the batches of `progress` (the loader in a
-    progress bar): every loss term logged into `rows`
-    (means over `log_every` steps), a checkpoint every `checkpoint_every` (`save(step)`); a
-    non-finite loss stops with a message naming the last good checkpoint `last`."""
+    progress bar): every loss term logged into `rows` (means over `log_every` steps), a checkpoint
+    every `checkpoint_every` (`save(step)`); a non-finite loss stops with a message naming the last
+    good checkpoint `last`."""
     use_amp = settings.amp and device.type == "cuda"
     model.train()
     window: dict[str, float] = {}

@@ -271,8 +271,9 @@ class MetricsLog:
         self.window, self.clock, self.pairs = {}, time.perf_counter(), 0
         return row
 
-    def pause(self, seconds: float) -> None:
-        """Leave `seconds` (an evaluation) out of the pairs/s."""
+    def add_eval(self, step: int, scores: dict[str, float], seconds: float) -> None:
+        """A held-out evaluation's row; its `seconds` are left out of the pairs/s."""
+        self.rows.append({"step": step, "stage": "eval", **scores})
         self.clock += seconds
 
 
@@ -318,14 +319,15 @@ def train_mtgan(
     for _ in range(start):  # the same batches as an uninterrupted run
         next(batches)
 
-    def checkpoint(step: int) -> dict[str, Any]:
+    def save(step: int) -> None:
+        """`last.pt` at `step`: the networks, the random state, the settings and the metrics so far."""
         state = {"format_version": CHECKPOINT_FORMAT, **nets.d_state(), "step": step, "rng": rng_state(), "settings": settings, "metrics": rows}
-        return state | nets.g_state()
+        save_checkpoint(last, state | nets.g_state())
 
-    total = train_steps(nets, batches, holdout, variant, preset, doc["margin"], device, start, MetricsLog(rows, world), rank, out_dir, checkpoint)
+    total = train_steps(nets, batches, holdout, variant, preset, doc["margin"], device, start, MetricsLog(rows, world), rank, out_dir, save)
     model_path = out_dir / "model.pt"
     if rank == 0:
-        save_checkpoint(last, checkpoint(total))
+        save(total)
         with atomic.atomic_path(out_dir / "metrics.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         if rows:
@@ -350,10 +352,11 @@ def train_steps(
     metrics_log: MetricsLog,
     rank: int,
     out_dir: Path,
-    checkpoint: Callable[[int], dict[str, Any]],
+    save: Callable[[int], None],
 ) -> int:
     """Steps `start` .. the end: MSE pre-training of G, then one D and one G step per batch; logs,
-    held-out evaluations, pictures and checkpoints on their schedules. Returns the last step."""
+    held-out evaluations, pictures (into `out_dir`) and checkpoints (`save(step)`) on their
+    schedules. Returns the last step."""
     learned = variant.generator == "learned"
     autocast = autocast_factory(device, preset.amp)
     pretrain = preset.pretrain_iterations if learned else 0
@@ -380,11 +383,10 @@ def train_steps(
         if holdout and step >= pretrain and (done % preset.eval_every == 0 or done == total):
             started = time.perf_counter()
             scores = evaluate_holdout(_unwrap(g), _unwrap(d), holdout, variant, margin, device, autocast)
-            metrics_log.pause(time.perf_counter() - started)  # pairs/s counts training only
-            metrics_log.rows.append({"step": done, "stage": "eval", **scores})
+            metrics_log.add_eval(done, scores, time.perf_counter() - started)  # pairs/s counts training only
             log.info("step %d: eval-mode accuracy on held-out ROIs %s", done, {k: round(v, 3) for k, v in scores.items()})
         if rank == 0 and (done % preset.picture_every == 0 or done == total):
             _pictures(_unwrap(g), lr, hr, out_dir / "pictures" / f"step-{done:06d}.png", f"{variant.name}, step {done}")
         if rank == 0 and done % preset.checkpoint_every == 0 and done < total:
-            save_checkpoint(out_dir / "checkpoints" / "last.pt", checkpoint(done))
+            save(done)
     return total
