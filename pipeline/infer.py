@@ -86,21 +86,25 @@ def predict(model: LoadedModel, manifest: Path, use_g: Any, device: torch.device
 
 def table9_accuracy(probs: np.ndarray, label: np.ndarray, size_class: np.ndarray, sides: np.ndarray | None = None) -> dict[str, Any]:
     """D's classification accuracy on positive, negative and all (non-ignored) ROIs (paper Table 9),
-    on positives by size class and, given the crops' longer sides (`core.crops.crop_sides`), on
-    positives by side (`positive_by_side`: one entry per bin of `core.sizes.SIDE_BINS`)."""
+    on positives and on negatives by size class (a negative's is its ROI box's) and, given the
+    crops' longer sides (`core.crops.crop_sides`), on positives and on negatives by side
+    (`positive_by_side`, `negative_by_side`: one entry per bin of `core.sizes.SIDE_BINS`). The
+    negatives by size show whether D reads a small crop as background whatever it holds."""
     correct = probs.argmax(1) == label
-    groups = {"positive": label > 0, "negative": label == 0, "all": label >= 0}
-    groups |= {f"positive_{name}": (label > 0) & (size_class == code) for code, name in enumerate(SIZE_CLASSES)}
+    kinds = {"positive": label > 0, "negative": label == 0}
+    groups = {**kinds, "all": label >= 0}
+    groups |= {f"{kind}_{name}": mask & (size_class == code) for kind, mask in kinds.items() for code, name in enumerate(SIZE_CLASSES)}
     accuracy: dict[str, Any] = {}
     for kind, mask in groups.items():
         accuracy[kind] = float(correct[mask].mean()) if mask.any() else None  # no such ROIs
         accuracy[f"{kind}_rois"] = int(mask.sum())
     if sides is not None:
         bins = np.fromiter((side_bin(s) for s in sides), np.int64, len(sides))
-        masks = [(label > 0) & (bins == k) for k in range(len(SIDE_BINS))]
-        accuracy["positive_by_side"] = [
-            {"side": name, "rois": int(m.sum()), "accuracy": float(correct[m].mean()) if m.any() else None} for name, m in zip(SIDE_BINS, masks)
-        ]
+        for kind, kind_mask in kinds.items():
+            masks = [kind_mask & (bins == k) for k in range(len(SIDE_BINS))]
+            accuracy[f"{kind}_by_side"] = [
+                {"side": name, "rois": int(m.sum()), "accuracy": float(correct[m].mean()) if m.any() else None} for name, m in zip(SIDE_BINS, masks)
+            ]
     return accuracy
 
 

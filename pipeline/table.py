@@ -27,7 +27,10 @@ from core.io import atomic
 from pipeline.methods import display_name, method_key
 from pipeline.score import TABLE_COLUMNS
 
-ACCURACY_COLUMNS = ("positive", "negative", "all", "positive_small", "positive_medium", "positive_large")
+# D's accuracy (the infer stage's keys) and their headers: the paper's Table 9, positives by size,
+# and small negatives (a D that reads every small crop as background scores high there).
+ACCURACY_COLUMNS = ("positive", "negative", "all", "positive_small", "positive_medium", "positive_large", "negative_small")
+ACCURACY_HEADERS = ("positive", "negative", "all", "small positive", "medium positive", "large positive", "small negative")
 
 
 TABLE_OUTPUTS = ("csv", "markdown", "per_class", "accuracy")
@@ -51,10 +54,10 @@ def write_tables(scores: list[dict[str, Any]], accuracies: list[dict[str, Any]],
         lines += [
             "",
             "Discriminator classification accuracy (%) on the test ROIs (paper Table 9), eval mode, each ROI "
-            "as its row's path feeds it to D; positives also by size:",
+            "as its row's path feeds it to D; positives also by size, and small negatives:",
             "",
-            "| method | positive | negative | all | small positive | medium positive | large positive |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| method | " + " | ".join(ACCURACY_HEADERS) + " |",
+            "|---|" + "---:|" * len(ACCURACY_HEADERS),
         ]
         for a in sorted(accuracies, key=lambda a: method_key(a["method"])):
             acc = a["accuracy"]

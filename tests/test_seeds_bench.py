@@ -23,9 +23,32 @@ def test_verdicts_follow_the_stated_rule() -> None:
     rows = [
         {"method": m, "seed": s, "AP": v / 100, "APS": v / 100} for m, vals in (("sbu", (10, 11, 12)), ("mtgan", (14, 10, 16))) for s, v in zip((0, 1, 2), vals)
     ]
-    (ap, aps) = [o for o in seeds.orderings(rows) if o["ordering"].startswith("Table 4")]
-    assert (ap["metric"], ap["seeds_held"], ap["seeds"], round(ap["difference"], 6)) == ("AP", 2, 3, round(40 / 3 - 11, 6))
+    (ap, ap_welch, aps, aps_welch) = [o for o in seeds.orderings(rows) if o["ordering"].startswith("Table 4")]
+    assert (ap["metric"], ap["rule"], ap["seeds_held"], ap["seeds"], round(ap["difference"], 6)) == ("AP", "spread", 2, 3, round(40 / 3 - 11, 6))
     assert ap["verdict"] == "held within the spread"  # d 2.33 <= s 3.06 (mtgan's std)
+    # Welch's one-sided p of the same numbers, beside the published verdict and as the strict rule's verdict
+    assert ap_welch["rule"] == "welch" and abs(ap_welch["welch_p"] - ap["welch_p"]) < 1e-12 and 0.1 < ap["welch_p"] < 0.3
+    assert ap_welch["verdict"] == "not held" and aps_welch["verdict"] == "not held"
+
+
+def test_welch_rule_holds_at_p_below_alpha_on_the_strict_seeds_only() -> None:
+    rows = [
+        {"method": m, "seed": s, "AP": v / 100, "APS": v / 100}
+        for m, vals in (("d_no_adv", (10, 11, 12, 10.5, 11.5)), ("mtgan", (14, 15, 16, 14.5, 15.5, 0)))
+        for s, v in enumerate(vals)
+    ]
+    found = {(o["metric"], o["rule"]): o for o in seeds.orderings(rows) if o["ordering"].startswith("Table 3")}
+    assert found["AP", "spread"]["seeds"] == 3 and found["AP", "welch"]["seeds"] == 5  # seed 5 of MTGAN alone is left out
+    assert found["AP", "welch"]["verdict"] == "held (p < 0.05)" and found["AP", "welch"]["welch_p"] < 1e-4
+    assert seeds.welch_verdict([1.0, 2.0, 3.0], [1.5, 2.5, 3.5]) == "not held"
+    assert seeds.welch_p([1.0], [2.0, 3.0]) is None
+
+
+def test_the_docstring_states_the_simulated_error_rates() -> None:
+    table = seeds.simulate_rules(trials=20000, seed=0)
+    for line in table.splitlines()[2:]:
+        rule, n, *rates = (cell.strip() for cell in line.strip("|").split("|"))
+        assert any(f"| {n} | {' | '.join(rates)} |" in doc_line for doc_line in seeds.__doc__.splitlines()), line
 
 
 def test_seeds_cover_every_row_and_seed_0_is_the_pipelines(tiny_run: Path, tmp_path: Path) -> None:
@@ -59,9 +82,11 @@ def test_seeds_cover_every_row_and_seed_0_is_the_pipelines(tiny_run: Path, tmp_p
         assert f"| {ordering} |" in text
     with open(root / "seeds" / "orderings.csv") as f:
         judged = list(csv.DictReader(f))
-    # AP and APS of 5 orderings and Table 9 on negatives and all (the tiny test split has no positive ROI), over both seeds
-    assert len(judged) == 12 and all(o["seeds"] == "2" for o in judged)
+    # AP and APS of 5 orderings and Table 9 on negatives and all (the tiny test split has no positive ROI), over both
+    # seeds, under the spread rule; Tables 3 and 4 and ours against the paper's path under Welch's test too
+    assert len(judged) == 20 and all(o["seeds"] == "2" for o in judged)
     assert {o["metric"] for o in judged if o["ordering"].startswith("Table 9")} == {"acc_negative", "acc_all"}
-    assert all(
-        o["verdict"] == seeds.verdict(*([100 * float(r[o["metric"]]) for r in runs if r["method"] == o[side]] for side in ("lower", "higher"))) for o in judged
-    )
+    assert sum(o["rule"] == "welch" for o in judged) == 8
+    for o in judged:
+        low, high = ([100 * float(r[o["metric"]]) for r in runs if r["method"] == o[side]] for side in ("lower", "higher"))
+        assert o["verdict"] == (seeds.verdict(low, high) if o["rule"] == "spread" else seeds.welch_verdict(low, high))

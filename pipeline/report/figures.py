@@ -32,6 +32,7 @@ from jobs.mtgan.engine import rule_key
 from jobs.mtgan.settings import PAPER_RULE, RULES
 from pipeline.methods import parse_method
 from pipeline.report.style import SIZE_TITLES, label, method_color, ordered, plt, save
+from pipeline.table import ACCURACY_COLUMNS
 
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
 IOU_INDEX = {0.5: 0, 0.75: 5}  # in pycocotools' iouThrs .50:.05:.95
@@ -177,7 +178,7 @@ def plot_training_curves(logs: dict[str, list[dict[str, Any]]], out_png: Path) -
 def plot_accuracy(accuracies: list[dict[str, Any]], out_png: Path) -> None:
     """D's classification accuracy on positive / negative / all test ROIs per variant and test-time
     rule (paper Table 9)."""
-    kinds = ("positive", "negative", "all", "positive_small", "positive_medium", "positive_large")
+    kinds = ACCURACY_COLUMNS
     variants = ordered([a["method"] for a in accuracies])
     by_variant = {a["method"]: a["accuracy"] for a in accuracies}
     width = 0.8 / max(1, len(variants))
