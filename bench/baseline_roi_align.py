@@ -28,10 +28,11 @@ import torch
 from torchvision.ops import MultiScaleRoIAlign
 
 import jobs.baseline.train as baseline_train
+from core.io.tables import DETECTIONS_SCHEMA, read_table
 from jobs.baseline.models import DetectorSettings, build_detector
 from jobs.baseline.train import TrainSettings
 from pipeline.config import dev_split, load_config_files, validate_config
-from pipeline.detect import detect_split, results_json
+from pipeline.detect import detect_split, results_records
 from pipeline.score import coco_bbox_eval
 
 from timing import median_seconds
@@ -96,8 +97,8 @@ def dev_scores(seeds: list[int], config: dict[str, Any], folder: Path) -> list[d
                 finally:
                     baseline_train.build_detector = build
             logged = [json.loads(line)["images_per_s"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-            table = detect_split(config["detector"] | {"device": "cpu"}, coco_dev, data / dev["image_root"], "dev", out / "model.pt")
-            stats, _ = coco_bbox_eval(data / dev["annotations"], results_json(table))
+            detect_split(config["detector"] | {"device": "cpu"}, coco_dev, data / dev["image_root"], "dev", out / "dev.parquet", out / "model.pt")
+            stats, _ = coco_bbox_eval(data / dev["annotations"], results_records(read_table(out / "dev.parquet", DETECTIONS_SCHEMA)))
             rows.append({"seed": seed, "backward": backward, "AP": 100 * stats["AP"], "APS": 100 * stats["APS"], "images_per_s": statistics.median(logged)})
             print(json.dumps(rows[-1]), flush=True)
     return rows

@@ -84,7 +84,7 @@ import yaml
 
 from core.io.tables import DETECTIONS_SCHEMA, read_table
 from pipeline.config import dev_split, load_config_files, validate_config
-from pipeline.detect import results_json
+from pipeline.detect import results_records
 from pipeline.score import coco_bbox_eval
 
 from seeds import csv_text
@@ -143,7 +143,7 @@ def dev_row(root: Path, split: str, budget: int) -> dict[str, Any]:
     table = root / "detect" / f"{split}.parquet"
     if cache.is_file() and cache.stat().st_mtime >= table.stat().st_mtime:
         return json.loads(cache.read_text())
-    stats, _ = coco_bbox_eval(root / "data" / f"{split}.json", results_json(read_table(table, DETECTIONS_SCHEMA)))
+    stats, _ = coco_bbox_eval(root / "data" / f"{split}.json", results_records(read_table(table, DETECTIONS_SCHEMA)))
     row = {"budget": budget, **{c: stats[c] for c in DEV_COLUMNS}, "train_seconds": detector_seconds(root)}
     cache.write_text(json.dumps(row))
     return row

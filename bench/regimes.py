@@ -65,7 +65,7 @@ from pipeline.methods import display_name, method_key, method_name, parse_method
 from pipeline.report.figures import plot_accuracy_by_side
 from pipeline.report.style import label, method_color, ordered, plt, save
 from pipeline.score import coco_bbox_eval
-from pipeline.shards import ShardSettings, gather_manifest, write_chunk
+from pipeline.shards import ShardSettings, write_shards
 
 from seeds import csv_text, mean_std, same_training, seed_model, spread, verdict
 
@@ -92,13 +92,7 @@ def regime_shards(root: Path, config: dict[str, Any], share: float, jobs: int) -
     settings = ShardSettings.from_config(config["shards"] | {"train_small_positive_share": share}, "train")
     split = config["data"]["train_split"]
     coco, _, image_root = split_coco(root / "data" / "index.json", split)
-    rois = root / "rois" / "train.parquet"
-    chunks = [out / f"chunk-{c}" for c in range(settings.num_chunks)]
-    for c, chunk in enumerate(chunks):
-        if not (chunk / "chunk.json").is_file():
-            write_chunk(rois, coco, image_root, split, c, settings, chunk, n_jobs=jobs)
-    gather_manifest(rois, chunks, split, settings, manifest, coco)
-    return manifest
+    return write_shards(root / "rois" / "train.parquet", coco, image_root, split, settings, out, n_jobs=jobs)
 
 
 def regime_model(root: Path, config: dict[str, Any], share: float, variant: str, seed: int, threads: int) -> Path:

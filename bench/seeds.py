@@ -89,7 +89,7 @@ ABLATIONS = ("no_reg_branch", "no_adv_loss", "no_cls_loss", "no_reg_loss")  # th
 PUBLISHED_SEEDS = (0, 1, 2)  # the seeds the spread rule's verdicts were published with
 STRICT_SEEDS = (0, 1, 2, 3, 4)  # the seeds Welch's test judges
 ALPHA = 0.05
-BY_SIZE = "by_size"
+BY_SIZE = next(name for name, rule in RULES.items() if rule.reads_g_max_side)  # our size-aware path (the registry's)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ upper edges inclusive, so the bin "12-16" ends where `infer.g_max_side: 16` send
 from __future__ import annotations
 
 from bisect import bisect_left
+from typing import Any
 
 SMALL_MAX_AREA = 32**2
 MEDIUM_MAX_AREA = 96**2
@@ -27,6 +28,13 @@ def size_class(area: float) -> str:
     if area < MEDIUM_MAX_AREA:
         return "medium"
     return "large"
+
+
+def size_classes(areas: Any) -> Any:
+    """`size_class` of each area of a numpy array, as its index in SIZE_CLASSES (int64)."""
+    import numpy as np
+
+    return np.where(areas < SMALL_MAX_AREA, 0, np.where(areas < MEDIUM_MAX_AREA, 1, 2)).astype(np.int64)
 
 
 SIDE_BIN_EDGES: tuple[int, ...] = (8, 12, 16, 24, 32, 48, 64, 96)

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from core.io import atomic
 from core.io.shards import LAYOUT_VERSION, ORIGIN_CODES, layout, read_manifest, sha256_of, shapes
 from core.sizes import SIZE_CLASSES
-from pipeline.shards import ShardSettings, kept_rows
+from pipeline.shards import THINNING_STREAMS, ShardSettings, TableLabels, kept_rows
 
 IOU_BINS = np.linspace(0.0, 1.0, 11)
 
@@ -87,7 +87,11 @@ def _check_shard(path: Path, entry: dict[str, Any], doc: dict[str, Any], report:
                 report.problems.append(f"{name}: dataset {ds} is {f[ds].dtype}{f[ds].shape}, expected {spec['dtype']}{expected[ds]}")
         if any(p.startswith(f"{name}:") for p in report.problems):
             return None
-        return {k: f[k][:] for k in ("roi_id", "image_id", "label", "iou", "size_class", "origin")}
+        try:
+            return {k: f[k][:] for k in ("roi_id", "image_id", "label", "iou", "size_class", "origin")}
+        except OSError as e:  # a checksum that does not match, a damaged chunk
+            report.problems.append(f"{name}: cannot read its columns ({e})")
+            return None
 
 
 def audit(target: Path, rois_table: Path | None = None) -> tuple[AuditReport, list[Path]]:
@@ -142,15 +146,15 @@ def _check_against_table(path: Path, doc: dict[str, Any], columns: list[dict[str
     table = pq.read_table(path, columns=["roi_id", "image_id", "label", "iou"])
     image_id, label, iou = (table.column(k).to_numpy() for k in ("image_id", "label", "iou"))
     settings = ShardSettings(doc["hr_size"], doc["scale"], doc["margin"], 1, doc["block_size"], 1, "error", doc["sampling"])
-    planned = kept_rows(label, image_id, settings)
-    expected = len(planned)
-    thinned = doc.get("small_positives")  # the split's ground truth is not at hand: its recorded counts
-    if thinned:
-        expected -= thinned["sampled"] - thinned["kept"]
+    none = np.zeros(len(label), bool)
+    planned = kept_rows(TableLabels(label, image_id, none, none), settings)  # sampled, before any thinning
+    # the split's ground truth is not at hand: the thinning's recorded counts
+    thinned = {kind.replace("_", " "): doc[kind]["sampled"] - doc[kind]["kept"] for kind in THINNING_STREAMS if kind in doc}
+    expected = len(planned) - sum(thinned.values())
     if doc["num_rois"] + doc["skipped_rois"] != expected:
         report.problems.append(
             f"the manifest lists {doc['num_rois']} ROIs and {doc['skipped_rois']} skipped; the ROI table and sampling settings give {expected}"
-            + (f" (less the {thinned['sampled'] - thinned['kept']} small positives the manifest says were left out)" if thinned else "")
+            + "".join(f" (less the {n} {kind} the manifest says were left out)" for kind, n in thinned.items())
         )
     for entry, c in zip(doc["shards"], columns):
         ids = c["roi_id"]

@@ -112,7 +112,6 @@ def data_cmd(config_files: tuple[Path, ...], sections_json: str | None, out_dir:
 @opt.split_option
 @click.option("--model", "model_path", type=opt.existing_files, help="The trained detector (detector.source train): artifacts/<dataset>/baseline/model.pt.")
 @click.option("--out-table", required=True, type=opt.out_file, help="Detections table (.parquet).")
-@click.option("--out-results", required=True, type=opt.out_file, help="The same as a COCO results JSON.")
 @click.option(
     "--on-bad-image",
     type=click.Choice(["error", "skip"]),
@@ -128,7 +127,6 @@ def detect_cmd(
     split: str,
     model_path: Path | None,
     out_table: Path,
-    out_results: Path,
     on_bad_image: str,
     threads: int | None,
 ) -> None:
@@ -136,19 +134,27 @@ def detect_cmd(
 
     \b
     Reads section detector. source train needs --model; source import reads
-    detector.import_results[split] and validates it against the split.
+    detector.import_results[split] and validates it against the split. `mtgan results` writes a
+    table's COCO results JSON (for a split that is scored or submitted).
     """
-    from core.io.tables import write_table
     from pipeline.data.index import data_source, split_coco
-    from pipeline.detect import detect_split, write_results_json
+    from pipeline.detect import detect_split
 
     config = opt.resolve_config(config_files, sections_json, need=("detector",))
     opt.set_threads(threads)
     coco, _, image_root = split_coco(data_index, split)
-    table = detect_split(config["detector"], coco, image_root, split, model_path, on_bad_image, data_source(data_index))
-    write_table(table, out_table)
-    write_results_json(table, out_results)
-    click.echo(f"{split}: {table.num_rows} detections on {len(coco['images'])} images -> {out_table}")
+    rows = detect_split(config["detector"], coco, image_root, split, out_table, model_path, on_bad_image, data_source(data_index))
+    click.echo(f"{split}: {rows} detections on {len(coco['images'])} images -> {out_table}")
+
+
+@cli.command("results")
+@click.option("--detections", required=True, type=opt.existing_files, help="The detect stage's table of a split.")
+@click.option("--out", "out_json", required=True, type=opt.out_file, help="COCO results JSON.")
+def results_cmd(detections: Path, out_json: Path) -> None:
+    """The baseline's detections of a split as a COCO results JSON (written in parts)."""
+    from pipeline.detect import write_results_json
+
+    click.echo(f"{write_results_json(detections, out_json)} detections -> {out_json}")
 
 
 @cli.command("rois")
@@ -177,6 +183,29 @@ def rois_cmd(
     click.echo(write_rois(RoiSettings.from_config(config["rois"]), detections, coco, split, role, out_table, out_counts))
 
 
+@cli.command("shards-plan")
+@opt.config_option
+@opt.sections_option
+@opt.index_option
+@opt.split_option
+@opt.role_option
+@click.option("--rois", "rois_path", required=True, type=opt.existing_files, help="The rois stage's table of this split.")
+@click.option("--out-plan", required=True, type=opt.out_file, help="The kept ROIs and their chunks (.parquet).")
+@click.option("--out-images", required=True, type=opt.out_file, help="The split's images, their files and chunks (.parquet).")
+def shards_plan_cmd(
+    config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str, role: str, rois_path: Path, out_plan: Path, out_images: Path
+) -> None:
+    """Stage 4, once per split: which ROIs go into shards (--role train is sampled per image and
+    thinned as configured) and which chunk writes each; the chunk jobs read only their part."""
+    from pipeline.data.index import split_coco
+    from pipeline.shards import ShardSettings, plan_shards
+
+    config = opt.resolve_config(config_files, sections_json, need=("shards",))
+    coco, _, _ = split_coco(data_index, split)
+    plan = plan_shards(rois_path, coco, split, ShardSettings.from_config(config["shards"], role), out_plan, out_images)
+    click.echo(f"{split}: {plan['num_rois']} of {plan['source_table']['num_rows']} ROIs in {len(plan['chunk_rois'])} chunks {plan['chunk_rois']}")
+
+
 @cli.command("shards")
 @opt.config_option
 @opt.sections_option
@@ -184,56 +213,68 @@ def rois_cmd(
 @opt.split_option
 @opt.role_option
 @click.option("--rois", "rois_path", required=True, type=opt.existing_files, help="The rois stage's table of this split.")
+@click.option("--plan", "plan_path", required=True, type=opt.existing_files, help="The split's plan (mtgan shards-plan --out-plan).")
+@click.option("--images", "images_path", required=True, type=opt.existing_files, help="The split's images by chunk (mtgan shards-plan --out-images).")
 @click.option("--chunk", required=True, type=int, help="Which image chunk of the split (0 .. shards.num_chunks - 1).")
 @click.option("--out", "out_dir", required=True, type=opt.out_folder, help="Chunk folder, conventionally artifacts/<dataset>/shards/<role>/chunk-<chunk>.")
 @opt.jobs_option("decoding and cropping images")
 def shards_cmd(
-    config_files: tuple[Path, ...], sections_json: str | None, data_index: Path, split: str, role: str, rois_path: Path, chunk: int, out_dir: Path, jobs: int
+    config_files: tuple[Path, ...],
+    sections_json: str | None,
+    data_index: Path,
+    split: str,
+    role: str,
+    rois_path: Path,
+    plan_path: Path,
+    images_path: Path,
+    chunk: int,
+    out_dir: Path,
+    jobs: int,
 ) -> None:
     """Stage 4: crop the ROIs of one image chunk of --split to HR and bicubic LR images, in HDF5 shards.
 
     \b
-    Reads section shards (--role train is sampled per image). Writes shard-*.h5 and chunk.json
-    into --out (replaced whole when complete). `mtgan shards-manifest` then gathers the chunks.
+    Reads section shards and the chunk's part of the plan. Writes shard-*.h5 and chunk.json into
+    --out (replaced whole when complete). `mtgan shards-manifest` then gathers the chunks.
     """
-    from pipeline.data.index import split_coco
+    from pipeline.data.index import read_index
     from pipeline.shards import ShardSettings, write_chunk
 
     config = opt.resolve_config(config_files, sections_json, need=("shards",))
     settings = ShardSettings.from_config(config["shards"], role)
     if not 0 <= chunk < settings.num_chunks:
         raise click.UsageError(f"--chunk {chunk} is not in [0, {settings.num_chunks})")
-    coco, _, image_root = split_coco(data_index, split)
-    info = write_chunk(rois_path, coco, image_root, split, chunk, settings, out_dir, n_jobs=jobs)
+    splits = read_index(data_index)
+    if split not in splits:
+        raise click.UsageError(f"{data_index}: no split {split!r} (splits: {sorted(splits)})")
+    info = write_chunk(plan_path, images_path, rois_path, splits[split].image_root, chunk, settings, out_dir, n_jobs=jobs)
     click.echo(f"{split} chunk {chunk}: {info['num_rois']} ROIs in {len(info['shards'])} shard(s) -> {out_dir}")
 
 
 @cli.command("shards-manifest")
 @opt.config_option
 @opt.sections_option
-@click.option("--data-index", type=opt.existing_files, help="The data stage's index.json: the split's ground truth (to keep a share of small positives).")
 @opt.split_option
 @opt.role_option
 @click.option("--rois", "rois_path", required=True, type=opt.existing_files)
+@click.option("--plan", "plan_path", required=True, type=opt.existing_files, help="The split's plan (mtgan shards-plan --out-plan).")
 @click.option("--out", "out_path", required=True, type=opt.out_file, help="manifest.json of the split.")
 @click.argument("chunk_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 def shards_manifest_cmd(
     config_files: tuple[Path, ...],
     sections_json: str | None,
-    data_index: Path | None,
     split: str,
     role: str,
     rois_path: Path,
+    plan_path: Path,
     out_path: Path,
     chunk_dirs: tuple[Path, ...],
 ) -> None:
     """Gather the chunk folders of --split into its manifest (shards, counts, histograms, sha256s)."""
-    from pipeline.data.index import split_coco
     from pipeline.shards import ShardSettings, gather_manifest
 
     config = opt.resolve_config(config_files, sections_json, need=("shards",))
-    coco = split_coco(data_index, split)[0] if data_index else None
-    doc = gather_manifest(rois_path, list(chunk_dirs), split, ShardSettings.from_config(config["shards"], role), out_path, coco)
+    doc = gather_manifest(rois_path, plan_path, list(chunk_dirs), split, ShardSettings.from_config(config["shards"], role), out_path)
     click.echo(f"{split}: {doc['num_rois']} ROIs in {len(doc['shards'])} shards; labels {doc['histograms']['label']}")
 
 

@@ -9,7 +9,12 @@ Sources (config `detector.source`):
   or, for WIDER FACE, a folder in the official prediction layout (`<event>/<image>.txt`).
 
 Every source gives the same table (`schemas/detections.schema.yaml`): per image at most `top_k`
-detections, best first, each with its K+1 class-probability vector, plus a COCO results JSON.
+detections, best first, each with its K+1 class-probability vector, in the split's image order,
+streamed to disk in row groups (`core.io.tables.TableWriter`): nothing holds a Python object per
+detection, so COCO train's 11.8M detections need the memory of one batch (a detector's) or of the
+imported file's columns (48 bytes a record; the file itself is parsed in parts). The COCO results
+JSON of a split that is scored or submitted is written from the table (`write_results_json`), also
+in parts.
 
 Imported detections are validated; what is wrong is either an error or a counted drop:
 - error (the file does not belong to this dataset, or is not a results file): a record that is
@@ -33,12 +38,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from core.boxes import xywh_to_xyxy, xyxy_to_xywh
 from core.errors import EmptyInputError, InputError, MissingFileError, PipelineError, first_few
 from core.io import atomic
-from core.io.coco import CocoFormatError, read_json, results_problems
+from core.io.coco import ResultColumns, read_results
 from core.io.images import ImageReadError
-from core.io.tables import DETECTIONS_SCHEMA, make_table
+from core.io.tables import DETECTIONS_SCHEMA, ROW_GROUP_SIZE, TableWriter, iter_table
 from core.sections import section_fields
 from jobs.baseline.data import CocoImages, collate
 from jobs.baseline.models import DetectorSettings, build_detector, num_classes_of, state_dict_of, torchvision_categories
@@ -73,25 +77,26 @@ def detect_split(
     coco: dict[str, Any],
     image_root: Path,
     split: str,
+    out: Path,
     trained: Path | None = None,
     on_bad_image: str = "error",
     data_source: str | None = None,
-) -> pa.Table:
-    """The detections table of one split from the configured source (config section `detector`):
-    the imported results file of the split, or a detector run over its images. An image that
-    cannot be decoded stops the stage naming it (`on_bad_image: error`, the shards stage's setting)
-    or is skipped and counted (`skip`). `data_source`: the dataset's (`data.source`), whose own
-    layout an imported folder of detections is read in."""
+) -> int:
+    """Write the detections table of one split (`out`) from the configured source (config section
+    `detector`): the imported results file of the split, or a detector run over its images. An
+    image that cannot be decoded stops the stage naming it (`on_bad_image: error`, the shards
+    stage's setting) or is skipped and counted (`skip`). `data_source`: the dataset's
+    (`data.source`), whose own layout an imported folder of detections is read in. Returns the
+    number of detections."""
     settings = DetectSettings.from_config(detector)
     if detector["source"] == "import":
         if split not in detector["import_results"]:
             raise PipelineError(f"detector.import_results has no file for split {split!r}")
-        table, _ = import_detections(Path(detector["import_results"][split]), coco, settings.top_k, data_source)
-        return table
+        return import_detections(Path(detector["import_results"][split]), coco, settings.top_k, out, data_source)["written"]
     if detector["source"] == "train" and trained is None:
         raise PipelineError("detector.source is train: give the train_baseline job's model.pt (mtgan detect --model)")
     model, label_map = load_detector(detector["source"], detector["arch"], detector["weights"], coco, settings, trained)
-    return run_detector(model, label_map, coco, image_root, settings, pick_device(detector["device"]), detector["source"], on_bad_image)
+    return run_detector(model, label_map, coco, image_root, settings, pick_device(detector["device"]), detector["source"], out, on_bad_image)
 
 
 def _categories(coco: dict[str, Any]) -> list[int]:
@@ -134,18 +139,20 @@ def load_detector(
     raise ValueError(f"detector source {source!r} does not run a model")
 
 
-def _table(rows: dict[str, list[Any]], category_ids: list[int], source: str, skipped_images: int = 0) -> pa.Table:
-    labels = np.asarray(rows["label"], dtype=np.int64)
+def _columns(
+    image_ids: np.ndarray, rank: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray, probs: np.ndarray, category_ids: list[int]
+) -> dict[str, Any]:
+    """The detections table's columns of some rows (boxes x1 y1 x2 y2; labels 1..K)."""
     ids = np.asarray([0, *category_ids], dtype=np.int64)
-    columns = {**rows, "category_id": ids[labels] if len(labels) else np.zeros(0, np.int64)}
-    probs = rows["probs"]
-    columns["probs"] = np.stack(probs).astype(np.float32) if probs else np.zeros((0, len(category_ids) + 1), np.float32)
-    metadata = {"category_ids": category_ids, "source": source} | ({"skipped_images": skipped_images} if skipped_images else {})
-    return make_table(columns, DETECTIONS_SCHEMA, metadata)
-
-
-def _empty_rows() -> dict[str, list[Any]]:
-    return {k: [] for k in ("image_id", "rank", "x1", "y1", "x2", "y2", "label", "score", "probs")}
+    return {
+        "image_id": np.asarray(image_ids, np.int64),
+        "rank": np.asarray(rank, np.int32),
+        **{k: np.asarray(boxes[:, j], np.float32) for j, k in enumerate(("x1", "y1", "x2", "y2"))},
+        "label": np.asarray(labels, np.int32),
+        "category_id": ids[labels],
+        "score": np.asarray(scores, np.float32),
+        "probs": np.asarray(probs, np.float32).reshape(len(labels), len(category_ids) + 1),
+    }
 
 
 def run_detector(
@@ -156,92 +163,134 @@ def run_detector(
     settings: DetectSettings,
     device: torch.device,
     source: str,
+    out: Path,
     on_bad_image: str = "error",
-) -> pa.Table:
-    """Run `model` over every image of the split; the detections table (with the images skipped
-    under `on_bad_image: skip` counted in its metadata)."""
+) -> int:
+    """Run `model` over every image of the split, writing the detections table to `out` batch by
+    batch (with the images skipped under `on_bad_image: skip` counted in its metadata); the
+    number of detections."""
     model = model.to(device).eval()
     loader = DataLoader(CocoImages(coco, image_root), batch_size=settings.batch_size, num_workers=settings.num_workers, collate_fn=collate)
-    rows, skipped = _empty_rows(), []
-    for images, image_ids, errors in tqdm(loader, desc="detect", unit="batch"):
-        bad = [e for e in errors if e is not None]
-        if bad and on_bad_image != "skip":
-            raise ImageReadError(f"{bad[0]} (set shards.on_bad_image: skip to leave such images out, counted)")
-        skipped += bad
-        images, image_ids = [im for im in images if im is not None], [i for i, e in zip(image_ids, errors) if e is None]
-        if not images:
-            continue
-        results = detect_batch(model, [im.to(device, non_blocking=True) for im in images], label_map)
-        for image_id, det in zip(image_ids, results):
-            boxes = det["boxes"].float().cpu().numpy()
-            n = len(boxes)
-            rows["image_id"] += [image_id] * n
-            rows["rank"] += list(range(n))
-            for j, key in enumerate(("x1", "y1", "x2", "y2")):
-                rows[key] += boxes[:, j].tolist()
-            rows["label"] += det["labels"].cpu().tolist()
-            rows["score"] += det["scores"].float().cpu().tolist()
-            rows["probs"] += list(det["probs"].float().cpu().numpy())
-    if skipped:
-        log.warning("detect: %d image(s) could not be decoded and were skipped (shards.on_bad_image: skip): %s", len(skipped), first_few(skipped))
-    return _table(rows, list(label_map.category_ids), source, len(skipped))
+    category_ids = list(label_map.category_ids)
+    skipped: list[str] = []
+    with TableWriter(out, DETECTIONS_SCHEMA, {"category_ids": category_ids, "source": source}) as table:
+        for images, image_ids, errors in tqdm(loader, desc="detect", unit="batch"):
+            bad = [e for e in errors if e is not None]
+            if bad and on_bad_image != "skip":
+                raise ImageReadError(f"{bad[0]} (set shards.on_bad_image: skip to leave such images out, counted)")
+            skipped += bad
+            images, image_ids = [im for im in images if im is not None], [i for i, e in zip(image_ids, errors) if e is None]
+            if not images:
+                continue
+            results = detect_batch(model, [im.to(device, non_blocking=True) for im in images], label_map)
+            counts = [len(det["boxes"]) for det in results]
+            table.write(
+                _columns(
+                    np.repeat(np.asarray(image_ids, np.int64), counts),
+                    np.concatenate([np.arange(n) for n in counts]),
+                    torch.cat([det["boxes"].float().cpu() for det in results]).numpy().reshape(-1, 4),
+                    torch.cat([det["labels"].cpu() for det in results]).numpy(),
+                    torch.cat([det["scores"].float().cpu() for det in results]).numpy(),
+                    torch.cat([det["probs"].float().cpu() for det in results]).numpy(),
+                    category_ids,
+                )
+            )
+        if skipped:  # recorded in the table's metadata (the file is rewritten once to carry it)
+            table.metadata = {**table.metadata, "skipped_images": len(skipped)}
+            log.warning("detect: %d image(s) could not be decoded and were skipped (shards.on_bad_image: skip): %s", len(skipped), first_few(skipped))
+    return table.rows
 
 
-def import_detections(path: Path, coco: dict[str, Any], top_k: int, data_source: str | None = None) -> tuple[pa.Table, dict[str, int]]:
+def import_detections(path: Path, coco: dict[str, Any], top_k: int, out: Path, data_source: str | None = None) -> dict[str, int]:
     """Validate a COCO results JSON (or a folder of detections in the layout of `data_source`, such
-    as WIDER FACE's) against the split; the detections table and the drop counts."""
-    records = prediction_folder_records(data_source, Path(path), coco) if Path(path).is_dir() else read_json(path)
-    problems = results_problems(records, coco)
-    if problems:
-        raise CocoFormatError(f"{path}: {problems[0]}")
-    images = {im["id"]: im for im in coco["images"]}
-    category_ids = _categories(coco)
-    label_of = {cid: k + 1 for k, cid in enumerate(category_ids)}
-
-    counts = {"imported": len(records), "non_positive_size": 0, "outside_image": 0, "clipped": 0, "over_top_k": 0}
-    per_image: dict[int, list[tuple[float, list[float], int]]] = {}
-    for r in records:
-        x, y, w, h = (float(v) for v in r["bbox"])
-        if w <= 0 or h <= 0:
-            counts["non_positive_size"] += 1
-            continue
-        im = images[r["image_id"]]
-        xyxy = xywh_to_xyxy([x, y, w, h])
-        box = [max(xyxy[0], 0.0), max(xyxy[1], 0.0), min(xyxy[2], float(im["width"])), min(xyxy[3], float(im["height"]))]
-        if box[2] <= box[0] or box[3] <= box[1]:
-            counts["outside_image"] += 1
-            continue
-        counts["clipped"] += box != xyxy
-        per_image.setdefault(r["image_id"], []).append((float(r["score"]), box, label_of[r["category_id"]]))
-
-    rows = _empty_rows()
-    k1 = len(category_ids) + 1
-    for image_id in images:
-        dets = sorted(per_image.get(image_id, []), key=lambda d: -d[0])
-        counts["over_top_k"] += max(0, len(dets) - top_k)
-        for rank, (score, box, label) in enumerate(dets[:top_k]):
-            probs = np.zeros(k1, np.float32)
-            probs[0], probs[label] = 1.0 - score, score
-            for key, value in zip(("image_id", "rank", "x1", "y1", "x2", "y2", "label", "score", "probs"), (image_id, rank, *box, label, score, probs)):
-                rows[key].append(value)
-    dropped = {k: v for k, v in counts.items() if k != "imported" and v}
-    if not rows["image_id"]:
+    as WIDER FACE's) against the split and write its detections table to `out`; the drop counts
+    (and `written`). The file is parsed in parts into columns (`core.io.coco.read_results`)."""
+    path = Path(path)
+    records = prediction_folder_records(data_source, path, coco) if path.is_dir() else None
+    found = read_results(path, coco, records)
+    order, rank, counts = select_imported(found, coco, top_k)
+    if not len(order):
+        dropped = {k: v for k, v in counts.items() if k != "imported" and v}
         raise EmptyInputError(
-            f"{path}: no usable detections for the {len(images)} images of this split "
+            f"{path}: no usable detections for the {len(coco['images'])} images of this split "
             f"({counts['imported']} records; dropped: {dropped or 'none'}): MTGAN would have nothing to re-score"
         )
+    category_ids = _categories(coco)
+    image_ids = np.asarray([im["id"] for im in coco["images"]], np.int64)
+    sizes = image_sizes(coco)
+    with TableWriter(out, DETECTIONS_SCHEMA, {"category_ids": category_ids, "source": "import"}) as table:
+        for start in range(0, len(order), ROW_GROUP_SIZE):
+            rows = order[start : start + ROW_GROUP_SIZE]
+            labels, score = found.label[rows], found.score[rows]
+            probs = np.zeros((len(rows), len(category_ids) + 1), np.float32)
+            probs[:, 0], probs[np.arange(len(rows)), labels] = 1.0 - score, score  # a score's own rounding to float32, as an array element
+            boxes = _clip(found.boxes[rows], sizes[found.image[rows]])[0]
+            table.write(_columns(image_ids[found.image[rows]], rank[start : start + ROW_GROUP_SIZE], boxes, labels, score, probs, category_ids))
+    dropped = {k: v for k, v in counts.items() if k != "imported" and v}
     log.info("imported %d detections from %s; dropped or changed: %s", counts["imported"], path, dropped or "none")
-    return _table(rows, category_ids, "import"), counts
+    return {**counts, "written": table.rows}
 
 
-def results_json(table: pa.Table) -> list[dict[str, Any]]:
-    """COCO results records (bbox xywh) of a detections table."""
-    t = table.to_pydict()
+def image_sizes(coco: dict[str, Any]) -> np.ndarray:
+    """Width and height of each image of the split, in its order: (N, 2) float64."""
+    return np.asarray([(im["width"], im["height"]) for im in coco["images"]], np.float64).reshape(-1, 2)
+
+
+def _clip(boxes: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Imported x y w h boxes as x1 y1 x2 y2 clipped to their images (`sizes`: each box's image's
+    width and height): the boxes, whose size is not positive, and which have no area in the image.
+    The arithmetic of `core.boxes.xywh_to_xyxy` and Python's max / min, in float64."""
+    widths, heights = sizes.T
+    x, y, w, h = boxes.T
+    x2, y2 = x + w, y + h
+    clipped = np.stack([np.where(x < 0.0, 0.0, x), np.where(y < 0.0, 0.0, y), np.where(widths < x2, widths, x2), np.where(heights < y2, heights, y2)], axis=1)
+    non_positive = (w <= 0) | (h <= 0)
+    outside = ~non_positive & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
+    return clipped, non_positive, outside
+
+
+def select_imported(found: ResultColumns, coco: dict[str, Any], top_k: int) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """What an import keeps: the records (their positions in `found`) in the split's image order,
+    best first within an image (ties in file order), at most `top_k` an image; each one's rank;
+    the counts of what was dropped or changed. Boxes of non-positive size and boxes with no area
+    inside their image are dropped; boxes partly outside are clipped (counted)."""
+    boxes, non_positive, outside = _clip(found.boxes, image_sizes(coco)[found.image])
+    usable = np.flatnonzero(~non_positive & ~outside)
+    x, y, w, h = found.boxes[usable].T
+    changed = boxes[usable] != np.stack([x, y, x + w, y + h], axis=1)
+    order = usable[np.lexsort((-found.score[usable], found.image[usable]))]  # stable: ties keep the file's order
+    image = found.image[order]
+    rank = np.arange(len(order)) - np.searchsorted(image, image)
+    counts = {
+        "imported": len(found.score),
+        "non_positive_size": int(non_positive.sum()),
+        "outside_image": int(outside.sum()),
+        "clipped": int(changed.any(axis=1).sum()),
+        "over_top_k": int((rank >= top_k).sum()),
+    }
+    return order[rank < top_k], rank[rank < top_k], counts
+
+
+def results_records(detections: pa.Table) -> list[dict[str, Any]]:
+    """COCO results records (bbox xywh, rounded as results files are) of some rows of a detections table."""
+    x1, y1, x2, y2 = (detections.column(k).to_numpy().astype(np.float64) for k in ("x1", "y1", "x2", "y2"))
+    columns = zip(
+        detections.column("image_id").to_pylist(),
+        detections.column("category_id").to_pylist(),
+        x1.tolist(),
+        y1.tolist(),
+        (x2 - x1).tolist(),  # core.boxes.xyxy_to_xywh, in float64
+        (y2 - y1).tolist(),
+        detections.column("score").to_numpy().astype(np.float64).tolist(),
+    )
     return [
-        {"image_id": i, "category_id": c, "bbox": [round(v, 3) for v in xyxy_to_xywh([x1, y1, x2, y2])], "score": round(s, 6)}
-        for i, c, x1, y1, x2, y2, s in zip(t["image_id"], t["category_id"], t["x1"], t["y1"], t["x2"], t["y2"], t["score"])
+        {"image_id": i, "category_id": c, "bbox": [round(x, 3), round(y, 3), round(w, 3), round(h, 3)], "score": round(s, 6)} for i, c, x, y, w, h, s in columns
     ]
 
 
-def write_results_json(table: pa.Table, path: Path) -> None:
-    atomic.write_json(path, results_json(table))
+RESULTS_COLUMNS = ["image_id", "category_id", "x1", "y1", "x2", "y2", "score"]
+
+
+def write_results_json(detections: Path, out: Path) -> int:
+    """The detections table as a COCO results JSON, one row group at a time; the records written."""
+    return atomic.write_json_list(out, (results_records(part) for part in iter_table(detections, DETECTIONS_SCHEMA, RESULTS_COLUMNS)))

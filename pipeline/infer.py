@@ -26,7 +26,7 @@ from tqdm import tqdm
 from core.crops import crop_sides
 from core.errors import EmptyInputError, InputError
 from core.io import atomic
-from core.io.shards import read_manifest, verify_shards
+from core.io.shards import check_shards, read_manifest
 from core.io.tables import INFERENCE_SCHEMA, make_table, write_table
 from core.sections import section_fields
 from core.sizes import SIDE_BINS, SIZE_CLASSES, side_bin
@@ -81,6 +81,7 @@ def predict(model: LoadedModel, manifest: Path, use_g: Any, device: torch.device
         out["through_g"].append(through.numpy())
         for k in ("roi_id", "label", "size_class", "box", "image_size"):
             out[k].append(batch[k].numpy())
+    loader.close()
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -123,7 +124,7 @@ def infer(
     if doc["num_rois"] == 0:
         raise EmptyInputError(f"{manifest}: the test shards hold no ROIs: nothing to infer (did the detector find nothing?)")
     check_compatible(state, doc, model_path, manifest)
-    verify_shards(manifest, doc)
+    check_shards(manifest, doc)
 
     def use_g(batch: dict[str, torch.Tensor]) -> np.ndarray:
         return through_generator(batch["box"].numpy(), batch["image_size"].numpy(), doc["margin"], rule, g_max_side, variant)

@@ -1,28 +1,36 @@
 """Stage 4, shards: every ROI cropped to HR and LR images, stored in sharded HDF5 files.
 
-For each split, from its ROI table and images:
+For each split (role), from its ROI table and images, in three steps:
 
-- the training split is sampled per image, Fast R-CNN style (config `shards.train_sampling`): up
-  to `rois_per_image` ROIs, of which up to `positive_fraction` positives (all positives are kept
-  when there are fewer), negatives fill the rest; ignored ROIs (label -1) are left out. The test
-  split keeps every ROI. Sampling is seeded per image, so it does not depend on the chunking;
-- then, on the training split, `shards.train_small_positive_share` of its small-object positives
-  (matched ground truth of area < 32^2, as COCO's APS counts it; ground-truth boxes added by
-  `rois.add_gt_to_train` included) are kept: a random subset of the sampled ones, drawn from
-  `train_sampling.seed` over the whole split (a lower share keeps a subset of what a higher one
-  keeps). 1.0, the default, keeps all of them; every other ROI, the other splits' shards and the
-  stages before are the same whatever the share (bench/regimes.py: the paper's account of why G
-  helps, tested by showing D fewer small objects);
-- the split's images are cut into `num_chunks` fixed chunks (the fan-out is known before anything
-  runs: one Snakemake job per chunk, so `--cores` and a cluster executor both spread the work);
-  inside a job, images are decoded and cropped in parallel (joblib), and shards are written as
-  soon as `rois_per_shard` ROIs are ready, so memory is bounded by one chunk's images in flight
-  plus one shard, never by the dataset;
-- each ROI: `crop_hr` (box + context margin, bicubic to `hr_size`) and `make_lr` (bicubic
-  `scale`x down-sampling), see `core.crops`;
-- a chunk's folder is written under a temporary name and renamed when complete, with `chunk.json`
-  listing its shards and their sha256; `manifest.json` of the split is gathered from the chunks
-  last. A job killed at any moment leaves no folder or manifest that looks complete.
+1. **the plan** (`plan_shards`, one job per role): which rows of the ROI table go into shards and
+   which chunk writes each, decided once for the whole split and written beside the shards
+   (`plan.parquet`: kept ROIs and their chunk; `images.parquet`: each image's file and chunk;
+   their metadata: the counts and the ROI table's sha256). The chunk jobs read their part of it
+   and nothing else of the split:
+   - the training split is sampled per image, Fast R-CNN style (config `shards.train_sampling`):
+     up to `rois_per_image` ROIs, of which up to `positive_fraction` positives (all positives are
+     kept when there are fewer), negatives fill the rest; ignored ROIs (label -1) are left out. The
+     test split keeps every ROI. Sampling is seeded per image, so it does not depend on the chunking;
+   - then, on the training split, `shards.train_small_positive_share` of its small-object
+     positives (matched ground truth of area < 32^2, as COCO's APS counts it; ground-truth boxes
+     added by `rois.add_gt_to_train` included) are kept: a random subset of the sampled ones, drawn
+     from `train_sampling.seed` over the whole split (a lower share keeps a subset of what a higher
+     one keeps). 1.0, the default, keeps all of them. `shards.train_small_negative_share` does the
+     same to the sampled negatives whose ROI box is small, so that at 0.0 of both D sees no small
+     crop at all (a small crop then tells it nothing about the label). Every other ROI, the other
+     splits' shards and the stages before are the same whatever the shares (bench/regimes.py);
+   - the split's images are cut into `num_chunks` fixed chunks (the fan-out is known before
+     anything runs: one Snakemake job per chunk, so `--cores` and a cluster executor both spread
+     the work).
+2. **the chunks** (`write_chunk`, one job each): images decoded and cropped in parallel (joblib),
+   shards written as soon as `rois_per_shard` ROIs are ready, so memory is bounded by one chunk's
+   images in flight plus one shard, never by the dataset; each ROI: `crop_hr` (box + context
+   margin, bicubic to `hr_size`) and `make_lr` (bicubic `scale`x down-sampling), see `core.crops`.
+   A chunk's folder is written under a temporary name and renamed when complete, with
+   `chunk.json` listing its shards, their sizes and sha256.
+3. **the manifest** (`gather_manifest`): `manifest.json` of the split, gathered from the chunks
+   last and checked against the plan. A job killed at any moment leaves no folder or manifest
+   that looks complete.
 
 Images that cannot be decoded: an error naming the file (`on_bad_image: error`, the default) or,
 with `on_bad_image: skip`, their ROIs are left out and the files are listed in the manifest.
@@ -34,12 +42,13 @@ import dataclasses
 import json
 import logging
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from joblib import Parallel, delayed
 from tqdm import tqdm
@@ -48,8 +57,8 @@ from core.crops import RESIZE_METHOD, crop_hr, make_lr
 from core.errors import InputError
 from core.io import atomic
 from core.io.images import ImageReadError, open_rgb
-from core.io.shards import ORIGIN_CODES, ShardSpec, sha256_of, write_manifest, write_shard
-from core.io.tables import ROIS_SCHEMA, file_metadata, read_table
+from core.io.shards import LAYOUT_VERSION, ORIGIN_CODES, ShardSpec, sha256_of, write_manifest, write_shard
+from core.io.tables import IMAGES_SCHEMA, PLAN_SCHEMA, ROIS_SCHEMA, TableWriter, checked_metadata, num_rows, read_table, vectors
 from core.sizes import SIZE_CLASSES, size_class
 
 log = logging.getLogger(__name__)
@@ -68,11 +77,12 @@ class ShardSettings:
     on_bad_image: str  # "error" or "skip"
     sampling: dict[str, Any] | None  # {rois_per_image, positive_fraction, seed} for the training split
     small_positives: dict[str, Any] | None = None  # {share, seed} for the training split when share < 1
+    small_negatives: dict[str, Any] | None = None  # the same for its small negatives
 
     @classmethod
     def from_config(cls, shards: dict[str, Any], role: str) -> ShardSettings:
         """From the config's `shards` section; only the training role is sampled and thinned."""
-        sampling, share = shards["train_sampling"], shards["train_small_positive_share"]
+        sampling, share, negative_share = shards["train_sampling"], shards["train_small_positive_share"], shards["train_small_negative_share"]
         train = role == "train"
         return cls(
             hr_size=shards["hr_size"],
@@ -84,6 +94,7 @@ class ShardSettings:
             on_bad_image=shards["on_bad_image"],
             sampling={k: sampling[k] for k in ("rois_per_image", "positive_fraction", "seed")} if sampling["enabled"] and train else None,
             small_positives={"share": share, "seed": sampling["seed"]} if train and share < 1 else None,
+            small_negatives={"share": negative_share, "seed": sampling["seed"]} if train and negative_share < 1 else None,
         )
 
     @property
@@ -123,12 +134,12 @@ def _crop_image(path: Path, boxes: np.ndarray, hr_size: int, scale: int, margin:
     return hr, lr
 
 
-def _columns(table: Any, rows: np.ndarray, num_labels: int) -> dict[str, np.ndarray]:
+def _columns(table: pa.Table, rows: np.ndarray, num_labels: int) -> dict[str, np.ndarray]:
     """The shard datasets that come from the ROI table, for `rows` of it."""
-    t = table.take(rows).to_pydict() if len(rows) else {name: [] for name in table.column_names}
+    t = table.take(pa.array(rows, pa.int64()))
 
     def col(name: str, dtype: Any) -> np.ndarray:
-        return np.asarray(t[name], dtype=dtype)
+        return t.column(name).to_numpy().astype(dtype)
 
     return {
         "roi_id": col("roi_id", np.int64),
@@ -140,92 +151,148 @@ def _columns(table: Any, rows: np.ndarray, num_labels: int) -> dict[str, np.ndar
         "target": np.stack([col(k, np.float32) for k in ("dx", "dy", "dw", "dh")], axis=1).reshape(-1, 4),
         "base_label": col("base_label", np.int32),
         "base_score": col("base_score", np.float32),
-        "base_probs": np.asarray(t["base_probs"], np.float32).reshape(-1, num_labels),
-        "size_class": np.asarray([SIZE_CLASSES.index(s) for s in t["size_class"]], np.uint8),
-        "origin": np.asarray([ORIGIN_CODES.index(o) for o in t["origin"]], np.uint8),
+        "base_probs": vectors(t.column("base_probs"), num_labels, "the ROI table"),
+        "size_class": _codes(t.column("size_class"), SIZE_CLASSES),
+        "origin": _codes(t.column("origin"), ORIGIN_CODES),
     }
+
+
+def _codes(column: Any, names: tuple[str, ...]) -> np.ndarray:
+    """A string column as each value's index in `names` (uint8)."""
+    return pc.index_in(column, value_set=pa.array(names)).to_numpy(zero_copy_only=False).astype(np.uint8)
 
 
 def small_positive_mask(labels: np.ndarray, gt_ann_ids: np.ndarray, coco: dict[str, Any]) -> np.ndarray:
     """Per ROI: a positive whose matched ground-truth object is small by its annotation's `area`
     (COCO's size classes, as APS counts objects)."""
-    small_ids = {a["id"] for a in coco.get("annotations", []) if size_class(a["area"]) == "small"}
-    return (labels > 0) & np.fromiter((int(i) in small_ids for i in gt_ann_ids), bool, len(gt_ann_ids))
+    small_ids = np.fromiter((a["id"] for a in coco.get("annotations", []) if size_class(a["area"]) == "small"), np.int64)
+    return (labels > 0) & np.isin(gt_ann_ids, small_ids)
 
 
-def thin_small_positives(rows: np.ndarray, small: np.ndarray, share: float, seed: int) -> np.ndarray:
-    """`rows` with only round(share * n) of its n small positives (`small`: a mask over the table)
-    left, a random subset fixed by `seed` (a permutation of the candidates, cut at the share: a
-    lower share keeps a subset of a higher one's)."""
-    candidates = rows[small[rows]]
-    order = np.random.default_rng([seed, 32]).permutation(len(candidates))
+def small_negative_mask(labels: np.ndarray, size_codes: np.ndarray) -> np.ndarray:
+    """Per ROI: a negative whose ROI box is small (`size_codes`: its size class, codes of SIZE_CLASSES)."""
+    return (labels == 0) & (size_codes == SIZE_CLASSES.index("small"))
+
+
+THINNING_STREAMS = {"small_positives": 32, "small_negatives": 33}  # each kind's own random stream
+
+
+def thin(rows: np.ndarray, candidates_mask: np.ndarray, share: float, seed: int, stream: int) -> np.ndarray:
+    """`rows` with only round(share * n) of its n candidates (`candidates_mask`: a mask over the
+    table) left, a random subset fixed by `seed` and `stream` (a permutation of the candidates, cut
+    at the share: a lower share keeps a subset of a higher one's)."""
+    candidates = rows[candidates_mask[rows]]
+    order = np.random.default_rng([seed, stream]).permutation(len(candidates))
     dropped = candidates[order[round(share * len(candidates)) :]]
     return np.setdiff1d(rows, dropped, assume_unique=True)
 
 
-def kept_rows(labels: np.ndarray, image_ids: np.ndarray, settings: ShardSettings, small: np.ndarray | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class TableLabels:
+    """What sampling and thinning need of a ROI table: its labels, image ids and the masks of its
+    small positives and small negatives (about 14 bytes a ROI)."""
+
+    labels: np.ndarray
+    image_ids: np.ndarray
+    small_positives: np.ndarray
+    small_negatives: np.ndarray
+
+    @classmethod
+    def read(cls, rois_path: Path, coco: dict[str, Any]) -> TableLabels:
+        t = pq.read_table(rois_path, columns=["label", "image_id", "gt_ann_id", "size_class"])
+        labels = t.column("label").to_numpy()
+        small = small_positive_mask(labels, t.column("gt_ann_id").to_numpy(), coco)
+        return cls(labels, t.column("image_id").to_numpy(), small, small_negative_mask(labels, _codes(t.column("size_class"), SIZE_CLASSES)))
+
+
+def kept_rows(table: TableLabels, settings: ShardSettings) -> np.ndarray:
     """Rows of the ROI table that go into shards: all of them, or the training split's sample, then
-    with `settings.small_positives` only that share of its small positives (`small`:
-    `small_positive_mask`, needed then)."""
+    with `settings.small_positives` (`small_negatives`) only that share of its small positives
+    (negatives)."""
     if settings.sampling is None:
-        rows = np.arange(len(labels))
+        rows = np.arange(len(table.labels))
     else:
         s = settings.sampling
-        rows = sample_rois(labels, image_ids, s["rois_per_image"], s["positive_fraction"], s["seed"])
-    if settings.small_positives is None:
-        return rows
-    if small is None:
-        raise ValueError("keeping a share of the small positives needs their mask (small_positive_mask)")
-    return thin_small_positives(rows, small, settings.small_positives["share"], settings.small_positives["seed"])
+        rows = sample_rois(table.labels, table.image_ids, s["rois_per_image"], s["positive_fraction"], s["seed"])
+    for kind, mask in (("small_positives", table.small_positives), ("small_negatives", table.small_negatives)):
+        thinning = getattr(settings, kind)
+        if thinning is not None:
+            rows = thin(rows, mask, thinning["share"], thinning["seed"], THINNING_STREAMS[kind])
+    return rows
 
 
-def small_positive_counts(labels: np.ndarray, image_ids: np.ndarray, settings: ShardSettings, small: np.ndarray) -> dict[str, Any]:
-    """What thinning did to the sampled small positives: the share asked for and its seed, how many
-    there were, how many are kept (recorded in the manifest; `mtgan audit` checks the shards
-    against it)."""
-    sampled = kept_rows(labels, image_ids, dataclasses.replace(settings, small_positives=None))
-    kept = kept_rows(labels, image_ids, settings, small)
-    thinning = settings.small_positives or {"share": 1.0, "seed": 0}
-    return {"share": thinning["share"], "seed": thinning["seed"], "sampled": int(small[sampled].sum()), "kept": int(small[kept].sum())}
+def thinning_counts(table: TableLabels, settings: ShardSettings, kind: str) -> dict[str, Any]:
+    """What thinning did to the sampled small positives or negatives (`kind`): the share asked for
+    and its seed, how many there were, how many are kept (recorded in the plan and the manifest;
+    `mtgan audit` checks the shards against it)."""
+    mask = getattr(table, kind)
+    sampled = kept_rows(table, dataclasses.replace(settings, small_positives=None, small_negatives=None))
+    kept = kept_rows(table, settings)
+    thinning = getattr(settings, kind) or {"share": 1.0, "seed": 0}
+    return {"share": thinning["share"], "seed": thinning["seed"], "sampled": int(mask[sampled].sum()), "kept": int(mask[kept].sum())}
 
 
-def _label_columns(rois_path: Path, coco: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labels, image ids and the small-positive mask of the whole table: all that sampling and
-    thinning need (about 20 bytes a ROI)."""
-    t = pq.read_table(rois_path, columns=["label", "image_id", "gt_ann_id"])
-    labels = t.column("label").to_numpy()
-    return labels, t.column("image_id").to_numpy(), small_positive_mask(labels, t.column("gt_ann_id").to_numpy(), coco)
+def plan_shards(rois_path: Path, coco: dict[str, Any], split: str, settings: ShardSettings, out_plan: Path, out_images: Path) -> dict[str, Any]:
+    """The split's plan, once for all its chunks: the kept rows of the ROI table with their images
+    and chunks (`out_plan`), each image's file and chunk (`out_images`); returns the plan's
+    metadata (counts, the ROI table's sha256 and size)."""
+    table = TableLabels.read(rois_path, coco)
+    rows = kept_rows(table, settings)
+    chunks = chunk_image_ids(coco, settings.num_chunks)
+    image_ids = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+    chunk_of_image = np.repeat(np.arange(len(chunks), dtype=np.int32), [len(c) for c in chunks])
+    order = np.argsort(image_ids, kind="stable")
+    chunk_of_row = chunk_of_image[order[np.searchsorted(image_ids[order], table.image_ids[rows])]] if len(rows) else np.zeros(0, np.int32)
+    metadata = {
+        "split": split,
+        "source_table": {"path": str(rois_path), "sha256": sha256_of(rois_path), "num_rows": len(table.labels), "bytes": Path(rois_path).stat().st_size},
+        "sampling": settings.sampling,
+        "num_rois": len(rows),
+        "chunk_rois": np.bincount(chunk_of_row, minlength=len(chunks)).tolist(),
+        **{kind: thinning_counts(table, settings, kind) for kind in THINNING_STREAMS if getattr(settings, kind) is not None},
+    }
+    log.info("split %s: %d of %d ROIs go into shards: about %.2f GB in all", split, len(rows), len(table.labels), len(rows) * settings.bytes_per_roi / 1e9)
+    with TableWriter(out_plan, PLAN_SCHEMA, metadata) as plan:
+        plan.write({"roi_id": rows.astype(np.int64), "image_id": table.image_ids[rows], "chunk": chunk_of_row})
+    with TableWriter(out_images, IMAGES_SCHEMA, {"split": split}) as images:
+        images.write({"image_id": image_ids, "file_name": [im["file_name"] for im in coco["images"]], "chunk": chunk_of_image})
+    return metadata
 
 
 @dataclass(frozen=True)
 class ChunkPlan:
-    """What one image chunk of a split writes: its images, and per image the rows of the chunk's
-    sub-table of the ROI table that go into shards."""
+    """What one image chunk of a split writes: its images and their files, and per image the rows
+    of the chunk's sub-table of the ROI table that go into shards."""
 
     image_ids: np.ndarray
-    table: Any  # the chunk's rows of the ROI table (pyarrow)
+    files: list[str]
+    table: pa.Table  # the chunk's rows of the ROI table
     rows_of_image: dict[int, np.ndarray]
     spec: ShardSpec
 
 
-def plan_chunk(rois_path: Path, coco: dict[str, Any], split: str, chunk: int, settings: ShardSettings) -> ChunkPlan:
-    """The chunk's images and ROIs. Only the chunk's rows of the ROI table are read in full, so
-    memory does not grow with the split."""
-    labels, image_ids, small = _label_columns(rois_path, coco)
-    rows = kept_rows(labels, image_ids, settings, small)
-    if chunk == 0:
-        gb = len(rows) * settings.bytes_per_roi / 1e9
-        log.info("split %s: %d of %d ROIs go into shards: about %.2f GB in all", split, len(rows), len(labels), gb)
-    chunk_ids = chunk_image_ids(coco, settings.num_chunks)[chunk]
-    rows = rows[np.isin(image_ids[rows], chunk_ids)]
-    table = read_table(rois_path, ROIS_SCHEMA, filters=[("image_id", "in", chunk_ids.tolist())])
-    category_ids = tuple(file_metadata(rois_path)["category_ids"])
+def read_chunk_plan(plan_path: Path, images_path: Path, rois_path: Path, chunk: int, settings: ShardSettings) -> ChunkPlan:
+    """Chunk `chunk`'s part of the plan, and its rows of the ROI table (read by image: the memory of
+    one chunk, never the split's)."""
+    meta = checked_metadata(plan_path, PLAN_SCHEMA)
+    source = meta["source_table"]
+    if Path(rois_path).stat().st_size != source["bytes"] or num_rows(rois_path) != source["num_rows"]:
+        raise InputError(f"{plan_path}: made from another version of {rois_path}; rerun its shards_plan job")
+    images = read_table(images_path, IMAGES_SCHEMA, filters=[("chunk", "=", chunk)])
+    planned = read_table(plan_path, PLAN_SCHEMA, filters=[("chunk", "=", chunk)], columns=["roi_id", "image_id"])
+    image_ids = images.column("image_id").to_numpy()
+    table = read_table(rois_path, ROIS_SCHEMA, filters=[("image_id", "in", image_ids.tolist())] if len(image_ids) else [("roi_id", "<", 0)])
+    category_ids = tuple(checked_metadata(rois_path, ROIS_SCHEMA)["category_ids"])
     s = settings
-    spec = ShardSpec(s.hr_size, s.scale, s.context_margin, s.block_size, len(category_ids) + 1, category_ids, split, sha256_of(rois_path), RESIZE_METHOD)
-    # Rows of the whole table -> rows of the chunk's sub-table (roi_id is the row number).
-    local = np.searchsorted(table.column("roi_id").to_numpy(), rows)
-    image_of_row = image_ids[rows]
-    return ChunkPlan(chunk_ids, table, {int(i): local[image_of_row == i] for i in chunk_ids}, spec)
+    spec = ShardSpec(s.hr_size, s.scale, s.context_margin, s.block_size, len(category_ids) + 1, category_ids, meta["split"], source["sha256"], RESIZE_METHOD)
+    # Rows of the whole table -> rows of the chunk's sub-table (roi_id is the row number), per image.
+    local = np.searchsorted(table.column("roi_id").to_numpy(), planned.column("roi_id").to_numpy())
+    of_row = planned.column("image_id").to_numpy()
+    found, first = np.unique(of_row, return_index=True)  # each image's rows are together, in table order
+    order = np.argsort(first)
+    runs = dict(zip(found[order].tolist(), np.split(local, first[order][1:]))) if len(local) else {}
+    empty = np.zeros(0, np.int64)
+    return ChunkPlan(image_ids, images.column("file_name").to_pylist(), table, {int(i): runs.get(int(i), empty) for i in image_ids}, spec)
 
 
 class ShardWriter:
@@ -250,23 +317,25 @@ class ShardWriter:
             arrays = {"hr": hr[:n], "lr": lr[:n], **_columns(self.plan.table, r[:n], self.plan.spec.num_labels)}
             name = f"shard-{self.chunk:03d}-{len(self.shards):05d}.h5"
             write_shard(self.folder / name, arrays, self.plan.spec, len(self.shards))
-            self.shards.append({"path": name, "chunk": self.chunk, "num_rois": n, "sha256": sha256_of(self.folder / name)})
+            path = self.folder / name
+            self.shards.append({"path": name, "chunk": self.chunk, "num_rois": n, "bytes": path.stat().st_size, "sha256": sha256_of(path)})
             self.pending = [(r[n:], hr[n:], lr[n:])] if n < len(r) else []
             if final and not self.pending:
                 break
 
 
 def write_chunk(
-    rois_path: Path, coco: dict[str, Any], image_root: Path, split: str, chunk: int, settings: ShardSettings, out_dir: Path, n_jobs: int = 1
+    plan_path: Path, images_path: Path, rois_path: Path, image_root: Path, chunk: int, settings: ShardSettings, out_dir: Path, n_jobs: int = 1
 ) -> dict[str, Any]:
-    """Write the shards of one image chunk of a split into `out_dir` (replaced whole when done):
-    its images decoded and cropped in parallel, shards written as they fill, then `chunk.json`."""
-    plan = plan_chunk(rois_path, coco, split, chunk, settings)
-    files = {im["id"]: im["file_name"] for im in coco["images"]}
+    """Write the shards of one image chunk of a split (its part of the plan) into `out_dir`
+    (replaced whole when done): its images decoded and cropped in parallel, shards written as they
+    fill, then `chunk.json`."""
+    plan = read_chunk_plan(plan_path, images_path, rois_path, chunk, settings)
+    split = plan.spec.split
     boxes = np.stack([plan.table.column(k).to_numpy() for k in ("x1", "y1", "x2", "y2")], axis=1)
     jobs = (
-        delayed(_crop_image)(image_root / files[int(i)], boxes[plan.rows_of_image[int(i)]], settings.hr_size, settings.scale, settings.context_margin)
-        for i in plan.image_ids
+        delayed(_crop_image)(image_root / name, boxes[plan.rows_of_image[int(i)]], settings.hr_size, settings.scale, settings.context_margin)
+        for i, name in zip(plan.image_ids, plan.files)
     )
     results = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=4)(jobs)
     skipped: list[str] = []
@@ -274,7 +343,7 @@ def write_chunk(
     skipped_rois = 0
     with atomic.atomic_dir(out_dir) as tmp:
         writer = ShardWriter(tmp, plan, chunk, settings.rois_per_shard)
-        for image_id, result in tqdm(zip(plan.image_ids, results), total=len(plan.image_ids), desc=f"shards {split} chunk {chunk}", unit="img"):
+        for image_id, result in tqdm(zip(plan.image_ids, results), total=len(plan.image_ids), desc=f"shards {split} chunk {chunk}", unit="img", mininterval=10):
             rows = plan.rows_of_image[int(image_id)]
             if isinstance(result, str):
                 if settings.on_bad_image == "error":
@@ -294,7 +363,7 @@ def write_chunk(
             "skipped_rois": skipped_rois,
             "num_rois": sum(s["num_rois"] for s in writer.shards),
             "source_table_sha256": plan.spec.source_table_sha256,
-            "histograms": _histograms(plan.table.take(rows_written) if len(rows_written) else plan.table.slice(0, 0)),
+            "histograms": _histograms(plan.table.take(pa.array(rows_written, pa.int64()))),
         }
         if info["num_rois"] != len(rows_written):
             raise AssertionError(f"chunk {chunk}: {info['num_rois']} ROIs in shards, {len(rows_written)} written")
@@ -312,9 +381,14 @@ def write_chunk(
     return info
 
 
-def _histograms(rows: Any) -> dict[str, dict[str, int]]:
-    """Label / size-class / origin counts of ROI table rows (the ROIs a chunk wrote)."""
-    return {key: {str(k): int(v) for k, v in sorted(Counter(rows.column(key).to_pylist()).items())} for key in ("label", "size_class", "origin")}
+def _histograms(rows: pa.Table) -> dict[str, dict[str, int]]:
+    """Label / size-class / origin counts of ROI table rows (the ROIs a chunk wrote), each in the
+    order of its values."""
+    out = {}
+    for key in ("label", "size_class", "origin"):
+        counts = pc.value_counts(rows.column(key)).to_pylist() if len(rows) else []
+        out[key] = {str(c["values"]): int(c["counts"]) for c in sorted(counts, key=lambda c: c["values"])}
+    return out
 
 
 def _count_order(key: str) -> tuple[int, int, str]:
@@ -328,16 +402,18 @@ def _add_counts(total: dict[str, dict[str, int]], part: dict[str, dict[str, int]
             total.setdefault(key, {})[k] = total.get(key, {}).get(k, 0) + v
 
 
-def gather_manifest(
-    rois_path: Path, chunk_dirs: list[Path], split: str, settings: ShardSettings, out_path: Path, coco: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def gather_manifest(rois_path: Path, plan_path: Path, chunk_dirs: list[Path], split: str, settings: ShardSettings, out_path: Path) -> dict[str, Any]:
     """The split's manifest from its chunks' `chunk.json` files. Every count comes from what the
-    chunks wrote; it is checked against what the table, sampling and thinning plan (less skipped
-    images). Thinning the small positives (`settings.small_positives`) needs the split's `coco`."""
-    if settings.small_positives is not None and coco is None:
-        raise InputError(f"split {split}: keeping a share of the small positives needs the split's ground truth (--data-index)")
-    meta = file_metadata(rois_path)
+    chunks wrote; it is checked against the plan (less skipped images), and the plan against the
+    ROI table (its sha256, computed here once for the split)."""
+    meta = checked_metadata(rois_path, ROIS_SCHEMA)
+    plan = checked_metadata(plan_path, PLAN_SCHEMA)
     table_sha = sha256_of(rois_path)
+    if plan["source_table"]["sha256"] != table_sha:
+        raise InputError(f"{plan_path}: made from another version of {rois_path}; rerun its shards_plan job")
+    shares = [(plan.get(kind, {}).get("share", 1.0), (getattr(settings, kind) or {}).get("share", 1.0)) for kind in THINNING_STREAMS]
+    if plan["sampling"] != settings.sampling or any(a != b for a, b in shares):
+        raise InputError(f"{plan_path}: made with other sampling or thinning settings than these; rerun its shards_plan job")
     base = Path(out_path).parent.resolve()
     shards, skipped, skipped_rois = [], [], 0
     histograms: dict[str, dict[str, int]] = {"label": {}, "size_class": {}, "origin": {}}
@@ -355,16 +431,14 @@ def gather_manifest(
         skipped_rois += info["skipped_rois"]
         _add_counts(histograms, info["histograms"])
     num_rois = sum(s["num_rois"] for s in shards)
-    labels, image_ids, small = _label_columns(rois_path, coco or {})
-    planned = len(kept_rows(labels, image_ids, settings, small))
-    if num_rois + skipped_rois != planned:
+    if num_rois + skipped_rois != plan["num_rois"]:
         raise InputError(
-            f"split {split}: the chunks hold {num_rois} ROIs and skipped {skipped_rois}; the table and "
-            f"sampling and thinning settings give {planned}: are the chunk folders {[str(d) for d in chunk_dirs]} all of them?"
+            f"split {split}: the chunks hold {num_rois} ROIs and skipped {skipped_rois}; the plan ({plan_path}) gives "
+            f"{plan['num_rois']}: are the chunk folders {[str(d) for d in chunk_dirs]} all of them?"
         )
     histograms = {key: dict(sorted(counts.items(), key=lambda kv: _count_order(kv[0]))) for key, counts in histograms.items()}
     doc = {
-        "layout_version": 1,
+        "layout_version": LAYOUT_VERSION,
         "split": split,
         "hr_size": settings.hr_size,
         "lr_size": settings.hr_size // settings.scale,
@@ -376,9 +450,9 @@ def gather_manifest(
         **({"category_names": list(meta["category_names"])} if "category_names" in meta else {}),
         "resize_method": RESIZE_METHOD,
         # Relative to the manifest's folder, so the manifest reads the same from anywhere.
-        "source_table": {"path": os.path.relpath(Path(rois_path).resolve(), base), "sha256": table_sha, "num_rows": len(labels)},
+        "source_table": {"path": os.path.relpath(Path(rois_path).resolve(), base), "sha256": table_sha, "num_rows": plan["source_table"]["num_rows"]},
         "sampling": settings.sampling,
-        **({"small_positives": small_positive_counts(labels, image_ids, settings, small)} if settings.small_positives else {}),
+        **{kind: plan[kind] for kind in THINNING_STREAMS if kind in plan},
         "num_rois": num_rois,
         "skipped_images": skipped,
         "skipped_rois": skipped_rois,
@@ -391,9 +465,24 @@ def gather_manifest(
         split,
         num_rois,
         len(shards),
-        sum((base / s["path"]).stat().st_size for s in shards) / 1e9,
+        sum(s["bytes"] for s in shards) / 1e9,
         histograms["label"],
         len(skipped),
         skipped_rois,
     )
     return doc
+
+
+def write_shards(rois_path: Path, coco: dict[str, Any], image_root: Path, split: str, settings: ShardSettings, out: Path, n_jobs: int = 1) -> Path:
+    """The whole stage in one call (rescore, the benchmarks): the plan, every chunk and the
+    manifest of a split, in the layout the rules give them under `out`; the manifest's path. A
+    chunk already written (its `chunk.json`) is kept: an interrupted call resumes."""
+    plan, images = out / "plan.parquet", out / "images.parquet"
+    if not plan.is_file() or not images.is_file():
+        plan_shards(rois_path, coco, split, settings, plan, images)
+    chunks = [out / f"chunk-{c}" for c in range(settings.num_chunks)]
+    for c, chunk in enumerate(chunks):
+        if not (chunk / CHUNK_MANIFEST).is_file():
+            write_chunk(plan, images, rois_path, image_root, c, settings, chunk, n_jobs=n_jobs)
+    gather_manifest(rois_path, plan, chunks, split, settings, out / "manifest.json")
+    return out / "manifest.json"

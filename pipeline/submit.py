@@ -20,33 +20,45 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from core.errors import InputError, first_few
 from core.io import atomic
-from core.io.coco import image_list, load_json, read_json, results_problems, validate_coco
-from core.io.tables import DETECTIONS_SCHEMA, ROIS_SCHEMA, read_table, table_metadata, write_table
+from core.io.coco import RESULTS_FILE, ResultsCheck, image_list, iter_json_array, load_json, validate_coco
+from core.io.tables import DETECTIONS_SCHEMA, ROIS_SCHEMA, checked_metadata, read_table
 from jobs.common import pick_device
 from jobs.mtgan.model_file import read_model_state
 from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE, PAPER_RULE
 from pipeline.detect import import_detections
 from pipeline.infer import infer
-from pipeline.merge import MergeSettings, merge_detections, merged_records
+from pipeline.merge import MergeSettings, file_parts, merge_detections, merge_parts
 from pipeline.methods import method_name, parse_method
 from pipeline.rois import build_rois
-from pipeline.shards import ShardSettings, gather_manifest, write_chunk
+from pipeline.shards import ShardSettings, write_shards
 
 log = logging.getLogger(__name__)
 
 
-def write_submission(records: list[dict[str, Any]], coco: dict[str, Any], out: Path, max_per_image: int = 100) -> dict[str, int]:
-    """Check `records` against the image list `coco` and write them to `out`; the counts."""
-    problems = results_problems(records, coco, max_per_image)
-    if problems:
-        raise InputError(f"{out}: not a valid COCO results file for these {len(coco['images'])} images: " + "; ".join(problems))
-    atomic.write_json(out, records)
-    counts = {"detections": len(records), "images": len(coco["images"]), "images_with_detections": len({r["image_id"] for r in records})}
+def write_submission(parts: Iterable[list[dict[str, Any]]], coco: dict[str, Any], out: Path, max_per_image: int = 100) -> dict[str, int]:
+    """Check records (in parts) against the image list `coco` and write them to `out`, part by
+    part (nothing is written under `out`'s name unless every record passes); the counts."""
+    check = ResultsCheck(coco, max_per_image)
+    images: set[int] = set()
+
+    def checked() -> Iterator[list[dict[str, Any]]]:
+        for part in parts:
+            check.add(part)
+            images.update(r["image_id"] for r in part if isinstance(r, dict))
+            yield part
+        if problems := check.problems():
+            raise InputError(f"{out}: not a valid COCO results file for these {len(coco['images'])} images: " + "; ".join(problems))
+
+    detections = atomic.write_json_list(out, checked())
+    counts = {"detections": detections, "images": len(coco["images"]), "images_with_detections": len(images)}
     log.info("%s: %s", out, counts)
     return counts
 
@@ -69,7 +81,7 @@ def submission(
             raise InputError("the baseline's submission needs the detect stage's results file")
         if set(outputs) != {False}:
             raise InputError("the baseline has no ensemble with itself")
-        return {outputs[False]: write_submission(read_json(detections), coco, outputs[False], settings.max_per_image)}
+        return {outputs[False]: write_submission(iter_json_array(detections, RESULTS_FILE), coco, outputs[False], settings.max_per_image)}
     try:
         parsed = parse_method(method)
     except ValueError as err:
@@ -78,8 +90,11 @@ def submission(
         raise InputError(f"{method}: name the method alone ({method_name(parsed.variant, parsed.rule)}); its ensemble's file comes with it")
     if rois is None or inference is None:
         raise InputError(f"the submission of {method} needs the split's ROI table and the variant's inference")
-    merged = merged_records(settings, rois, inference, tuple(outputs))
-    return {outputs[e]: write_submission(records, coco, outputs[e], settings.max_per_image) for e, records in merged.items()}
+    category_ids = list(checked_metadata(rois, ROIS_SCHEMA)["category_ids"])
+    return {
+        outputs[e]: write_submission(merge_parts(file_parts(rois, inference), settings, e, category_ids), coco, outputs[e], settings.max_per_image)
+        for e in outputs
+    }
 
 
 def image_info(images: Path, model: dict[str, Any]) -> tuple[dict[str, Any], Path]:
@@ -113,25 +128,25 @@ def check_folder_ids(image_ids: list[int], coco: dict[str, Any], folder: Path, d
         )
 
 
-def _detections(path: Path, coco: dict[str, Any], top_k: int, model: dict[str, Any], model_path: Path) -> Any:
+def _detections(path: Path, coco: dict[str, Any], top_k: int, model: dict[str, Any], model_path: Path, out: Path) -> Path:
     """The detections to re-score: a COCO results JSON (validated and imported as the detect stage
-    imports one), or the detect stage's own table (`detect/<split>.parquet`, with the detector's
-    probability vectors), which must be for the model's categories and these images."""
+    imports one, into the table `out`), or the detect stage's own table (`detect/<split>.parquet`,
+    with the detector's probability vectors), which must be for the model's categories and these
+    images. The table's path."""
     if path.suffix == ".parquet":
-        table = read_table(path, DETECTIONS_SCHEMA)
-        if list(table_metadata(table)["category_ids"]) != list(model["category_ids"]):
-            raise InputError(
-                f"{path}: detections for categories {first_few(table_metadata(table)['category_ids'])}, not the model's {first_few(model['category_ids'])}"
-            )
-        unknown = sorted(set(table.column("image_id").to_pylist()) - {im["id"] for im in coco["images"]})
-        if unknown:
-            raise InputError(f"{path}: {len(unknown)} image id(s) not among the images: {first_few(unknown)}")
-        return table
+        categories = checked_metadata(path, DETECTIONS_SCHEMA).get("category_ids")
+        if list(categories or []) != list(model["category_ids"]):
+            raise InputError(f"{path}: detections for categories {first_few(categories or [])}, not the model's {first_few(model['category_ids'])}")
+        image_ids = read_table(path, DETECTIONS_SCHEMA, columns=["image_id"]).column("image_id").to_numpy()
+        unknown = np.setdiff1d(image_ids, [im["id"] for im in coco["images"]])
+        if unknown.size:
+            raise InputError(f"{path}: {unknown.size} image id(s) not among the images: {first_few(unknown.tolist())}")
+        return path
     try:
-        table, _ = import_detections(path, coco, top_k)
+        import_detections(path, coco, top_k, out)
     except InputError as e:
         raise InputError(f"{e} (the model {model_path} knows categories {first_few(model['category_ids'])})") from None
-    return table
+    return out
 
 
 def rescore(
@@ -156,10 +171,6 @@ def rescore(
     root = Path(image_root) if image_root else root
     coco = {k: v for k, v in coco.items() if k != "annotations"}  # re-scoring never uses ground truth
     coco, _ = validate_coco(coco, Path(images), root)
-    table = _detections(Path(detections), coco, top_k, model, model_path)
-    if Path(images).is_dir():
-        check_folder_ids(table.column("image_id").to_pylist(), coco, Path(images), Path(detections))
-    rois, _ = build_rois(table, coco, add_gt=False, positive_iou=0.5, negative_iou=0.35)
     shard_settings = ShardSettings(
         hr_size=model["hr_size"],
         scale=model["scale"],
@@ -171,9 +182,12 @@ def rescore(
         sampling=None,
     )
     with tempfile.TemporaryDirectory(prefix="mtgan-rescore-") as tmp:
-        write_table(rois, Path(tmp) / "rois.parquet")
-        write_chunk(Path(tmp) / "rois.parquet", coco, root, "rescore", 0, shard_settings, Path(tmp) / "chunk-0")
-        gather_manifest(Path(tmp) / "rois.parquet", [Path(tmp) / "chunk-0"], "rescore", shard_settings, Path(tmp) / "manifest.json")
-        predictions, _ = infer(model_path, Path(tmp) / "manifest.json", pick_device(device), batch_size, rule, g_max_side)
-        records = merge_detections(read_table(Path(tmp) / "rois.parquet", ROIS_SCHEMA), predictions, settings, ensemble, list(model["category_ids"]))
-    return write_submission(records, coco, out, settings.max_per_image)
+        table = _detections(Path(detections), coco, top_k, model, model_path, Path(tmp) / "detections.parquet")
+        if Path(images).is_dir():
+            check_folder_ids(read_table(table, DETECTIONS_SCHEMA, columns=["image_id"]).column("image_id").to_pylist(), coco, Path(images), Path(detections))
+        rois = Path(tmp) / "rois.parquet"
+        build_rois(table, coco, add_gt=False, positive_iou=0.5, negative_iou=0.35, out=rois)
+        manifest = write_shards(rois, coco, root, "rescore", shard_settings, Path(tmp) / "shards")
+        predictions, _ = infer(model_path, manifest, pick_device(device), batch_size, rule, g_max_side)
+        records = merge_detections(read_table(rois, ROIS_SCHEMA), predictions, settings, ensemble, list(model["category_ids"]))
+    return write_submission([records], coco, out, settings.max_per_image)

@@ -143,10 +143,13 @@ def refuse_foreign_entries(root: str) -> None:
         raise OutputFolderError(f"nothing was run or changed: {'; '.join(found[:5])}{' ...' if len(found) > 5 else ''}; move them away first")
 
 
+TRAINING_ONLY_SHARD_KEYS = ("train_sampling", "train_small_positive_share", "train_small_negative_share")
+
+
 def shard_sections(config: dict[str, Any], role: str) -> str:
     """The `shards` section as one role's jobs see it: the training split's sampling and its share
     of small positives only for the training role (changing them reruns no other role's shards)."""
-    return sections_json(config, "shards", drop=() if role == "train" else ("train_sampling", "train_small_positive_share"))
+    return sections_json(config, "shards", drop=() if role == "train" else TRAINING_ONLY_SHARD_KEYS)
 
 
 def inactive_data_sources(config: dict[str, Any]) -> tuple[str, ...]:
@@ -216,7 +219,9 @@ def eval_benchmarks(config: dict[str, Any], benchmarks: str) -> dict[str, str]:
     roles = {"train": data["train_split"], "test": data["test_split"]}
     jobs = {"data": "data"} | ({"train_baseline": "train_baseline"} if config["detector"]["source"] == "train" else {})
     jobs |= {f"detect:{split}": f"detect_{split}" for split in dict.fromkeys(roles.values())}
+    jobs |= {f"detect_results:{data['test_split']}": f"detect_results_{data['test_split']}"}
     jobs |= {f"rois:{role}": f"rois_{role}" for role in roles}
+    jobs |= {f"shards_plan:{role}": f"shards_plan_{role}" for role in roles}
     jobs |= {f"shards:{role}/{c}": f"shards_{role}_{c}" for role in roles for c in range(config["shards"]["num_chunks"])}
     jobs |= {f"shards_manifest:{role}": f"shards_manifest_{role}" for role in roles}
     jobs |= {f"train_mtgan:{v}": f"train_mtgan_{v}" for v in config["mtgan"]["variants"]}

@@ -138,7 +138,6 @@ def tiny_rois(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
 
     import numpy as np
 
-    from core.io.tables import write_table
     from pipeline.detect import import_detections
     from pipeline.rois import build_rois
 
@@ -161,9 +160,8 @@ def tiny_rois(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict
                 x, y = rng.uniform(0, im["width"] - 20, 2)
                 records.append({"image_id": im["id"], "category_id": 1, "bbox": [float(x), float(y), 16.0, 16.0], "score": 0.1})
         (out / f"{split}.json").write_text(json.dumps(records))
-        detections, _ = import_detections(out / f"{split}.json", coco, top_k=100)
-        table, _ = build_rois(detections, coco, add_gt=split == "train", positive_iou=0.5, negative_iou=0.35)
-        write_table(table, out / f"{split}.parquet")
+        import_detections(out / f"{split}.json", coco, 100, out / f"{split}_detections.parquet")
+        build_rois(out / f"{split}_detections.parquet", coco, split == "train", 0.5, 0.35, out / f"{split}.parquet")
         paths[split] = out / f"{split}.parquet"
     return paths
 
@@ -173,13 +171,9 @@ def tiny_train_shards(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path_fact
     """Manifest of the tiny dataset's training shards (every ROI kept)."""
     import json
 
-    from pipeline.shards import ShardSettings, gather_manifest, write_chunk
+    from pipeline.shards import ShardSettings, write_shards
 
     out = tmp_path_factory.mktemp("train_shards")
     settings = ShardSettings(**SHARD_SETTINGS, sampling=None)
     coco = json.loads((tiny_data / "train.json").read_text())
-    dirs = [out / f"chunk-{c}" for c in range(settings.num_chunks)]
-    for c, d in enumerate(dirs):
-        write_chunk(tiny_rois["train"], coco, tiny_data / "images" / "train", "train", c, settings, d)
-    gather_manifest(tiny_rois["train"], dirs, "train", settings, out / "manifest.json")
-    return out / "manifest.json"
+    return write_shards(tiny_rois["train"], coco, tiny_data / "images" / "train", "train", settings, out)

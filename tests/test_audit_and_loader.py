@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,9 +16,9 @@ from torch.utils.data import DataLoader
 from jobs.mtgan.data import ShardBatches
 from pipeline.audit import audit
 from pipeline.cli import cli
-from pipeline.shards import ShardSettings, gather_manifest, write_chunk
+from pipeline.shards import ShardSettings, write_shards
 
-from conftest import SHARD_SETTINGS
+from conftest import REPO, SHARD_SETTINGS
 
 
 @pytest.fixture(scope="module")
@@ -25,10 +26,7 @@ def val_shards(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path_factory: py
     out = tmp_path_factory.mktemp("shards") / "val"
     settings = ShardSettings(**SHARD_SETTINGS, sampling=None)
     coco = json.loads((tiny_data / "val.json").read_text())
-    dirs = [out / f"chunk-{c}" for c in range(2)]
-    for c, d in enumerate(dirs):
-        write_chunk(tiny_rois["val"], coco, tiny_data / "images" / "val", "val", c, settings, d)
-    gather_manifest(tiny_rois["val"], dirs, "val", settings, out / "manifest.json")
+    write_shards(tiny_rois["val"], coco, tiny_data / "images" / "val", "val", settings, out)
     return out
 
 
@@ -134,3 +132,47 @@ def test_no_hdf5_handle_is_opened_in_the_constructor(val_shards: Path) -> None:
     assert ds._files == {}
     next(iter(ds))
     assert ds._files and ds.__getstate__()["_files"] == {}
+
+
+OPEN_FILES_RUN = """
+import resource, sys
+from pathlib import Path
+import jobs.mtgan.data as data
+from jobs.mtgan.settings import VARIANTS, resolve_preset
+from jobs.mtgan.train import train_mtgan
+
+limit, lru = int(sys.argv[3]), sys.argv[4] == "lru"
+if not lru:
+    data.MAX_OPEN_SHARDS = 10**6  # every shard kept open, as the loader did before
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+preset = resolve_preset("tiny", {"pretrain_iterations": 2, "iterations": int(sys.argv[5]), "holdout_blocks": 0, "positive_fraction": None})
+train_mtgan(Path(sys.argv[1]), VARIANTS["mtgan"], preset, Path(sys.argv[2]), "cpu", threads=1)
+"""
+
+
+def test_training_reads_more_shards_than_the_open_file_limit_allows(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path) -> None:
+    """COCO train has more shards than the usual limit of 1,024 open files: the loader keeps at most
+    MAX_OPEN_SHARDS open (closing the least recently used), so a training over more shards than a
+    lowered limit allows finishes; kept all open, as before, it fails."""
+    import subprocess
+    import sys
+
+    from jobs.mtgan.data import MAX_OPEN_SHARDS
+
+    coco = json.loads((tiny_data / "train.json").read_text())
+    settings = ShardSettings(**{**SHARD_SETTINGS, "rois_per_shard": 4, "block_size": 4}, sampling=None)
+    manifest = write_shards(tiny_rois["train"], coco, tiny_data / "images" / "train", "train", settings, tmp_path / "shards")
+    doc = json.loads(manifest.read_text())
+    limit = 48  # the process's own files (about 10) + MAX_OPEN_SHARDS + room
+    assert len(doc["shards"]) > 2 * limit and MAX_OPEN_SHARDS + 12 < limit
+    epoch = -(-doc["num_rois"] // 8) + 2  # the tiny preset's batches of 8: every shard read
+
+    def train(mode: str) -> subprocess.CompletedProcess[str]:
+        args = [sys.executable, "-c", OPEN_FILES_RUN, str(manifest), str(tmp_path / mode), str(limit), mode, str(epoch)]
+        return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    bounded = train("lru")
+    assert bounded.returncode == 0, bounded.stderr[-3000:]
+    assert (tmp_path / "lru" / "model.pt").is_file()
+    unbounded = train("all")
+    assert unbounded.returncode != 0 and "Too many open files" in unbounded.stderr, unbounded.stderr[-2000:]

@@ -30,7 +30,7 @@ from core.io.tables import ROIS_SCHEMA, read_table
 from pipeline.audit import audit
 from pipeline.cli import cli
 from pipeline.config import ConfigError, load_config_files, validate_config
-from pipeline.shards import ShardSettings, gather_manifest, write_chunk
+from pipeline.shards import ShardSettings, write_shards
 
 from conftest import REPO, SHARD_SETTINGS
 
@@ -145,11 +145,7 @@ def test_split_names_are_safe_path_components(tmp_path: Path) -> None:
 def _shards(data: Path, rois: Path, split: str, out: Path, **changes: Any) -> dict[str, Any]:
     settings = ShardSettings(**{**SHARD_SETTINGS, **changes}, sampling=None)
     coco = json.loads((data / f"{split}.json").read_text())
-    dirs = [out / f"chunk-{c}" for c in range(settings.num_chunks)]
-    for c, d in enumerate(dirs):
-        write_chunk(rois, coco, data / "images" / split, split, c, settings, d)
-    gather_manifest(rois, dirs, split, settings, out / "manifest.json")
-    return read_manifest(out / "manifest.json")
+    return read_manifest(write_shards(rois, coco, data / "images" / split, split, settings, out))
 
 
 def test_a_skipped_corrupt_jpeg_is_counted_and_the_shards_pass_audit(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path) -> None:
@@ -173,25 +169,11 @@ def test_a_truncated_jpeg_stops_the_shards_stage_naming_it(tiny_data: Path, tiny
     shutil.copytree(tiny_data, data)
     _truncate(data / "images" / "val" / "000003.jpg")
     sections = json.dumps({"shards": {**SHARD_SETTINGS, "on_bad_image": "error"}})
-    message = one_line(
-        cli_error(
-            "shards",
-            "--sections",
-            sections,
-            "--data-index",
-            data / "index.json",
-            "--split",
-            "val",
-            "--role",
-            "test",
-            "--rois",
-            tiny_rois["val"],
-            "--chunk",
-            0,
-            "--out",
-            tmp_path / "chunk-0",
-        )
-    )
+    common = ["--sections", sections, "--data-index", data / "index.json", "--split", "val", "--role", "test", "--rois", tiny_rois["val"]]
+    plan, images = tmp_path / "plan.parquet", tmp_path / "images.parquet"
+    made = CliRunner().invoke(cli, ["shards-plan", *map(str, common), "--out-plan", str(plan), "--out-images", str(images)])
+    assert made.exit_code == 0, made.output
+    message = one_line(cli_error("shards", *common, "--plan", plan, "--images", images, "--chunk", 0, "--out", tmp_path / "chunk-0"))
     assert "000003.jpg: cannot decode" in message and "on_bad_image: skip" in message
 
 
@@ -240,7 +222,7 @@ KILLED_WRITER = """
 import json, os, signal, sys
 from pathlib import Path
 import pipeline.shards as shards
-from pipeline.shards import ShardSettings, write_chunk
+from pipeline.shards import ShardSettings, plan_shards, write_chunk
 
 rois, data, out, settings = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
 original = shards.write_shard
@@ -254,7 +236,9 @@ def dies_on_second(path, *args):
 
 shards.write_shard = dies_on_second
 coco = json.loads((data / "val.json").read_text())
-write_chunk(rois, coco, data / "images" / "val", "val", 0, ShardSettings(**settings, sampling=None), out)
+settings = ShardSettings(**settings, sampling=None)
+plan_shards(rois, coco, "val", settings, out.parent / "plan.parquet", out.parent / "images.parquet")
+write_chunk(out.parent / "plan.parquet", out.parent / "images.parquet", rois, data / "images" / "val", 0, settings, out)
 """
 
 

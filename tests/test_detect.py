@@ -13,10 +13,11 @@ import torch
 from pycocotools.coco import COCO
 
 from core.io.coco import CocoFormatError
+from core.io.tables import DETECTIONS_SCHEMA, read_table
 from jobs import weights
 from jobs.baseline.models import DetectorSettings, WeightsUnavailable, build_detector, replace_box_predictor
 from jobs.baseline.predict import LabelMap, detect_batch
-from pipeline.detect import DetectSettings, import_detections, load_detector, results_json, run_detector
+from pipeline.detect import DetectSettings, import_detections, load_detector, results_records, run_detector, write_results_json
 
 SETTINGS = DetectorSettings(min_size=128, max_size=128, score_thresh=0.0, nms_thresh=0.5, detections_per_img=30)
 
@@ -113,13 +114,19 @@ def _write(tmp_path: Path, records: Any) -> Path:
     return path
 
 
+def _import(tmp_path: Path, path: Path, top_k: int) -> tuple[Any, dict[str, int]]:
+    """An import's table (read back) and counts."""
+    counts = import_detections(path, _coco(), top_k, tmp_path / "imported.parquet")
+    return read_table(tmp_path / "imported.parquet", DETECTIONS_SCHEMA), counts
+
+
 def det(image_id: int = 1, category_id: int = 3, bbox: list[float] | None = None, score: float = 0.9) -> dict[str, Any]:
     return {"image_id": image_id, "category_id": category_id, "bbox": bbox or [10, 10, 20, 20], "score": score}
 
 
 def test_imported_detections_become_the_same_table(tmp_path: Path) -> None:
     records = [det(score=0.2), det(category_id=8, score=0.7), det(image_id=2, bbox=[90, 70, 20, 20], score=0.5)]
-    table, counts = import_detections(_write(tmp_path, records), _coco(), top_k=30)
+    table, counts = _import(tmp_path, _write(tmp_path, records), top_k=30)
     t = table.to_pydict()
     assert t["image_id"] == [1, 1, 2] and t["rank"] == [0, 1, 0]
     assert t["category_id"] == [8, 3, 3] and t["label"] == [2, 1, 1]
@@ -142,14 +149,14 @@ def test_malformed_imports_are_errors_naming_the_file(tmp_path: Path, records: A
     path = tmp_path / "results.json"
     path.write_text(json.dumps(records).replace("NaN", "NaN"))
     with pytest.raises(CocoFormatError) as err:
-        import_detections(path, _coco(), top_k=30)
-    assert str(err.value).startswith(str(path)) and words in str(err.value)
+        import_detections(path, _coco(), 30, tmp_path / "out.parquet")
+    assert str(err.value).startswith(str(path)) and words in str(err.value) and not (tmp_path / "out.parquet").exists()
 
 
 def test_bad_imported_boxes_are_dropped_and_counted(tmp_path: Path) -> None:
     records = [det(bbox=[10, 10, 0, 5]), det(bbox=[10, 10, -3, 5]), det(bbox=[150, 10, 20, 20]), det()]
     records += [det(image_id=2, score=s / 100) for s in range(40)]
-    table, counts = import_detections(_write(tmp_path, records), _coco(), top_k=30)
+    table, counts = _import(tmp_path, _write(tmp_path, records), top_k=30)
     assert counts["non_positive_size"] == 2 and counts["outside_image"] == 1 and counts["over_top_k"] == 10
     scores = [s for s, i in zip(table.column("score").to_pylist(), table.column("image_id").to_pylist()) if i == 2]
     assert len(scores) == 30 and min(scores) == pytest.approx(0.10)
@@ -159,11 +166,14 @@ def test_results_json_loads_in_pycocotools(tmp_path: Path, tiny_data: Path, rand
     coco = json.loads((tiny_data / "val.json").read_text())
     coco["images"] = coco["images"][:3]
     model, label_map = load_detector("torchvision", "fasterrcnn_small_cpu", "none", coco, DETECT)
-    table = run_detector(model, label_map, coco, tiny_data / "images" / "val", DETECT, torch.device("cpu"), "torchvision")
+    run_detector(model, label_map, coco, tiny_data / "images" / "val", DETECT, torch.device("cpu"), "torchvision", tmp_path / "val.parquet")
+    table = read_table(tmp_path / "val.parquet", DETECTIONS_SCHEMA)
     assert table.num_rows > 0 and set(table.column("image_id").to_pylist()) <= {1, 2, 3}
+    assert write_results_json(tmp_path / "val.parquet", tmp_path / "val.json") == table.num_rows
     gt = COCO(str(tiny_data / "val.json"))
-    loaded = gt.loadRes(results_json(table))
+    loaded = gt.loadRes(str(tmp_path / "val.json"))
     assert len(loaded.getAnnIds()) == table.num_rows
+    assert json.loads((tmp_path / "val.json").read_text()) == results_records(table)  # written in parts, the same records
 
 
 def test_detect_command_imports_results_for_a_split(tiny_data: Path, tmp_path: Path) -> None:
@@ -182,7 +192,7 @@ def test_detect_command_imports_results_for_a_split(tiny_data: Path, tmp_path: P
 
     def detect(split: str) -> Any:
         options = {"--sections": sections, "--data-index": tiny_data / "index.json", "--split": split, "--out-table": out}
-        return CliRunner().invoke(cli, ["detect", *[f"{k}={v}" for k, v in options.items()], f"--out-results={tmp_path / 'r.json'}"])
+        return CliRunner().invoke(cli, ["detect", *[f"{k}={v}" for k, v in options.items()]])
 
     result = detect("val")
     assert result.exit_code == 0, result.output

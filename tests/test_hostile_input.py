@@ -128,15 +128,12 @@ def test_sixteen_bit_images_are_scaled_and_float_images_refused(tmp_path: Path) 
 
 
 def test_audit_works_from_any_folder(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.shards import ShardSettings, gather_manifest, write_chunk
+    from pipeline.shards import ShardSettings, write_shards
 
     coco = json.loads((tiny_data / "val.json").read_text())
     settings = ShardSettings(**SHARD_SETTINGS, sampling=None)
     monkeypatch.chdir(tiny_rois["val"].parent)
-    chunks = [tmp_path / "shards" / f"chunk-{c}" for c in range(2)]
-    for c, out in enumerate(chunks):
-        write_chunk(Path(tiny_rois["val"].name), coco, tiny_data / "images" / "val", "val", c, settings, out)
-    gather_manifest(Path(tiny_rois["val"].name), chunks, "val", settings, tmp_path / "shards" / "manifest.json")
+    write_shards(Path(tiny_rois["val"].name), coco, tiny_data / "images" / "val", "val", settings, tmp_path / "shards")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -241,6 +238,7 @@ def test_a_checkpoint_that_is_not_a_checkpoint_is_named(tiny_train_shards: Path,
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_bad_image_in_the_detect_stage_reads_the_same_with_workers(tmp_path: Path, workers: int) -> None:
     from core.io.images import ImageReadError
+    from core.io.tables import DETECTIONS_SCHEMA, read_table
     from pipeline.detect import detect_split
 
     images = tmp_path / "images"
@@ -261,17 +259,23 @@ def test_a_bad_image_in_the_detect_stage_reads_the_same_with_workers(tmp_path: P
         "import_results": {},
     }
     with pytest.raises(ImageReadError) as error:
-        detect_split(detector, coco, images, "val")
+        detect_split(detector, coco, images, "val", tmp_path / "val.parquet")
     assert "2.jpg" in str(error.value) and "\n" not in str(error.value) and "on_bad_image" in str(error.value)
-    table = detect_split(detector, coco, images, "val", on_bad_image="skip")
-    assert json.loads(table.schema.metadata[b"mtgan"])["skipped_images"] == 1
+    assert not (tmp_path / "val.parquet").exists() and not list(tmp_path.glob(".tmp-*"))  # nothing half-written
+    detect_split(detector, coco, images, "val", tmp_path / "val.parquet", on_bad_image="skip")
+    table = read_table(tmp_path / "val.parquet", DETECTIONS_SCHEMA)
+    assert json.loads(table.schema.metadata[b"mtgan"])["skipped_images"] == 1  # recorded after the rows were written
     assert 2 not in set(table.column("image_id").to_pylist())
 
 
-def test_gathering_a_folder_without_chunks_is_named(tiny_rois: dict[str, Path], tmp_path: Path) -> None:
+def test_gathering_a_folder_without_chunks_is_named(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path) -> None:
+    from pipeline.shards import ShardSettings, plan_shards
+
     empty = tmp_path / "chunk-0"
     empty.mkdir()
     config = _config_file(tmp_path, shards=SHARD_SETTINGS)
+    coco = json.loads((tiny_data / "val.json").read_text())
+    plan_shards(tiny_rois["val"], coco, "val", ShardSettings(**SHARD_SETTINGS, sampling=None), tmp_path / "plan.parquet", tmp_path / "images.parquet")
     message = one_line(
         cli_error(
             "shards-manifest",
@@ -280,6 +284,7 @@ def test_gathering_a_folder_without_chunks_is_named(tiny_rois: dict[str, Path], 
             "--split=val",
             "--role=test",
             f"--rois={tiny_rois['val']}",
+            f"--plan={tmp_path / 'plan.parquet'}",
             f"--out={tmp_path / 'manifest.json'}",
             empty,
         )

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from core.io.shards import write_manifest
-from core.io.tables import INFERENCE_SCHEMA, make_table, read_table, write_table
+from core.io.tables import DETECTIONS_SCHEMA, INFERENCE_SCHEMA, make_table, read_table, write_table
 from pipeline.audit import audit
 from pipeline.detect import import_detections
-from pipeline.shards import ShardSettings, gather_manifest, write_chunk
+from pipeline.shards import ShardSettings, gather_manifest, plan_shards, write_chunk
 
 from conftest import SHARD_SETTINGS
 from test_bad_input import CONFIGS, _coco_config, _coco_folder, cli_error, one_line
@@ -29,8 +29,8 @@ def _detections(tiny_data: Path, tmp_path: Path, split: str = "val") -> tuple[An
     coco = json.loads((tiny_data / f"{split}.json").read_text())
     records = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9} for a in coco["annotations"]]
     (tmp_path / "results.json").write_text(json.dumps(records))
-    table, _ = import_detections(tmp_path / "results.json", coco, top_k=100)
-    return table, coco
+    import_detections(tmp_path / "results.json", coco, 100, tmp_path / "imported.parquet")
+    return read_table(tmp_path / "imported.parquet", DETECTIONS_SCHEMA), coco
 
 
 def _rois_cli(tiny_data: Path, detections: Path, tmp_path: Path) -> str:
@@ -88,11 +88,13 @@ def test_merge_refuses_a_model_of_other_categories(tiny_rois: dict[str, Path], t
 
 
 def _val_shards(tiny_data: Path, tiny_rois: dict[str, Path], out: Path) -> tuple[ShardSettings, list[Path]]:
+    """The val split's plan and chunks in `out`, not yet gathered."""
     settings = ShardSettings(**SHARD_SETTINGS, sampling=None)
     coco = json.loads((tiny_data / "val.json").read_text())
+    plan_shards(tiny_rois["val"], coco, "val", settings, out / "plan.parquet", out / "images.parquet")
     dirs = [out / f"chunk-{c}" for c in range(settings.num_chunks)]
     for c, d in enumerate(dirs):
-        write_chunk(tiny_rois["val"], coco, tiny_data / "images" / "val", "val", c, settings, d)
+        write_chunk(out / "plan.parquet", out / "images.parquet", tiny_rois["val"], tiny_data / "images" / "val", c, settings, d)
     return settings, dirs
 
 
@@ -102,7 +104,7 @@ def test_audit_finds_a_copied_chunk(tiny_data: Path, tiny_rois: dict[str, Path],
     ROIs do not."""
     settings, dirs = _val_shards(tiny_data, tiny_rois, tmp_path / "shards")
     manifest = tmp_path / "shards" / "manifest.json"
-    doc = gather_manifest(tiny_rois["val"], dirs, "val", settings, manifest)
+    doc = gather_manifest(tiny_rois["val"], tmp_path / "shards" / "plan.parquet", dirs, "val", settings, manifest)
     report, _ = audit(manifest)  # before: the true manifest passes
     assert report.problems == []
     small = min(range(len(dirs)), key=lambda c: sum(s["num_rois"] for s in doc["shards"] if s["chunk"] == c))  # the copy fits the count
@@ -125,7 +127,7 @@ def test_a_manifest_written_elsewhere_points_back_at_its_shards(tiny_data: Path,
     settings, dirs = _val_shards(tiny_data, tiny_rois, tmp_path / "shards")
     manifest = tmp_path / "elsewhere" / "manifest.json"
     manifest.parent.mkdir()
-    doc = gather_manifest(tiny_rois["val"], dirs, "val", settings, manifest)
+    doc = gather_manifest(tiny_rois["val"], tmp_path / "shards" / "plan.parquet", dirs, "val", settings, manifest)
     assert all(s["path"].startswith("../shards/chunk-") for s in doc["shards"])
     report, _ = audit(manifest)
     assert report.problems == []

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 
 from core.io import atomic
 from pipeline.cli import cli
-from pipeline.shards import ShardSettings, gather_manifest, write_chunk
+from pipeline.shards import ShardSettings, write_shards
 
 from conftest import REPO, SHARD_SETTINGS, TINY_CONFIG, snakemake
 from test_bad_input import CONFIGS
@@ -107,8 +107,12 @@ def test_a_leftover_whose_pid_now_belongs_to_another_program_is_removed(tmp_path
 def test_a_killed_shards_job_leaves_no_worker_behind(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("shards:\n  num_chunks: 1\n  rois_per_shard: 50\n")
-    args = [sys.executable, "-m", "pipeline.cli", "shards", "--config", str(CONFIGS[0]), "--config", str(config), "--data-index", str(tiny_data / "index.json")]
-    args += ["--split", "val", "--role", "test", "--rois", str(tiny_rois["val"]), "--chunk", "0", "--out", str(tmp_path / "chunk-0"), "-j", "2"]
+    common = ["--config", str(CONFIGS[0]), "--config", str(config), "--data-index", str(tiny_data / "index.json")]
+    common += ["--split", "val", "--role", "test", "--rois", str(tiny_rois["val"])]
+    plan = ["--plan", str(tmp_path / "plan.parquet"), "--images", str(tmp_path / "images.parquet")]
+    made = CliRunner().invoke(cli, ["shards-plan", *common, "--out-plan", plan[1], "--out-images", plan[3]])
+    assert made.exit_code == 0, made.output
+    args = [sys.executable, "-m", "pipeline.cli", "shards", *common, *plan, "--chunk", "0", "--out", str(tmp_path / "chunk-0"), "-j", "2"]
     job = psutil.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seen: set[psutil.Process] = set()
     deadline = time.monotonic() + 120
@@ -161,10 +165,7 @@ def test_audit_of_a_read_only_folder_checks_everything_and_draws_nothing(
     settings = ShardSettings(**SHARD_SETTINGS, sampling=None)
     coco = json.loads((tiny_data / "val.json").read_text())
     shards = tmp_path / "shards"
-    dirs = [shards / f"chunk-{c}" for c in range(settings.num_chunks)]
-    for c, d in enumerate(dirs):
-        write_chunk(tiny_rois["val"], coco, tiny_data / "images" / "val", "val", c, settings, d)
-    gather_manifest(tiny_rois["val"], dirs, "val", settings, shards / "manifest.json")
+    write_shards(tiny_rois["val"], coco, tiny_data / "images" / "val", "val", settings, shards)
     lock(shards)
     audit = CliRunner().invoke(cli, ["audit", str(shards), "--rois", str(tiny_rois["val"])])
     assert audit.exit_code == 0, audit.output

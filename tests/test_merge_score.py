@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, make_table
+from core.io.tables import INFERENCE_SCHEMA, ROIS_SCHEMA, make_table, read_table
 from pipeline.detect import import_detections
 from pipeline.merge import MergeSettings, merge_detections
 from pipeline.rois import build_rois
@@ -113,8 +113,9 @@ def test_perfect_scores_give_ap_1(tiny_data: Path, tmp_path: Path) -> None:
     coco = json.loads((tiny_data / "val.json").read_text())
     records = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.5} for a in coco["annotations"]]
     (tmp_path / "gt.json").write_text(json.dumps(records))
-    detections, _ = import_detections(tmp_path / "gt.json", coco, top_k=100)
-    rois, _ = build_rois(detections, coco, add_gt=False, positive_iou=0.5, negative_iou=0.35)
+    import_detections(tmp_path / "gt.json", coco, 100, tmp_path / "gt.parquet")
+    build_rois(tmp_path / "gt.parquet", coco, False, 0.5, 0.35, tmp_path / "rois.parquet")
+    rois = read_table(tmp_path / "rois.parquet", ROIS_SCHEMA)
     labels = np.asarray(rois.column("label").to_pylist())
     probs = np.eye(len(coco["categories"]) + 1, dtype=np.float32)[labels]
     inference = make_table(

@@ -71,7 +71,8 @@ def test_coco_mini_detect_rois_and_score(coco_mini: Path, tmp_path: Path) -> Non
     through the import path, the ROI labelling and pycocotools."""
     import torch
 
-    from pipeline.detect import DetectSettings, import_detections, load_detector, results_json, run_detector
+    from core.io.tables import DETECTIONS_SCHEMA, read_table
+    from pipeline.detect import DetectSettings, import_detections, load_detector, results_records, run_detector
     from pipeline.rois import build_rois
     from pipeline.score import coco_bbox_eval
 
@@ -80,8 +81,8 @@ def test_coco_mini_detect_rois_and_score(coco_mini: Path, tmp_path: Path) -> Non
     few = {**coco, "images": coco["images"][:6]}
     torch.manual_seed(0)
     model, label_map = load_detector("torchvision", "fasterrcnn_small_cpu", "none", few, settings)
-    detections = run_detector(model, label_map, few, coco_mini / "train2017", settings, torch.device("cpu"), "torchvision")
-    assert detections.num_rows > 0
+    assert run_detector(model, label_map, few, coco_mini / "train2017", settings, torch.device("cpu"), "torchvision", tmp_path / "few.parquet") > 0
+    detections = read_table(tmp_path / "few.parquet", DETECTIONS_SCHEMA)
     widths = {im["id"]: im["width"] for im in few["images"]}
     t = detections.to_pydict()
     assert all(0 <= x2 <= widths[i] for i, x2 in zip(t["image_id"], t["x2"]))  # boxes back in original pixels
@@ -99,25 +100,22 @@ def test_coco_mini_detect_rois_and_score(coco_mini: Path, tmp_path: Path) -> Non
     ]
     path = tmp_path / "jittered.json"
     path.write_text(json.dumps(records))
-    imported, counts = import_detections(path, coco, top_k=100)
-    rois, summary = build_rois(imported, coco, add_gt=False, positive_iou=0.5, negative_iou=0.35)
+    import_detections(path, coco, 100, tmp_path / "imported.parquet")
+    imported = read_table(tmp_path / "imported.parquet", DETECTIONS_SCHEMA)
+    summary = build_rois(tmp_path / "imported.parquet", coco, False, 0.5, 0.35, tmp_path / "rois.parquet")
     positives = sum(summary["by_kind_and_size"]["positive"].values())
     assert positives > 0.8 * imported.num_rows
     assert sum(summary["by_kind_and_size"]["positive"][s] for s in ("small",)) > 100
-    stats, _ = coco_bbox_eval(coco_mini / "annotations" / "instances_train2017.json", results_json(imported))
+    stats, _ = coco_bbox_eval(coco_mini / "annotations" / "instances_train2017.json", results_records(imported))
     assert stats["AP50"] > 0.8 and stats["images"] == 80
     # ... and their shards, from real JPEGs: greyscale photos come out as 3-channel crops.
-    from core.io.tables import write_table
+    from core.io.shards import read_manifest
     from pipeline.audit import audit
-    from pipeline.shards import ShardSettings, gather_manifest, write_chunk
+    from pipeline.shards import ShardSettings, write_shards
 
-    write_table(rois, tmp_path / "rois.parquet")
     settings = ShardSettings(64, 4, 0.0, 256, 64, 2, "error", None)
-    dirs = [tmp_path / "shards" / f"chunk-{c}" for c in range(2)]
-    for c, d in enumerate(dirs):
-        write_chunk(tmp_path / "rois.parquet", coco, coco_mini / "train2017", "train", c, settings, d, n_jobs=2)
-    doc = gather_manifest(tmp_path / "rois.parquet", dirs, "train", settings, tmp_path / "shards" / "manifest.json")
-    assert doc["num_rois"] == rois.num_rows
+    doc = read_manifest(write_shards(tmp_path / "rois.parquet", coco, coco_mini / "train2017", "train", settings, tmp_path / "shards", n_jobs=2))
+    assert doc["num_rois"] == summary["total"]
     report, _ = audit(tmp_path / "shards")
     assert report.problems == []
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.io.tables import ROIS_SCHEMA, read_table, table_metadata
 from core.roi_targets import BoxCoder
 from pipeline.detect import import_detections
 from pipeline.rois import build_rois
@@ -37,11 +38,20 @@ def _detections(tmp_path: Path) -> Any:
     ]
     path = tmp_path / "dets.json"
     path.write_text(json.dumps(records))
-    return import_detections(path, _coco(), top_k=100)[0]
+    import_detections(path, _coco(), 100, tmp_path / "dets.parquet")
+    return tmp_path / "dets.parquet"
+
+
+def _rois(tmp_path: Path, coco: dict[str, Any], add_gt: bool) -> tuple[Any, dict[str, Any]]:
+    """The ROI table (read back) and the counts of `_detections` on `coco`."""
+    summary = build_rois(_detections(tmp_path), coco, add_gt, 0.5, 0.35, tmp_path / "rois.parquet")
+    table = read_table(tmp_path / "rois.parquet", ROIS_SCHEMA)
+    assert table_metadata(table)["counts"] == summary  # the counts travel with the table
+    return table, summary
 
 
 def test_labels_matches_and_targets(tmp_path: Path) -> None:
-    table, summary = build_rois(_detections(tmp_path), _coco(), add_gt=False, positive_iou=0.5, negative_iou=0.35)
+    table, summary = _rois(tmp_path, _coco(), add_gt=False)
     t = table.to_pydict()
     assert t["roi_id"] == [0, 1, 2, 3, 4]
     assert t["label"] == [2, 1, -1, -1, 0]  # contiguous labels: category 4 -> 1, category 7 -> 2
@@ -58,7 +68,7 @@ def test_labels_matches_and_targets(tmp_path: Path) -> None:
 
 
 def test_training_split_adds_ground_truth_boxes_as_positives(tmp_path: Path) -> None:
-    table, summary = build_rois(_detections(tmp_path), _coco(), add_gt=True, positive_iou=0.5, negative_iou=0.35)
+    table, summary = _rois(tmp_path, _coco(), add_gt=True)
     t = table.to_pydict()
     gt_rows = [i for i, o in enumerate(t["origin"]) if o == "gt"]
     assert len(gt_rows) == 2  # the two non-crowd boxes of image 1, never the crowd region
@@ -74,4 +84,4 @@ def test_categories_must_agree(tmp_path: Path) -> None:
     other = _coco()
     other["categories"] = [{"id": 4, "name": "big"}, {"id": 9, "name": "other"}]
     with pytest.raises(ValueError, match="other categories"):
-        build_rois(_detections(tmp_path), other, add_gt=False, positive_iou=0.5, negative_iou=0.35)
+        _rois(tmp_path, other, add_gt=False)

@@ -1,4 +1,5 @@
-"""The shards stage: sampling, round trip of every column, determinism, atomicity, bad images."""
+"""The shards stage: sampling, the plan, round trip of every column, checksums, determinism,
+atomicity, bad images, thinning."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 
 from core.crops import crop_hr, make_lr
@@ -18,24 +20,22 @@ from core.io.shards import ORIGIN_CODES, read_manifest, sha256_of
 from core.io.tables import ROIS_SCHEMA, read_table
 from core.sizes import SIZE_CLASSES
 from pipeline.audit import audit
-from pipeline.shards import ShardSettings, gather_manifest, sample_rois, small_positive_mask, thin_small_positives, write_chunk
+from pipeline.shards import ShardSettings, gather_manifest, plan_shards, sample_rois, small_negative_mask, small_positive_mask, thin, write_chunk, write_shards
 
 from conftest import SHARD_SETTINGS
 
 SAMPLING = {"rois_per_image": 12, "positive_fraction": 0.25, "seed": 0}
 
 
-def settings(sampling: dict[str, Any] | None = None, small_positives: dict[str, Any] | None = None, **changes: Any) -> ShardSettings:
-    return ShardSettings(**{**SHARD_SETTINGS, **changes}, sampling=sampling, small_positives=small_positives)
+def settings(
+    sampling: dict[str, Any] | None = None, small_positives: dict[str, Any] | None = None, small_negatives: dict[str, Any] | None = None, **changes: Any
+) -> ShardSettings:
+    return ShardSettings(**{**SHARD_SETTINGS, **changes}, sampling=sampling, small_positives=small_positives, small_negatives=small_negatives)
 
 
 def build(tiny_data: Path, rois: Path, split: str, out: Path, s: ShardSettings) -> dict[str, Any]:
     coco = json.loads((tiny_data / f"{split}.json").read_text())
-    dirs = [out / f"chunk-{c}" for c in range(s.num_chunks)]
-    for c, d in enumerate(dirs):
-        write_chunk(rois, coco, tiny_data / "images" / split, split, c, s, d, n_jobs=1)
-    gather_manifest(rois, dirs, split, s, out / "manifest.json", coco)
-    return read_manifest(out / "manifest.json")
+    return read_manifest(write_shards(rois, coco, tiny_data / "images" / split, split, s, out))
 
 
 def test_fast_rcnn_sampling_per_image() -> None:
@@ -61,8 +61,10 @@ def test_round_trip_every_column(tiny_data: Path, tiny_rois: dict[str, Path], tm
     files = {im["id"]: im["file_name"] for im in coco["images"]}
     for entry in doc["shards"]:
         with h5py.File(tmp_path / entry["path"], "r") as f:
-            assert f.attrs["layout_version"] == 1 and f.attrs["num_rois"] == entry["num_rois"]
+            assert f.attrs["layout_version"] == 2 and f.attrs["num_rois"] == entry["num_rois"]
             assert f["hr"].chunks == (min(16, entry["num_rois"]), 64, 64, 3) and f["hr"].compression is None
+            assert all(f[k].fletcher32 for k in shard_io.layout())  # every chunk read is checked
+            assert entry["bytes"] == (tmp_path / entry["path"]).stat().st_size
             ids = f["roi_id"][:]
             seen += ids.tolist()
             for j, r in enumerate(ids):
@@ -102,9 +104,11 @@ def test_killed_writer_leaves_nothing_that_looks_complete(tiny_data: Path, tiny_
 
     monkeypatch.setattr("pipeline.shards.write_shard", dies_on_second)
     coco = json.loads((tiny_data / "val.json").read_text())
+    plan, images = tmp_path / "plan.parquet", tmp_path / "images.parquet"
+    plan_shards(tiny_rois["val"], coco, "val", settings(), plan, images)
     with pytest.raises(MemoryError):
-        write_chunk(tiny_rois["val"], coco, tiny_data / "images" / "val", "val", 0, settings(), tmp_path / "chunk-0")
-    assert list(tmp_path.iterdir()) == []  # no chunk folder, no temporary folder, no stray shard
+        write_chunk(plan, images, tiny_rois["val"], tiny_data / "images" / "val", 0, settings(), tmp_path / "chunk-0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images.parquet", "plan.parquet"]  # no chunk folder, no temporary folder, no stray shard
 
 
 def test_bad_image_is_an_error_or_a_listed_skip(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path) -> None:
@@ -122,24 +126,56 @@ def test_bad_image_is_an_error_or_a_listed_skip(tiny_data: Path, tiny_rois: dict
 def test_manifest_refuses_chunks_of_another_table(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path) -> None:
     build(tiny_data, tiny_rois["val"], "val", tmp_path, settings())
     dirs = [tmp_path / "chunk-0", tmp_path / "chunk-1"]
+    before = sha256_of(tmp_path / "manifest.json")
     with pytest.raises(ValueError, match="another version"):
-        gather_manifest(tiny_rois["train"], dirs, "val", settings(), tmp_path / "manifest.json")
-    assert sha256_of(tmp_path / "manifest.json")  # the earlier manifest is untouched
+        gather_manifest(tiny_rois["train"], tmp_path / "plan.parquet", dirs, "val", settings(), tmp_path / "manifest.json")
+    with pytest.raises(ValueError, match="another version"):  # and a chunk job refuses a plan of another table
+        write_chunk(tmp_path / "plan.parquet", tmp_path / "images.parquet", tiny_rois["train"], tiny_data / "images" / "val", 0, settings(), tmp_path / "c")
+    with pytest.raises(ValueError, match="other sampling or thinning settings"):
+        gather_manifest(tiny_rois["val"], tmp_path / "plan.parquet", dirs, "val", settings(SAMPLING), tmp_path / "manifest.json")
+    assert sha256_of(tmp_path / "manifest.json") == before  # the earlier manifest is untouched
+
+
+def test_the_plan_is_made_once_and_a_chunk_reads_only_its_part(
+    tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunk jobs share one plan: sampling and the split's JSON are not redone per chunk, and each
+    chunk writes exactly the plan's rows of its images."""
+    coco = json.loads((tiny_data / "train.json").read_text())
+    s = settings(SAMPLING)
+    meta = plan_shards(tiny_rois["train"], coco, "train", s, tmp_path / "plan.parquet", tmp_path / "images.parquet")
+    plan = read_table(tmp_path / "plan.parquet", "shard_plan.schema.yaml")
+    assert plan.num_rows == meta["num_rois"] == sum(meta["chunk_rois"]) and meta["source_table"]["sha256"] == sha256_of(tiny_rois["train"])
+
+    def no_sampling(*args: Any) -> None:
+        raise AssertionError("a chunk job sampled the split again")
+
+    monkeypatch.setattr("pipeline.shards.sample_rois", no_sampling)
+    for c in range(s.num_chunks):
+        images = tiny_data / "images" / "train"
+        info = write_chunk(tmp_path / "plan.parquet", tmp_path / "images.parquet", tiny_rois["train"], images, c, s, tmp_path / f"chunk-{c}")
+        ids = []
+        for entry in info["shards"]:
+            with h5py.File(tmp_path / f"chunk-{c}" / entry["path"], "r") as f:
+                ids += f["roi_id"][:].tolist()
+        wanted = plan.filter(pc.equal(plan.column("chunk"), c)).column("roi_id").to_pylist()
+        assert sorted(ids) == sorted(wanted) and info["num_rois"] == meta["chunk_rois"][c]
 
 
 def test_thinning_keeps_a_nested_share_of_the_small_positives_only() -> None:
     small = np.zeros(1000, bool)
     small[::3] = True  # 334 small positives among 1000 rows
     rows = np.arange(1000)
-    kept = {share: thin_small_positives(rows, small, share, seed=5) for share in (1.0, 0.5, 0.25, 0.0)}
+    kept = {share: thin(rows, small, share, seed=5, stream=32) for share in (1.0, 0.5, 0.25, 0.0)}
     assert np.array_equal(kept[1.0], rows)
     for share, r in kept.items():
         assert small[r].sum() == round(share * 334) and (~small[r]).sum() == 666  # every other row stays
     assert set(kept[0.25]) <= set(kept[0.5]) <= set(kept[1.0])  # a lower share keeps a subset
-    assert np.array_equal(kept[0.25], thin_small_positives(rows, small, 0.25, seed=5))  # fixed by the seed
-    assert not np.array_equal(kept[0.25], thin_small_positives(rows, small, 0.25, seed=6))
+    assert np.array_equal(kept[0.25], thin(rows, small, 0.25, seed=5, stream=32))  # fixed by the seed
+    assert not np.array_equal(kept[0.25], thin(rows, small, 0.25, seed=6, stream=32))
+    assert not np.array_equal(kept[0.25], thin(rows, small, 0.25, seed=5, stream=33))  # each kind its own stream
     sampled = rows[::2]  # thinning applies to the rows sampling kept, not to the table
-    assert set(thin_small_positives(sampled, small, 0.5, seed=5)) <= set(sampled.tolist())
+    assert set(thin(sampled, small, 0.5, seed=5, stream=32)) <= set(sampled.tolist())
 
 
 def test_small_positives_are_those_whose_matched_object_is_small() -> None:
@@ -147,6 +183,8 @@ def test_small_positives_are_those_whose_matched_object_is_small() -> None:
     labels = np.array([1, 1, 2, 0, -1, 1])
     gt_ann = np.array([10, 11, 12, 10, 12, -1])  # negatives and ignored ROIs may name a box too
     assert small_positive_mask(labels, gt_ann, coco).tolist() == [True, False, True, False, False, False]
+    sizes = np.array([0, 0, 1, 0, 0, 2])  # small negatives: by the ROI box's own size class
+    assert small_negative_mask(np.array([0, 1, 0, 0, -1, 0]), sizes).tolist() == [True, False, False, True, False, False]
 
 
 def test_a_share_of_small_positives_changes_only_those_rows(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path) -> None:
@@ -169,17 +207,37 @@ def test_a_share_of_small_positives_changes_only_those_rows(tiny_data: Path, tin
     assert sum(small[r] for r in b) == round(0.25 * n_small)
     assert quarter["small_positives"] == {"share": 0.25, "seed": 0, "sampled": n_small, "kept": round(0.25 * n_small)}
     assert "small_positives" not in full and quarter["num_rois"] == full["num_rois"] - (n_small - round(0.25 * n_small))
-    chunks = [tmp_path / "quarter" / "chunk-0", tmp_path / "quarter" / "chunk-1"]
-    with pytest.raises(ValueError, match="needs the split's ground truth"):
-        gather_manifest(tiny_rois["train"], chunks, "train", settings(SAMPLING, {"share": 0.25, "seed": 0}), tmp_path / "m.json")
     report, _ = audit(tmp_path / "quarter" / "manifest.json")
     assert report.problems == []  # the audit checks the thinned count against what the manifest records
+
+
+def test_thinning_small_negatives_leaves_no_small_crop_in_training(tiny_data: Path, tiny_rois: dict[str, Path], tmp_path: Path) -> None:
+    """The second regime knob: with both shares at 0.0, no training crop is small."""
+    full = build(tiny_data, tiny_rois["train"], "train", tmp_path / "full", settings(SAMPLING))
+    none = build(tiny_data, tiny_rois["train"], "train", tmp_path / "none", settings(SAMPLING, {"share": 0.0, "seed": 0}, {"share": 0.0, "seed": 0}))
+    assert none["small_negatives"]["sampled"] > 0 and none["small_negatives"]["kept"] == 0
+    dropped = none["small_positives"]["sampled"] + none["small_negatives"]["sampled"]
+    assert none["num_rois"] == full["num_rois"] - dropped
+    coco = json.loads((tiny_data / "train.json").read_text())
+    small_objects = {a["id"] for a in coco["annotations"] if a["area"] < 32**2}
+    for entry in none["shards"]:
+        with h5py.File(tmp_path / "none" / entry["path"], "r") as f:
+            negatives = f["label"][:] == 0
+            assert not (negatives & (f["size_class"][:] == 0)).any()  # no small negative
+    table = read_table(tiny_rois["train"], ROIS_SCHEMA).to_pydict()
+    ids = set()
+    for entry in none["shards"]:
+        with h5py.File(tmp_path / "none" / entry["path"], "r") as f:
+            ids |= set(f["roi_id"][:].tolist())
+    assert not any(table["label"][r] > 0 and table["gt_ann_id"][r] in small_objects for r in ids)  # no small positive
+    assert audit(tmp_path / "none" / "manifest.json")[0].problems == []
 
 
 def test_only_the_training_role_is_thinned() -> None:
     from conftest import tiny_config
 
-    shards = tiny_config()["shards"] | {"train_small_positive_share": 0.25}
+    shards = tiny_config()["shards"] | {"train_small_positive_share": 0.25, "train_small_negative_share": 0.5}
     assert ShardSettings.from_config(shards, "train").small_positives == {"share": 0.25, "seed": 0}
+    assert ShardSettings.from_config(shards, "train").small_negatives == {"share": 0.5, "seed": 0}
     assert ShardSettings.from_config(shards, "test") == ShardSettings.from_config(tiny_config()["shards"], "test")
     assert ShardSettings.from_config(tiny_config()["shards"], "train").small_positives is None  # 1.0: nothing to thin

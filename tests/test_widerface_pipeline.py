@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import yaml
 
+from core.io.tables import DETECTIONS_SCHEMA, read_table
 from pipeline.config import validate_config
 from pipeline.data.stage import build_dataset
 from pipeline.data.widerface.convert import WiderImage, image_keys, write_bbx_gt
 from pipeline.data.widerface.ground_truth import load_ground_truth
 from pipeline.data.widerface.predictions import write_prediction_dir
-from pipeline.detect import import_detections, results_json
+from pipeline.detect import import_detections, results_records
 from pipeline.widerface.score import score_widerface
 
 from conftest import REPO, SHARED_DATA, snakemake
@@ -84,9 +85,10 @@ def test_picnic_converts_and_scores_like_the_toolkit(picnic: dict[str, Path], tm
 
     # Detections in the official prediction layout import like a results JSON.
     write_prediction_dir(predictions, tmp_path / "pred", image_keys(coco).values())
-    table, counts = import_detections(tmp_path / "pred", coco, top_k=1000, data_source="widerface")
+    counts = import_detections(tmp_path / "pred", coco, 1000, tmp_path / "pred.parquet", data_source="widerface")
+    table = read_table(tmp_path / "pred.parquet", DETECTIONS_SCHEMA)
     assert counts["imported"] == len(results) and table.num_rows == len(results)
-    again = score_widerface(coco, results_json(table), picnic["ground_truth"], "val")[0]
+    again = score_widerface(coco, results_records(table), picnic["ground_truth"], "val")[0]
     assert again.ap == pytest.approx(result.ap, abs=1e-3)
 
 

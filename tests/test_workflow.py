@@ -170,9 +170,9 @@ def test_tiny_pipeline_runs_then_caches(tiny_run: Path, tmp_path: Path) -> None:
     fewer = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, str(thinned))
     retrained = {"train_mtgan": 3, "infer": 4, "merge": 4, "score": 8, "table": 1, "eval_coco": 1}
     pictures = {"report_charts": 1, "report_rois": 1, "report_errors": 1, "report_detections": 1, "profile": 1}
-    assert jobs_of(fewer.stdout) == {"shards": 2, "shards_manifest": 1} | retrained | pictures
-    shard_jobs = [block for block in fewer.stdout.split("\nrule ")[1:] if block.startswith(("shards:", "shards_manifest:"))]
-    assert len(shard_jobs) == 3 and all("role=train" in block for block in shard_jobs)
+    assert jobs_of(fewer.stdout) == {"shards_plan": 1, "shards": 2, "shards_manifest": 1} | retrained | pictures
+    shard_jobs = [block for block in fewer.stdout.split("\nrule ")[1:] if block.startswith(("shards_plan:", "shards:", "shards_manifest:"))]
+    assert len(shard_jobs) == 4 and all("role=train" in block for block in shard_jobs)
 
     reseeded = tmp_path / "seed3.yaml"
     reseeded.write_text("data:\n  builtin:\n    seed: 3\n")

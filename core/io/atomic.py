@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,15 +104,21 @@ def remove_leftovers(final: Path) -> int:
     return len(found)
 
 
+def temporary_file(final: Path) -> Path:
+    """A new empty temporary file next to `final`, named as this process's write of it (so an
+    interrupted run's is recognised and removed by the next write, `remove_leftovers`)."""
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(Path(final)), suffix="", dir=Path(final).parent)
+    os.close(fd)
+    return Path(tmp_name)
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary file path next to `final`; rename it onto `final` if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(final)
-    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(final), suffix="", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temporary_file(final)
     try:
         yield tmp
         os.chmod(tmp, 0o644)
@@ -132,6 +138,21 @@ def write_json(path: Path, obj: Any, indent: int | None = None) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=indent, allow_nan=False)
             f.write("\n")
+
+
+def write_json_list(path: Path, parts: Iterable[Iterable[Any]]) -> int:
+    """A JSON list written part by part (each part a few of its items), atomically: the bytes
+    `write_json` writes of the whole list, in the memory of one part. Returns the items written."""
+    count = 0
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("[")
+            for part in parts:
+                for item in part:
+                    f.write((", " if count else "") + json.dumps(item, allow_nan=False))
+                    count += 1
+            f.write("]\n")
+    return count
 
 
 def write_figure(fig: Any, path: Path, dpi: int = 100, tight: bool = False) -> None:

@@ -30,11 +30,13 @@ import json
 import math
 import numbers
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from core.boxes import xywh_to_xyxy, xyxy_to_xywh
@@ -94,48 +96,249 @@ def is_id(x: Any) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+JSON_KINDS = {"{": "dict", '"': "str", "t": "bool", "f": "bool", "n": "NoneType"}
+STREAM_CHARS = 1 << 23  # characters read at a time by `iter_json_array`
+
+
+def iter_json_array(path: Path, what: str, batch: int = 65536) -> Iterator[list[Any]]:
+    """The elements of a file holding one JSON array, `batch` at a time, parsed as they are read:
+    the memory of one batch whatever the file's size (a COCO train results file is over a GB).
+    CocoFormatError names the file: a missing file, invalid JSON (with its character offset) or a
+    file that is not an array (`what`: what it should be, e.g. "a COCO results file is a JSON list
+    of detections")."""
+    decoder = json.JSONDecoder()
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise CocoFormatError(f"{path}: file not found") from None
+    with f:
+        text, at, offset, eof = "", 0, 0, False
+
+        def more() -> bool:  # read on (what was parsed is dropped: positions move); False at the end of the file
+            nonlocal text, at, offset, eof
+            chunk = "" if eof else f.read(STREAM_CHARS)
+            if not chunk:
+                eof = True
+                return False
+            offset, text, at = offset + at, text[at:] + chunk, 0
+            return True
+
+        def skip_space() -> str:  # the next character that is not white space ("" at the end)
+            nonlocal at
+            while True:
+                while at < len(text) and text[at] in " \t\n\r":
+                    at += 1
+                if at < len(text) or not more():
+                    return text[at : at + 1]
+
+        def invalid(message: str) -> CocoFormatError:
+            return CocoFormatError(f"{path}: not valid JSON ({message} at char {offset + at})")
+
+        first = skip_space()
+        while len(text) - at < 64 and more():
+            pass
+        if first != "[":
+            raise _not_an_array(path, what, text[at : at + 64]) or invalid("Expecting value")
+        at += 1
+        items: list[Any] = []
+        if skip_space() == "]":
+            at += 1
+        else:
+            while True:
+                skip_space()
+                while True:  # one element, read on while it may go on past what was read
+                    try:
+                        item, end = decoder.raw_decode(text, at)
+                    except json.JSONDecodeError as e:
+                        if more():
+                            continue
+                        at = max(at, e.pos)
+                        raise invalid(e.msg) from None
+                    # a number cut by the end of what was read parses short ("1.5" of "1.5e-7"): its
+                    # valid part ends at most 2 characters before the cut
+                    cut = end + (2 if isinstance(item, (int, float)) and not isinstance(item, bool) else 0) >= len(text)
+                    if not cut or not more():
+                        break
+                items.append(item)
+                at = end
+                if len(items) == batch:
+                    yield items
+                    items = []
+                separator = skip_space()
+                at += 1
+                if separator == "]":
+                    break
+                if separator != ",":
+                    at -= 1
+                    raise invalid("Expecting ',' delimiter")
+        if skip_space():
+            raise invalid("Extra data")
+        if items:
+            yield items
+
+
+def _not_an_array(path: Path, what: str, start: str) -> CocoFormatError | None:
+    """The error for a file whose JSON value (beginning with `start`) is valid so far but not an
+    array; None where it is not valid JSON at all."""
+    body = start[1:].lstrip()
+    if start.startswith("{") and (body[:1] in ('"', "}") or not body):
+        kind = "dict"
+    elif start[:1] == '"':
+        kind = "str"
+    elif any(start.startswith(word) for word in ("true", "false")):
+        kind = "bool"
+    elif start.startswith("null"):
+        kind = "NoneType"
+    elif start[:1].isdigit() or start[:1] == "-":
+        kind = "number"
+    else:
+        return None
+    return CocoFormatError(f"{path}: {what}, got {kind}")
+
+
+@dataclass
+class ResultColumns:
+    """Records of a COCO results file as columns: where each one's image stands in the split's
+    `images` (int32), its contiguous label 1..K (int32), its box as the file's x y w h (float64)
+    and its score (float64); 48 bytes a record, in file order."""
+
+    image: np.ndarray
+    label: np.ndarray
+    boxes: np.ndarray
+    score: np.ndarray
+
+    @classmethod
+    def concatenate(cls, parts: list[ResultColumns]) -> ResultColumns:
+        if not parts:
+            return cls(np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 4)), np.zeros(0))
+        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("image", "label", "boxes", "score")))
+
+
+def _as_float(v: Any) -> bool:
+    """A JSON number that converts to a float (an integer of over 1023 bits does not)."""
+    return is_number(v) and (not isinstance(v, int) or abs(v) < 2**1023)
+
+
+def _record_ok(r: Any) -> bool:
+    return (
+        isinstance(r, dict)
+        and is_id(r.get("image_id"))
+        and is_id(r.get("category_id"))
+        and isinstance(r.get("bbox"), list)
+        and len(r["bbox"]) == 4
+        and all(_as_float(v) for v in r["bbox"])
+        and _as_float(r.get("score"))
+    )
+
+
+def _int64(value: int) -> int:
+    """An id as int64; one beyond 64 bits (no image or category has one) as -1, which none has either."""
+    return value if -(2**63) <= value < 2**63 else -1
+
+
+class ResultsCheck:
+    """Why records are not a COCO results file for the images and categories of `coco`, over the
+    records in parts (`add`, in file order): the first kind of problem found, in one line with its
+    first few records (`problems`; empty: they are). In order: each record {image_id, category_id,
+    bbox: 4 numbers, score}, known image and category ids, a finite box and score, a score in
+    [0, 1]. With `max_per_image` (a file to submit, as an evaluation server takes it): also boxes
+    with w, h > 0 and at most that many detections per image (an import drops and counts such
+    boxes instead). Each check counts only records that passed the ones before."""
+
+    CHECKS = (
+        "are not {image_id, category_id, bbox: [x, y, w, h], score} records (index)",
+        "name an unknown image_id",
+        "name an unknown category_id",
+        "have a non-finite box or score",
+        "have a score outside [0, 1]",
+        "have a box with w or h <= 0",
+    )
+
+    def __init__(self, coco: dict[str, Any], max_per_image: int | None = None) -> None:
+        self.image_ids = np.asarray([im["id"] for im in coco["images"]], np.int64)
+        self.image_order = np.argsort(self.image_ids, kind="stable")
+        self.category_ids = np.asarray(sorted(c["id"] for c in coco["categories"]), np.int64)
+        self.max_per_image = max_per_image
+        self.records = 0
+        self.bad: dict[str, tuple[int, list[str]]] = {}
+        self.per_image = np.zeros(len(self.image_ids), np.int64)
+
+    def _count(self, what: str, failed: np.ndarray, describe: Any) -> None:
+        """Count the records `failed` (positions in the part) of check `what`, naming the first few."""
+        n, first = self.bad.get(what, (0, []))
+        self.bad[what] = (n + len(failed), first + [describe(int(i)) for i in failed[: max(0, FIRST_FEW - len(first))]])
+
+    def _position(self, ids: np.ndarray, known: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each id stands in `known` (sorted by `order`), and whether it is there at all."""
+        at = np.searchsorted(known[order], ids).clip(0, max(0, len(known) - 1))
+        found = known[order][at] == ids if len(known) else np.zeros(len(ids), bool)
+        return order[at] if len(known) else at, found
+
+    def add(self, records: list[Any]) -> ResultColumns:
+        """Check the next records of the file; the columns of those that pass every check."""
+        index = np.arange(self.records, self.records + len(records))
+        self.records += len(records)
+        ok = np.fromiter((_record_ok(r) for r in records), bool, len(records))
+        self._count(self.CHECKS[0], np.flatnonzero(~ok), lambda i: f"#{index[i]}")
+        good = [r for r, g in zip(records, ok) if g]
+        index = index[ok]
+        image_ids = np.fromiter((_int64(r["image_id"]) for r in good), np.int64, len(good))
+        category_ids = np.fromiter((_int64(r["category_id"]) for r in good), np.int64, len(good))
+        boxes = np.asarray([r["bbox"] for r in good], np.float64).reshape(-1, 4)
+        score = np.fromiter((r["score"] for r in good), np.float64, len(good))
+        image, image_known = self._position(image_ids, self.image_ids, self.image_order)
+        label, category_known = self._position(category_ids, self.category_ids, np.arange(len(self.category_ids)))
+        checks = [
+            (image_known, lambda i: f"#{index[i]} image {good[i]['image_id']}"),
+            (category_known, lambda i: f"#{index[i]} category {good[i]['category_id']}"),
+            (np.isfinite(boxes).all(1) & np.isfinite(score), lambda i: f"#{index[i]}"),
+            ((score >= 0.0) & (score <= 1.0), lambda i: f"#{index[i]} score {good[i]['score']}"),
+        ]
+        if self.max_per_image is not None:
+            checks.append(((boxes[:, 2] > 0) & (boxes[:, 3] > 0), lambda i: f"#{index[i]}"))
+        passed = np.ones(len(good), bool)
+        for what, (check, describe) in zip(self.CHECKS[1:], checks):
+            self._count(what, np.flatnonzero(passed & ~check), describe)
+            passed &= check
+        np.add.at(self.per_image, image[passed], 1)
+        return ResultColumns(image[passed].astype(np.int32), (label[passed] + 1).astype(np.int32), boxes[passed], score[passed])
+
+    def problems(self) -> list[str]:
+        for what in self.CHECKS:
+            n, first = self.bad.get(what, (0, []))
+            if n:
+                return [f"{n} detection(s) {what}: {', '.join(first)}{', ...' if n > len(first) else ''}"]
+        if self.max_per_image is not None:
+            crowded = np.sort(self.image_ids[self.per_image > self.max_per_image])
+            if crowded.size:
+                return [f"{crowded.size} image(s) with more than {self.max_per_image} detections (image ids {first_few(crowded.tolist())})"]
+        return []
+
+
 def results_problems(records: Any, coco: dict[str, Any], max_per_image: int | None = None) -> list[str]:
-    """Why `records` is not a COCO results file for the images and categories of `coco` (empty: it
-    is): the first kind of problem found, in one line with its first few records. In order: each record {image_id,
-    category_id, bbox: 4 numbers, score}, known image and category ids, a finite box and score, a
-    score in [0, 1]. With `max_per_image` (a file to submit, as an evaluation server takes it):
-    also boxes with w, h > 0 and at most that many detections per image (an import drops and
-    counts such boxes instead)."""
+    """`ResultsCheck` of a whole list of records (a file to submit, a folder read into records)."""
     if not isinstance(records, list):
         return [f"a COCO results file is a JSON list of detections, got {type(records).__name__}"]
-    images, categories = {im["id"] for im in coco["images"]}, {c["id"] for c in coco["categories"]}
-    checks = [
-        (
-            "are not {image_id, category_id, bbox: [x, y, w, h], score} records (index)",
-            lambda r: (
-                not (
-                    isinstance(r, dict)
-                    and is_id(r.get("image_id"))
-                    and is_id(r.get("category_id"))
-                    and isinstance(r.get("bbox"), list)
-                    and len(r["bbox"]) == 4
-                    and all(is_number(v) for v in r["bbox"])
-                    and is_number(r.get("score"))
-                )
-            ),
-            lambda i, r: f"#{i}",
-        ),
-        ("name an unknown image_id", lambda r: r["image_id"] not in images, lambda i, r: f"#{i} image {r['image_id']}"),
-        ("name an unknown category_id", lambda r: r["category_id"] not in categories, lambda i, r: f"#{i} category {r['category_id']}"),
-        ("have a non-finite box or score", lambda r: not all(math.isfinite(v) for v in [*r["bbox"], r["score"]]), lambda i, r: f"#{i}"),
-        ("have a score outside [0, 1]", lambda r: not 0.0 <= r["score"] <= 1.0, lambda i, r: f"#{i} score {r['score']}"),
-    ]
-    if max_per_image is not None:
-        checks.append(("have a box with w or h <= 0", lambda r: not (r["bbox"][2] > 0 and r["bbox"][3] > 0), lambda i, r: f"#{i}"))
-    for what, failed, describe in checks:
-        bad = [describe(i, r) for i, r in enumerate(records) if failed(r)]
-        if bad:
-            return [f"{len(bad)} detection(s) {what}: {first_few(bad)}"]  # later checks assume the earlier ones hold
-    per_image = Counter(r["image_id"] for r in records)
-    crowded = sorted(i for i, n in per_image.items() if max_per_image is not None and n > max_per_image)
-    if crowded:
-        return [f"{len(crowded)} image(s) with more than {max_per_image} detections (image ids {first_few(crowded)})"]
-    return []
+    check = ResultsCheck(coco, max_per_image)
+    check.add(records)
+    return check.problems()
+
+
+RESULTS_FILE = "a COCO results file is a JSON list of detections"
+
+
+def read_results(path: Path, coco: dict[str, Any], records: list[Any] | None = None) -> ResultColumns:
+    """A COCO results file (or `records` read from elsewhere) checked against the split (every
+    problem of `ResultsCheck` is a CocoFormatError naming the file), as columns, parsed in parts."""
+    check = ResultsCheck(coco)
+    if records is not None:
+        if problems := results_problems(records, coco):
+            raise CocoFormatError(f"{path}: {problems[0]}")
+        return check.add(records)
+    parts = [check.add(batch) for batch in iter_json_array(path, RESULTS_FILE)]
+    if problems := check.problems():
+        raise CocoFormatError(f"{path}: {problems[0]}")
+    return ResultColumns.concatenate(parts)
 
 
 _REQUIRED: dict[str, dict[str, tuple[type, ...]]] = {

@@ -17,12 +17,19 @@ no ROI is seen twice in an epoch and the more common kind is subsampled (a diffe
 epoch). `drop_ignored` leaves out ROIs labelled -1.
 
 HDF5 files are opened lazily, in the process that reads them (h5py handles do not survive fork or
-pickling), never in the constructor. The dataset yields whole batches (dicts of tensors); use it
-with `DataLoader(dataset, batch_size=None, num_workers=...)`.
+pickling), never in the constructor, and at most `MAX_OPEN_SHARDS` at a time: the least recently
+used is closed when another is opened (COCO train has 1,300-1,850 shards, past the usual limit of
+1,024 open files). A buffer's blocks are read shard by shard, each to its place in the buffer, so
+each file is opened once per buffer at most and the batches are those of any other reading order.
+The constructor makes the cheap checks of `core.io.shards.check_shards` (files, places, sizes);
+each shard's attributes are checked when it is opened and every byte read is checked by HDF5's
+checksums (`core.io.shards`): nothing is reread to verify it. The dataset yields whole batches
+(dicts of tensors); use it with `DataLoader(dataset, batch_size=None, num_workers=...)`.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,9 +40,19 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from core.errors import InputError, ShardReadError
-from core.io.shards import read_manifest, shard_paths
+from core.io.shards import check_attributes, check_shards, read_manifest
 
 DEFAULT_FIELDS = ("lr", "hr", "label", "target", "roi_id")
+MAX_OPEN_SHARDS = 16  # a buffer's worth (buffer_blocks): files open at once per reading process
+
+
+def read_error(path: Path | str, error: Exception, what: str) -> ShardReadError:
+    """A failed read of a shard as one line naming it: a checksum that does not match is said so."""
+    if any(sign in str(error) for sign in ("Fletcher32", "checksum", "filter returned failure")):  # the only filter is the checksum
+        return ShardReadError(
+            f"{path}: {what}: its checksums do not match its bytes (the file changed or is damaged); run mtgan audit on its folder, rerun the shards stage"
+        )
+    return ShardReadError(f"{path}: {what} ({type(error).__name__}: {error}); run mtgan audit on its folder, rerun the shards stage")
 
 
 def all_blocks(doc: dict[str, Any]) -> list[tuple[int, int, int]]:
@@ -48,15 +65,16 @@ def read_holdout(manifest: Path, holdout_blocks: int, fields: tuple[str, ...]) -
     """The ROIs of the last `holdout_blocks` blocks of a split's shards (what `ShardBatches` with
     the same `holdout_blocks` never yields), read whole: `fields` as numpy arrays."""
     doc = read_manifest(manifest)
-    paths = shard_paths(manifest, doc)
+    paths = check_shards(manifest, doc)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in fields}
     for shard, start, stop in all_blocks(doc)[-holdout_blocks:] if holdout_blocks else []:
         try:
             with h5py.File(paths[shard], "r") as f:
+                check_attributes(paths[shard], f.attrs, doc, doc["shards"][shard])
                 for k in fields:
                     parts[k].append(f[k][start:stop])
         except (OSError, KeyError) as e:
-            raise ShardReadError(f"{paths[shard]}: cannot read rows {start}-{stop} ({e}); run mtgan audit on its folder") from None
+            raise read_error(paths[shard], e, f"cannot read rows {start}-{stop}") from None
     return {k: np.concatenate(v) for k, v in parts.items() if v}
 
 
@@ -76,8 +94,8 @@ class ShardBatches(IterableDataset):
         world_size: int = 1,
         holdout_blocks: int = 0,
     ) -> None:
-        doc = read_manifest(manifest)
-        self.paths = [str(p) for p in shard_paths(manifest, doc)]
+        doc = self.doc = read_manifest(manifest)
+        self.paths = [str(p) for p in check_shards(manifest, doc)]
         self.block_size = doc["block_size"]
         self.blocks = all_blocks(doc)
         if holdout_blocks:  # held out for evaluation (`read_holdout`): never yielded
@@ -89,7 +107,7 @@ class ShardBatches(IterableDataset):
         self.positive_fraction, self.drop_ignored, self.drop_last = positive_fraction, drop_ignored, drop_last
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
-        self._files: dict[int, h5py.File] = {}
+        self._files: OrderedDict[int, h5py.File] = OrderedDict()  # open shards, least recently used first
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
 
@@ -98,7 +116,7 @@ class ShardBatches(IterableDataset):
         self.epoch = epoch
 
     def __getstate__(self) -> dict[str, Any]:  # never ship open HDF5 handles to workers
-        return {**self.__dict__, "_files": {}}
+        return {**self.__dict__, "_files": OrderedDict()}
 
     def _my_blocks(self) -> list[tuple[int, int, int]]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.blocks)) if self.shuffle else np.arange(len(self.blocks))
@@ -109,12 +127,29 @@ class ShardBatches(IterableDataset):
         return [self.blocks[i] for i in mine]
 
     def _file(self, shard: int) -> h5py.File:
-        if shard not in self._files:
-            try:
-                self._files[shard] = h5py.File(self.paths[shard], "r")
-            except OSError as e:
-                raise ShardReadError(f"{self.paths[shard]}: cannot open the shard ({e}); run mtgan audit on its folder") from None
-        return self._files[shard]
+        """The open shard (opened, and its attributes checked, if it is not; the least recently
+        used one closed when MAX_OPEN_SHARDS are open)."""
+        if shard in self._files:
+            self._files.move_to_end(shard)
+            return self._files[shard]
+        try:
+            f = h5py.File(self.paths[shard], "r")
+        except OSError as e:
+            raise read_error(self.paths[shard], e, "cannot open the shard") from None
+        try:
+            check_attributes(Path(self.paths[shard]), f.attrs, self.doc, self.doc["shards"][shard])
+        except ShardReadError:
+            f.close()
+            raise
+        self._files[shard] = f
+        while len(self._files) > MAX_OPEN_SHARDS:
+            self._files.popitem(last=False)[1].close()
+        return f
+
+    def close(self) -> None:
+        """Close every open shard."""
+        while self._files:
+            self._files.popitem()[1].close()
 
     def _read(self, shard: int, start: int, stop: int, buffer: dict[str, np.ndarray], at: int) -> None:
         """Rows start:stop of a shard into the buffers at row `at`; ShardReadError names a bad shard."""
@@ -123,10 +158,7 @@ class ShardBatches(IterableDataset):
             for k in self.fields:
                 f[k].read_direct(buffer[k], np.s_[start:stop], np.s_[at : at + stop - start])
         except (OSError, KeyError, TypeError, ValueError) as e:
-            raise ShardReadError(
-                f"{self.paths[shard]}: cannot read rows {start}-{stop} ({type(e).__name__}: {e}); "
-                "the shard is damaged: run mtgan audit on its folder, rerun the shards stage"
-            ) from None
+            raise read_error(self.paths[shard], e, f"cannot read rows {start}-{stop}") from None
 
     def _stream(self, blocks: list[tuple[int, int, int]], keep: Any, rng: np.random.Generator, size: int) -> Iterator[dict[str, np.ndarray]]:
         """Batches of `size` samples (those with keep(labels) true; the last batch may be short).
@@ -145,10 +177,12 @@ class ShardBatches(IterableDataset):
             raise ShardReadError(f"{self.paths[blocks[0][0]]}: no dataset {e} in the shard; rerun the shards stage") from None
         carry: dict[str, np.ndarray] | None = None
         for first in range(0, len(blocks), self.buffer_blocks):
-            n = 0
-            for shard, start, stop in blocks[first : first + self.buffer_blocks]:
-                self._read(shard, start, stop, buffer, n)
-                n += stop - start
+            group = blocks[first : first + self.buffer_blocks]
+            at = np.cumsum([0, *(stop - start for _, start, stop in group)])
+            for k in sorted(range(len(group)), key=lambda k: group[k][0]):  # shard by shard, each block to its place
+                shard, start, stop = group[k]
+                self._read(shard, start, stop, buffer, int(at[k]))
+            n = int(at[-1])
             chosen = np.flatnonzero(keep(buffer["label"][:n]))
             if self.shuffle:
                 chosen = rng.permutation(chosen)

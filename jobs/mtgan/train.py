@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from core.errors import InputError
 from core.io import atomic
-from core.io.shards import read_manifest, verify_shards
+from core.io.shards import check_shards, read_manifest
 from jobs.common import CHECKPOINT_FORMAT, autocast_factory, pick_device, restore_rng_state, resumable_checkpoint, rng_state, save_checkpoint
 from jobs.mtgan.data import ShardBatches, read_holdout
 from jobs.mtgan.engine import Batch, build_networks, evaluate_holdout, pretrain_step, rule_key, to_model, train_step
@@ -299,7 +299,7 @@ def train_mtgan(
     if preset.batch_size % world:
         raise InputError(f"batch_size {preset.batch_size} is not divisible by the {world} processes")
     doc = read_manifest(manifest)
-    verify_shards(manifest, doc)  # once per job: every byte trained on matches the manifest's sha256
+    check_shards(manifest, doc)  # before any work: files, places and sizes; every byte read is checked by its checksum
     preset = schedule_in_iterations(preset, doc["num_rois"] - doc["histograms"]["label"].get("-1", 0))
     if preset.epochs is not None:
         log.info("%g epochs = %d iterations, D lr / 10 every %d", preset.epochs, preset.iterations, preset.d_lr_step)

@@ -33,7 +33,6 @@ rule detect:
         imported=lambda wildcards: detect_inputs(config, wildcards.split),
     output:
         table=f"{ROOT}/detect/{{split}}.parquet",
-        results=f"{ROOT}/detect/{{split}}_results.json",
     params:
         sections=sections_json(config, "detector"),
         model=lambda wildcards, input: f"--model {input.model}" if input.model else "",
@@ -49,8 +48,25 @@ rule detect:
         "../../envs/mtgan.yaml"
     shell:
         "mtgan detect --sections {params.sections} --data-index {input.index} --split {wildcards.split} "
-        "{params.model} --out-table {output.table} --out-results {output.results} --on-bad-image {params.on_bad_image} "
+        "{params.model} --out-table {output.table} --on-bad-image {params.on_bad_image} "
         "--threads {threads} > {log} 2>&1"
+
+
+rule detect_results:
+    # The baseline's detections as a COCO results JSON: only for a split that is scored or
+    # submitted (COCO train's would be over a GB that nothing reads).
+    input:
+        table=f"{ROOT}/detect/{{split}}.parquet",
+    output:
+        results=f"{ROOT}/detect/{{split}}_results.json",
+    log:
+        f"{LOGS}/detect_results_{{split}}.log",
+    benchmark:
+        f"{BENCHMARKS}/detect_results_{{split}}.tsv"
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan results --detections {input.table} --out {output.results} > {log} 2>&1"
 
 
 rule rois:

@@ -1,13 +1,37 @@
-# Stage 4: HR/LR ROI crops in HDF5 shards, one job per image chunk, then a manifest per role
-# (train: the training split's ROIs, sampled; test: the test split's ROIs, all of them).
+# Stage 4: HR/LR ROI crops in HDF5 shards: a plan per role (which ROIs, which chunk), one job per
+# image chunk, then a manifest per role (train: the training split's ROIs, sampled; test: the test
+# split's ROIs, all of them).
 
 SHARD_CHUNKS = range(config["shards"]["num_chunks"])
+
+
+rule shards_plan:
+    input:
+        index=rules.data.output.index,
+        rois=rules.rois.output.table,
+    output:
+        plan=f"{ROOT}/shards/{{role}}/plan.parquet",
+        images=f"{ROOT}/shards/{{role}}/images.parquet",
+    params:
+        sections=lambda wildcards: shard_sections(config, wildcards.role),
+        split=lambda wildcards: ROLE_SPLIT[wildcards.role],
+    log:
+        f"{LOGS}/shards_plan_{{role}}.log",
+    benchmark:
+        f"{BENCHMARKS}/shards_plan_{{role}}.tsv"
+    conda:
+        "../../envs/mtgan.yaml"
+    shell:
+        "mtgan shards-plan --sections {params.sections} --data-index {input.index} --split {params.split} --role {wildcards.role} "
+        "--rois {input.rois} --out-plan {output.plan} --out-images {output.images} > {log} 2>&1"
 
 
 rule shards:
     input:
         index=rules.data.output.index,
         rois=rules.rois.output.table,
+        plan=rules.shards_plan.output.plan,
+        images=rules.shards_plan.output.images,
     output:
         chunk=directory(f"{ROOT}/shards/{{role}}/chunk-{{chunk}}"),
     params:
@@ -22,13 +46,14 @@ rule shards:
         "../../envs/mtgan.yaml"
     shell:
         "mtgan shards --sections {params.sections} --data-index {input.index} --split {params.split} --role {wildcards.role} "
-        "--rois {input.rois} --chunk {wildcards.chunk} --out {output.chunk} --jobs {threads} > {log} 2>&1"
+        "--rois {input.rois} --plan {input.plan} --images {input.images} --chunk {wildcards.chunk} --out {output.chunk} "
+        "--jobs {threads} > {log} 2>&1"
 
 
 rule shards_manifest:
     input:
-        index=rules.data.output.index,
         rois=rules.rois.output.table,
+        plan=rules.shards_plan.output.plan,
         chunks=expand(f"{ROOT}/shards/{{{{role}}}}/chunk-{{chunk}}", chunk=SHARD_CHUNKS),
     output:
         manifest=f"{ROOT}/shards/{{role}}/manifest.json",
@@ -42,6 +67,5 @@ rule shards_manifest:
     conda:
         "../../envs/mtgan.yaml"
     shell:
-        "mtgan shards-manifest --sections {params.sections} --data-index {input.index} --split {params.split} --role {wildcards.role} "
-        "--rois {input.rois} "
-        "--out {output.manifest} {input.chunks} > {log} 2>&1"
+        "mtgan shards-manifest --sections {params.sections} --split {params.split} --role {wildcards.role} "
+        "--rois {input.rois} --plan {input.plan} --out {output.manifest} {input.chunks} > {log} 2>&1"
