@@ -63,11 +63,17 @@ Every other row (each method alone and x baseline, both paths, the transfer arm)
 its gain, its share of headroom and the same one-sided p, as description, not as a tested claim.
 
     snakemake --cores 8 eval_coco && python bench/baselines.py --phase dev   # trains 600-4800, scores dev
-    python bench/baselines.py --phase dev --config config/tiny.yaml --budgets 6,12    # the test's smoke run
+    python bench/baselines.py --phase test                                     # the ladder on the test split
+    python bench/baselines.py --phase dev --config config/tiny.yaml --budgets 12,24    # the test's smoke run
+    python bench/baselines.py --phase test --config config/tiny.yaml --budgets 12,24 --matched 12 --seeds 0,1
 
 Writes under artifacts/<dataset>/baselines/: `dev.csv` and `dev.md` (each candidate budget's dev
-AP, APS, AR100, training time, and the strong budget chosen) and logs/b<B>.log (each budget's
-Snakemake output). Resumable: each budget's pipeline run is Snakemake's own cache.
+AP, APS, AR100, training time, and the strong budget chosen), `baselines.csv` (one row per budget,
+method, arm and seed), `baselines.md` (the detectors and their headroom, every method's gain in
+points and as a share of headroom, the hypotheses' verdicts), `baselines.png` (gains against the
+detector's AP, and as a share of headroom, seed error bars) and logs/b<B>.log (each budget's
+Snakemake output). Resumable: each budget's pipeline run is Snakemake's own cache, each seed's
+model is cached as `bench/seeds.py` caches it, and each scored model under `baselines/scored/`.
 """
 
 from __future__ import annotations
@@ -80,14 +86,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import torch
 import yaml
+from scipy import stats
 
-from core.io.tables import DETECTIONS_SCHEMA, read_table
+from core.io.tables import DETECTIONS_SCHEMA, INFERENCE_SCHEMA, ROIS_SCHEMA, checked_metadata, make_table, read_table
+from jobs.mtgan.settings import PAPER_RULE, VARIANTS, applies, resolve_preset
 from pipeline.config import dev_split, load_config_files, validate_config
 from pipeline.detect import results_records
+from pipeline.merge import MergeSettings, merge_detections
+from pipeline.methods import display_name, method_name
+from pipeline.report.style import label, method_color, ordered, plt, save
 from pipeline.score import coco_bbox_eval
 
-from seeds import csv_text
+from seeds import TestSet, csv_text, mean_std, scored, seed_model, spread, welch_p
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -204,18 +218,258 @@ def dev_markdown(rows: list[dict[str, Any]], strong: int | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- The test phase: the ladder on the test split ---------------------------------------------------
+
+VARIANT_NAMES = ("d_no_adv", "sbu", "mtgan")
+COLUMNS = ("AP", "AP50", "APS", "APM", "APL", "AR100", "ARS")
+ALPHA = 0.05
+
+
+def baseline_row(root: Path, config: dict[str, Any]) -> dict[str, float]:
+    """The budget's detector on the test split: its own detections, as the pipeline scores them."""
+    test = config["data"]["test_split"]
+    stats, _ = coco_bbox_eval(root / "data" / f"{test}.json", json.loads((root / "detect" / f"{test}_results.json").read_text()))
+    return {c: stats[c] for c in COLUMNS}
+
+
+def oracle_table(rois: pa.Table, category_ids: list[int], boxes: bool) -> pa.Table:
+    """An inference table that re-scores each ROI by its true label: a positive scores its IoU with
+    its object for that object's class (`boxes`: 1, and its box moved onto the object by its
+    regression target); negative and ignored ROIs score nothing."""
+    label = rois.column("label").to_numpy()
+    n, k1 = len(label), len(category_ids) + 1
+    positive = label > 0
+    probs = np.zeros((n, k1), np.float32)
+    probs[~positive, 0] = 1.0
+    probs[np.flatnonzero(positive), label[positive]] = 1.0 if boxes else rois.column("iou").to_numpy()[positive]
+    offsets = {k: np.where(positive, rois.column(k).to_numpy(), 0.0).astype(np.float32) if boxes else np.zeros(n, np.float32) for k in ("dx", "dy", "dw", "dh")}
+    columns = {"roi_id": rois.column("roi_id").to_numpy(), "probs": probs, **offsets, "through_g": np.zeros(n, np.int32)}
+    return make_table(columns, INFERENCE_SCHEMA, {"variant": "oracle", "category_ids": category_ids})
+
+
+def ceilings(root: Path, config: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """What re-scoring the budget's test ROIs could reach at most: `label` and `label+box`
+    (`oracle_table`), merged and scored as every method is."""
+    test = config["data"]["test_split"]
+    rois = read_table(root / "rois" / "test.parquet", ROIS_SCHEMA)
+    category_ids = list(checked_metadata(root / "rois" / "test.parquet", ROIS_SCHEMA)["category_ids"])
+    m = config["merge"]
+    merge = MergeSettings(m["nms_iou"], m["score_floor"], m["max_per_image"])
+    out = {}
+    for name, boxes in (("label", False), ("label+box", True)):
+        stats, _ = coco_bbox_eval(root / "data" / f"{test}.json", merge_detections(rois, oracle_table(rois, category_ids, boxes), merge, False, category_ids))
+        out[name] = {c: stats[c] for c in COLUMNS}
+    return out
+
+
+def scored_rows(model: Path, variant: str, seed: int, test: TestSet, config: dict[str, Any], cache: Path, budget: int, arm: str) -> list[dict[str, Any]]:
+    """One model's rows on a budget's test set: each applying rule, alone and x that budget's baseline."""
+    rows = []
+    for rule in (r for r in config["infer"]["rules"] if applies(r, VARIANTS[variant])):
+        found = scored(model, rule, test, config, cache / f"{method_name(variant, rule)}-seed{seed}.json")
+        for ensemble, key in ((False, "alone"), (True, "ensemble")):
+            rows.append({"budget": budget, "arm": arm, "method": method_name(variant, rule, ensemble), "seed": seed, **{c: found[key][c] for c in COLUMNS}})
+    return rows
+
+
+def test_phase(
+    configs: list[Path], config: dict[str, Any], ladder: tuple[int, ...], default: int, seeds: list[int], cores: int, threads: int
+) -> list[dict[str, Any]]:
+    """Every budget of the ladder: its pipeline run (detector, ROIs, shards, seed-0 models, table),
+    the other seeds' models, every model scored; the default budget's models on every other budget's
+    test shards (the transfer arm); the detector's own row and its ceilings."""
+    dataset = config["data"]["name"]
+    out = Path("artifacts") / dataset / "baselines"
+    preset = resolve_preset(config["mtgan"]["preset"], config["mtgan"]["overrides"])
+    rows: list[dict[str, Any]] = []
+    default_root = Path("artifacts") / budget_name(dataset, default, default)
+    started, jobs = time.perf_counter(), len(ladder) * len(seeds) * len(VARIANT_NAMES)
+    done = 0
+    for budget in ladder:
+        root = Path("artifacts") / budget_name(dataset, budget, default)
+        overlay = budget_config(configs, dataset, budget, default, out)
+        test_split = config["data"]["test_split"]
+        run_pipeline(overlay, [str(root / "eval" / "metrics.csv"), str(root / "detect" / f"{test_split}_results.json")], cores, out / "logs" / f"b{budget}.log")
+        detector = {"budget": budget, "arm": "detector", "method": "baseline", "seed": 0, **baseline_row(root, config)}
+        rows.append(detector)
+        for name, values in ceilings(root, config).items():
+            rows.append({"budget": budget, "arm": "ceiling", "method": name, "seed": 0, **values})
+        test = TestSet.of(root, config)
+        for seed in seeds:
+            for variant in VARIANT_NAMES:
+                start = time.perf_counter()
+                model = seed_model(root, variant, preset, seed, config["mtgan"]["seed"], threads)
+                rows += scored_rows(model, variant, seed, test, config, out / "scored" / f"b{budget}", budget, "retrained")
+                if budget != default:
+                    transfer = seed_model(default_root, variant, preset, seed, config["mtgan"]["seed"], threads)
+                    rows += scored_rows(transfer, variant, seed, test, config, out / "scored" / f"b{budget}-from-b{default}", budget, "transfer")
+                done += 1
+                elapsed = time.perf_counter() - started
+                print(
+                    f"[{done}/{jobs}] budget {budget} seed {seed} {variant}: {time.perf_counter() - start:.0f} s; "
+                    f"{elapsed / 60:.1f} min so far, about {elapsed / done * (jobs - done) / 60:.0f} min to go",
+                    flush=True,
+                )
+    return rows
+
+
+def gains(rows: list[dict[str, Any]], budget: int, method: str, arm: str, key: str) -> list[float]:
+    """A method's gain over its budget's detector on `key` (x100), one per seed."""
+    base = next(r[key] for r in rows if r["budget"] == budget and r["arm"] == "detector")
+    return [100 * (r[key] - base) for r in sorted(rows, key=lambda r: r["seed"]) if r["budget"] == budget and r["arm"] == arm and r["method"] == method]
+
+
+def headroom(rows: list[dict[str, Any]], budget: int, key: str) -> float:
+    """The `label` ceiling minus the detector, x100."""
+    get = {r["method"]: r[key] for r in rows if r["budget"] == budget and r["arm"] in ("detector", "ceiling")}
+    return 100 * (get["label"] - get["baseline"])
+
+
+def one_sample_p(values: list[float], above: float = 0.0) -> float | None:
+    """One-sided p of mean(values) > above (a one-sample t-test); None for fewer than 2 values or no spread."""
+    if len(values) < 2 or np.std(values) == 0:
+        return None
+    return float(stats.ttest_1samp(values, above, alternative="greater").pvalue)
+
+
+def verdicts(rows: list[dict[str, Any]], ladder: tuple[int, ...], default: int, matched: int, strong: int) -> list[dict[str, Any]]:
+    """H1-H3 of the module's docstring, each with its numbers, p and verdict."""
+    ensemble = method_name("mtgan", PAPER_RULE, True)
+    out = []
+    for key in ("APS", "AP"):  # H1: the ensemble above its own baseline at the strong budget
+        g = gains(rows, strong, ensemble, "retrained", key)
+        p = one_sample_p(g)
+        out.append({"hypothesis": "H1: MTGAN x baseline > its baseline, strong budget", "metric": key, "values": g, "p": p})
+    g_default, g_matched, g_strong = (gains(rows, b, ensemble, "retrained", "APS") for b in (default, matched, strong))
+    falling = bool(g_default and g_matched and g_strong) and mean_std(g_default)[0] > mean_std(g_matched)[0] > mean_std(g_strong)[0]
+    p = welch_p(g_strong, g_default)
+    out.append(
+        {
+            "hypothesis": "H2: the ensemble's APS gain shrinks with the baseline",
+            "metric": "APS",
+            "values": g_default + g_matched + g_strong,
+            "p": p,
+            "falling": falling,
+        }
+    )
+    for key in ("AP", "APS"):  # H3: the default x MTGAN above the compute-matched baseline alone
+        base = next(r[key] for r in rows if r["budget"] == matched and r["arm"] == "detector")
+        values = [100 * (r[key] - base) for r in rows if r["budget"] == default and r["arm"] == "retrained" and r["method"] == ensemble]
+        out.append({"hypothesis": "H3: default x MTGAN > compute-matched baseline", "metric": key, "values": values, "p": one_sample_p(values)})
+    for v in out:
+        held = v["p"] is not None and v["p"] < ALPHA and v.get("falling", True)
+        v["verdict"] = "n/a" if v["p"] is None else "held" if held else "not held"
+    return out
+
+
+def _p(p: float | None) -> str:
+    return "n/a" if p is None else f"{p:.4f}"
+
+
+def report(rows: list[dict[str, Any]], ladder: tuple[int, ...], default: int, matched: int, strong: int, seeds: list[int]) -> str:
+    """baselines.md: the detectors and their headroom, every method's gain, the verdicts."""
+    lines = [
+        "The detector by training budget on the test split, and what re-scoring its ROIs could reach "
+        f"(x100; seeds {', '.join(map(str, seeds))} for the re-scorers)",
+        "",
+        "| iterations | " + " | ".join(COLUMNS) + " | ceiling: label AP / APS | ceiling: label+box AP / APS |",
+        "|---:|" + "---:|" * (len(COLUMNS) + 2),
+    ]
+    for budget in ladder:
+        get = {r["method"]: r for r in rows if r["budget"] == budget and r["arm"] in ("detector", "ceiling")}
+        cells = " | ".join(f"{100 * get['baseline'][c]:.1f}" for c in COLUMNS)
+        ceil = " | ".join(f"{100 * get[n]['AP']:.1f} / {100 * get[n]['APS']:.1f}" for n in ("label", "label+box"))
+        tag = " (default)" if budget == default else " (compute-matched)" if budget == matched else " (strong, chosen on dev)" if budget == strong else ""
+        lines.append(f"| {budget}{tag} | {cells} | {ceil} |")
+    lines += [
+        "",
+        "Each method's gain over its own detector (x100, mean +- std over seeds) and as a share of the headroom (the label ceiling minus the detector); "
+        "retrained: on the budget's own ROIs; transfer: the default budget's models unchanged. p: one-sided one-sample t-test of gain > 0.",
+        "",
+        "| iterations | arm | method | AP gain | APS gain | AP share of headroom | APS share of headroom | p (APS gain > 0) |",
+        "|---:|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for budget in ladder:
+        for arm in ("retrained", "transfer"):
+            for method in ordered(sorted({r["method"] for r in rows if r["budget"] == budget and r["arm"] == arm})):
+                ap, aps = gains(rows, budget, method, arm, "AP"), gains(rows, budget, method, arm, "APS")
+                share = [
+                    f"{100 * mean_std(g)[0] / room:.0f}%" if room > 0 else "n/a"
+                    for g, room in ((ap, headroom(rows, budget, "AP")), (aps, headroom(rows, budget, "APS")))
+                ]
+                p = _p(one_sample_p(aps))
+                lines.append(f"| {budget} | {arm} | {display_name(method)} | {spread(ap)} | {spread(aps)} | {share[0]} | {share[1]} | {p} |")
+    lines += [
+        "",
+        f"The hypotheses (fixed before the runs; held at p < {ALPHA}):",
+        "",
+        "| hypothesis | metric | gains (x100) | p | verdict |",
+        "|---|---|---|---:|---|",
+    ]
+    for v in verdicts(rows, ladder, default, matched, strong):
+        lines.append(f"| {v['hypothesis']} | {v['metric']} | {spread(v['values'])} | {_p(v['p'])} | {v['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict[str, Any]], ladder: tuple[int, ...], matched: int, out_png: Path) -> None:
+    """Gains (AP and APS) against the detector's AP, and as a share of headroom; seed error bars."""
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    detector_ap = {b: 100 * next(r["AP"] for r in rows if r["budget"] == b and r["arm"] == "detector") for b in ladder}
+    methods = ordered(sorted({r["method"] for r in rows if r["arm"] == "retrained"}))
+    for col, key in enumerate(("AP", "APS")):
+        for row, share in enumerate((False, True)):
+            ax = axes[row, col]
+            for method in methods:
+                points = []
+                for b in ladder:
+                    g = gains(rows, b, method, "retrained", key)
+                    if g:
+                        scale = 100 / headroom(rows, b, key) if share and headroom(rows, b, key) > 0 else 1.0
+                        m, sd = mean_std(g)
+                        points.append((detector_ap[b], m * scale, sd * scale))
+                if points:
+                    xs, ys, es = zip(*points)
+                    ax.errorbar(xs, ys, yerr=es, fmt="-o", capsize=3, ms=4, color=method_color(method), label=label(method))
+            ax.axvline(detector_ap[matched], color="grey", ls=":", lw=1)
+            ax.text(detector_ap[matched], ax.get_ylim()[1], " compute-matched", fontsize=7, va="top", color="grey")
+            ax.axhline(0, color="black", lw=0.6)
+            ax.set(xlabel="the detector's AP (x100)", ylabel=f"{key} gain over the detector" + (" (% of headroom)" if share else " (points)"))
+            ax.grid(alpha=0.3)
+    handles, labels_ = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels_, loc="lower center", ncol=3, fontsize=7, bbox_to_anchor=(0.5, -0.06))
+    fig.suptitle("What each re-scorer adds over a detector of growing strength (mean +- std over seeds)")
+    save(fig, out_png)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, action="append", default=[], help="extra config files (after default.yaml)")
-    parser.add_argument("--phase", choices=["dev"], required=True)
+    parser.add_argument("--phase", choices=["dev", "test"], required=True)
     parser.add_argument("--budgets", default=",".join(map(str, CANDIDATES)), help="the candidate budgets, in order (the test's smoke run: small ones)")
+    parser.add_argument("--matched", type=int, default=COMPUTE_MATCHED, help="the compute-matched budget (the docstring's arithmetic)")
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     config = validate_config(load_config_files([REPO / "config" / "default.yaml", *args.config]))
     default = config["train_baseline"]["iterations"]
     budgets = tuple(int(b) for b in args.budgets.split(","))
     rows, strong = dev_phase(list(args.config), config, budgets, default, args.cores)
     print(dev_markdown(rows, strong))
+    if args.phase == "dev":
+        return
+    if strong is None:
+        raise SystemExit("the dev phase has not decided the strong budget")
+    ladder = tuple(sorted({default, args.matched, strong}))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    found = test_phase(list(args.config), config, ladder, default, seeds, args.cores, args.threads)
+    out = Path("artifacts") / config["data"]["name"] / "baselines"
+    (out / "baselines.csv").write_text(csv_text(found))
+    text = report(found, ladder, default, args.matched, strong, seeds)
+    (out / "baselines.md").write_text(text)
+    plot(found, ladder, args.matched, out / "baselines.png")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -258,7 +258,7 @@ def main() -> None:
             use_g = through_generator(boxes, sizes, margin, rule, threshold, variant)
             probs = np.where(use_g[:, None], p.get("g_probs", p["hr_probs"]), p["hr_probs"])
             offsets = np.where(use_g[:, None], p.get("g_offsets", p["hr_offsets"]), p["hr_offsets"])
-            acc = table9_accuracy(probs, p["label"], p["size_class"])
+            acc = table9_accuracy(probs.argmax(1), p["label"], p["size_class"])
             alone = _score(rois, coco_json, probs, offsets, False, merge, category_ids, p["roi_id"])
             plain = _score(rois, coco_json, probs, np.zeros_like(offsets), False, merge, category_ids, p["roi_id"])
             ens = _score(rois, coco_json, probs, offsets, True, merge, category_ids, p["roi_id"])

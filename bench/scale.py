@@ -7,7 +7,7 @@ splits of growing size and runs each stage on them as the rules run it (the `mtg
 each stage, in a process of its own), so a stage whose cost grows faster than its input shows
 before a user meets it after hours of GPU time.
 
-**The splits** (`synthetic_split`, seeded): 80 categories (COCO's ids), images of COCO's common
+**The splits** (`synthetic_images`, seeded): 80 categories (COCO's ids), images of COCO's common
 sizes (640 x 480, 480 x 640, 640 x 427, 500 x 375, 427 x 640), 7.3 objects per image on average
 (Poisson; COCO train has 860k / 118k), of COCO train's sizes (41% small, 34% medium, 24% large by
 area; 1% crowd regions), and 100 imported detections per image (the ground truth jittered, with a
@@ -35,6 +35,7 @@ each stage's fitted power law: time, CPU time, peak memory and bytes written, ea
     python bench/scale.py                       # 1k, 4k, 16k: writes bench/scale/scale.{csv,md,png}
     python bench/scale.py --full-size 118287    # also data, detect and rois of a 118,287-image split
     python bench/scale.py --sizes 200,400 --out /tmp/s --no-shards   # a smoke run (the test's)
+    python bench/scale.py --coco-dry-run        # what each job of a COCO-sized run asks for
 
 `--full-size N` runs data, detect (import of N x 100 detections), rois (both roles) and
 shards_plan (both roles) on an N-image split without image files (`check_image_files` off): what a
@@ -48,6 +49,9 @@ Cost on the 2-core AMD EPYC (Zen 4) VM: see bench/README.md (about 40 minutes fo
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import dataclasses
 import json
 import math
 import os
@@ -57,7 +61,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +71,8 @@ import psutil
 import yaml
 from PIL import Image
 
+from core.io import atomic
+from core.io.tables import PLAN_SCHEMA, checked_metadata, num_rows
 from jobs.mtgan.settings import PAPER_RULE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,19 +87,21 @@ DETECTIONS_PER_IMAGE = 100
 POOL_PER_SIZE = 40
 STARTUP_IMAGES = 50
 GROWTH_FLAG = 1.15
+TRAIN_STEPS = 40
+SMALL_MODEL = {"g_channels": 4, "g_upsample_channels": 4, "d_width": 4, "d_stem": "7x7", "checkpoint_every": 1000, "picture_every": 1000, "eval_every": 1000}
 COCO_TRAIN_IMAGES, COCO_VAL_IMAGES = 118_287, 5_000
 
 
-def synthetic_split(n: int, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A COCO-shaped split of `n` images (its COCO dict) and its imported detections."""
+def synthetic_images(n: int, seed: int) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]]:
+    """The images of a COCO-shaped split of `n` images, one at a time: each image, its annotations
+    and its imported detections."""
     rng = np.random.default_rng(seed)
-    images, annotations, detections = [], [], []
     limits = ((4, 32**2), (32**2, 96**2), (96**2, 400**2))
+    annotation_id = 0
     for i in range(n):
         w, h = IMAGE_SIZES[int(rng.integers(len(IMAGE_SIZES)))]
-        image_id = i + 1
-        images.append({"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": w, "height": h})
-        boxes = []
+        image = {"id": i + 1, "file_name": f"{i + 1:012d}.jpg", "width": w, "height": h}
+        annotations, boxes, detections = [], [], []
         for _ in range(int(rng.poisson(OBJECTS_PER_IMAGE))):
             size = int(rng.choice(3, p=np.asarray(SIZE_SHARES) / sum(SIZE_SHARES)))
             area = math.exp(rng.uniform(*np.log(limits[size])))
@@ -100,10 +109,9 @@ def synthetic_split(n: int, seed: int) -> tuple[dict[str, Any], list[dict[str, A
             bw, bh = min(w - 1.0, math.sqrt(area * aspect)), min(h - 1.0, math.sqrt(area / aspect))
             x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
             category = COCO_CATEGORY_IDS[int(rng.integers(80))]
-            crowd = int(rng.random() < CROWD_SHARE)
-            annotations.append(
-                {"id": len(annotations) + 1, "image_id": image_id, "category_id": category, "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": crowd}
-            )
+            annotation_id += 1
+            annotation = {"id": annotation_id, "image_id": image["id"], "category_id": category, "bbox": [x, y, bw, bh], "area": bw * bh}
+            annotations.append(annotation | {"iscrowd": int(rng.random() < CROWD_SHARE)})
             boxes.append((x, y, bw, bh, category))
         for k in range(DETECTIONS_PER_IMAGE):
             if k < len(boxes) * 2:  # each object found twice, jittered, now and then as another class
@@ -116,9 +124,9 @@ def synthetic_split(n: int, seed: int) -> tuple[dict[str, Any], list[dict[str, A
                 bw, bh = math.exp(rng.uniform(np.log(4), np.log(300))), math.exp(rng.uniform(np.log(4), np.log(300)))
                 x, y = rng.uniform(-bw / 4, w - bw / 2), rng.uniform(-bh / 4, h - bh / 2)
                 category, score = COCO_CATEGORY_IDS[int(rng.integers(80))], float(rng.uniform(0.0, 0.5))
-            detections.append({"image_id": image_id, "category_id": category, "bbox": [round(float(v), 2) for v in (x, y, bw, bh)], "score": round(score, 4)})
-    categories = [{"id": c, "name": f"category {c}"} for c in COCO_CATEGORY_IDS]
-    return {"images": images, "annotations": annotations, "categories": categories}, detections
+            box = [round(float(v), 2) for v in (x, y, bw, bh)]
+            detections.append({"image_id": image["id"], "category_id": category, "bbox": box, "score": round(score, 4)})
+        yield image, annotations, detections
 
 
 def image_pool(folder: Path, seed: int = 0) -> dict[tuple[int, int], list[Path]]:
@@ -140,19 +148,26 @@ def image_pool(folder: Path, seed: int = 0) -> dict[tuple[int, int], list[Path]]
 
 
 def write_split(work: Path, n: int, seed: int, with_images: bool, pool: dict[tuple[int, int], list[Path]] | None) -> tuple[Path, Path, Path]:
-    """The split's annotation JSON, image folder (hard links into the pool) and detections JSON."""
-    coco, detections = synthetic_split(n, seed)
+    """The split's annotation JSON, image folder (hard links into the pool) and detections JSON
+    (written as it is made: a COCO-sized one is over a GB)."""
     work.mkdir(parents=True, exist_ok=True)
-    (work / "instances.json").write_text(json.dumps(coco))
-    (work / "detections.json").write_text(json.dumps(detections))
-    images = work / "images"
-    images.mkdir(exist_ok=True)
-    if with_images and pool is not None:
-        for im in coco["images"]:
-            link = images / im["file_name"]
-            if not link.exists():
-                os.link(pool[(im["width"], im["height"])][im["id"] % POOL_PER_SIZE], link)
-    return work / "instances.json", images, work / "detections.json"
+    images_dir = work / "images"
+    images_dir.mkdir(exist_ok=True)
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+
+    def detections() -> Iterator[list[dict[str, Any]]]:
+        for image, anns, dets in synthetic_images(n, seed):
+            images.append(image)
+            annotations.extend(anns)
+            if with_images and pool is not None:
+                os.link(pool[(image["width"], image["height"])][image["id"] % POOL_PER_SIZE], images_dir / image["file_name"])
+            yield dets
+
+    atomic.write_json_list(work / "detections.json", detections())
+    categories = [{"id": c, "name": f"category {c}"} for c in COCO_CATEGORY_IDS]
+    atomic.write_json(work / "instances.json", {"images": images, "annotations": annotations, "categories": categories})
+    return work / "instances.json", images_dir, work / "detections.json"
 
 
 def config_for(work: Path, name: str, with_images: bool) -> Path:
@@ -173,11 +188,10 @@ def config_for(work: Path, name: str, with_images: bool) -> Path:
         },
         "detector": {"source": "import", "import_results": {"train": str(work / "detections.json")}, "top_k": DETECTIONS_PER_IMAGE},
         "shards": {"num_chunks": 4},
-        "mtgan": {
-            "preset": "tiny",
-            "overrides": {"iterations": 40, "pretrain_iterations": 0, "checkpoint_every": 1000, "picture_every": 1000, "eval_every": 1000},
-        },
-        "infer": {"batch_size": 512},
+        # the tiny preset, G and D slimmer still: the model's own cost grows with the ROIs by construction;
+        # what is measured is the stage around it
+        "mtgan": {"preset": "tiny", "overrides": SMALL_MODEL | {"iterations": TRAIN_STEPS, "pretrain_iterations": 0}},
+        "infer": {"batch_size": 1024},
     }
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -193,12 +207,17 @@ class Measured:
     peak_rss_mb: float  # the largest process's (/usr/bin/time)
     tree_rss_mb: float  # the process tree's, sampled
     bytes_written: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    items: int = 0  # what the stage works on (resource_costs.yaml's `item` of its rule)
 
 
 def _tree_rss(root: psutil.Process) -> int:
+    """The resident memory of a process and its descendants (0 once it has ended)."""
+    try:
+        tree = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
     total = 0
-    for p in [root, *root.children(recursive=True)]:
+    for p in tree:
         try:
             total += p.memory_info().rss
         except psutil.Error:
@@ -244,7 +263,7 @@ def run_stage(stage: str, images: int, args: list[str], outputs: list[Path], log
 
     cpu = field_of("User time (seconds)") + field_of("System time (seconds)")
     rss = field_of("Maximum resident set size (kbytes)") / 1024
-    return Measured(stage, images, wall, cpu, rss, peak[0] / 2**20, _size(outputs))
+    return Measured(stage, images, wall, cpu, rss, max(peak[0] / 2**20, rss), _size(outputs))
 
 
 def stages(work: Path, config: Path, root: Path, images: int, shards: bool, logs: Path) -> list[Measured]:
@@ -253,20 +272,37 @@ def stages(work: Path, config: Path, root: Path, images: int, shards: bool, logs
     index = root / "data" / "index.json"
     out: list[Measured] = []
 
-    def step(stage: str, args: list[str], outputs: list[Path]) -> None:
+    def step(stage: str, args: list[str], outputs: list[Path], items: Any) -> None:
         out.append(run_stage(stage, images, args, outputs, logs / f"{stage}-{images}.log"))
+        out[-1].items = int(items())
         print(f"  {stage:<22} {images:>7} images: {out[-1].wall_s:7.1f} s wall, {out[-1].cpu_s:7.1f} s CPU, {out[-1].tree_rss_mb:7.0f} MB", flush=True)
 
-    step("data", ["data", *c, "--out", str(root / "data"), "--jobs", "2"], [root / "data"])
-    step("detect", ["detect", *c, "--data-index", str(index), "--split", "train", "--out-table", str(root / "detect.parquet")], [root / "detect.parquet"])
-    step("results", ["results", "--detections", str(root / "detect.parquet"), "--out", str(root / "results.json")], [root / "results.json"])
+    def rows(path: Path) -> Any:
+        return lambda: num_rows(path)
+
+    def planned(plan: Path) -> Any:
+        return lambda: checked_metadata(plan, PLAN_SCHEMA)["num_rois"]
+
+    step("data", ["data", *c, "--out", str(root / "data"), "--jobs", "2"], [root / "data"], lambda: (work / "instances.json").stat().st_size // 2**20)
+    step(
+        "detect",
+        ["detect", *c, "--data-index", str(index), "--split", "train", "--out-table", str(root / "detect.parquet")],
+        [root / "detect.parquet"],
+        lambda: DETECTIONS_PER_IMAGE * images,  # the records of the imported file
+    )
+    step(
+        "results",
+        ["results", "--detections", str(root / "detect.parquet"), "--out", str(root / "results.json")],
+        [root / "results.json"],
+        rows(root / "detect.parquet"),
+    )
     for role in ("train", "test"):
         rois = root / f"rois_{role}.parquet"
         args = ["rois", *c, "--data-index", str(index), "--split", "train", "--role", role, "--detections", str(root / "detect.parquet")]
-        step(f"rois {role}", [*args, "--out", str(rois), "--out-counts", str(root / f"rois_{role}.md")], [rois])
+        step(f"rois {role}", [*args, "--out", str(rois), "--out-counts", str(root / f"rois_{role}.md")], [rois], rows(root / "detect.parquet"))
         plan, listing = root / "shards" / role / "plan.parquet", root / "shards" / role / "images.parquet"
         args = ["shards-plan", *c, "--data-index", str(index), "--split", "train", "--role", role, "--rois", str(rois)]
-        step(f"shards_plan {role}", [*args, "--out-plan", str(plan), "--out-images", str(listing)], [plan, listing])
+        step(f"shards_plan {role}", [*args, "--out-plan", str(plan), "--out-images", str(listing)], [plan, listing], rows(rois))
         if not shards:
             continue
         chunks = [root / "shards" / role / f"chunk-{k}" for k in range(4)]
@@ -290,6 +326,7 @@ def stages(work: Path, config: Path, root: Path, images: int, shards: bool, logs
                 max(p.peak_rss_mb for p in parts),
                 max(p.tree_rss_mb for p in parts),
                 sum(p.bytes_written for p in parts),
+                planned(plan)(),
             )
         )
         m = out[-1]
@@ -299,6 +336,7 @@ def stages(work: Path, config: Path, root: Path, images: int, shards: bool, logs
             f"shards_manifest {role}",
             ["shards-manifest", *c, "--split", "train", "--role", role, "--rois", str(rois), "--plan", str(plan), "--out", str(manifest), *map(str, chunks)],
             [manifest],
+            planned(plan),
         )
     if not shards:
         return out
@@ -307,15 +345,17 @@ def stages(work: Path, config: Path, root: Path, images: int, shards: bool, logs
         "train_mtgan (start-up)",
         ["train-mtgan", *c, "--variant", "mtgan", "--manifest", str(root / "shards/train/manifest.json"), "--out", str(model.parent), "--threads", "2"],
         [model.parent],
+        lambda: TRAIN_STEPS * 8,
     )
     infer = root / "infer.parquet"
     args = ["infer", *c, "--model", str(model), "--manifest", str(root / "shards/test/manifest.json"), "--rule", PAPER_RULE]
-    step("infer", [*args, "--out", str(infer), "--out-accuracy", str(root / "accuracy.json"), "--threads", "2"], [infer])
+    step("infer", [*args, "--out", str(infer), "--out-accuracy", str(root / "accuracy.json"), "--threads", "2"], [infer], rows(root / "rois_test.parquet"))
     merged = [root / "merged.json", root / "merged_ensemble.json"]
     step(
         "merge",
         ["merge", *c, "--rois", str(root / "rois_test.parquet"), "--inference", str(infer), "--out", str(merged[0]), "--out-ensemble", str(merged[1])],
         merged,
+        rows(root / "rois_test.parquet"),
     )
     score = [root / f"score.{x}" for x in ("json", "md", "npz")]
     step(
@@ -338,6 +378,7 @@ def stages(work: Path, config: Path, root: Path, images: int, shards: bool, logs
             str(score[2]),
         ],
         score,
+        lambda: merged[0].stat().st_size // 100,
     )
     return out
 
@@ -460,6 +501,196 @@ def plot(found: list[dict[str, Any]], sizes: list[int], out: Path) -> None:
     plt.close(fig)
 
 
+# --- The costs each rule's resources are computed from (pipeline/resource_costs.yaml) -------------
+
+GPU_TFLOPS = 25.0  # sustained on these networks in bf16: an estimate for an A100/H100-class GPU (no GPU was measured)
+DECODE_SECONDS = 0.02  # a COCO JPEG decoded and resized by one of 8 loader workers, per image: an estimate
+SHARD_READ_MB_S = 500.0  # reading shards from a local SSD: an estimate
+MARGINS = {"memory": 1.5, "time": 3.0, "min_minutes": 10}
+FALLBACK = {"mem_mb": 8000, "runtime": 60}
+# The scale bench's stages -> the rules whose costs they give (the larger of a rule's two roles).
+BENCH_RULES = {
+    "data": "data",
+    "detect": "detect_import",
+    "results": "detect_results",
+    "rois train": "rois",
+    "rois test": "rois",
+    "shards_plan train": "shards_plan",
+    "shards_plan test": "shards_plan",
+    "shards train": "shards",
+    "shards test": "shards",
+    "shards_manifest train": "shards_manifest",
+    "shards_manifest test": "shards_manifest",
+    "infer": "infer",
+    "merge": "merge",
+    "score": "score",
+}
+ITEMS = {
+    "data": "MB of the annotation JSON files",
+    "data_builtin": "images generated",
+    "detect": "images detected",
+    "detect_import": "records of the imported file (about 100 bytes each)",
+    "detect_results": "detections",
+    "rois": "detections",
+    "shards_plan": "ROIs of the table",
+    "shards": "ROIs of the chunk",
+    "shards_manifest": "ROIs planned",
+    "train_baseline": "iterations",
+    "train_mtgan": "training pairs (iterations x batch size)",
+    "infer": "ROIs",
+    "merge": "ROIs",
+    "score": "detections (about 100 bytes each of the results file)",
+}
+
+
+def _cost(mem_mb: float, mem_per: float, seconds: float, seconds_per: float) -> dict[str, float]:
+    return {
+        "mem_mb": round(mem_mb, 1),
+        "mem_mb_per_item": float(f"{mem_per:.4g}"),
+        "seconds": round(seconds, 2),
+        "seconds_per_item": float(f"{seconds_per:.4g}"),
+    }
+
+
+def bench_costs(rows: list[Measured], startup: dict[str, Measured]) -> dict[str, dict[str, float]]:
+    """Per rule, from the scale runs: the start-up run's cost and, per item, the largest size's
+    cost above it (a chunk job's start-up is a quarter of the four chunks')."""
+    out: dict[str, dict[str, float]] = {}
+    for stage, rule in BENCH_RULES.items():
+        mine = [r for r in rows if r.stage == stage]
+        if not mine or stage not in startup:
+            continue
+        big, base = max(mine, key=lambda r: r.images), startup[stage]
+        jobs = 4 if rule == "shards" else 1
+        items = max(big.items - base.items, 1)
+        cost = _cost(
+            base.tree_rss_mb,
+            max(big.tree_rss_mb - base.tree_rss_mb, 0.0) / items if rule != "shards" else 0.0,  # a chunk job's memory: one shard in flight
+            base.wall_s / jobs,
+            max(big.wall_s - base.wall_s, 0.0) / items,
+        )
+        if rule == "shards":
+            cost["mem_mb"] = round(big.tree_rss_mb, 1)
+        old = out.get(rule)
+        out[rule] = cost if old is None else {k: max(old[k], cost[k]) for k in cost}
+    return out
+
+
+def _benchmark(root: Path, name: str) -> tuple[float, float]:
+    """Wall seconds and peak memory (MB) of a job of a pipeline run (its Snakemake benchmark file)."""
+    header, values = (root / "benchmarks" / f"{name}.tsv").read_text().splitlines()[:2]
+    row = dict(zip(header.split("\t"), values.split("\t")))
+    return float(row["s"]), float(row["max_rss"])
+
+
+def default_run_costs(root: Path) -> dict[str, dict[str, float]]:
+    """The model stages on the CPU and the small rules, from a default pipeline run's benchmark
+    files (built-in dataset, `cpu` presets; one run, so fixed costs are folded into the per-item
+    ones where only one size was run)."""
+    images = json.loads((root / "data" / "index.json").read_text())["splits"]
+    out: dict[str, dict[str, float]] = {}
+    seconds, mem = _benchmark(root, "data")
+    out["data_builtin"] = _cost(mem, 0.0, 0.0, seconds / sum(s["num_images"] for s in images.values()))
+    (t_train, m_train), (t_val, m_val) = _benchmark(root, "detect_train"), _benchmark(root, "detect_val")
+    n_train, n_val = images["train"]["num_images"], images["val"]["num_images"]
+    per = (t_train - t_val) / (n_train - n_val)
+    out["detect"] = _cost(max(m_train, m_val), 0.0, max(t_val - per * n_val, 0.0), per)
+    seconds, mem = _benchmark(root, "train_baseline")
+    out["train_baseline"] = _cost(mem, 0.0, 0.0, seconds / 300)
+    from jobs.mtgan.settings import resolve_preset
+
+    preset = resolve_preset("cpu")
+    seconds, mem = _benchmark(root, "train_mtgan_mtgan")  # the slowest variant's
+    out["train_mtgan"] = _cost(mem, 0.0, 0.0, seconds / ((preset.pretrain_iterations + preset.iterations) * preset.batch_size))
+    rois = json.loads((root / "shards" / "test" / "manifest.json").read_text())["num_rois"]
+    seconds, mem = _benchmark(root, "infer_paper_mtgan")
+    out["infer"] = _cost(mem, 0.0, 0.0, seconds / rois)
+    for name in ("table", "report_charts", "report_errors", "report_rois", "report_detections", "profile"):
+        path = root / "benchmarks" / f"{name}.tsv"
+        if path.is_file():
+            seconds, mem = _benchmark(root, name)
+            out[name] = _cost(mem, 0.0, seconds, 0.0)
+    return out
+
+
+def gpu_costs() -> dict[str, dict[str, float]]:
+    """The model stages on a GPU, estimated from their FLOPs at GPU_TFLOPS (no GPU was measured):
+    the paper preset's training pair (torch's FlopCounterMode), a third of it for an inference, and
+    torchvision's GFLOPs of Faster R-CNN ResNet-50-FPN at 800 px (its weights' meta)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    from jobs.mtgan.engine import train_step
+    from jobs.mtgan.settings import VARIANTS, Preset
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from train_throughput import training_setup
+
+    # the paper's preset (Preset's defaults); FLOPs per pair depend on neither the batch nor the weights
+    small = dataclasses.replace(Preset(), batch_size=4, amp=False, d_weights="none")
+    g, d, d_opt, g_opt, batch = training_setup(VARIANTS["mtgan"], small, torch.device("cpu"), 81)
+    with FlopCounterMode(display=False) as counter:
+        train_step(g, d, d_opt, g_opt, batch, VARIANTS["mtgan"], small, contextlib.nullcontext)
+    pair = counter.get_total_flops() / small.batch_size
+    detector = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["_ops"] * 1e9
+    host = 4000.0  # the host memory of a GPU job (torch, the CUDA context, loader buffers): an estimate
+    return {
+        "detect": _cost(host, 0.0, 60.0, detector / (GPU_TFLOPS * 1e12) + DECODE_SECONDS),
+        "train_baseline": _cost(host, 0.0, 60.0, 4 * (3 * detector / (GPU_TFLOPS * 1e12) + DECODE_SECONDS)),
+        "train_mtgan": _cost(host, 0.0, 60.0, pair / (GPU_TFLOPS * 1e12)),
+        "infer": _cost(host, 0.0, 60.0, pair / 3 / (GPU_TFLOPS * 1e12) + 13.4e-3 / SHARD_READ_MB_S),
+    }
+
+
+def write_costs(rows: list[Measured], startup: dict[str, Measured], default_run: Path, out: Path, provenance: str) -> dict[str, Any]:
+    """pipeline/resource_costs.yaml from the scale runs, a default pipeline run and the GPU estimates."""
+    measured = bench_costs(rows, startup)
+    cpu = default_run_costs(default_run) | {rule: cost for rule, cost in measured.items() if rule != "infer"}
+    # infer: the cpu preset's time per ROI from the default run; the memory it adds per ROI (the
+    # predictions it holds) from the scale runs, whose model is slimmer but whose stage is the same
+    cpu["infer"] = cpu["infer"] | {"mem_mb_per_item": measured["infer"]["mem_mb_per_item"]}
+    gpu = gpu_costs()
+    rules: dict[str, Any] = {}
+    for rule in sorted({*cpu, *gpu}):
+        entry: dict[str, Any] = {"item": ITEMS.get(rule, "none (a fixed cost)")}
+        if rule in cpu:
+            entry["cpu"] = cpu[rule]
+        if rule in gpu:
+            entry["gpu"] = gpu[rule] | {"estimate": True}
+        rules[rule] = entry
+    # The rules that do another rule's work.
+    alike = {"infer_submit": "infer", "submission": "merge", "submission_baseline": "detect_results", "score_widerface": "score", "table_widerface": "table"}
+    for rule, like in (alike | {"profile": "table"}).items():
+        rules[rule] = rules.get(rule) or json.loads(json.dumps(rules[like]))  # a copy: no YAML aliases
+    doc = {"measured": provenance, "margins": MARGINS, "fallback": FALLBACK, "rules": rules}
+    header = (
+        "# What each rule's job needs, per item of its input (pipeline/resources.py): written by\n"
+        "# `python bench/scale.py --write-costs`. cpu: measured; gpu: estimated from FLOPs (no GPU was measured).\n"
+    )
+    out.write_text(header + yaml.safe_dump(doc, sort_keys=False))
+    return doc
+
+
+def coco_gpu_hours(rules: dict[str, Any]) -> str:
+    """The GPU stages of config/coco.yaml on one GPU, from the costs' GPU estimates (markdown):
+    detect over train and val, one training of the paper preset, inference over val's ROIs."""
+    from jobs.mtgan.settings import Preset
+
+    paper = Preset()
+    pairs = (paper.pretrain_iterations + paper.iterations) * paper.batch_size
+    val_rois = COCO_VAL_IMAGES * DETECTIONS_PER_IMAGE
+    gpu = {rule: rules[rule]["gpu"] for rule in ("detect", "train_mtgan", "infer")}
+    hours = {
+        f"detect, train + val ({COCO_TRAIN_IMAGES + COCO_VAL_IMAGES:,} images)": gpu["detect"]["seconds_per_item"] * (COCO_TRAIN_IMAGES + COCO_VAL_IMAGES),
+        f"train_mtgan, one variant of the paper preset ({pairs:,} pairs)": gpu["train_mtgan"]["seconds_per_item"] * pairs,
+        f"infer, one variant and rule ({val_rois:,} val ROIs)": gpu["infer"]["seconds_per_item"] * val_rois,
+    }
+    text = f"GPU hours of config/coco.yaml's GPU stages on one GPU (estimates: FLOPs at {GPU_TFLOPS:.0f} TFLOPS sustained, no GPU measured):\n\n"
+    text += "| stage | GPU hours (estimate) |\n|---|---:|\n" + "".join(f"| {k} | {v / 3600:.1f} |\n" for k, v in hours.items())
+    return text
+
+
 def machine() -> str:
     info = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     model = re.search(r"Model name:\s*(.+)", info)
@@ -478,6 +709,54 @@ def measure(work: Path, n: int, with_images: bool, shards: bool, pool: dict[tupl
         shutil.rmtree(split)
 
 
+def coco_dry_run(work: Path, out: Path) -> str:
+    """What each job of a COCO 2017-sized run asks for: synthetic train (118,287 images) and val
+    (5,000) splits with imported detections, config/coco.yaml on top of them, the data stage run
+    for real through Snakemake (so the jobs count from the data index), then `snakemake -n` for
+    eval_coco; per rule, its jobs and the largest memory, time and GPU request among them
+    (`out`/coco_dry_run.md). The data stage's outputs are removed afterwards."""
+    name = "scale-coco"
+    splits = {"train": COCO_TRAIN_IMAGES, "val": COCO_VAL_IMAGES}
+    paths = {split: write_split(work / split, n, seed=n, with_images=False, pool=None) for split, n in splits.items()}
+    overlay = {
+        "data": {
+            "name": name,
+            "coco": {
+                "splits": {split: {"annotations": str(a), "images": str(i)} for split, (a, i, _) in paths.items()},
+                "check_image_files": False,
+                "check_image_sizes": False,
+            },
+        },
+        "detector": {"source": "import", "import_results": {split: str(d) for split, (_, _, d) in paths.items()}},
+    }
+    (work / "overlay.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/coco.yaml", str(work / "overlay.yaml")]
+    root = REPO / "artifacts" / name
+    try:
+        subprocess.run([*command, f"artifacts/{name}/data/index.json"], cwd=REPO, check=True, capture_output=True, text=True)
+        dry = subprocess.run([*command, "-n", "eval_coco"], cwd=REPO, check=True, capture_output=True, text=True).stdout
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    jobs: dict[str, list[dict[str, int]]] = {}
+    for block in dry.split("\nrule ")[1:]:
+        found = re.search(r"resources: (.*)", block)
+        if found is None:
+            continue
+        values = dict(re.findall(r"(\w+)=(\d+)", found.group(1)))
+        jobs.setdefault(block.split(":", 1)[0].strip(), []).append({k: int(values.get(k, 0)) for k in ("mem_mb", "runtime", "gpu")})
+    text = (
+        f"`snakemake -n eval_coco` on a COCO 2017-sized synthetic run (config/coco.yaml; {COCO_TRAIN_IMAGES:,} train and {COCO_VAL_IMAGES:,} val "
+        f"images, 100 imported detections each; {machine()}): per rule, its jobs and the largest request among them\n\n"
+        "| rule | jobs | mem_mb | runtime (min) | gpu |\n|---|---:|---:|---:|---:|\n"
+    )
+    text += "".join(
+        f"| {rule} | {len(found)} | {max(j['mem_mb'] for j in found)} | {max(j['runtime'] for j in found)} | {max(j['gpu'] for j in found)} |\n"
+        for rule, found in jobs.items()
+    )
+    (out / "coco_dry_run.md").write_text(text)
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,4000,16000")
@@ -485,27 +764,32 @@ def main() -> None:
     parser.add_argument("--no-shards", action="store_true", help="the table stages only (no images, shards, training, inference)")
     parser.add_argument("--work", type=Path, default=REPO / "artifacts" / "scale")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "scale")
+    parser.add_argument("--reuse", action="store_true", help="measure nothing: analyse the measurements already in --out")
+    parser.add_argument("--write-costs", action="store_true", help="also write pipeline/resource_costs.yaml (needs --default-run)")
+    parser.add_argument("--default-run", type=Path, default=REPO / "artifacts" / "builtin", help="a default pipeline run's artifacts")
+    parser.add_argument("--coco-dry-run", action="store_true", help="only the requests of a COCO-sized run's jobs (coco_dry_run.md)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    shards = not args.no_shards
     args.out.mkdir(parents=True, exist_ok=True)
-    logs = args.out / "logs"
-    logs.mkdir(exist_ok=True)
-    pool = image_pool(args.work / "pool") if shards else None
     started = time.perf_counter()
-    print(f"start-up run: {STARTUP_IMAGES} images", flush=True)
-    startup = {m.stage: m for m in measure(args.work, STARTUP_IMAGES, shards, shards, pool, logs)}
-    rows: list[Measured] = []
-    for n in sizes:
-        print(f"{n} images ({(time.perf_counter() - started) / 60:.1f} min so far)", flush=True)
-        rows += measure(args.work, n, shards, shards, pool, logs)
+    if args.coco_dry_run:
+        work = args.work / "coco-dry-run"
+        try:
+            print(coco_dry_run(work, args.out))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    if args.reuse:
+        kept = [Measured(**m) for m in json.loads((args.out / "measured.json").read_text())]
+        for m in kept:  # the process tree's peak is at least its largest process's
+            m.tree_rss_mb = max(m.tree_rss_mb, m.peak_rss_mb)
+        startup = {m.stage: m for m in kept if m.images == STARTUP_IMAGES}
+        rows = [m for m in kept if m.images in sizes]
+        full = [m for m in kept if m.images == args.full_size]
+    else:
+        startup, rows, full = run_all(args, sizes, started)
+        (args.out / "measured.json").write_text(json.dumps([m.__dict__ for m in [*startup.values(), *rows, *full]], indent=1))
     found = analyse(rows, startup)
-    full: list[Measured] = []
-    if args.full_size:
-        print(f"full size: {args.full_size} images, table stages ({(time.perf_counter() - started) / 60:.1f} min so far)", flush=True)
-        full = measure(args.work, args.full_size, False, False, None, logs)
-    import csv
-
     with open(args.out / "scale.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(found[0]))
         writer.writeheader()
@@ -519,10 +803,36 @@ def main() -> None:
             for m in full
         )
     (args.out / "scale.md").write_text(text)
-    (args.out / "measured.json").write_text(json.dumps([m.__dict__ for m in [*startup.values(), *rows, *full]], indent=1))
     plot(found, sizes, args.out / "scale.png")
     print(text)
+    if args.write_costs:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO, check=False).stdout.strip()
+        provenance = f"bench/scale.py (sizes {args.sizes}) and the default run in {args.default_run}, at {commit}, {time.strftime('%Y-%m-%d')}, {machine()}"
+        doc = write_costs(rows, startup, args.default_run, REPO / "pipeline" / "resource_costs.yaml", provenance)
+        gpu_text = coco_gpu_hours(doc["rules"])
+        (args.out / "scale.md").write_text(text + "\n" + gpu_text)
+        print(gpu_text)
+        print(f"costs -> {REPO / 'pipeline' / 'resource_costs.yaml'}")
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min")
+
+
+def run_all(args: argparse.Namespace, sizes: list[int], started: float) -> tuple[dict[str, Measured], list[Measured], list[Measured]]:
+    """The start-up run, every size, and the full-size table stages."""
+    shards = not args.no_shards
+    logs = args.out / "logs"
+    logs.mkdir(exist_ok=True)
+    pool = image_pool(args.work / "pool") if shards else None
+    print(f"start-up run: {STARTUP_IMAGES} images", flush=True)
+    startup = {m.stage: m for m in measure(args.work, STARTUP_IMAGES, shards, shards, pool, logs)}
+    rows: list[Measured] = []
+    for n in sizes:
+        print(f"{n} images ({(time.perf_counter() - started) / 60:.1f} min so far)", flush=True)
+        rows += measure(args.work, n, shards, shards, pool, logs)
+    full: list[Measured] = []
+    if args.full_size:
+        print(f"full size: {args.full_size} images, table stages ({(time.perf_counter() - started) / 60:.1f} min so far)", flush=True)
+        full = measure(args.work, args.full_size, False, False, None, logs)
+    return startup, rows, full
 
 
 if __name__ == "__main__":

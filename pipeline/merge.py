@@ -101,7 +101,7 @@ def merge_images(
     else:
         probs = base
     scores = probs * base if ensemble else probs
-    image_id = torch.from_numpy(rois.column("image_id").to_numpy())
+    image_id = torch.from_numpy(rois.column("image_id").to_numpy().copy())  # a writable copy: Arrow buffers are read-only
     width = torch.from_numpy(rois.column("image_width").to_numpy().astype(np.float32))
     height = torch.from_numpy(rois.column("image_height").to_numpy().astype(np.float32))
     boxes = torch.stack(

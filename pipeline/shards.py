@@ -42,6 +42,7 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -324,6 +325,26 @@ class ShardWriter:
                 break
 
 
+IMAGES_IN_FLIGHT = 16  # per worker: the images whose crops may wait for the writer at once
+
+
+def cropped(plan: ChunkPlan, image_root: Path, settings: ShardSettings, n_jobs: int) -> Iterator[tuple[np.ndarray, np.ndarray] | str]:
+    """Each image's crops of the chunk (`_crop_image`), in order, decoded in parallel a block of
+    images at a time: the pool's workers never run more than a block ahead of the writer (joblib
+    dispatches a new task whenever one finishes, consumed or not, so without blocks the crops of a
+    chunk's images pile up in memory while the writer is slower: measured +865 MB at 16k images)."""
+    boxes = np.stack([plan.table.column(k).to_numpy() for k in ("x1", "y1", "x2", "y2")], axis=1)
+    block = IMAGES_IN_FLIGHT * max(1, n_jobs)
+    with Parallel(n_jobs=n_jobs, return_as="generator", batch_size=4) as pool:
+        for start in range(0, len(plan.image_ids), block):
+            ids, names = plan.image_ids[start : start + block], plan.files[start : start + block]
+            jobs = (
+                delayed(_crop_image)(image_root / name, boxes[plan.rows_of_image[int(i)]], settings.hr_size, settings.scale, settings.context_margin)
+                for i, name in zip(ids, names)
+            )
+            yield from pool(jobs)
+
+
 def write_chunk(
     plan_path: Path, images_path: Path, rois_path: Path, image_root: Path, chunk: int, settings: ShardSettings, out_dir: Path, n_jobs: int = 1
 ) -> dict[str, Any]:
@@ -332,12 +353,7 @@ def write_chunk(
     fill, then `chunk.json`."""
     plan = read_chunk_plan(plan_path, images_path, rois_path, chunk, settings)
     split = plan.spec.split
-    boxes = np.stack([plan.table.column(k).to_numpy() for k in ("x1", "y1", "x2", "y2")], axis=1)
-    jobs = (
-        delayed(_crop_image)(image_root / name, boxes[plan.rows_of_image[int(i)]], settings.hr_size, settings.scale, settings.context_margin)
-        for i, name in zip(plan.image_ids, plan.files)
-    )
-    results = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=4)(jobs)
+    results = cropped(plan, image_root, settings, n_jobs)
     skipped: list[str] = []
     written: list[np.ndarray] = []  # rows of the chunk's sub-table that went into shards
     skipped_rois = 0

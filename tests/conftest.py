@@ -49,7 +49,7 @@ def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.Compl
 TINY_CONFIG = REPO / "config" / "tiny.yaml"
 # The test files that read the session's tiny run (or run the Slurm tests), in one process.
 TINY_RUN_FILES = (
-    *("test_hostile_workflow.py", "test_report.py", "test_regimes_bench.py", "test_seeds_bench.py"),
+    *("test_hostile_workflow.py", "test_report.py", "test_regimes_bench.py", "test_seeds_bench.py", "test_baselines_bench.py"),
     *("test_slurm.py", "test_submit.py", "test_workflow.py"),
 )
 

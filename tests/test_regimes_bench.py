@@ -33,25 +33,32 @@ def test_regimes_cover_every_method_and_seed_and_rerun_does_nothing(tiny_run: Pa
     root = tmp_path / "artifacts" / "tiny"
     with open(root / "regimes" / "regimes.csv") as f:
         rows = list(csv.DictReader(f))
-    methods = ("mtgan", "mtgan-by_size", "sbu", "d_no_adv")
-    assert sorted((r["share"], r["seed"], r["method"]) for r in rows) == sorted((str(s), "0", m) for s in regimes.SHARES for m in methods)
+    methods = ("mtgan", "mtgan-by_size", "sbu", "d_no_adv", "sbu_hr", "sbu_hr-by_size")
+    assert sorted((r["regime"], r["seed"], r["method"]) for r in rows) == sorted((g.name, "0", m) for g in regimes.REGIMES for m in methods)
     with open(root / "eval" / "metrics.csv") as f:
         table = {r["method"]: r for r in csv.DictReader(f)}
-    for r in (r for r in rows if r["share"] == "1.0" and r["seed"] == "0"):  # the pipeline's own models: its numbers
+    for r in (r for r in rows if r["regime"] == "1.0" and r["seed"] == "0" and r["method"] in table):  # the pipeline's own models: its numbers
         assert f"{100 * float(r['AP']):.1f}" == table[r["method"]]["AP"] and f"{100 * float(r['APS']):.1f}" == table[r["method"]]["APS"], r["method"]
 
     train = read_manifest(root / "shards" / "train" / "manifest.json")
-    quarter, none = (read_manifest(root / "regimes" / f"share-{s}" / "shards" / "manifest.json") for s in (0.25, 0.0))
+    quarter, none, closed = (read_manifest(root / "regimes" / f / "shards" / "manifest.json") for f in ("share-0.25", "share-0.0", "share-0.0-neg-0.0"))
     sampled = quarter["small_positives"]["sampled"]
     assert sampled > 0 and quarter["small_positives"]["kept"] == round(0.25 * sampled) and none["small_positives"]["kept"] == 0
     assert quarter["num_rois"] == train["num_rois"] - (sampled - round(0.25 * sampled)) and none["num_rois"] == train["num_rois"] - sampled
+    negatives = closed["small_negatives"]["sampled"]  # the blur shortcut closed: no small negative either
+    assert negatives > 0 and closed["small_negatives"]["kept"] == 0 and closed["num_rois"] == none["num_rois"] - negatives
     assert (root / "regimes" / "share-0.0" / "mtgan-seed0" / "model.pt").is_file()
+    assert (root / "regimes" / "share-0.0-neg-0.0" / "sbu_hr-seed0" / "model.pt").is_file()
 
     text = (root / "regimes" / "regimes.md").read_text()
     assert "| 0.0 (0 of " in text and "MTGAN: G for small crops, HR crop above (ours) | APS | 0.25 |" in text
-    judged = [line for line in text.splitlines() if line.startswith("| MTGAN") and "| APS |" in line]
-    assert len(judged) == 6  # 2 paths x 3 regimes (no small positive test ROI in the tiny split: no accuracy verdict)
-    for name in ("regimes.png", *(f"by_side_{s}.png" for s in regimes.SHARES)):
+    published = [line for line in text.splitlines() if line.startswith("| MTGAN") and "| APS |" in line]
+    assert len(published) == 6  # 2 paths x 3 regimes (no small positive test ROI in the tiny split: no accuracy verdict)
+    assert all(line.split(" | ")[-3] == "1" for line in published)  # the number of seeds beside each published verdict
+    strict = [line for line in text.splitlines() if "SBU, D also trained on HR crops (ours)" in line and "| APS |" in line]
+    assert len(strict) == 4 and "| 0.0, small negatives 0.0 | D w/o adv" in text  # SBU-HR at every regime; D w/o adv with no small crop
+    assert "acc_negative_small" in text
+    for name in ("regimes.png", *(f"by_side_{g.folder.removeprefix('share-')}.png" for g in regimes.REGIMES)):
         with Image.open(root / "regimes" / name) as im:
             assert im.format == "PNG" and min(im.size) > 200, name
 
@@ -62,16 +69,30 @@ def test_regimes_cover_every_method_and_seed_and_rerun_does_nothing(tiny_run: Pa
     assert (root / "regimes" / "regimes.md").read_text() == text
 
 
-def test_the_trend_needs_growth_at_every_step() -> None:
-    def rows(d_no_adv: tuple[float, ...], mtgan: tuple[float, ...]) -> list[dict[str, object]]:
-        return [
-            {"share": share, "method": m, "seed": seed, "APS": v / 100}
-            for share, a, b in zip(regimes.SHARES, d_no_adv, mtgan)
-            for m, base in (("d_no_adv", a), ("mtgan", b))
-            for seed, v in enumerate((base - 1, base, base + 1))
-        ]
+def _rows(d_no_adv: tuple[float, ...], mtgan: tuple[float, ...]) -> list[dict[str, object]]:
+    return [
+        {"regime": regime.name, "method": m, "seed": seed, "APS": v / 100}
+        for regime, a, b in zip(regimes.PUBLISHED, d_no_adv, mtgan)
+        for m, base in (("d_no_adv", a), ("mtgan", b))
+        for seed, v in enumerate((base - 1, base, base + 1))
+    ]
 
-    found = [f for f in regimes.differences(rows((20, 18, 15), (17, 18, 19))) if f["method"] == "mtgan" and f["metric"] == "APS"]
+
+def test_the_trend_needs_growth_at_every_step() -> None:
+    found = [f for f in regimes.differences(_rows((20, 18, 15), (17, 18, 19))) if f["method"] == "mtgan" and f["metric"] == "APS"]
     assert [round(f["d"], 6) for f in found] == [-3, 0, 4] and [f["held"] for f in found] == [False, False, True] and found[0]["trend"]
-    flat = [f for f in regimes.differences(rows((20, 18, 15), (17, 19, 16))) if f["method"] == "mtgan"]
+    assert [f["seeds"] for f in found] == [3, 3, 3] and found[2]["welch_p"] < 0.05 < found[1]["welch_p"]
+    flat = [f for f in regimes.differences(_rows((20, 18, 15), (17, 19, 16))) if f["method"] == "mtgan"]
     assert [round(f["d"], 6) for f in flat] == [-3, 1, 1] and not flat[0]["trend"]  # no growth from 0.25 to 0.0
+
+
+def test_new_claims_are_judged_by_welch_over_five_seeds() -> None:
+    ours = "mtgan-by_size"
+    rows = [
+        {"regime": regimes.CLOSED.name, "method": m, "seed": seed, "APS": (base + spread) / 100, "acc_positive_small": None}
+        for m, base in (("sbu_hr-by_size", 10.0), (ours, 14.0), ("d_no_adv", 13.5))
+        for seed, spread in enumerate((-1.0, -0.5, 0.0, 0.5, 1.0, 9.0))  # seed 5 is not among the strict seeds
+    ]
+    found = {c["lower"]: c for c in regimes.strict_claims(rows)}
+    assert found["sbu_hr-by_size"]["seeds"] == 5 and found["sbu_hr-by_size"]["verdict"] == "held (p < 0.05)"
+    assert found["d_no_adv"]["verdict"] == "not held" and 0.05 < found["d_no_adv"]["welch_p"] < 0.5

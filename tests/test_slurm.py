@@ -162,6 +162,7 @@ class Job:
     log: str = ""
     slurm_ids: list[str] = field(default_factory=list)  # one per submission (a retried job has two)
     slurm_logs: list[str] = field(default_factory=list)
+    resources: dict[str, str] = field(default_factory=dict)  # what the rule declared, as Snakemake prints it
 
     @property
     def comment(self) -> str:
@@ -186,6 +187,8 @@ def _jobs(output: str) -> tuple[dict[str, Job], set[str]]:
                 current.wildcards = [pair.split("=", 1)[1] for pair in value.split(", ")]
             elif key == "log":
                 current.log = value
+            elif key == "resources":
+                current.resources = dict(pair.split("=", 1) for pair in value.split(", ") if "=" in pair)
             elif key == "jobid":
                 jobs.setdefault(value, current)
         elif m := re.match(r"^Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+)\)\.$", line):
@@ -232,11 +235,13 @@ def _profile(path: Path) -> dict[str, Any]:
     return yaml.safe_load((path / "config.yaml").read_text())
 
 
-def _requested(rule: str) -> tuple[int, int]:
-    """CPUs and memory (MB) that the test-cluster profile asks for a rule's jobs."""
+def _requested(job: Job) -> tuple[int, int]:
+    """CPUs (the test-cluster profile's) and memory (MB: what the rule computed from its inputs,
+    pipeline/resources.py, as Snakemake printed the job) that a job asks for."""
     profile = _profile(TEST_CLUSTER)
-    resources = {**profile["default-resources"], **profile["set-resources"].get(rule, {})}
-    return resources["cpus_per_task"], resources["mem_mb"]
+    resources = {**profile["default-resources"], **profile["set-resources"].get(job.rule, {})}
+    assert "mem_mb" not in profile["set-resources"].get(job.rule, {})  # the rule's own request, not a flat number
+    return resources["cpus_per_task"], int(job.resources["mem_mb"])
 
 
 # --- the tiny pipeline, on Slurm and locally -----------------------------------------------------
@@ -289,8 +294,8 @@ def test_every_job_went_through_sbatch_and_sacct_lists_it(tiny_runs: TinyRuns) -
         row = rows[job.slurm_ids[0]]
         assert (row["state"], row["exit"]) == ("COMPLETED", "0:0"), (job, row)
         assert row["comment"] == job.comment, (job, row)
-        cpus, mem_mb = _requested(job.rule)
-        assert (row["cpus"], row["mem"]) == (cpus, f"{mem_mb}M"), (job, row)  # the profile's resources reached Slurm
+        cpus, mem_mb = _requested(job)
+        assert (row["cpus"], row["mem"]) == (cpus, f"{mem_mb}M"), (job, row)  # the profile's CPUs and the rule's memory reached Slurm
 
 
 def test_the_shards_stage_ran_as_one_job_per_chunk(tiny_runs: TinyRuns) -> None:
@@ -430,4 +435,6 @@ def test_the_production_profile_asks_slurm_for_a_gpu(tiny_runs: TinyRuns, tmp_pa
     assert run.returncode != 0
     assert "Error in rule train_baseline:" in run.output and "SLURM sbatch failed" in run.output, run.output[-3000:]
     call = run.output.split("sbatch call:")[1].split("\n")[1]
-    assert "--gpus=1" in call and "--cpus-per-task=8" in call and "--mem 32000" in call, call
+    block = run.output.split("rule train_baseline:")[1].split("\n\n")[0]
+    declared = re.search(r"mem_mb=(\d+)", block)  # what the rule computed (pipeline/resources.py), not the profile's flat number
+    assert declared and "--gpus=1" in call and "--cpus-per-task=8" in call and f"--mem {declared.group(1)}" in call, (call, block)

@@ -18,6 +18,7 @@ from pycocotools.coco import COCO
 
 from core.io.atomic import OUTPUT_MARKER, atomic_dir, write_json
 from core.io.tables import read_table
+from pipeline import resources
 
 from conftest import REPO, snakemake
 
@@ -210,14 +211,16 @@ def test_slurm_profile_dry_run(tmp_path: Path) -> None:
     assert "cpus_per_task=8" in blocks["shards"] and "gres" not in blocks["shards"]
 
 
-GPU_RULES = ("train_baseline", "detect", "train_mtgan", "infer", "infer_submit")
-
-
-def test_every_gpu_rule_of_the_workflow_is_in_the_profiles() -> None:
-    """The rules that ask for a GPU (`gpu=1` in pipeline/rules/*.smk) are exactly GPU_RULES, which
+def test_every_rule_declares_its_own_resources_and_the_gpu_rules_are_the_profiles() -> None:
+    """Every rule that runs a job asks for its own costs (`job_resources(..., "<its name>")`: memory,
+    time and, for resources.GPU_RULES, a GPU), and the GPU rules all exist, which
     test_the_test_cluster_profile_overrides_every_rule_of_the_production_profile checks in both profiles."""
     blocks = [block for path in sorted((REPO / "pipeline" / "rules").glob("*.smk")) for block in path.read_text().split("\nrule ")[1:]]
-    assert sorted(block.split(":")[0] for block in blocks if "gpu=1" in block) == sorted(GPU_RULES)
+    jobs = {block.split(":")[0]: block for block in blocks if "    shell:" in block or "    run:" in block}
+    for name, block in jobs.items():
+        declared = re.findall(r'job_resources\(config, ROLE_SPLIT, "(\w+)"\)', block)
+        assert declared == [name], f"rule {name}: resources {declared}"
+    assert set(resources.GPU_RULES) <= set(jobs)
 
 
 def test_the_test_cluster_profile_overrides_every_rule_of_the_production_profile() -> None:
@@ -227,7 +230,7 @@ def test_the_test_cluster_profile_overrides_every_rule_of_the_production_profile
     assert set(production["set-threads"]) <= set(test["set-threads"])
     assert set(production["set-resources"]) <= set(test["set-resources"])
     assert set(production["default-resources"]) <= set(test["default-resources"])
-    for rule in GPU_RULES:
+    for rule in resources.GPU_RULES:
         assert production["set-resources"][rule]["gpu"] >= 1 and test["set-resources"][rule]["gpu"] == 0, rule
     for rule, threads in test["set-threads"].items():
         assert test["set-resources"][rule]["cpus_per_task"] == threads, rule  # --cpus-per-task = threads

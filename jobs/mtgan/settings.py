@@ -177,7 +177,7 @@ PRESETS: dict[str, Preset] = {
     # training pair against 9.0 at full width, about 5x the steps per second (bench/README.md).
     "tiny": Preset(
         g_channels=8, g_residual_blocks=1, g_upsample_channels=8, d_backbone="resnet18", d_weights="none", d_width=16,
-        batch_size=8, pretrain_iterations=4, iterations=8, d_lr_step=6, g_lr=1e-3,
+        batch_size=8, pretrain_iterations=4, iterations=8, d_lr_step=6, g_lr=1e-3, holdout_blocks=2,
         log_every=2, checkpoint_every=4, picture_every=4,
         departures=("tiny G and D, a handful of iterations: for tests only",),
     ),

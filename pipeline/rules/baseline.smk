@@ -18,7 +18,7 @@ rule train_baseline:
         f"{BENCHMARKS}/train_baseline.tsv"
     threads: TORCH_THREADS
     resources:
-        gpu=1,
+        **job_resources(config, ROLE_SPLIT, "train_baseline"),
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -43,7 +43,7 @@ rule detect:
         f"{BENCHMARKS}/detect_{{split}}.tsv"
     threads: TORCH_THREADS
     resources:
-        gpu=1,
+        **job_resources(config, ROLE_SPLIT, "detect"),
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -63,6 +63,8 @@ rule detect_results:
         f"{LOGS}/detect_results_{{split}}.log",
     benchmark:
         f"{BENCHMARKS}/detect_results_{{split}}.tsv"
+    resources:
+        **job_resources(config, ROLE_SPLIT, "detect_results"),
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -83,6 +85,8 @@ rule rois:
         f"{LOGS}/rois_{{role}}.log",
     benchmark:
         f"{BENCHMARKS}/rois_{{role}}.tsv"
+    resources:
+        **job_resources(config, ROLE_SPLIT, "rois"),
     conda:
         "../../envs/mtgan.yaml"
     shell:

@@ -7,6 +7,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from pipeline.config import check_command_line, dev_split, read_config_file, validate_config
+from pipeline.resources import job_resources, register_machine_memory
 from pipeline.data.widerface.ground_truth import ground_truth_files as widerface_ground_truth_files
 from pipeline.workflow import (
     ERROR_AREAS,
@@ -92,6 +93,11 @@ except WorkflowError:  # no --cores: a run that executes nothing (--report, --li
     CORES = 1
 TORCH_THREADS = min(CORES, config["scheduling"]["torch_threads"] or CORES)
 POOL_THREADS = pool_threads(2, CORES)
+
+# Each rule declares what its job needs (`resources`: mem_mb and runtime from its inputs' sizes,
+# pipeline/resources.py). On one machine the run's memory budget is what the machine has
+# available, unless --resources mem_mb=... says otherwise: jobs start only while their needs fit.
+register_machine_memory(workflow)
 
 
 # Rules call `mtgan`, run from this checkout, so they work in a virtualenv where the project is

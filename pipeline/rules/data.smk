@@ -20,6 +20,8 @@ rule data:
     benchmark:
         f"{BENCHMARKS}/data.tsv"
     threads: POOL_THREADS
+    resources:
+        **job_resources(config, ROLE_SPLIT, "data"),
     conda:
         "../../envs/mtgan.yaml"
     shell:

@@ -19,7 +19,7 @@ rule infer:
         f"{BENCHMARKS}/infer_{{rule}}_{{variant}}.tsv"
     threads: TORCH_THREADS
     resources:
-        gpu=1,
+        **job_resources(config, ROLE_SPLIT, "infer"),
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -43,6 +43,8 @@ rule merge:
         f"{LOGS}/merge_{{alone}}.log",
     benchmark:
         f"{BENCHMARKS}/merge_{{alone}}.tsv"
+    resources:
+        **job_resources(config, ROLE_SPLIT, "merge"),
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -64,6 +66,8 @@ rule score:
         f"{LOGS}/score_{{method}}.log",
     benchmark:
         f"{BENCHMARKS}/score_{{method}}.tsv"
+    resources:
+        **job_resources(config, ROLE_SPLIT, "score"),
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -87,6 +91,8 @@ rule table:
         f"{LOGS}/table.log",
     benchmark:
         f"{BENCHMARKS}/table.tsv"
+    resources:
+        **job_resources(config, ROLE_SPLIT, "table"),
     conda:
         "../../envs/mtgan.yaml"
     shell:

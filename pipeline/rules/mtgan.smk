@@ -18,7 +18,7 @@ rule train_mtgan:
         f"{BENCHMARKS}/train_mtgan_{{variant}}.tsv"
     threads: TORCH_THREADS
     resources:
-        gpu=1,
+        **job_resources(config, ROLE_SPLIT, "train_mtgan"),
     conda:
         "../../envs/mtgan.yaml"
     shell:

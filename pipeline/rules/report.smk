@@ -42,6 +42,8 @@ rule report_charts:
         f"{LOGS}/report_charts.log",
     benchmark:
         f"{BENCHMARKS}/report_charts.tsv"
+    resources:
+        **job_resources(config, ROLE_SPLIT, "report_charts"),
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -71,6 +73,8 @@ rule report_errors:
         f"{LOGS}/report_errors.log",
     benchmark:
         f"{BENCHMARKS}/report_errors.tsv"
+    resources:
+        **job_resources(config, ROLE_SPLIT, "report_errors"),
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -93,6 +97,8 @@ rule report_rois:
     benchmark:
         f"{BENCHMARKS}/report_rois.tsv"
     threads: TORCH_THREADS
+    resources:
+        **job_resources(config, ROLE_SPLIT, "report_rois"),
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -117,6 +123,8 @@ rule report_detections:
         f"{LOGS}/report_detections.log",
     benchmark:
         f"{BENCHMARKS}/report_detections.tsv"
+    resources:
+        **job_resources(config, ROLE_SPLIT, "report_detections"),
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -137,6 +145,8 @@ rule profile:
         outputs=lambda wildcards, output: out_args(output),
     log:
         f"{LOGS}/profile.log",
+    resources:
+        **job_resources(config, ROLE_SPLIT, "profile"),
     conda:
         "../../envs/mtgan.yaml"
     shell:

@@ -19,6 +19,8 @@ rule shards_plan:
         f"{LOGS}/shards_plan_{{role}}.log",
     benchmark:
         f"{BENCHMARKS}/shards_plan_{{role}}.tsv"
+    resources:
+        **job_resources(config, ROLE_SPLIT, "shards_plan"),
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -42,6 +44,8 @@ rule shards:
     benchmark:
         f"{BENCHMARKS}/shards_{{role}}_{{chunk}}.tsv"
     threads: POOL_THREADS
+    resources:
+        **job_resources(config, ROLE_SPLIT, "shards"),
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -64,6 +68,8 @@ rule shards_manifest:
         f"{LOGS}/shards_manifest_{{role}}.log",
     benchmark:
         f"{BENCHMARKS}/shards_manifest_{{role}}.tsv"
+    resources:
+        **job_resources(config, ROLE_SPLIT, "shards_manifest"),
     conda:
         "../../envs/mtgan.yaml"
     shell:

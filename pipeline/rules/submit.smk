@@ -17,7 +17,7 @@ rule infer_submit:
         f"{LOGS}/infer_submit_{{rule}}_{{variant}}.log",
     threads: TORCH_THREADS
     resources:
-        gpu=1,
+        **job_resources(config, ROLE_SPLIT, "infer_submit"),
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -40,6 +40,8 @@ rule submission:
         ensemble=lambda wildcards, output: out_ensemble_arg(output),
     log:
         f"{LOGS}/submission_{{split}}_{{alone}}.log",
+    resources:
+        **job_resources(config, ROLE_SPLIT, "submission"),
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -58,6 +60,8 @@ rule submission_baseline:
         sections=sections_json(config, "merge"),
     log:
         f"{LOGS}/submission_{{split}}_baseline.log",
+    resources:
+        **job_resources(config, ROLE_SPLIT, "submission_baseline"),
     conda:
         "../../envs/mtgan.yaml"
     shell:

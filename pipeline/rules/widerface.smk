@@ -15,6 +15,8 @@ rule score_widerface:
         gt_dir=lambda wildcards, input: os.path.dirname(input.ground_truth[0]),
     log:
         f"{LOGS}/score_widerface_{{method}}.log",
+    resources:
+        **job_resources(config, ROLE_SPLIT, "score_widerface"),
     conda:
         "../../envs/mtgan.yaml"
     shell:
@@ -37,6 +39,8 @@ rule table_widerface:
         outputs=lambda wildcards, output: out_args(output),
     log:
         f"{LOGS}/table_widerface.log",
+    resources:
+        **job_resources(config, ROLE_SPLIT, "table_widerface"),
     conda:
         "../../envs/mtgan.yaml"
     shell:
