@@ -42,7 +42,7 @@ shards_plan (both roles) on an N-image split without image files (`check_image_f
 2-core, 24 GB machine must finish for COCO train's table stages. Work goes under `--work`
 (default artifacts/scale/, removed per size); results under `--out` (default bench/scale/).
 
-Cost on the 2-core AMD EPYC (Zen 4) VM: see bench/README.md (about 40 minutes for the three sizes,
+Cost on the 2-core AMD EPYC (Zen 4) VM: see bench/README.md (about 50 minutes for the three sizes,
 35 GB of disk at 16k images while its shards exist; the full-size run about 25 minutes).
 """
 
@@ -86,6 +86,7 @@ CROWD_SHARE = 0.01
 DETECTIONS_PER_IMAGE = 100
 POOL_PER_SIZE = 40
 STARTUP_IMAGES = 50
+BENCH_CHUNKS = 4  # the shards stage's chunk jobs per role
 GROWTH_FLAG = 1.15
 TRAIN_STEPS = 40
 SMALL_MODEL = {"g_channels": 4, "g_upsample_channels": 4, "d_width": 4, "d_stem": "7x7", "checkpoint_every": 1000, "picture_every": 1000, "eval_every": 1000}
@@ -187,7 +188,7 @@ def config_for(work: Path, name: str, with_images: bool) -> Path:
             },
         },
         "detector": {"source": "import", "import_results": {"train": str(work / "detections.json")}, "top_k": DETECTIONS_PER_IMAGE},
-        "shards": {"num_chunks": 4},
+        "shards": {"num_chunks": BENCH_CHUNKS},
         # the tiny preset, G and D slimmer still: the model's own cost grows with the ROIs by construction;
         # what is measured is the stage around it
         "mtgan": {"preset": "tiny", "overrides": SMALL_MODEL | {"iterations": TRAIN_STEPS, "pretrain_iterations": 0}},
@@ -305,7 +306,7 @@ def stages(work: Path, config: Path, root: Path, images: int, shards: bool, logs
         step(f"shards_plan {role}", [*args, "--out-plan", str(plan), "--out-images", str(listing)], [plan, listing], rows(rois))
         if not shards:
             continue
-        chunks = [root / "shards" / role / f"chunk-{k}" for k in range(4)]
+        chunks = [root / "shards" / role / f"chunk-{k}" for k in range(BENCH_CHUNKS)]
         parts = []
         for k, chunk in enumerate(chunks):
             args = ["shards", *c, "--data-index", str(index), "--split", "train", "--role", role, "--rois", str(rois), "--plan", str(plan)]
@@ -418,13 +419,19 @@ def growth(points: list[tuple[int, float]], fixed: float, key: str) -> tuple[flo
     return b, a, b
 
 
-def analyse(rows: list[Measured], startup: dict[str, Measured]) -> list[dict[str, Any]]:
+def coco_chunks() -> int:
+    """The chunks per split of config/coco.yaml (its shards.num_chunks)."""
+    return int(yaml.safe_load((REPO / "config" / "coco.yaml").read_text())["shards"]["num_chunks"])
+
+
+def analyse(rows: list[Measured], startup: dict[str, Measured], full: list[Measured] = ()) -> list[dict[str, Any]]:
     """Per stage: the growth exponents of time, CPU and memory (above the start-up run's) over the
-    sizes, the flag, and the projection to COCO 2017 (a flat cost projects as measured at the
-    largest size)."""
+    sizes and, for the stages the full-size run measured, its size too (a second-long stage's
+    small sizes alone say little), the flag, and the projection to COCO 2017 (a flat cost
+    projects as measured at the largest size)."""
     out = []
     for stage in dict.fromkeys(r.stage for r in rows):
-        mine = sorted((r for r in rows if r.stage == stage), key=lambda r: r.images)
+        mine = sorted((r for r in [*rows, *full] if r.stage == stage), key=lambda r: r.images)
         base = startup.get(stage)
         images = COCO_VAL_IMAGES if COCO_ROLE.get(stage) == "val" else COCO_TRAIN_IMAGES
         found: dict[str, Any] = {"stage": stage}
@@ -434,7 +441,9 @@ def analyse(rows: list[Measured], startup: dict[str, Measured]) -> list[dict[str
             fixed = getattr(base, key) if base else 0.0
             exponent, a, b = growth([(r.images, getattr(r, key)) for r in mine], fixed, key)
             found[f"growth_{name}"] = exponent
-            project[key] = getattr(mine[-1], key) if exponent is None else fixed + a * images**b
+            # a chunk job's memory follows its chunk: here a quarter of the split, in COCO's config a 1/num_chunks
+            at = images * BENCH_CHUNKS / coco_chunks() if key == "tree_rss_mb" and stage.startswith("shards ") else images
+            project[key] = getattr(mine[-1], key) if exponent is None else fixed + a * at**b
         found |= {
             "startup_wall_s": base.wall_s if base else 0.0,
             "memory_per_image_kb": 1024 * (mine[-1].tree_rss_mb - (base.tree_rss_mb if base else 0.0)) / mine[-1].images,
@@ -457,7 +466,7 @@ def _exponent(value: float | None) -> str:
 def markdown(found: list[dict[str, Any]], sizes: list[int], machine: str) -> str:
     lines = [
         f"Stages on synthetic COCO-shaped splits ({machine}); time in s (wall / CPU), memory in MB (the process tree's peak); "
-        f"growth: the exponent of cost - start-up against images, flagged above {GROWTH_FLAG}",
+        f"growth: the exponent of cost - start-up against images (over these sizes and, where it ran, the full-size run's), flagged above {GROWTH_FLAG}",
         "",
         "| stage | " + " | ".join(f"{n} images: s / CPU s / MB" for n in sizes) + " | growth time | growth CPU | growth memory | memory KB per image | flag |",
         "|---|" + "---:|" * (len(sizes) + 5),
@@ -561,16 +570,11 @@ def bench_costs(rows: list[Measured], startup: dict[str, Measured]) -> dict[str,
         if not mine or stage not in startup:
             continue
         big, base = max(mine, key=lambda r: r.images), startup[stage]
-        jobs = 4 if rule == "shards" else 1
+        jobs = BENCH_CHUNKS if rule == "shards" else 1  # a chunk job: a quarter of the stage's ROIs, its memory its own
         items = max(big.items - base.items, 1)
         cost = _cost(
-            base.tree_rss_mb,
-            max(big.tree_rss_mb - base.tree_rss_mb, 0.0) / items if rule != "shards" else 0.0,  # a chunk job's memory: one shard in flight
-            base.wall_s / jobs,
-            max(big.wall_s - base.wall_s, 0.0) / items,
+            base.tree_rss_mb, max(big.tree_rss_mb - base.tree_rss_mb, 0.0) / (items / jobs), base.wall_s / jobs, max(big.wall_s - base.wall_s, 0.0) / items
         )
-        if rule == "shards":
-            cost["mem_mb"] = round(big.tree_rss_mb, 1)
         old = out.get(rule)
         out[rule] = cost if old is None else {k: max(old[k], cost[k]) for k in cost}
     return out
@@ -730,11 +734,18 @@ def coco_dry_run(work: Path, out: Path) -> str:
         "detector": {"source": "import", "import_results": {split: str(d) for split, (_, _, d) in paths.items()}},
     }
     (work / "overlay.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
-    command = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile", "config/coco.yaml", str(work / "overlay.yaml")]
+    configs = ["--cores", "2", "--configfile", "config/coco.yaml", str(work / "overlay.yaml")]  # --configfile last: it takes every file after it
     root = REPO / "artifacts" / name
+
+    def snakemake(*targets: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "snakemake", *targets, *configs], cwd=REPO, capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise SystemExit(f"snakemake {' '.join(targets)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return done.stdout
+
     try:
-        subprocess.run([*command, f"artifacts/{name}/data/index.json"], cwd=REPO, check=True, capture_output=True, text=True)
-        dry = subprocess.run([*command, "-n", "eval_coco"], cwd=REPO, check=True, capture_output=True, text=True).stdout
+        snakemake(f"artifacts/{name}/data/index.json")
+        dry = snakemake("-n", "eval_coco")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     jobs: dict[str, list[dict[str, int]]] = {}
@@ -789,7 +800,7 @@ def main() -> None:
     else:
         startup, rows, full = run_all(args, sizes, started)
         (args.out / "measured.json").write_text(json.dumps([m.__dict__ for m in [*startup.values(), *rows, *full]], indent=1))
-    found = analyse(rows, startup)
+    found = analyse(rows, startup, full)
     with open(args.out / "scale.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(found[0]))
         writer.writeheader()

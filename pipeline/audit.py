@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from core.io import atomic
-from core.io.shards import LAYOUT_VERSION, ORIGIN_CODES, layout, read_manifest, sha256_of, shapes
+from core.io.shards import LAYOUT_VERSION, ORIGIN_CODES, layout, place_problem, read_manifest, sha256_of, shapes
 from core.sizes import SIZE_CLASSES
 from pipeline.shards import THINNING_STREAMS, ShardSettings, TableLabels, kept_rows
 
@@ -88,6 +88,9 @@ def _check_shard(path: Path, entry: dict[str, Any], doc: dict[str, Any], report:
         if any(p.startswith(f"{name}:") for p in report.problems):
             return None
         try:
+            for ds, spec in layout().items():  # every number finite (NaN would pass every other check)
+                if np.dtype(spec["dtype"]).kind == "f" and not np.isfinite(f[ds][:]).all():
+                    report.problems.append(f"{name}: dataset {ds} holds NaN or infinity")
             return {k: f[k][:] for k in ("roi_id", "image_id", "label", "iou", "size_class", "origin")}
         except OSError as e:  # a checksum that does not match, a damaged chunk
             report.problems.append(f"{name}: cannot read its columns ({e})")
@@ -109,6 +112,9 @@ def audit(target: Path, rois_table: Path | None = None) -> tuple[AuditReport, li
     columns, readable = [], []
     for entry in doc["shards"]:
         path = base / entry["path"]
+        if (problem := place_problem(manifest, entry["path"], base)) is not None:
+            report.problems.append(problem)
+            continue
         if not path.is_file():
             report.problems.append(f"{entry['path']}: listed in the manifest but missing")
             continue
@@ -132,7 +138,11 @@ def audit(target: Path, rois_table: Path | None = None) -> tuple[AuditReport, li
         for key, counts in found.items():
             if {k: v for k, v in counts.items() if v} != {k: v for k, v in doc["histograms"][key].items() if v}:
                 report.problems.append(f"{key} counts of the shards {counts} differ from the manifest's {doc['histograms'][key]}")
-    _check_against_table(Path(rois_table) if rois_table else base / doc["source_table"]["path"], doc, columns, report)
+    run = base.parent.parent  # artifacts/<dataset>: the shards' ROI table is the run's own
+    if rois_table is None and (problem := place_problem(manifest, doc["source_table"]["path"], run)) is not None:
+        report.problems.append(f"the ROI table: {problem}")
+    else:
+        _check_against_table(Path(rois_table) if rois_table else base / doc["source_table"]["path"], doc, columns, report)
     return report, readable
 
 

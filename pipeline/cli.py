@@ -21,7 +21,7 @@ from typing import Any
 import click
 import yaml
 
-from core.errors import PipelineError
+from core.errors import PipelineError, disk_full_message
 from pipeline import cli_options as opt
 from pipeline import evaluate_commands, submit_commands, train_commands
 from pipeline.config import load_config_files, validate_config
@@ -43,8 +43,22 @@ class _Group(click.Group):
             if ctx.params.get("verbose"):
                 traceback.print_exc()
             raise click.ClickException(f"{e.filename}: {e.strerror}; nothing half-written is left under an output's name") from e
+        except (OSError, RuntimeError) as e:  # a full disk, however the writing library says it
+            if (message := disk_full_message(e, _output_place(sys.argv))) is None:
+                raise
+            if ctx.params.get("verbose"):
+                traceback.print_exc()
+            raise click.ClickException(message) from e
         finally:
             stop_pool_workers()
+
+
+def _output_place(argv: list[str]) -> str:
+    """Where a command writes: its first `--out...` option's value (the working folder without one)."""
+    for flag, value in zip(argv, argv[1:]):
+        if flag.startswith("--out"):
+            return value
+    return "."
 
 
 def stop_pool_workers() -> None:

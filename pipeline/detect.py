@@ -22,6 +22,8 @@ Imported detections are validated; what is wrong is either an error or a counted
   or category id; a non-finite number; a score outside [0, 1];
 - counted, logged drop: a box of non-positive width or height, or one with no area inside its
   image; a box partly outside its image is clipped to it (counted);
+- a record that repeats an earlier one exactly (image, class, box, score) is dropped before the
+  top k (counted as `duplicates`);
 - beyond `top_k` detections of an image, the lowest-scoring ones are left out (counted).
 """
 
@@ -249,13 +251,30 @@ def _clip(boxes: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return clipped, non_positive, outside
 
 
+def repeated_records(found: ResultColumns) -> np.ndarray:
+    """Which records repeat an earlier one of the file exactly (image, class, box and score): a
+    copy says nothing new, and copies would crowd distinct detections out of an image's top k."""
+    x, y, w, h = found.boxes.T
+    order = np.lexsort((found.score, h, w, y, x, found.label, found.image))  # stable: the first copy first
+    keys = (found.image, found.label, x, y, w, h, found.score)
+    same = np.ones(max(len(order) - 1, 0), bool)
+    for key in keys:
+        ordered = key[order]
+        same &= ordered[1:] == ordered[:-1]
+    repeated = np.zeros(len(order), bool)
+    repeated[order[1:][same]] = True
+    return repeated
+
+
 def select_imported(found: ResultColumns, coco: dict[str, Any], top_k: int) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """What an import keeps: the records (their positions in `found`) in the split's image order,
     best first within an image (ties in file order), at most `top_k` an image; each one's rank;
-    the counts of what was dropped or changed. Boxes of non-positive size and boxes with no area
-    inside their image are dropped; boxes partly outside are clipped (counted)."""
+    the counts of what was dropped or changed. Boxes of non-positive size, boxes with no area
+    inside their image and exact repeats of an earlier record are dropped before the top k;
+    boxes partly outside are clipped (counted)."""
     boxes, non_positive, outside = _clip(found.boxes, image_sizes(coco)[found.image])
-    usable = np.flatnonzero(~non_positive & ~outside)
+    duplicate = repeated_records(found)
+    usable = np.flatnonzero(~non_positive & ~outside & ~duplicate)
     x, y, w, h = found.boxes[usable].T
     changed = boxes[usable] != np.stack([x, y, x + w, y + h], axis=1)
     order = usable[np.lexsort((-found.score[usable], found.image[usable]))]  # stable: ties keep the file's order
@@ -265,6 +284,7 @@ def select_imported(found: ResultColumns, coco: dict[str, Any], top_k: int) -> t
         "imported": len(found.score),
         "non_positive_size": int(non_positive.sum()),
         "outside_image": int(outside.sum()),
+        "duplicates": int((duplicate & ~non_positive & ~outside).sum()),
         "clipped": int(changed.any(axis=1).sum()),
         "over_top_k": int((rank >= top_k).sum()),
     }

@@ -84,7 +84,8 @@ class Items:
 
     def images(self, input: Any, wildcards: Any) -> int | None:
         index = input.get("index") if hasattr(input, "get") else None
-        found = _index_images(index, self.split_of(wildcards))
+        # a job without the index among its inputs reads the run's own (the data stage's output)
+        found = _index_images(index or f"artifacts/{self.config['data']['name']}/data/index.json", self.split_of(wildcards))
         if found is None and self.config["data"]["source"] == "builtin":
             found = self.config["data"]["builtin"]["num_images"].get(self.split_of(wildcards))
         return found
@@ -122,7 +123,7 @@ class Items:
             return None if rois is None else rois // self.config["shards"]["num_chunks"]
         if rule == "shards_manifest":
             plan = _plan_metadata(get("plan"))
-            return None if plan is None else int(plan["num_rois"])
+            return int(plan["num_rois"]) if plan is not None else self.detections(input, wildcards, None)
         if rule in ("train_mtgan",):
             from jobs.mtgan.settings import resolve_preset
 

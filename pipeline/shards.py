@@ -282,12 +282,16 @@ def read_chunk_plan(plan_path: Path, images_path: Path, rois_path: Path, chunk: 
     images = read_table(images_path, IMAGES_SCHEMA, filters=[("chunk", "=", chunk)])
     planned = read_table(plan_path, PLAN_SCHEMA, filters=[("chunk", "=", chunk)], columns=["roi_id", "image_id"])
     image_ids = images.column("image_id").to_numpy()
-    table = read_table(rois_path, ROIS_SCHEMA, filters=[("image_id", "in", image_ids.tolist())] if len(image_ids) else [("roi_id", "<", 0)])
+    planned_ids = planned.column("roi_id").to_numpy()
+    # The planned rows' range first: the table is written image by image, so it names the few row
+    # groups that hold the chunk (their statistics), and only those are read; then the chunk's images.
+    span = [("roi_id", ">=", int(planned_ids.min())), ("roi_id", "<=", int(planned_ids.max()))] if len(planned_ids) else [("roi_id", "<", 0)]
+    table = read_table(rois_path, ROIS_SCHEMA, filters=[*span, ("image_id", "in", image_ids.tolist())] if len(image_ids) else [("roi_id", "<", 0)])
     category_ids = tuple(checked_metadata(rois_path, ROIS_SCHEMA)["category_ids"])
     s = settings
     spec = ShardSpec(s.hr_size, s.scale, s.context_margin, s.block_size, len(category_ids) + 1, category_ids, meta["split"], source["sha256"], RESIZE_METHOD)
     # Rows of the whole table -> rows of the chunk's sub-table (roi_id is the row number), per image.
-    local = np.searchsorted(table.column("roi_id").to_numpy(), planned.column("roi_id").to_numpy())
+    local = np.searchsorted(table.column("roi_id").to_numpy(), planned_ids)
     of_row = planned.column("image_id").to_numpy()
     found, first = np.unique(of_row, return_index=True)  # each image's rows are together, in table order
     order = np.argsort(first)

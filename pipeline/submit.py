@@ -43,9 +43,12 @@ from pipeline.shards import ShardSettings, write_shards
 log = logging.getLogger(__name__)
 
 
-def write_submission(parts: Iterable[list[dict[str, Any]]], coco: dict[str, Any], out: Path, max_per_image: int = 100) -> dict[str, int]:
+def write_submission(
+    parts: Iterable[list[dict[str, Any]]], coco: dict[str, Any], out: Path, max_per_image: int = 100, new_only: bool = False
+) -> dict[str, int]:
     """Check records (in parts) against the image list `coco` and write them to `out`, part by
-    part (nothing is written under `out`'s name unless every record passes); the counts."""
+    part (nothing is written under `out`'s name unless every record passes; `new_only`: nor over
+    a file that is there when the writing ends); the counts."""
     check = ResultsCheck(coco, max_per_image)
     images: set[int] = set()
 
@@ -57,7 +60,7 @@ def write_submission(parts: Iterable[list[dict[str, Any]]], coco: dict[str, Any]
         if problems := check.problems():
             raise InputError(f"{out}: not a valid COCO results file for these {len(coco['images'])} images: " + "; ".join(problems))
 
-    detections = atomic.write_json_list(out, checked())
+    detections = atomic.write_json_list(out, checked(), new_only)
     counts = {"detections": detections, "images": len(coco["images"]), "images_with_detections": len(images)}
     log.info("%s: %s", out, counts)
     return counts
@@ -190,4 +193,4 @@ def rescore(
         manifest = write_shards(rois, coco, root, "rescore", shard_settings, Path(tmp) / "shards")
         predictions, _ = infer(model_path, manifest, pick_device(device), batch_size, rule, g_max_side)
         records = merge_detections(read_table(rois, ROIS_SCHEMA), predictions, settings, ensemble, list(model["category_ids"]))
-    return write_submission([records], coco, out, settings.max_per_image)
+    return write_submission([records], coco, out, settings.max_per_image, new_only=True)  # a user's file: never replaced

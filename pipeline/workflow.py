@@ -146,6 +146,42 @@ def refuse_foreign_entries(root: str) -> None:
 TRAINING_ONLY_SHARD_KEYS = ("train_sampling", "train_small_positive_share", "train_small_negative_share")
 
 
+def snakemake_processes_in(folder: Path, own: int) -> list[int]:
+    """The Snakemake processes on this machine, other than `own` and its ancestors, whose working
+    folder is `folder` (read from /proc; none where there is no /proc)."""
+    mine, pid = {own}, own
+    while pid > 1:  # own's ancestors: a wrapper that started this Snakemake is not another run
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        mine.add(pid)
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if int(entry.name) in mine or b"snakemake" not in (entry / "cmdline").read_bytes():
+                continue
+            if Path(os.readlink(entry / "cwd")) == folder.resolve():
+                found.append(int(entry.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def remove_stale_locks(folder: Path, main_process: bool) -> list[str]:
+    """Snakemake's locks in `folder` left by a run that was killed (kill -9, a lost terminal): removed
+    when this is a main Snakemake process (not a cluster job's, not a dry run) and no other
+    Snakemake process on this machine works in `folder`; their names (none: nothing removed).
+    A run on another machine over a shared folder is not seen: run one at a time there."""
+    locks = folder / ".snakemake" / "locks"
+    found = sorted(locks.glob("*.lock")) if main_process and locks.is_dir() else []
+    if not found or snakemake_processes_in(folder, os.getpid()):
+        return []
+    for lock in found:
+        lock.unlink(missing_ok=True)
+    return [lock.name for lock in found]
+
+
 def shard_sections(config: dict[str, Any], role: str) -> str:
     """The `shards` section as one role's jobs see it: the training split's sampling and its share
     of small positives only for the training role (changing them reruns no other role's shards)."""

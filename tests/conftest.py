@@ -35,10 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+def snakemake(workdir: Path, *args: str, timeout: int = 900, snakefile: Path = REPO / "Snakefile") -> subprocess.CompletedProcess[str]:
     """The repository's Snakefile run in `workdir` (a test's own folder), output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args],
+        [sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(workdir), *args],
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -7,12 +7,15 @@ import os
 import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from torch.utils.data import DataLoader
 
+from core.errors import ShardReadError
+from core.io.shards import sha256_of
 from jobs.mtgan.data import ShardBatches
 from pipeline.audit import audit
 from pipeline.cli import cli
@@ -76,6 +79,51 @@ def test_a_wrong_count_is_caught(shards: Path) -> None:
     path.write_text(json.dumps(doc))
     problems = audit(shards)[0].problems
     assert any(doc["shards"][0]["path"] in p and "the manifest says" in p for p in problems)
+
+
+def test_a_copy_elsewhere_or_a_link_to_one_is_not_the_runs_shard(shards: Path, val_shards: Path, tmp_path: Path) -> None:
+    """An identical file that the manifest reaches by an absolute path, or through a symbolic
+    link, is refused by audit and by the jobs that read shards."""
+    path = shards / "manifest.json"
+    doc = json.loads(path.read_text())
+    first = doc["shards"][0]["path"]
+    elsewhere = str((val_shards / first).resolve())
+    doc["shards"][0]["path"] = elsewhere
+    path.write_text(json.dumps(doc))
+    assert any(f"{elsewhere!r} is outside" in p for p in audit(shards)[0].problems)
+    with pytest.raises(ShardReadError, match="is outside"):
+        ShardBatches(path, batch_size=8)
+    doc["shards"][0]["path"] = first
+    doc["source_table"]["path"] = str((val_shards / doc["source_table"]["path"]).resolve())  # the ROI table, absolute
+    path.write_text(json.dumps(doc))
+    assert any(p.startswith("the ROI table: ") and "is outside" in p for p in audit(shards)[0].problems)
+    doc["source_table"]["path"] = json.loads((val_shards / "manifest.json").read_text())["source_table"]["path"]
+    path.write_text(json.dumps(doc))
+    (shards / first).unlink()
+    (shards / first).symlink_to(val_shards / first)  # an identical file, linked
+    assert any("a symbolic link" in p for p in audit(shards)[0].problems)
+    with pytest.raises(ShardReadError, match="a symbolic link"):
+        ShardBatches(path, batch_size=8)
+
+
+def test_non_finite_numbers_are_caught_by_audit_and_by_the_loader(shards: Path) -> None:
+    """NaN written into a shard, its manifest's sha256 and size updated to match: audit names
+    the dataset, the loader names the shard and column before any batch reaches a model."""
+    path = shards / "manifest.json"
+    doc = json.loads(path.read_text())
+    for entry, dataset in zip(doc["shards"][:2], ("box", "target")):
+        with h5py.File(shards / entry["path"], "r+") as f:
+            values = f[dataset][:]
+            values[0, 0] = np.nan
+            f[dataset][:] = values
+        entry["sha256"], entry["bytes"] = sha256_of(shards / entry["path"]), (shards / entry["path"]).stat().st_size
+    path.write_text(json.dumps(doc))
+    problems = audit(shards)[0].problems
+    assert any(doc["shards"][0]["path"] in p and "dataset box holds NaN" in p for p in problems)
+    assert any(doc["shards"][1]["path"] in p and "dataset target holds NaN" in p for p in problems)
+    with pytest.raises(ShardReadError, match=f"{doc['shards'][1]['path']}: column 'target' holds NaN"):
+        for _ in ShardBatches(path, batch_size=8, drop_ignored=False):
+            pass
 
 
 def test_a_changed_roi_table_is_caught(shards: Path, tiny_rois: dict[str, Path]) -> None:

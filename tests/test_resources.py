@@ -76,7 +76,9 @@ def test_a_job_asks_for_what_its_inputs_hold(tmp_path: Path) -> None:
 
 
 def test_before_its_inputs_exist_a_job_asks_for_what_the_data_index_says_they_will_hold(tmp_path: Path) -> None:
-    config = _config({"data": {"source": "coco", "coco": {"splits": {"val": {"annotations": "a.json", "images": "i"}}}, "train_split": "val"}})
+    config = _config(
+        {"data": {"name": "no-such-run", "source": "coco", "coco": {"splits": {"val": {"annotations": "a.json", "images": "i"}}}, "train_split": "val"}}
+    )
     index = tmp_path / "index.json"
     rois = resources.need(config, ROLES, "rois", "mem_mb")
     missing = _inputs(index=index, detections=tmp_path / "detect" / "val.parquet")

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from core.errors import OutputFolderError, first_few
+from core.errors import FileAppeared, OutputFolderError, first_few
 
 OUTPUT_MARKER = ".mtgan-output"
 _PARTIAL = ".partial-"
@@ -113,8 +113,10 @@ def temporary_file(final: Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary file path next to `final`; rename it onto `final` if the block succeeds."""
+def atomic_path(final: Path, new_only: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path next to `final`; rename it onto `final` if the block succeeds.
+    `new_only`: never replace a file, not even one that appeared while the block ran (the name is
+    taken by a hard link, which fails if it exists: FileAppeared)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(final)
@@ -122,7 +124,13 @@ def atomic_path(final: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o644)
-        os.replace(tmp, final)
+        if not new_only:
+            os.replace(tmp, final)
+            return
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            raise FileAppeared(f"{final} appeared while this file was being made (another run?); it was left as it is and nothing was written") from None
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -140,11 +148,12 @@ def write_json(path: Path, obj: Any, indent: int | None = None) -> None:
             f.write("\n")
 
 
-def write_json_list(path: Path, parts: Iterable[Iterable[Any]]) -> int:
+def write_json_list(path: Path, parts: Iterable[Iterable[Any]], new_only: bool = False) -> int:
     """A JSON list written part by part (each part a few of its items), atomically: the bytes
-    `write_json` writes of the whole list, in the memory of one part. Returns the items written."""
+    `write_json` writes of the whole list, in the memory of one part (`new_only`: see
+    `atomic_path`). Returns the items written."""
     count = 0
-    with atomic_path(path) as tmp:
+    with atomic_path(path, new_only) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("[")
             for part in parts:

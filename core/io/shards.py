@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,18 +135,29 @@ def shard_paths(manifest_path: Path, manifest: dict[str, Any]) -> list[Path]:
     return [Path(manifest_path).parent / s["path"] for s in manifest["shards"]]
 
 
+def place_problem(manifest_path: Path, listed: str, within: Path) -> str | None:
+    """What is wrong with where a manifest's `listed` path (relative to the manifest's folder)
+    points: an absolute path, a place outside `within`, a symbolic link on the way (None: nothing).
+    A copy of a cache elsewhere, or a link to one, is not the file this run wrote."""
+    within = Path(os.path.abspath(within))
+    path = Path(os.path.abspath(Path(manifest_path).parent / listed))  # `..` resolved by name, links kept
+    if Path(listed).is_absolute() or not path.is_relative_to(within):
+        return f"{manifest_path}: {listed!r} is outside {within}"
+    on_the_way = [path, *(p for p in path.parents if p.is_relative_to(within) and p != within)]
+    if any(p.is_symlink() for p in on_the_way):
+        return f"{path}: a symbolic link on the way to {listed!r}, not the file the pipeline wrote"
+    return None
+
+
 def check_shards(manifest_path: Path, manifest: dict[str, Any] | None = None) -> list[Path]:
     """The shards of a manifest, after the checks a job makes before it reads any (no byte is
     reread: see the module's docstring): each is a regular file, not a link, inside the manifest's
     folder, of the size the manifest records. ShardReadError names the first that is not."""
     manifest = manifest or read_manifest(manifest_path)
-    folder = Path(manifest_path).parent.resolve()
     paths = shard_paths(manifest_path, manifest)
     for path, entry in zip(paths, manifest["shards"]):
-        if Path(entry["path"]).is_absolute() or not path.resolve().is_relative_to(folder):
-            raise ShardReadError(f"{manifest_path}: shard path {entry['path']!r} is outside the manifest's folder {folder}; rerun the shards stage")
-        if path.is_symlink() or any(p.is_symlink() for p in path.parents if p.is_relative_to(folder) and p != folder):
-            raise ShardReadError(f"{path}: a symbolic link, not the shard the shards stage wrote; rerun the shards stage")
+        if (problem := place_problem(manifest_path, entry["path"], Path(manifest_path).parent)) is not None:
+            raise ShardReadError(f"{problem}; rerun the shards stage")
         if not path.is_file():
             raise ShardReadError(f"{path}: listed in {manifest_path} but missing; rerun the shards stage")
         if path.stat().st_size != entry["bytes"]:

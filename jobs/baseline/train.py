@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from core.errors import InputError
+from core.errors import InputError, TrainingDiverged
 from core.io import atomic
 from core.sections import section_fields
 from jobs.baseline.data import CocoDetectionTrain, SeededBatches, collate, load_coco
@@ -197,7 +197,7 @@ def train_steps(
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             terms = {k: float(v) for k, v in losses.items()}
-            raise FloatingPointError(
+            raise TrainingDiverged(
                 f"non-finite loss at step {step}: {terms}. Training stopped; the last good checkpoint "
                 f"is {last if last.is_file() else 'none (none was written yet)'}. Lower train_baseline.lr?"
             )

@@ -55,6 +55,18 @@ def read_error(path: Path | str, error: Exception, what: str) -> ShardReadError:
     return ShardReadError(f"{path}: {what} ({type(error).__name__}: {error}); run mtgan audit on its folder, rerun the shards stage")
 
 
+def check_finite(path: Path | str, rows: dict[str, np.ndarray], start: int, stop: int) -> None:
+    """Every floating-point value read from rows start:stop of a shard is finite, else
+    ShardReadError naming the shard and the column (NaN in a target would stop training later,
+    far from its cause)."""
+    for name, values in rows.items():
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise ShardReadError(
+                f"{path}: column {name!r} holds NaN or infinity in rows {start}-{stop} (the file was changed); "
+                "run mtgan audit on its folder, rerun the shards stage"
+            )
+
+
 def all_blocks(doc: dict[str, Any]) -> list[tuple[int, int, int]]:
     """(shard index, start row, stop row) of every block of a manifest, in shard order."""
     size = doc["block_size"]
@@ -75,6 +87,7 @@ def read_holdout(manifest: Path, holdout_blocks: int, fields: tuple[str, ...]) -
                     parts[k].append(f[k][start:stop])
         except (OSError, KeyError) as e:
             raise read_error(paths[shard], e, f"cannot read rows {start}-{stop}") from None
+        check_finite(paths[shard], {k: v[-1] for k, v in parts.items()}, start, stop)
     return {k: np.concatenate(v) for k, v in parts.items() if v}
 
 
@@ -159,6 +172,7 @@ class ShardBatches(IterableDataset):
                 f[k].read_direct(buffer[k], np.s_[start:stop], np.s_[at : at + stop - start])
         except (OSError, KeyError, TypeError, ValueError) as e:
             raise read_error(self.paths[shard], e, f"cannot read rows {start}-{stop}") from None
+        check_finite(self.paths[shard], {k: buffer[k][at : at + stop - start] for k in self.fields}, start, stop)
 
     def _stream(self, blocks: list[tuple[int, int, int]], keep: Any, rng: np.random.Generator, size: int) -> Iterator[dict[str, np.ndarray]]:
         """Batches of `size` samples (those with keep(labels) true; the last batch may be short).

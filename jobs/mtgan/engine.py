@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.errors import InputError
+from core.errors import InputError, TrainingDiverged
 from core.sizes import SIZE_CLASSES
 from jobs.mtgan import losses
 from jobs.mtgan.models import BilinearUpsampler, Discriminator, Generator, resnet_backbone
@@ -60,7 +60,8 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
 def _finite(total: torch.Tensor, terms: dict[str, torch.Tensor], where: str) -> None:
     if not torch.isfinite(total):
-        raise FloatingPointError(f"non-finite {where} loss: { ({k: float(v.detach()) for k, v in terms.items()}) }")
+        values = {k: round(float(v.detach()), 4) for k, v in terms.items()}
+        raise TrainingDiverged(f"non-finite {where} loss {values}: training stopped, its last checkpoint stays (a lower learning rate may help)")
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -21,7 +21,7 @@ from torch import nn
 from core.errors import CheckpointError
 from jobs.common import save_checkpoint
 from jobs.mtgan.engine import build_networks
-from jobs.mtgan.settings import Preset, Variant
+from jobs.mtgan.settings import Preset, Variant, stored_preset_problems
 from jobs.weights import load_torch_mapping
 
 MODEL_FORMAT = 4
@@ -80,7 +80,36 @@ def read_model_state(path: Path) -> dict[str, Any]:
     missing = [k for k in MODEL_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path}: a model.pt without {missing}; retrain it")
+    problems = stored_preset_problems(state["preset"]) + geometry_problems(state)
+    if problems:
+        raise CheckpointError(f"{path}: " + "; ".join(problems) + " (the model's own settings, checked before anything is built); retrain it")
     return state
+
+
+def _integer_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def geometry_problems(state: dict[str, Any]) -> list[str]:
+    """What is wrong with a model's crop geometry and label count (they size every tensor built
+    from it): scale 1-8, an HR side of 8-512 pixels divisible by the scale, 2-10,000 labels."""
+    problems = []
+    if not _integer_in(state["scale"], 1, 8):
+        problems.append(f"scale: must be an integer 1-8, got {state['scale']!r}")
+    if not _integer_in(state["hr_size"], 8, 512) or (_integer_in(state["scale"], 1, 8) and state["hr_size"] % state["scale"]):
+        problems.append(f"hr_size: must be an integer 8-512 divisible by the scale, got {state['hr_size']!r}")
+    if not _integer_in(state["num_labels"], 2, 10_000):
+        problems.append(f"num_labels: must be an integer 2-10000, got {state['num_labels']!r}")
+    return problems
+
+
+def _check_finite(path: Path, network: str, weights: dict[str, Any]) -> None:
+    """Every floating-point tensor of `weights` finite, else CheckpointError naming the file and tensor."""
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: {network}'s weights are a {type(weights).__name__}, not a mapping of tensors; retrain it")
+    for name, tensor in weights.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path}: {network}'s {name} holds NaN or infinity; retrain it")
 
 
 def _frozen(cls: type, values: dict[str, Any]) -> Any:
@@ -98,6 +127,9 @@ def load_model(path: Path, device: torch.device) -> LoadedModel:
     if (variant.generator == "learned") != ("g" in state):
         has = "has no generator, but the file holds generator weights" if "g" in state else "trains a generator, but the file holds none"
         raise CheckpointError(f"{path}: variant {variant.name!r} {has}; retrain it")
+    _check_finite(path, "D", state["d"])
+    if "g" in state:
+        _check_finite(path, "G", state["g"])
     g, d = build_networks(variant, preset, state["num_labels"], state["scale"])
     try:
         d.load_state_dict(state["d"])

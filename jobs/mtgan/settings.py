@@ -37,9 +37,10 @@ D_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 @dataclass(frozen=True)
 class Preset:
     # Generator (Table 1: 64 channels, 5 residual blocks, 2 de-convs of 256).
-    g_channels: int = _knob(64, minimum=1)
-    g_residual_blocks: int = _knob(5, minimum=0)
-    g_upsample_channels: int = _knob(256, minimum=1)
+    # (The maxima bound what a model file may ask to allocate: 16x the paper's sizes and more.)
+    g_channels: int = _knob(64, minimum=1, maximum=1024)
+    g_residual_blocks: int = _knob(5, minimum=0, maximum=64)
+    g_upsample_channels: int = _knob(256, minimum=1, maximum=4096)
     # Discriminator backbone and its weights: none (random) or torchvision (ImageNet). Output stride
     # 16 as in Table 1 (no max-pool). Stem: Table 1's conv 3x3 stride 2, or torchvision's pretrained
     # conv 7x7 stride 2, which ImageNet weights need (with width 64). Width: channels of layer1
@@ -47,7 +48,7 @@ class Preset:
     d_backbone: str = _knob("resnet50", choices=D_BACKBONES)
     d_weights: str = _knob("torchvision", choices=("none", "torchvision"))
     d_stem: str = _knob("7x7", choices=("3x3", "7x7"))
-    d_width: int = _knob(64, minimum=4)
+    d_width: int = _knob(64, minimum=4, maximum=256)
     # Initial std of the regression head's weights (paper: N(0, 0.1) for every fc head).
     reg_init_std: float = _knob(0.1, minimum=0)
     # Loss weights (paper Section 4.2).
@@ -199,6 +200,18 @@ READINGS: tuple[str, ...] = (
     "our reading: each iteration steps D, then G, on the same SR images; the paper: 'alternately updated as in (Goodfellow et "
     "al., 2014)' (lines 769-770), whose Algorithm 1 updates D before G",
 )
+
+
+def stored_preset_problems(values: Any) -> list[str]:
+    """Everything wrong with a preset read back from a file (a model's `preset` entry), checked
+    field by field as the config's overrides are, one line each naming the field."""
+    if not isinstance(values, dict):
+        return [f"preset: must be a mapping of preset fields, got {type(values).__name__}"]
+    fields = {f.name: f for f in dataclasses.fields(Preset) if f.name != "departures"}
+    problems = [f"preset field {k!r}: unknown" for k in values if k not in fields and k != "departures"]
+    problems += [f"preset field {k!r}: missing" for k in fields if k not in values]
+    problems += [f"preset field {k!r}: {why}" for k, f in fields.items() if k in values and (why := _value_problem(f, values[k])) is not None]
+    return problems
 
 
 def resolve_preset(name: str, overrides: dict[str, Any] | None = None) -> Preset:

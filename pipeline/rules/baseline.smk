@@ -20,7 +20,7 @@ rule train_baseline:
     resources:
         **job_resources(config, ROLE_SPLIT, "train_baseline"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan train-baseline --sections {params.sections} --data-index {input.index} "
         "--out {params.out_dir} --threads {threads} > {log} 2>&1"
@@ -45,7 +45,7 @@ rule detect:
     resources:
         **job_resources(config, ROLE_SPLIT, "detect"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan detect --sections {params.sections} --data-index {input.index} --split {wildcards.split} "
         "{params.model} --out-table {output.table} --on-bad-image {params.on_bad_image} "
@@ -66,7 +66,7 @@ rule detect_results:
     resources:
         **job_resources(config, ROLE_SPLIT, "detect_results"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan results --detections {input.table} --out {output.results} > {log} 2>&1"
 
@@ -88,7 +88,7 @@ rule rois:
     resources:
         **job_resources(config, ROLE_SPLIT, "rois"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan rois --sections {params.sections} --data-index {input.index} --split {params.split} --role {wildcards.role} "
         "--detections {input.detections} --out {output.table} --out-counts {output.counts} > {log} 2>&1"

@@ -3,6 +3,7 @@
 import os
 import shlex
 import sys
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
@@ -35,6 +36,7 @@ from pipeline.workflow import (
     report_variant,
     score_results_input,
     refuse_foreign_entries,
+    remove_stale_locks,
     sections_json,
     shard_sections,
     submission_files,
@@ -52,8 +54,19 @@ config.clear()
 config.update(_resolved)
 check_detector_files(config)
 
+# A run killed with kill -9 leaves Snakemake's locks behind, and the same command would then stop
+# on them: removed here, before Snakemake locks, when no other Snakemake process on this machine
+# works in this folder. Files a killed job left incomplete are rerun (profiles/default/config.yaml:
+# rerun-incomplete, the workflow's own profile, which Snakemake reads by itself).
+_stale = remove_stale_locks(Path(os.getcwd()), workflow.is_main_process)
+if _stale:
+    print(f"Removed the locks of an interrupted run in {os.getcwd()} (no Snakemake process works there): {', '.join(_stale)}", file=sys.stderr)
+
 DATASET = config["data"]["name"]
 ROOT = f"artifacts/{DATASET}"
+# The jobs' conda environment (`--use-conda`), as an absolute path whose braces are doubled:
+# Snakemake formats the path with a job's wildcards, and a checkout's folder may hold `{x}`.
+CONDA_ENV = os.path.join(workflow.basedir, "envs", "mtgan.yaml").replace("{", "{{").replace("}", "}}")
 LOGS = f"{ROOT}/logs"
 BENCHMARKS = f"{ROOT}/benchmarks"
 TRAIN_SPLIT = config["data"]["train_split"]
@@ -102,10 +115,11 @@ register_machine_memory(workflow)
 
 # Rules call `mtgan`, run from this checkout, so they work in a virtualenv where the project is
 # pip-installed and in the conda environment of envs/mtgan.yaml (`--use-conda`) alike. The prefix
-# is formatted like a rule's shell command, so its literal braces are doubled once more.
+# is formatted like a rule's shell command, so its literal braces are doubled once more, and so are
+# those of the checkout's path (a folder named `{x}` is text, not a placeholder).
 shell.executable("bash")
 shell.prefix(
     "set -euo pipefail; "
-    f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    f"export PYTHONPATH={shlex.quote(workflow.basedir).replace('{', '{{').replace('}', '}}')}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
     'mtgan() {{ python -m pipeline.cli "$@"; }}; '
 )

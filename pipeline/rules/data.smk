@@ -23,6 +23,6 @@ rule data:
     resources:
         **job_resources(config, ROLE_SPLIT, "data"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan data --sections {params.sections} --out {params.out_dir} --jobs {threads} > {log} 2>&1"

@@ -21,7 +21,7 @@ rule infer:
     resources:
         **job_resources(config, ROLE_SPLIT, "infer"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan infer --sections {params.sections} --model {input.model} --manifest {input.manifest} --rule {wildcards.rule} "
         "--out {output.table} --out-accuracy {output.accuracy} --threads {threads} > {log} 2>&1"
@@ -46,7 +46,7 @@ rule merge:
     resources:
         **job_resources(config, ROLE_SPLIT, "merge"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan merge --sections {params.sections} --rois {input.rois} --inference {input.inference} "
         "--out {output.results} {params.ensemble} > {log} 2>&1"
@@ -69,7 +69,7 @@ rule score:
     resources:
         **job_resources(config, ROLE_SPLIT, "score"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan score --data-index {input.index} --split {params.split} --results {input.results} --method {wildcards.method} "
         "--out-json {output.json} --out-md {output.table} --out-eval {output.arrays} > {log} 2>&1"
@@ -94,6 +94,6 @@ rule table:
     resources:
         **job_resources(config, ROLE_SPLIT, "table"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan table {params.outputs} {params.accuracy} {input.scores} > {log} 2>&1"

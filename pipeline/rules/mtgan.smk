@@ -20,7 +20,7 @@ rule train_mtgan:
     resources:
         **job_resources(config, ROLE_SPLIT, "train_mtgan"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         # With more than one GPU (resources gpu > 1, e.g. from profiles/slurm), through torchrun (DDP).
         "if [ {resources.gpu} -gt 1 ]; then launch='torchrun --standalone --nproc_per_node {resources.gpu} -m pipeline.cli'; "

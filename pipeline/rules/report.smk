@@ -45,7 +45,7 @@ rule report_charts:
     resources:
         **job_resources(config, ROLE_SPLIT, "report_charts"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan report-charts {params.scores} {params.accuracy} {params.training} {params.outputs} > {log} 2>&1"
 
@@ -76,7 +76,7 @@ rule report_errors:
     resources:
         **job_resources(config, ROLE_SPLIT, "report_errors"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan report-errors --data-index {input.index} --split {params.split} {params.results} "
         "{params.outputs} > {log} 2>&1"
@@ -100,7 +100,7 @@ rule report_rois:
     resources:
         **job_resources(config, ROLE_SPLIT, "report_rois"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan report-rois --data-index {input.index} --split {params.split} --model {input.model} "
         "--manifest {input.manifest} {params.rule} --out {output.grid} > {log} 2>&1"
@@ -126,7 +126,7 @@ rule report_detections:
     resources:
         **job_resources(config, ROLE_SPLIT, "report_detections"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan report-detections --data-index {input.index} --split {params.split} --baseline {input.baseline} "
         "--results {input.results} --method {params.method} {params.outputs} > {log} 2>&1"
@@ -148,7 +148,7 @@ rule profile:
     resources:
         **job_resources(config, ROLE_SPLIT, "profile"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan report-profile {params.benchmarks} {params.outputs} > {log} 2>&1"
 

@@ -22,7 +22,7 @@ rule shards_plan:
     resources:
         **job_resources(config, ROLE_SPLIT, "shards_plan"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan shards-plan --sections {params.sections} --data-index {input.index} --split {params.split} --role {wildcards.role} "
         "--rois {input.rois} --out-plan {output.plan} --out-images {output.images} > {log} 2>&1"
@@ -47,7 +47,7 @@ rule shards:
     resources:
         **job_resources(config, ROLE_SPLIT, "shards"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan shards --sections {params.sections} --data-index {input.index} --split {params.split} --role {wildcards.role} "
         "--rois {input.rois} --plan {input.plan} --images {input.images} --chunk {wildcards.chunk} --out {output.chunk} "
@@ -71,7 +71,7 @@ rule shards_manifest:
     resources:
         **job_resources(config, ROLE_SPLIT, "shards_manifest"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan shards-manifest --sections {params.sections} --split {params.split} --role {wildcards.role} "
         "--rois {input.rois} --plan {input.plan} --out {output.manifest} {input.chunks} > {log} 2>&1"

@@ -19,7 +19,7 @@ rule infer_submit:
     resources:
         **job_resources(config, ROLE_SPLIT, "infer_submit"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan infer --sections {params.sections} --model {input.model} --manifest {input.manifest} --rule {wildcards.rule} "
         "--out {output.table} --out-accuracy {output.accuracy} --threads {threads} > {log} 2>&1"
@@ -43,7 +43,7 @@ rule submission:
     resources:
         **job_resources(config, ROLE_SPLIT, "submission"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan submission --sections {params.sections} --data-index {input.index} --split {wildcards.split} "
         "--method {wildcards.alone} --rois {input.rois} --inference {input.inference} "
@@ -63,7 +63,7 @@ rule submission_baseline:
     resources:
         **job_resources(config, ROLE_SPLIT, "submission_baseline"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan submission --sections {params.sections} --data-index {input.index} --split {wildcards.split} "
         "--method baseline --detections {input.detections} --out {output.results} > {log} 2>&1"

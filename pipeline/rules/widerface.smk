@@ -18,7 +18,7 @@ rule score_widerface:
     resources:
         **job_resources(config, ROLE_SPLIT, "score_widerface"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan widerface-score --data-index {input.index} --split {params.split} --results {input.results} "
         "--method {wildcards.method} --ground-truth {params.gt_dir} --out-json {output.json} "
@@ -42,6 +42,6 @@ rule table_widerface:
     resources:
         **job_resources(config, ROLE_SPLIT, "table_widerface"),
     conda:
-        "../../envs/mtgan.yaml"
+        CONDA_ENV
     shell:
         "mtgan widerface-table {params.outputs} {input.scores} > {log} 2>&1"
