@@ -112,9 +112,9 @@ def draw_preview(coco: dict[str, Any], image_root: Path, out_png: Path, title: s
             colour = colours(a["category_id"] % 20)
             ax.add_patch(patches.Rectangle((x, y), w, h, fill=False, lw=1.2, ec=colour, ls="--" if a.get("iscrowd") else "-"))
             if w * h >= 24**2:
-                ax.text(x, y - 2, names[a["category_id"]], color="white", fontsize=6, bbox={"fc": colour, "pad": 0.5, "lw": 0})
-        ax.set_title(f"{im['file_name']} ({len(anns)} boxes)", fontsize=8)
-    fig.suptitle(title)
+                ax.text(x, y - 2, names[a["category_id"]], color="white", fontsize=6, bbox={"fc": colour, "pad": 0.5, "lw": 0}, parse_math=False)
+        ax.set_title(f"{im['file_name']} ({len(anns)} boxes)", fontsize=8, parse_math=False)  # user text: drawn as written
+    fig.suptitle(title, parse_math=False)
     fig.tight_layout()
     atomic.write_figure(fig, out_png, dpi=90)
     if unreadable:

@@ -51,8 +51,6 @@ def plot_pr_curves(results: Mapping[str, WiderResult], out_png: Path, title: str
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    import core.plots  # noqa: F401  (text drawn as written: method names are user text)
-
     fig = Figure(figsize=(15, 5))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(SETTINGS))
