@@ -47,9 +47,9 @@ def _footer_rows(path: Any) -> int | None:
     """A Parquet file's rows, from its footer; None if it does not exist (yet)."""
     if not _exists(path):
         return None
-    import pyarrow.parquet as pq
+    from core.io.tables import num_rows
 
-    return int(pq.ParquetFile(str(path)).metadata.num_rows)
+    return num_rows(Path(str(path)))
 
 
 def _index_images(index: Any, split: str) -> int | None:
