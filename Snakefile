@@ -39,8 +39,10 @@ onstart:
 
 rule eval_coco:
     """The final table on the configured dataset (artifacts/<dataset>/eval/metrics.md) and the
-    report's figures (artifacts/<dataset>/report/)."""
+    report's figures (artifacts/<dataset>/report/), with every file of the run a user reads
+    (a missing one is rebuilt)."""
     input:
+        run_deliverables(config, ROOT, TEST_SPLIT),
         rules.table.output,
         rules.report_all.input,
         rules.profile.output,

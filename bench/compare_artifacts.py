@@ -58,21 +58,27 @@ def same_but_timings(a: Path, b: Path) -> bool:
     return read(a) == read(b)
 
 
+def compare(before: Path, after: Path) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Two runs' files (relative names): byte-identical, differing only in measured timings,
+    differing, and present in one run only."""
+    names_before, names_after = _files(before), _files(after)
+    identical, timing_only, different = [], [], []
+    for name in sorted(names_before & names_after):
+        if filecmp.cmp(before / name, after / name, shallow=False):
+            identical.append(name)
+        elif same_but_timings(before / name, after / name):
+            timing_only.append(name)
+        else:
+            different.append(name)
+    return identical, timing_only, different, sorted(names_before ^ names_after)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
     args = parser.parse_args()
-    before, after = _files(args.before), _files(args.after)
-    only = sorted(before ^ after)
-    identical, timing_only, different = [], [], []
-    for name in sorted(before & after):
-        if filecmp.cmp(args.before / name, args.after / name, shallow=False):
-            identical.append(name)
-        elif same_but_timings(args.before / name, args.after / name):
-            timing_only.append(name)
-        else:
-            different.append(name)
+    identical, timing_only, different, only = compare(args.before, args.after)
     print(f"{len(identical)} files byte-identical, {len(timing_only)} differ only in measured timings, {len(different)} differ, {len(only)} in one run only")
     for name in timing_only:
         print(f"  timings only: {name}")

@@ -60,7 +60,7 @@ def first_few(items: list, limit: int = FIRST_FEW) -> str:
 # How a full disk shows through the libraries that write the project's files: the OS error itself,
 # HDF5's message (h5py), and torch.save's C++ stream error.
 _NO_SPACE_SIGNS = ("No space left on device", "errno = 28", "Disk quota exceeded")
-_WRITE_FAILED_SIGNS = ("basic_ios::clear", "PytorchStreamWriter failed writing", "Can't write data", "file write failed")
+_WRITE_FAILED_SIGNS = ("basic_ios::clear", "PytorchStreamWriter failed writing", "unexpected pos", "Can't write data", "file write failed")
 NEARLY_FULL_BYTES = 64 * 2**20
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "report_method",
     "report_rois_args",
     "report_variant",
+    "run_deliverables",
     "score_results_input",
     "sections_json",
     "shard_sections",
@@ -282,3 +283,17 @@ def submission_files(config: dict[str, Any], root: str) -> list[str]:
 def score_results_input(root: str, test_split: str, method: str) -> str:
     """The results a method is scored on: the baseline's are the detect stage's own."""
     return f"{root}/detect/{test_split}_results.json" if method == "baseline" else f"{root}/merge/{method}.json"
+
+
+def run_deliverables(config: dict[str, Any], root: str, test_split: str) -> list[str]:
+    """The files of a finished run that a user reads, named as inputs of the run's targets so that a
+    missing one is rebuilt (and everything made from it), however the run before ended: each
+    method's results and score, every inference table and its accuracies, each trained model.
+    Snakemake rebuilds a missing file that no target names only when a job after it must run (how
+    its temp files work): a merge killed after a forced rerun of training would otherwise leave
+    the merge's results missing under a table that still stands."""
+    score_files = [f"{root}/score/{m}{suffix}" for m in methods(config) for suffix in (".json", ".md", "_eval.npz")]
+    results = [score_results_input(root, test_split, m) for m in methods(config)]
+    models = [f"{root}/mtgan/{variant}/model.pt" for variant in config["mtgan"]["variants"]]
+    inference = inference_files(f"{root}/infer", config) + inference_files(f"{root}/infer", config, "_accuracy.json")
+    return [*baseline_model_input(config, root), *models, *inference, *results, *score_files]

@@ -78,30 +78,36 @@ def write_shard(path: Path, arrays: dict[str, np.ndarray], spec: ShardSpec, inde
         a = arrays[name]
         if a.shape != expected[name] or a.dtype != np.dtype(spec_ds["dtype"]):
             raise ValueError(f"shard {path}: dataset {name} is {a.dtype}{a.shape}, layout wants {spec_ds['dtype']}{expected[name]}")
+    # Made in memory (HDF5's core driver, the same bytes as on disk), then written by Python: a
+    # write that fails (a full disk) is one OSError, not an HDF5 file left open that fails again
+    # on every flush until the interpreter exits (and segfaulted there, h5py 3.16).
+    with h5py.File(str(path), "w", driver="core", backing_store=False, track_order=True, libver="latest") as f:
+        for name in layout():
+            a = arrays[name]
+            chunks = (min(spec.block_size, n), *a.shape[1:]) if n else None
+            f.create_dataset(name, data=a, chunks=chunks, fletcher32=bool(n), track_times=False)
+        f.attrs.update(
+            {
+                "layout_version": LAYOUT_VERSION,
+                "split": spec.split,
+                "shard_index": index,
+                "num_rois": n,
+                "hr_size": spec.hr_size,
+                "lr_size": spec.lr_size,
+                "scale": spec.scale,
+                "margin": spec.margin,
+                "block_size": spec.block_size,
+                "resize_method": spec.resize_method,
+                "category_ids": json.dumps(list(spec.category_ids)),
+                "source_table_sha256": spec.source_table_sha256,
+                "size_classes": json.dumps(SIZE_CLASSES),  # a shard stores a size class as its index here
+                "origins": json.dumps(ORIGIN_CODES),
+            }
+        )
+        f.flush()
+        image = f.id.get_file_image()
     with atomic.atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", track_order=True, libver="latest") as f:
-            for name in layout():
-                a = arrays[name]
-                chunks = (min(spec.block_size, n), *a.shape[1:]) if n else None
-                f.create_dataset(name, data=a, chunks=chunks, fletcher32=bool(n), track_times=False)
-            f.attrs.update(
-                {
-                    "layout_version": LAYOUT_VERSION,
-                    "split": spec.split,
-                    "shard_index": index,
-                    "num_rois": n,
-                    "hr_size": spec.hr_size,
-                    "lr_size": spec.lr_size,
-                    "scale": spec.scale,
-                    "margin": spec.margin,
-                    "block_size": spec.block_size,
-                    "resize_method": spec.resize_method,
-                    "category_ids": json.dumps(list(spec.category_ids)),
-                    "source_table_sha256": spec.source_table_sha256,
-                    "size_classes": json.dumps(SIZE_CLASSES),  # a shard stores a size class as its index here
-                    "origins": json.dumps(ORIGIN_CODES),
-                }
-            )
+        tmp.write_bytes(image)
 
 
 def sha256_of(path: Path, block: int = 1 << 20) -> str:

@@ -34,6 +34,7 @@ from pipeline.workflow import (
     report_method,
     report_rois_args,
     report_variant,
+    run_deliverables,
     score_results_input,
     refuse_foreign_entries,
     remove_stale_locks,
