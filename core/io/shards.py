@@ -78,9 +78,10 @@ def write_shard(path: Path, arrays: dict[str, np.ndarray], spec: ShardSpec, inde
         a = arrays[name]
         if a.shape != expected[name] or a.dtype != np.dtype(spec_ds["dtype"]):
             raise ValueError(f"shard {path}: dataset {name} is {a.dtype}{a.shape}, layout wants {spec_ds['dtype']}{expected[name]}")
-    # Made in memory (HDF5's core driver, the same bytes as on disk), then written by Python: a
-    # write that fails (a full disk) is one OSError, not an HDF5 file left open that fails again
-    # on every flush until the interpreter exits (and segfaulted there, h5py 3.16).
+    # Made in memory (HDF5's core driver: the same datasets and attributes; the file comes out 512
+    # bytes longer than HDF5's own write to disk), then written by Python: a write that fails (a
+    # full disk) is one OSError, not an HDF5 file left open that fails again at every flush until
+    # the interpreter exits (where it segfaulted, h5py 3.16).
     with h5py.File(str(path), "w", driver="core", backing_store=False, track_order=True, libver="latest") as f:
         for name in layout():
             a = arrays[name]
