@@ -61,11 +61,12 @@ def _index_images(index: Any, split: str) -> int | None:
 
 
 def _plan_metadata(plan: Any) -> dict[str, Any] | None:
+    """A shards plan's metadata (its per-chunk ROI counts), from its footer; None before it exists."""
     if not _exists(plan):
         return None
-    import pyarrow.parquet as pq
+    from core.io.tables import file_metadata
 
-    return json.loads((pq.read_schema(str(plan)).metadata or {})[b"mtgan"])
+    return file_metadata(Path(str(plan)))
 
 
 class Items:
