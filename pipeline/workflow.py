@@ -24,6 +24,7 @@ __all__ = [
     "ERROR_AREAS",
     "SIZE_RANGES",
     "baseline_model_input",
+    "braces_doubled",
     "check_detector_files",
     "data_input_files",
     "data_splits",
@@ -297,3 +298,9 @@ def run_deliverables(config: dict[str, Any], root: str, test_split: str) -> list
     models = [f"{root}/mtgan/{variant}/model.pt" for variant in config["mtgan"]["variants"]]
     inference = inference_files(f"{root}/infer", config) + inference_files(f"{root}/infer", config, "_accuracy.json")
     return [*baseline_model_input(config, root), *models, *inference, *results, *score_files]
+
+
+def braces_doubled(text: str) -> str:
+    """`text` as literal text in a string Snakemake formats (a rule's shell command, its conda
+    environment's path): a checkout's folder may be named `{x}`."""
+    return text.replace("{", "{{").replace("}", "}}")

@@ -14,6 +14,7 @@ from pipeline.workflow import (
     ERROR_AREAS,
     SIZE_RANGES,
     baseline_model_input,
+    braces_doubled,
     check_detector_files,
     data_input_files,
     data_splits,
@@ -67,7 +68,7 @@ DATASET = config["data"]["name"]
 ROOT = f"artifacts/{DATASET}"
 # The jobs' conda environment (`--use-conda`), as an absolute path whose braces are doubled:
 # Snakemake formats the path with a job's wildcards, and a checkout's folder may hold `{x}`.
-CONDA_ENV = os.path.join(workflow.basedir, "envs", "mtgan.yaml").replace("{", "{{").replace("}", "}}")
+CONDA_ENV = braces_doubled(os.path.join(workflow.basedir, "envs", "mtgan.yaml"))
 LOGS = f"{ROOT}/logs"
 BENCHMARKS = f"{ROOT}/benchmarks"
 TRAIN_SPLIT = config["data"]["train_split"]
@@ -121,6 +122,6 @@ register_machine_memory(workflow)
 shell.executable("bash")
 shell.prefix(
     "set -euo pipefail; "
-    f"export PYTHONPATH={shlex.quote(workflow.basedir).replace('{', '{{').replace('}', '}}')}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    f"export PYTHONPATH={braces_doubled(shlex.quote(workflow.basedir))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
     'mtgan() {{ python -m pipeline.cli "$@"; }}; '
 )
