@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from pipeline.detect import import_detections
@@ -100,6 +101,21 @@ def test_the_hypotheses_follow_their_registered_tests() -> None:
     assert found["H1", "APS"]["verdict"] == "not held" and found["H2", "APS"]["verdict"] == "not held"  # 2 -> 5: not shrinking
 
 
+def test_the_second_detector_follows_the_70_minute_rule_or_the_choice(tmp_path: Path) -> None:
+    (tmp_path / "benchmarks").mkdir()
+    bench = tmp_path / "benchmarks" / "train_baseline.tsv"
+    assert not baselines.second_detector_wanted("auto", tmp_path)  # no measured training: not trained
+    bench.write_text("s\th:m:s\tmax_rss\n4199.5\t1:09:59\t900\n")
+    assert baselines.second_detector_wanted("auto", tmp_path)
+    bench.write_text("s\th:m:s\tmax_rss\n6436.0\t1:47:16\t900\n")
+    assert not baselines.second_detector_wanted("auto", tmp_path) and baselines.second_detector_wanted("yes", tmp_path)
+    assert not baselines.second_detector_wanted("no", tmp_path)
+    # its run has its own dataset name, so its artifacts are its own, and sets the seed
+    overlay = baselines.budget_config([], "builtin", 4800, 300, tmp_path, detector_seed=1)[-1]
+    assert yaml.safe_load(overlay.read_text()) == {"data": {"name": "builtin-b4800-detector-seed1"}, "train_baseline": {"iterations": 4800, "seed": 1}}
+    assert baselines.budget_config([], "builtin", 300, 300, tmp_path) == []  # the default run's own config
+
+
 def _run_bench(tiny_run: Path, tmp_path: Path, *args: str) -> Path:
     """bench/baselines.py on a copy of the session's tiny run (the script writes beside the run)."""
     shutil.copytree(tiny_run / "artifacts", tmp_path / "artifacts")
@@ -133,5 +149,12 @@ def test_the_test_phase_runs_on_the_tiny_config(tiny_run: Path, tmp_path: Path) 
     assert any(r["arm"] == "transfer" and int(r["budget"]) == 12 for r in rows)  # the default's models on the stronger detector's ROIs
     text = (out / "baselines.md").read_text()
     assert "H1: MTGAN x baseline > its baseline" in text and "H3: default x MTGAN > compute-matched baseline" in text
+    # the strong budget's detector trained again with the next seed (tiny's training takes seconds: auto trains it)
+    detectors = list(csv.DictReader(open(out / "detectors.csv")))
+    assert sorted((r["detector_seed"], r["split"]) for r in detectors) == [("0", "dev"), ("0", "val"), ("1", "dev"), ("1", "val")]
+    strong = int(detectors[0]["budget"])  # two different detectors (tiny's score 0 AP both: compare their weights)
+    first, second = (tmp_path / "artifacts" / baselines.budget_name("tiny", strong, 6, seed) / "baseline" / "model.pt" for seed in (None, 1))
+    assert first.read_bytes() != second.read_bytes()
+    assert "The strong budget's detector trained twice" in text and "the second detector differs from the first by" in text
     with Image.open(out / "baselines.png") as im:
         assert im.format == "PNG" and min(im.size) > 300
