@@ -107,5 +107,5 @@ def test_the_run_profile_lists_every_job_with_its_benchmark(tiny_run: Path) -> N
         assert float(r["wall_s"]) == pytest.approx(float(tsv["s"]), abs=1e-3) and float(r["cpu_s"]) == pytest.approx(float(tsv["cpu_time"]), abs=1e-3)
     training = sum(float(r["wall_s"]) for r in rows if r["stage"] == "train_mtgan")
     line = next(line for line in (root / "report" / "profile.md").read_text().splitlines() if line.startswith("| train_mtgan |"))
-    assert line.split("|")[2].strip() == "3" and float(line.split("|")[3]) == pytest.approx(training, abs=0.6)
+    assert line.split("|")[2].strip() == "4" and float(line.split("|")[3]) == pytest.approx(training, abs=0.6)
     assert (root / "report" / "profile.png").stat().st_size > 5000

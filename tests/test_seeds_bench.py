@@ -78,15 +78,17 @@ def test_seeds_cover_every_row_and_seed_0_is_the_pipelines(tiny_run: Path, tmp_p
         "Table 6: MTGAN < MTGAN x baseline",
         "ours: paper's path < by_size path, MTGAN",
         "Table 9: SBU < MTGAN, D's accuracy",
+        "ours: SBU-HR < MTGAN, by-size path",
     ):
         assert f"| {ordering} |" in text
     with open(root / "seeds" / "orderings.csv") as f:
         judged = list(csv.DictReader(f))
     # AP and APS of 5 orderings and Table 9 on negatives and all (the tiny test split has no positive ROI), over both
-    # seeds, under the spread rule; Tables 3 and 4 and ours against the paper's path under Welch's test too
-    assert len(judged) == 20 and all(o["seeds"] == "2" for o in judged)
+    # seeds, under the spread rule; Tables 3 and 4, ours against the paper's path and the matched control
+    # of our path (SBU-HR < MTGAN by size, a default variant) under Welch's test
+    assert len(judged) == 22 and all(o["seeds"] == "2" for o in judged)
     assert {o["metric"] for o in judged if o["ordering"].startswith("Table 9")} == {"acc_negative", "acc_all"}
-    assert sum(o["rule"] == "welch" for o in judged) == 8
+    assert sum(o["rule"] == "welch" for o in judged) == 10
     for o in judged:
         low, high = ([100 * float(r[o["metric"]]) for r in runs if r["method"] == o[side]] for side in ("lower", "higher"))
         assert o["verdict"] == (seeds.verdict(low, high) if o["rule"] == "spread" else seeds.welch_verdict(low, high))

@@ -93,8 +93,11 @@ def test_tiny_pipeline_runs_then_caches(tiny_run: Path, tmp_path: Path) -> None:
     COCO(str(data / "val.json")).loadRes(str(root / "detect" / "val_results.json"))
     with open(root / "eval" / "metrics.csv") as f:
         methods = [row["method"] for row in csv.DictReader(f)]
-    # the paper's experiment on its path (Tables 3, 4, 6), then our by-size path beside it
-    assert methods == ["baseline", "d_no_adv", "sbu", "mtgan", "d_no_adv_ensemble", "sbu_ensemble", "mtgan_ensemble", "mtgan-by_size", "mtgan-by_size_ensemble"]
+    # the paper's experiment on its path (Tables 3, 4, 6), then our by-size path beside it, each with
+    # the matched control (sbu_hr: the bilinear up-sampler instead of G, D trained on HR crops too)
+    paper = ["d_no_adv", "sbu", "sbu_hr", "mtgan"]
+    by_size = ["sbu_hr-by_size", "mtgan-by_size"]
+    assert methods == ["baseline", *paper, *(f"{m}_ensemble" for m in paper), *by_size, *(f"{m}_ensemble" for m in by_size)]
     table = (root / "eval" / "metrics.md").read_text()
     assert "| MTGAN x baseline: every ROI through G (paper's path) |" in table
     assert "| MTGAN: G for small crops, HR crop above (ours) |" in table
@@ -102,7 +105,9 @@ def test_tiny_pipeline_runs_then_caches(tiny_run: Path, tmp_path: Path) -> None:
         assert [(r["method"], r["rule"]) for r in csv.DictReader(f)] == [
             ("d_no_adv", "paper"),
             ("sbu", "paper"),
+            ("sbu_hr", "paper"),
             ("mtgan", "paper"),
+            ("sbu_hr-by_size", "by_size"),
             ("mtgan-by_size", "by_size"),
         ]
     for variant, rule, through in (("mtgan", "paper", "all"), ("sbu", "paper", "all"), ("d_no_adv", "paper", "none"), ("mtgan", "by_size", "some")):
@@ -139,9 +144,9 @@ def test_tiny_pipeline_runs_then_caches(tiny_run: Path, tmp_path: Path) -> None:
     forced = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, "--forcerun", "merge")
     reports = {"report_charts": 1, "report_errors": 1, "report_detections": 1, "profile": 1}  # the profile gathers the new benchmarks
     # one merge job per variant and rule writes the method alone and its ensemble
-    assert jobs_of(forced.stdout) == {"merge": 4, "score": 8, "table": 1, "eval_coco": 1} | reports
+    assert jobs_of(forced.stdout) == {"merge": 6, "score": 12, "table": 1, "eval_coco": 1} | reports
     more = tmp_path / "more.yaml"
-    more.write_text("mtgan:\n  variants: [mtgan, sbu, d_no_adv, sbu_hr]\n")
+    more.write_text("mtgan:\n  variants: [mtgan, sbu, d_no_adv, sbu_hr, no_reg_branch]\n")
     added = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, str(more))
     assert jobs_of(added.stdout) == {
         "train_mtgan": 1,
@@ -152,24 +157,24 @@ def test_tiny_pipeline_runs_then_caches(tiny_run: Path, tmp_path: Path) -> None:
         "eval_coco": 1,
         "report_charts": 1,
         "profile": 1,
-    }  # sbu_hr on the paper's path and by size
+    }  # a Table 5 ablation on the paper's path and by size
 
     # The test-time rules are an inference setting: changing them retrains nothing.
     rules = tmp_path / "rules.yaml"
     rules.write_text("infer:\n  rules: [paper, all_hr]\n")
     other_rule = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, str(rules))
-    assert jobs_of(other_rule.stdout) == {"infer": 1, "merge": 1, "score": 2, "table": 1, "eval_coco": 1, "report_charts": 1, "profile": 1}
+    assert jobs_of(other_rule.stdout) == {"infer": 2, "merge": 2, "score": 4, "table": 1, "eval_coco": 1, "report_charts": 1, "profile": 1}
     threshold = tmp_path / "threshold.yaml"
     threshold.write_text("infer:\n  g_max_side: 24\n")
     moved = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, str(threshold))
-    assert jobs_of(moved.stdout) == {"infer": 1, "merge": 1, "score": 2, "table": 1, "eval_coco": 1, "report_charts": 1, "profile": 1}
+    assert jobs_of(moved.stdout) == {"infer": 2, "merge": 2, "score": 4, "table": 1, "eval_coco": 1, "report_charts": 1, "profile": 1}
 
     # Fewer small positives in D's training (bench/regimes.py) remake the training shards only: the
     # test split's shards, the ROI tables, the detector and the data stay as they are.
     thinned = tmp_path / "thinned.yaml"
     thinned.write_text("shards:\n  train_small_positive_share: 0.25\n")
     fewer = snakemake(tmp_path, "eval_coco", "-n", "--cores", "2", "--configfile", tiny, str(thinned))
-    retrained = {"train_mtgan": 3, "infer": 4, "merge": 4, "score": 8, "table": 1, "eval_coco": 1}
+    retrained = {"train_mtgan": 4, "infer": 6, "merge": 6, "score": 12, "table": 1, "eval_coco": 1}
     pictures = {"report_charts": 1, "report_rois": 1, "report_errors": 1, "report_detections": 1, "profile": 1}
     assert jobs_of(fewer.stdout) == {"shards_plan": 1, "shards": 2, "shards_manifest": 1} | retrained | pictures
     shard_jobs = [block for block in fewer.stdout.split("\nrule ")[1:] if block.startswith(("shards_plan:", "shards:", "shards_manifest:"))]
