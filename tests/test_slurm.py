@@ -331,7 +331,7 @@ def test_the_metrics_equal_a_local_run(tiny_runs: TinyRuns) -> None:
         "detect/val_results.json",
         *(str(p.relative_to(local)) for p in sorted((local / "merge").glob("*.json"))),
     ]
-    assert len(compared) == 3 + 8  # the detections of every method but the baseline (pipeline/methods.py)
+    assert len(compared) == 3 + 12  # the detections of every method but the baseline (pipeline/methods.py)
     for name in compared:
         assert (local / name).read_bytes() == (slurm / name).read_bytes(), name
 

@@ -111,7 +111,7 @@ def test_submit_coco_writes_a_valid_results_file_per_method(tiny_run: Path) -> N
     coco = json.loads((root / "data" / "test.json").read_text())
     assert "annotations" not in coco
     files = sorted(p.name for p in (root / "submit").glob("detections_*_results.json"))
-    methods = ("baseline", "d_no_adv", "sbu", "mtgan", "mtgan-by_size")
+    methods = ("baseline", "d_no_adv", "sbu", "sbu_hr", "mtgan", "sbu_hr-by_size", "mtgan-by_size")
     assert files == sorted(f"detections_test_{m}{e}_results.json" for m in methods for e in ("", "_ensemble") if m + e != "baseline_ensemble")
     for name in files:
         records = json.loads((root / "submit" / name).read_text())
