@@ -8,8 +8,10 @@ Checkpoints are plain dicts of tensors and Python values, written atomically and
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -37,30 +39,46 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 HEAP_MMAP_THRESHOLD = 1 << 20
+# Where glibc's dynamic threshold ends up once blocks that large have been freed (64-bit: 32 MiB,
+# the trim threshold twice that): what a training step's allocations are served under.
+GLIBC_MMAP_THRESHOLD_MAX = 32 << 20
 
 
-def bound_host_heap() -> bool:
-    """Serve every allocation of 1 MiB or more from its own mapping, returned to the system when
-    freed (glibc's `mallopt(M_MMAP_THRESHOLD)`; a no-op, False, where there is no glibc).
+_LIBC_NAME = ctypes.util.find_library("c")
+
+
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    """glibc's mallopt for each (parameter, value); False, and nothing set, where there is no glibc."""
+    try:
+        libc = ctypes.CDLL(_LIBC_NAME) if _LIBC_NAME else None
+        return bool(libc) and all(libc.mallopt(parameter, value) for parameter, value in settings)
+    except (OSError, AttributeError):
+        return False
+
+
+@contextlib.contextmanager
+def bounded_host_heap() -> Iterator[bool]:
+    """Inside, every allocation of 1 MiB or more has its own mapping, returned to the system when
+    freed (glibc's `mallopt(M_MMAP_THRESHOLD)`; yields False, a no-op, where there is no glibc).
 
     glibc's default raises that threshold to the largest block freed so far (up to 32 MiB), and
     then serves such blocks from a heap that, under PyTorch's CPU inference (hundreds of MB
     allocated and freed per batch), only grows: measured on 2 cores, the infer stage's resident
     memory grew by 27 KB per ROI (3.8 GB at 100k ROIs, past this machine's 24 GB at COCO val's
-    500k), and stayed flat with the threshold fixed, for about 15% more time per batch. Called
-    by the infer stage, whose memory must not grow with the ROIs (the setting lasts for the
-    process)."""
-    import ctypes
-    import ctypes.util
+    500k), and stayed flat with the threshold fixed, for about 15% more time per batch. Used by
+    the infer stage, whose memory must not grow with the ROIs.
 
-    name = ctypes.util.find_library("c")
+    On leaving, the thresholds are set where glibc's own end up (32 MiB, trim 64 MiB; mallopt can
+    set them but not restore the dynamic rule): left at 1 MiB, a training run later in the same
+    process (bench/seeds.py scores, then trains) ran at 0.5-0.8 of its speed (bench/README.md)."""
+    bounded = _mallopt((M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD))
     try:
-        libc = ctypes.CDLL(name) if name else None
-        return bool(libc and libc.mallopt(M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD))
-    except (OSError, AttributeError):
-        return False
+        yield bounded
+    finally:
+        if bounded:
+            _mallopt((M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD_MAX), (M_TRIM_THRESHOLD, 2 * GLIBC_MMAP_THRESHOLD_MAX))
 
 
 def bf16_fast(device: torch.device) -> bool:

@@ -33,7 +33,7 @@ from core.io.shards import check_shards, read_manifest
 from core.io.tables import INFERENCE_SCHEMA, TableWriter, make_table
 from core.sections import section_fields
 from core.sizes import SIDE_BIN_EDGES, SIDE_BINS, SIZE_CLASSES
-from jobs.common import autocast_factory, bound_host_heap, pick_device
+from jobs.common import autocast_factory, bounded_host_heap, pick_device
 from jobs.mtgan.data import ShardBatches
 from jobs.mtgan.engine import to_model
 from jobs.mtgan.model_file import LoadedModel, load_model
@@ -73,22 +73,24 @@ def predict_batches(model: LoadedModel, manifest: Path, use_g: Any, device: torc
     order (with each ROI's id, label, size class, box, image size and whether D saw G(LR)).
     `use_g(batch)` says per ROI whether D sees G(LR) (True) or the HR crop (False)."""
     g, d, autocast = model.g, model.d, autocast_factory(device, model.preset.amp)
-    bound_host_heap()  # memory flat over the ROIs, not growing with them (jobs.common)
-    loader = ShardBatches(
-        manifest, batch_size=batch_size, shuffle=False, drop_ignored=False, fields=("lr", "hr", "label", "roi_id", "box", "image_size", "size_class")
-    )
-    for batch in tqdm(loader, desc="infer", unit="batch", mininterval=10):
-        through = torch.from_numpy(np.asarray(use_g(batch), bool))
-        with autocast():
-            images = discriminator_images(g, to_model(batch["lr"], device), to_model(batch["hr"], device), through.to(device))
-            result = d(images)
-        found = {
-            "probs": torch.softmax(result["cls"].float(), dim=1).cpu().numpy(),
-            "offsets": result["reg"].float().cpu().numpy() if "reg" in result else np.zeros((len(images), 4), np.float32),
-            "through_g": through.numpy(),
-        }
-        yield found | {k: batch[k].numpy() for k in ("roi_id", "label", "size_class", "box", "image_size")}
-    loader.close()
+    with bounded_host_heap():  # memory flat over the ROIs, not growing with them (jobs.common)
+        loader = ShardBatches(
+            manifest, batch_size=batch_size, shuffle=False, drop_ignored=False, fields=("lr", "hr", "label", "roi_id", "box", "image_size", "size_class")
+        )
+        try:
+            for batch in tqdm(loader, desc="infer", unit="batch", mininterval=10):
+                through = torch.from_numpy(np.asarray(use_g(batch), bool))
+                with autocast():
+                    images = discriminator_images(g, to_model(batch["lr"], device), to_model(batch["hr"], device), through.to(device))
+                    result = d(images)
+                found = {
+                    "probs": torch.softmax(result["cls"].float(), dim=1).cpu().numpy(),
+                    "offsets": result["reg"].float().cpu().numpy() if "reg" in result else np.zeros((len(images), 4), np.float32),
+                    "through_g": through.numpy(),
+                }
+                yield found | {k: batch[k].numpy() for k in ("roi_id", "label", "size_class", "box", "image_size")}
+        finally:
+            loader.close()
 
 
 def predict(model: LoadedModel, manifest: Path, use_g: Any, device: torch.device, batch_size: int = 256) -> dict[str, np.ndarray]:

@@ -130,6 +130,13 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tiny_tra
     assert not (tmp_path / "model.pt").exists()
 
 
+def held_out_model(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny MTGAN with 3 held-out blocks, trained once per test process."""
+    out = tmp_path_factory.getbasetemp() / "held_out_model"
+    preset = resolve_preset("tiny", {"holdout_blocks": 3})
+    return out / "model.pt" if (out / "model.pt").is_file() else train_mtgan(shards, VARIANTS["mtgan"], preset, out, "cpu", threads=1)
+
+
 @pytest.mark.parametrize("rule", ["paper", "by_size"])
 def test_held_out_eval_and_infer_see_a_roi_identically(tiny_train_shards: Path, tmp_path_factory: pytest.TempPathFactory, rule: str) -> None:
     """The training job's held-out accuracy under each test-time rule is what infer gets on the
@@ -142,10 +149,8 @@ def test_held_out_eval_and_infer_see_a_roi_identically(tiny_train_shards: Path, 
     from jobs.mtgan.settings import DEFAULT_G_MAX_SIDE
     from pipeline.infer import infer
 
-    out = tmp_path_factory.getbasetemp() / "held_out_model"  # one model for both rules
-    preset = resolve_preset("tiny", {"holdout_blocks": 3})
-    model = out / "model.pt" if (out / "model.pt").is_file() else train_mtgan(tiny_train_shards, VARIANTS["mtgan"], preset, out, "cpu", threads=1)
-    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    model = held_out_model(tiny_train_shards, tmp_path_factory)
+    logged = [json.loads(line) for line in (model.parent / "metrics.jsonl").read_text().splitlines()][-1]
     table, accuracy = infer(model, tiny_train_shards, torch.device("cpu"), 16, rule, DEFAULT_G_MAX_SIDE)
     holdout = read_holdout(tiny_train_shards, 3, ("roi_id", "label", "size_class"))
     check_accuracy_by_side(table, tiny_train_shards, accuracy["accuracy"]["positive_by_side"])
@@ -161,6 +166,50 @@ def test_held_out_eval_and_infer_see_a_roi_identically(tiny_train_shards: Path, 
     right = predicted == holdout["label"]
     for name, mask in (("eval_acc_pos", holdout["label"] > 0), ("eval_acc_neg", holdout["label"] == 0)):
         assert logged[rule_key(name, rule)] == pytest.approx(float(right[mask].mean()))
+
+
+def test_infer_bounds_the_heap_only_while_its_batches_run(tiny_train_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """While infer's batches run, a block of over 1 MiB gets a mapping of its own (given back when freed:
+    the infer stage's memory stays flat over the ROIs); once they are done, it comes from the heap,
+    as under glibc's own threshold. Left bounded, a training run later in the same process (the
+    bench scripts score, then train) ran at about half speed (jobs.common.bounded_host_heap)."""
+    import ctypes
+    import ctypes.util
+
+    import numpy as np
+
+    from jobs.mtgan.model_file import load_model
+    from pipeline.infer import predict_batches
+
+    class MallInfo2(ctypes.Structure):
+        counts = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+        _fields_ = [(count, ctypes.c_size_t) for count in counts]
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        pytest.skip("glibc 2.33 or later is needed to count malloc's own mappings")
+    libc.mallinfo2.restype = MallInfo2
+    libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+
+    def own_mapping() -> bool:
+        """Whether a block larger than all the free heap (so no free chunk can serve it), and under
+        glibc's largest threshold, gets a mapping of its own."""
+        nbytes = libc.mallinfo2().fordblks + (1 << 20)
+        if nbytes >= 32 << 20:
+            pytest.skip(f"the heap holds {nbytes >> 20} MiB free: no probe fits under glibc's 32 MiB threshold")
+        before = libc.mallinfo2().hblks
+        block = libc.malloc(nbytes)
+        mapped = libc.mallinfo2().hblks > before
+        libc.free(block)
+        return mapped
+
+    model = load_model(held_out_model(tiny_train_shards, tmp_path_factory), torch.device("cpu"))
+    batches = predict_batches(model, tiny_train_shards, lambda batch: np.ones(len(batch["label"]), bool), torch.device("cpu"), 16)
+    next(batches)
+    assert own_mapping()
+    assert sum(1 for _ in batches) > 0
+    assert not own_mapping()
 
 
 def check_accuracy_by_side(table: Any, manifest: Path, by_side: list[dict[str, Any]]) -> None:
