@@ -41,6 +41,7 @@ number of seeds are printed beside each.
   variances) gives p < 0.05 (its error rates: bench/seeds.py's docstring).
 
     snakemake --cores 8 eval_coco && python bench/regimes.py --seeds 0,1,2,3,4
+    python bench/regimes.py --regimes 1.0,0.0-neg-0.0     # some regimes only (their report alone; no trend)
     python bench/regimes.py --seeds 0 --config config/tiny.yaml      # the test's smoke run
 
 Writes, under artifacts/<dataset>/regimes/: `regimes.csv` (one row per regime, method and seed),
@@ -116,6 +117,7 @@ class Regime:
 PUBLISHED = (Regime(1.0), Regime(0.25), Regime(0.0))  # the regimes of issue 36, the trend's
 CLOSED = Regime(0.0, 0.0)  # issue 44: no small crop at all in training
 REGIMES = (*PUBLISHED, CLOSED)
+REGIMES_BY_KEY = {r.folder.removeprefix("share-"): r for r in REGIMES}  # --regimes: 1.0, 0.25, 0.0, 0.0-neg-0.0
 VARIANT_NAMES = ("mtgan", "sbu", "d_no_adv", "sbu_hr")
 PUBLISHED_VARIANTS = ("mtgan", "sbu", "d_no_adv")
 CONTROL = "d_no_adv"
@@ -172,7 +174,9 @@ def main() -> None:
     parser.add_argument("--config", type=Path, action="append", default=[], help="extra config files (after default.yaml)")
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--regimes", default=",".join(REGIMES_BY_KEY), help="comma-separated, of " + ", ".join(REGIMES_BY_KEY) + " (default: all)")
     args = parser.parse_args()
+    chosen = chosen_regimes(args.regimes)
     torch.set_num_threads(args.threads)
     config = validate_config(load_config_files([REPO / "config" / "default.yaml", *args.config]))
     root = Path("artifacts") / config["data"]["name"]
@@ -180,7 +184,7 @@ def main() -> None:
         if not needed.is_file():
             raise SystemExit(f"{needed} is missing: run `snakemake --cores 8 eval_coco` (same config) first")
     seeds = [int(s) for s in args.seeds.split(",")]
-    jobs = [(regime, seed, variant) for regime in REGIMES for seed in seeds for variant in VARIANT_NAMES]
+    jobs = [(regime, seed, variant) for regime in chosen for seed in seeds for variant in VARIANT_NAMES]
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for done, (regime, seed, variant) in enumerate(jobs, 1):
@@ -195,18 +199,26 @@ def main() -> None:
             flush=True,
         )
     out = root / "regimes"
-    small = {regime: kept_small(regime_shards(root, config, regime, args.threads)) for regime in REGIMES}
+    small = {regime: kept_small(regime_shards(root, config, regime, args.threads)) for regime in chosen}
     (out / "regimes.csv").write_text(csv_text([{k: v for k, v in r.items() if k != "side_rois"} for r in rows]))
     text = report(rows, seeds, small)
     (out / "regimes.md").write_text(text)
-    plot_regimes(rows, out / "regimes.png")
-    for regime in REGIMES:
+    plot_regimes(rows, chosen, out / "regimes.png")
+    for regime in chosen:
         curves = {m: side_curve(rows, regime, m) for m in ordered(sorted({r["method"] for r in rows if r["regime"] == regime.name}))}
         counts = next(r["side_rois"] for r in rows if r["regime"] == regime.name)
         plot_accuracy_by_side(
             curves, counts, out / f"by_side_{regime.folder.removeprefix('share-')}.png", f"D's accuracy on positive test ROIs by size, {regime.name}"
         )
     print(text)
+
+
+def chosen_regimes(keys: str) -> tuple[Regime, ...]:
+    """The regimes named in `keys` (comma-separated keys of REGIMES_BY_KEY), in REGIMES' order."""
+    wanted = set(keys.split(","))
+    if unknown := sorted(wanted - set(REGIMES_BY_KEY)):
+        raise SystemExit(f"--regimes: unknown {', '.join(unknown)}; the regimes are {', '.join(REGIMES_BY_KEY)}")
+    return tuple(r for k, r in REGIMES_BY_KEY.items() if k in wanted)
 
 
 def kept_small(manifest: Path) -> str:
@@ -258,7 +270,7 @@ def differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     }
                 )
             d = [f["d"] for f in found]
-            trend = len(d) == len(PUBLISHED) and all(x < y for x, y in zip(d, d[1:]))
+            trend = all(x < y for x, y in zip(d, d[1:])) if len(d) == len(PUBLISHED) else None  # None: not every regime ran
             out += [f | {"trend": trend} for f in found]
     return out
 
@@ -296,7 +308,8 @@ def _p(p: float | None) -> str:
 
 
 def report(rows: list[dict[str, Any]], seeds: list[int], small: dict[Regime, str]) -> str:
-    """regimes.md: every method per regime (mean +- std), the verdicts, accuracy by side."""
+    """regimes.md: every method per regime of `small` (the regimes run, and their small ROIs kept),
+    mean +- std, the verdicts, accuracy by side."""
     metrics = [*COLUMNS, *(f"acc_{k}" for k in ACCURACY)]
     lines = [
         f"Small objects kept in D's training: mean +- std over seeds {', '.join(map(str, seeds))} (x100; acc_*: D's accuracy on the test ROIs)",
@@ -304,7 +317,7 @@ def report(rows: list[dict[str, Any]], seeds: list[int], small: dict[Regime, str
         "| regime (small ROIs kept) | method | " + " | ".join(metrics) + " |",
         "|---|---|" + "---:|" * len(metrics),
     ]
-    for regime in REGIMES:
+    for regime in small:
         for method in sorted({r["method"] for r in rows if r["regime"] == regime.name}, key=method_key):
             cells = [spread(values(rows, regime, method, k)) or "n/a" for k in metrics]
             lines.append(f"| {regime.name} ({small[regime]}) | {display_name(method)} | " + " | ".join(cells) + " |")
@@ -319,7 +332,7 @@ def report(rows: list[dict[str, Any]], seeds: list[int], small: dict[Regime, str
     lines += [
         f"| {display_name(f['method'])} | {f['metric']} | {f['share']} | {f['control'][0]:.1f} +- {f['control'][1]:.1f} | "
         f"{f['tested'][0]:.1f} +- {f['tested'][1]:.1f} | {f['d']:+.1f} | {f['s']:.1f} | {'held' if f['held'] else 'not held'} | {f['seeds']} | "
-        f"{_p(f['welch_p'])} | {'held' if f['trend'] else 'not held'} |"
+        f"{_p(f['welch_p'])} | {'n/a' if f['trend'] is None else 'held' if f['trend'] else 'not held'} |"
         for f in differences(rows)
     ]
     lines += [
@@ -337,7 +350,7 @@ def report(rows: list[dict[str, Any]], seeds: list[int], small: dict[Regime, str
     ]
     lines += ["", "D's accuracy on positive test ROIs by the crop's longer side (pixels), mean over seeds (x100):", ""]
     lines += ["| regime | method | " + " | ".join(SIDE_BINS) + " |", "|---|---|" + "---:|" * len(SIDE_BINS)]
-    for regime in REGIMES:
+    for regime in small:
         for method in sorted({r["method"] for r in rows if r["regime"] == regime.name}, key=method_key):
             cells = ["n/a" if mean is None else f"{mean:.1f}" for mean, _ in side_curve(rows, regime, method)]
             lines.append(f"| {regime.name} | {display_name(method)} | " + " | ".join(cells) + " |")
@@ -346,7 +359,7 @@ def report(rows: list[dict[str, Any]], seeds: list[int], small: dict[Regime, str
     return "\n".join(lines) + "\n"
 
 
-def plot_regimes(rows: list[dict[str, Any]], out_png: Path) -> None:
+def plot_regimes(rows: list[dict[str, Any]], regimes: tuple[Regime, ...], out_png: Path) -> None:
     """APS, D's small-positive and small-negative accuracy of each method and path against the regime."""
     panels = (
         ("APS", "APS (COCO AP on small objects) x 100"),
@@ -354,14 +367,14 @@ def plot_regimes(rows: list[dict[str, Any]], out_png: Path) -> None:
         ("acc_negative_small", "D's accuracy on small negative test ROIs (%)"),
     )
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-    x = np.arange(len(REGIMES))
+    x = np.arange(len(regimes))
     for ax, (key, title) in zip(axes, panels):
         for method in ordered(sorted({r["method"] for r in rows})):
-            points = [(i, *mean_std(v)) for i, regime in enumerate(REGIMES) if (v := values(rows, regime, method, key))]
+            points = [(i, *mean_std(v)) for i, regime in enumerate(regimes) if (v := values(rows, regime, method, key))]
             if points:
                 xs, means, stds = zip(*points)
                 ax.errorbar(xs, means, yerr=stds, fmt="-o", capsize=3, color=method_color(method), label=label(method))
-        ax.set_xticks(x, [r.name.replace(", small negatives", ",\nsmall negatives") for r in REGIMES], fontsize=8)
+        ax.set_xticks(x, [r.name.replace(", small negatives", ",\nsmall negatives") for r in regimes], fontsize=8)
         ax.set(xlabel="share of small positives kept in D's training shards", title=title)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from core.io.shards import read_manifest
@@ -96,3 +97,16 @@ def test_new_claims_are_judged_by_welch_over_five_seeds() -> None:
     found = {c["lower"]: c for c in regimes.strict_claims(rows)}
     assert found["sbu_hr-by_size"]["seeds"] == 5 and found["sbu_hr-by_size"]["verdict"] == "held (p < 0.05)"
     assert found["d_no_adv"]["verdict"] == "not held" and 0.05 < found["d_no_adv"]["welch_p"] < 0.5
+
+
+def test_a_subset_of_regimes_is_reported_without_a_trend() -> None:
+    assert regimes.chosen_regimes("0.0-neg-0.0,1.0") == (regimes.Regime(1.0), regimes.CLOSED)  # in the registered order
+    with pytest.raises(SystemExit, match="unknown 0.5; the regimes are 1.0, 0.25, 0.0, 0.0-neg-0.0"):
+        regimes.chosen_regimes("1.0,0.5")
+    everything = _rows((20, 18, 15), (17, 18, 19))
+    only_default = [r | {"side_rois": [1] * len(regimes.SIDE_BINS)} for r in everything if r["regime"] == "1.0"]
+    found = [f for f in regimes.differences(only_default) if f["metric"] == "APS"]
+    assert len(found) == 1 and found[0]["trend"] is None  # a trend needs every published regime
+    text = regimes.report(only_default, [0, 1, 2], {regimes.Regime(1.0): "all"})
+    verdict = next(line for line in text.splitlines() if line.startswith("| MTGAN") and "| APS | 1.0 |" in line)
+    assert verdict.endswith("| -3.0 | 1.0 | not held | 3 | 0.989 | n/a |") and "| 0.25 (" not in text
