@@ -110,3 +110,6 @@ def test_a_subset_of_regimes_is_reported_without_a_trend() -> None:
     text = regimes.report(only_default, [0, 1, 2], {regimes.Regime(1.0): "all"})
     verdict = next(line for line in text.splitlines() if line.startswith("| MTGAN") and "| APS | 1.0 |" in line)
     assert verdict.endswith("| -3.0 | 1.0 | not held | 3 | 0.989 | n/a |") and "| 0.25 (" not in text
+    closed = [{"regime": regimes.CLOSED.name, "method": "mtgan-by_size", "seed": 0, "APS": 0.1, "side_rois": [1] * len(regimes.SIDE_BINS)}]
+    text = regimes.report(closed, [0], {regimes.CLOSED: "none"})
+    assert "Not judged here: none of its regimes (1.0, 0.25, 0.0) ran." in text and "| MTGAN's path |" not in text
