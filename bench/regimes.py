@@ -335,12 +335,12 @@ def report(rows: list[dict[str, Any]], seeds: list[int], small: dict[Regime, str
             "| MTGAN's path | metric | small positives kept | D w/o adv | MTGAN | d | s | held at this regime | seeds | Welch p | trend |",
             "|---|---|---|---:|---:|---:|---:|---|---:|---:|---|",
         ]
-    lines += [
-        f"| {display_name(f['method'])} | {f['metric']} | {f['share']} | {f['control'][0]:.1f} +- {f['control'][1]:.1f} | "
-        f"{f['tested'][0]:.1f} +- {f['tested'][1]:.1f} | {f['d']:+.1f} | {f['s']:.1f} | {'held' if f['held'] else 'not held'} | {f['seeds']} | "
-        f"{_p(f['welch_p'])} | {'n/a' if f['trend'] is None else 'held' if f['trend'] else 'not held'} |"
-        for f in published
-    ]
+        lines += [
+            f"| {display_name(f['method'])} | {f['metric']} | {f['share']} | {f['control'][0]:.1f} +- {f['control'][1]:.1f} | "
+            f"{f['tested'][0]:.1f} +- {f['tested'][1]:.1f} | {f['d']:+.1f} | {f['s']:.1f} | {'held' if f['held'] else 'not held'} | {f['seeds']} | "
+            f"{_p(f['welch_p'])} | {'n/a' if f['trend'] is None else 'held' if f['trend'] else 'not held'} |"
+            for f in published
+        ]
     lines += [
         "",
         "Added in issue 44, by Welch's one-sided test over seeds 0-4 (held at p < 0.05): MTGAN on our path against its matched control SBU-HR "
