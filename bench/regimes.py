@@ -329,7 +329,7 @@ def report(rows: list[dict[str, Any]], seeds: list[int], small: dict[Regime, str
     ]
     published = differences(rows)
     if not published:
-        lines.append("Not judged here: none of its regimes (1.0, 0.25, 0.0) ran.")
+        lines.append(f"Not judged here: none of its regimes ({', '.join(r.name for r in PUBLISHED)}) ran.")
     else:
         lines += [
             "| MTGAN's path | metric | small positives kept | D w/o adv | MTGAN | d | s | held at this regime | seeds | Welch p | trend |",
