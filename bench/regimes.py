@@ -42,6 +42,7 @@ number of seeds are printed beside each.
 
     snakemake --cores 8 eval_coco && python bench/regimes.py --seeds 0,1,2,3,4
     python bench/regimes.py --regimes 1.0,0.0-neg-0.0     # some regimes only (their report alone; no trend)
+    python bench/regimes.py --regimes 0.25 --variants mtgan,sbu_hr   # some variants only (one claim's models first)
     python bench/regimes.py --seeds 0 --config config/tiny.yaml      # the test's smoke run
 
 Writes, under artifacts/<dataset>/regimes/: `regimes.csv` (one row per regime, method and seed),
@@ -175,8 +176,10 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--regimes", default=",".join(REGIMES_BY_KEY), help="comma-separated, of " + ", ".join(REGIMES_BY_KEY) + " (default: all)")
+    parser.add_argument("--variants", default=",".join(VARIANT_NAMES), help="comma-separated, of " + ", ".join(VARIANT_NAMES) + " (default: all)")
     args = parser.parse_args()
     chosen = chosen_regimes(args.regimes)
+    variants = chosen_variants(args.variants)
     torch.set_num_threads(args.threads)
     config = validate_config(load_config_files([REPO / "config" / "default.yaml", *args.config]))
     root = Path("artifacts") / config["data"]["name"]
@@ -184,7 +187,7 @@ def main() -> None:
         if not needed.is_file():
             raise SystemExit(f"{needed} is missing: run `snakemake --cores 8 eval_coco` (same config) first")
     seeds = [int(s) for s in args.seeds.split(",")]
-    jobs = [(regime, seed, variant) for regime in chosen for seed in seeds for variant in VARIANT_NAMES]
+    jobs = [(regime, seed, variant) for regime in chosen for seed in seeds for variant in variants]
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     for done, (regime, seed, variant) in enumerate(jobs, 1):
@@ -219,6 +222,14 @@ def chosen_regimes(keys: str) -> tuple[Regime, ...]:
     if unknown := sorted(wanted - set(REGIMES_BY_KEY)):
         raise SystemExit(f"--regimes: unknown {', '.join(unknown)}; the regimes are {', '.join(REGIMES_BY_KEY)}")
     return tuple(r for k, r in REGIMES_BY_KEY.items() if k in wanted)
+
+
+def chosen_variants(keys: str) -> tuple[str, ...]:
+    """The variants named in `keys` (comma-separated, of VARIANT_NAMES), in VARIANT_NAMES' order."""
+    wanted = set(keys.split(","))
+    if unknown := sorted(wanted - set(VARIANT_NAMES)):
+        raise SystemExit(f"--variants: unknown {', '.join(unknown)}; the variants are {', '.join(VARIANT_NAMES)}")
+    return tuple(v for v in VARIANT_NAMES if v in wanted)
 
 
 def kept_small(manifest: Path) -> str:

@@ -113,3 +113,9 @@ def test_a_subset_of_regimes_is_reported_without_a_trend() -> None:
     closed = [{"regime": regimes.CLOSED.name, "method": "mtgan-by_size", "seed": 0, "APS": 0.1, "side_rois": [1] * len(regimes.SIDE_BINS)}]
     text = regimes.report(closed, [0], {regimes.CLOSED: "none"})
     assert "Not judged here: none of its regimes (1.0, 0.25, 0.0) ran." in text and "| MTGAN's path |" not in text
+
+
+def test_a_subset_of_variants_is_trained_in_the_registered_order() -> None:
+    assert regimes.chosen_variants("sbu_hr,mtgan") == ("mtgan", "sbu_hr")
+    with pytest.raises(SystemExit, match="unknown srgan; the variants are mtgan, sbu, d_no_adv, sbu_hr"):
+        regimes.chosen_variants("mtgan,srgan")
